@@ -1,0 +1,327 @@
+"""Value types: frozen, slotted attrs classes.
+
+Parsing lives in ``from_*`` class methods and the ``validate_*`` helpers, so
+``__init__`` stays dumb. Anything secret is either a ``Secret`` or a field
+with ``repr=False``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._errors import ValidationError
+
+__all__ = [
+    "SLUG_RE",
+    "ApiKey",
+    "AuditEvent",
+    "AuthType",
+    "Connection",
+    "Page",
+    "Scope",
+    "Secret",
+    "format_time",
+    "parse_time",
+    "utcnow",
+    "validate_header_name",
+    "validate_name",
+    "validate_secret_text",
+    "validate_slug",
+    "validate_upstream_url",
+]
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}\Z")
+# RFC 9110 token
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+T = TypeVar("T")
+
+
+class Secret:
+    """A value that never shows itself: repr, str and format all mask it.
+
+    Read it with ``reveal()`` at the last moment, where it is sent.
+    """
+
+    __slots__ = ("_value",)
+    _MASK = "**********"
+
+    def __init__(self, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise TypeError("Secret holds bytes")
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{self._MASK}')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        import hmac
+
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash((Secret, len(self._value)))
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret is not to be pickled")
+
+
+class AuthType(enum.StrEnum):
+    """How the credential is injected upstream."""
+
+    BEARER = "bearer"
+    HEADER = "header"
+    BASIC = "basic"
+    NONE = "none"
+
+
+class Scope(enum.StrEnum):
+    ADMIN = "admin"
+    MCP = "mcp"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str, *, field: str = "timestamp") -> datetime:
+    """Parse RFC 3339; a naive time is refused (the contract is UTC-explicit)."""
+    try:
+        value = datetime.fromisoformat(text.replace("z", "Z"))
+    except (ValueError, TypeError):
+        raise ValidationError(field, "must be an RFC 3339 timestamp") from None
+    if value.tzinfo is None:
+        raise ValidationError(field, "must carry a UTC offset (e.g. 'Z')")
+    return value.astimezone(UTC)
+
+
+def validate_slug(value: object, *, field: str = "slug") -> str:
+    if not isinstance(value, str) or not SLUG_RE.match(value):
+        raise ValidationError(
+            field,
+            "must be 3-64 characters of lowercase letters, digits, '_' or '-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def validate_name(value: object, *, field: str = "name") -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 200:
+        raise ValidationError(field, "must be a string of 1-200 characters")
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValidationError(field, "must not contain CR, LF or NUL")
+    return value
+
+
+def validate_upstream_url(value: object, *, field: str = "upstreamUrl") -> str:
+    if not isinstance(value, str) or len(value) > 2048:
+        raise ValidationError(field, "must be an http(s) URL of at most 2048 characters")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
+        raise ValidationError(field, "must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        raise ValidationError(field, "is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(field, "must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError(field, "must not carry user info; store it as the credential")
+    if parts.fragment:
+        raise ValidationError(field, "must not have a fragment")
+    return value
+
+
+def validate_header_name(value: object, *, field: str = "headerName") -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value) or len(value) > 256:
+        raise ValidationError(field, "must be a valid HTTP field name (RFC 9110 token)")
+    return value
+
+
+def validate_secret_text(value: object, *, field: str = "credential") -> bytes:
+    """A credential as given by a user: non-empty text without CR, LF or NUL.
+
+    The message never echoes the value.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, "must be a non-empty string")
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValidationError(field, "must not contain CR, LF or NUL")
+    if len(value) > 16384:
+        raise ValidationError(field, "must be at most 16384 characters")
+    return value.encode("utf-8")
+
+
+@attrs.frozen(kw_only=True)
+class Connection:
+    """An upstream MCP server and its (encrypted) credential.
+
+    ``version`` is the row version the store bumps on every write, used to
+    guard updates; ``credential_version`` is the contract's
+    ``credentialVersion``, bumped only by rotate. ``ciphertext`` is the
+    envelope of the credential (``None`` for ``auth_type=none``), bound to
+    ``(slug, credential_version, upstream_url, auth_type)``.
+    """
+
+    slug: str
+    name: str
+    upstream_url: str
+    auth_type: AuthType = AuthType.BEARER
+    header_name: str | None = None
+    enabled: bool = True
+    credential_version: int = 1
+    ciphertext: bytes | None = attrs.field(default=None, repr=False)
+    created_at: datetime
+    updated_at: datetime
+    rotated_at: datetime | None = None
+    version: int = 1
+
+    def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
+        """The contract's JSON (never the credential)."""
+        out: dict[str, Any] = {
+            "slug": self.slug,
+            "name": self.name,
+            "upstreamUrl": self.upstream_url,
+            "authType": self.auth_type.value,
+            "headerName": self.header_name,
+            "enabled": self.enabled,
+            "credentialVersion": self.credential_version,
+            "createdAt": format_time(self.created_at),
+            "updatedAt": format_time(self.updated_at),
+            "rotatedAt": format_time(self.rotated_at) if self.rotated_at else None,
+        }
+        if base_url is not None:
+            out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class ApiKey:
+    """A gateway API key's record. The key itself is never stored, only its SHA-256."""
+
+    id: str
+    name: str
+    key_hash: bytes = attrs.field(repr=False)
+    scopes: frozenset[Scope]
+    connections: frozenset[str] | None = None
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def is_usable(self, now: datetime) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def allows(self, slug: str) -> bool:
+        """May this key reach the gateway path of ``slug``?"""
+        if Scope.ADMIN in self.scopes:
+            return True
+        if Scope.MCP not in self.scopes:
+            return False
+        return self.connections is None or slug in self.connections
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": sorted(s.value for s in self.scopes),
+            "connections": sorted(self.connections) if self.connections is not None else None,
+            "createdAt": format_time(self.created_at),
+            "expiresAt": format_time(self.expires_at) if self.expires_at else None,
+            "revokedAt": format_time(self.revoked_at) if self.revoked_at else None,
+        }
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    return None if value is None else dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class AuditEvent:
+    """One gateway request or one management change.
+
+    ``kind`` is ``"gateway"`` or ``"management"``; for management changes
+    ``action`` says which (``create``, ``update``, ``rotate``, ``disable``,
+    ``enable``, ``delete``). ``seq``, ``prev_hash`` and ``hash`` are set by
+    the store when it appends the event to the connection's hash chain;
+    they are ``None``/``0`` before that.
+    """
+
+    id: str
+    timestamp: datetime
+    connection: str
+    kind: str = "gateway"
+    action: str | None = None
+    api_key_id: str | None = None
+    user: str | None = None
+    metadata: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_mapping)
+    method: str | None = None
+    path: str | None = None
+    rpc_method: str | None = None
+    tool: str | None = None
+    status: int | None = None
+    outcome: str = "ok"
+    latency_ms: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    credential_version: int | None = None
+    seq: int = 0
+    prev_hash: str | None = None
+    hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "timestamp": format_time(self.timestamp),
+            "connection": self.connection,
+            "kind": self.kind,
+            "action": self.action,
+            "apiKeyId": self.api_key_id,
+            "user": self.user,
+            "metadata": dict(self.metadata) if self.metadata is not None else None,
+            "method": self.method,
+            "path": self.path,
+            "rpcMethod": self.rpc_method,
+            "tool": self.tool,
+            "status": self.status,
+            "outcome": self.outcome,
+            "latencyMs": self.latency_ms,
+            "bytesIn": self.bytes_in,
+            "bytesOut": self.bytes_out,
+            "credentialVersion": self.credential_version,
+            "seq": self.seq,
+            "prevHash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@attrs.frozen
+class Page(Generic[T]):
+    """One page of a listing; ``next_cursor`` is ``None`` on the last page."""
+
+    items: list[T]
+    next_cursor: str | None = None

@@ -1,0 +1,227 @@
+"""The storage layer: the ``Store`` protocol every backend implements.
+
+A store keeps three things: connections (with their credential *envelopes*,
+never a plaintext credential), gateway API keys (only their SHA-256) and the
+audit trail (one hash chain per connection slug). It is chosen by URL scheme
+through the ``igris_mw.stores`` entry-point group: the entry point names a
+class with ``from_url(url: str) -> Store``. ``igris_mw.testing.storage_suite``
+is the conformance suite a backend proves itself with; ``Capabilities``
+declares what a backend cannot do.
+
+Every method is a coroutine and must not block the event loop. Failures to
+reach the backend raise ``StoreUnavailable``; everything else the contract
+below names. Messages and reprs never contain a DSN password or a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+import attrs
+
+from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
+from .models import ApiKey, AuditEvent, Connection, Page
+
+__all__ = [
+    "Capabilities",
+    "Change",
+    "ChangeListener",
+    "NotFound",
+    "SlugTaken",
+    "Store",
+    "StoreUnavailable",
+    "VersionConflict",
+    "audit_chain_hash",
+    "seal_event",
+    "verify_chain",
+]
+
+
+@attrs.frozen
+class Capabilities:
+    """What a backend can do; the conformance suite skips what it cannot.
+
+    ``shared``: several gateway processes may use the store at once.
+    ``notifies_remote``: writes by another process reach ``add_listener``
+    callbacks (e.g. Postgres LISTEN/NOTIFY). ``audit``: the store keeps the
+    audit trail itself (a Vault store hands it to a separate sink).
+    """
+
+    shared: bool = False
+    notifies_remote: bool = False
+    audit: bool = True
+
+
+@attrs.frozen
+class Change:
+    """A write that caches must learn of.
+
+    ``kind`` says what changed; ``key`` is the slug for a connection and the
+    key id for an API key (``None``: "anything may have changed", e.g.
+    after a notification channel reconnects).
+    """
+
+    kind: Literal["connection", "api_key", "all"]
+    key: str | None = None
+
+
+ChangeListener = Callable[[Change], None]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The storage contract. ``igris_mw.testing.storage_suite`` checks it.
+
+    Lifecycle: ``await open()`` connects and migrates the schema to the
+    current version (recorded in a version table; a database at a *newer*
+    version than the code knows raises ``ConfigurationError``); ``await
+    close()`` releases everything and is idempotent.
+    """
+
+    capabilities: Capabilities
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- connections -----------------------------------------------------
+    async def create_connection(self, connection: Connection) -> Connection:
+        """Insert; returns the stored record (``version == 1``).
+
+        Raises:
+            SlugTaken: the slug is in use. Nothing is written.
+        """
+        ...
+
+    async def get_connection(self, slug: str) -> Connection:
+        """Raises ``NotFound`` for an unknown slug."""
+        ...
+
+    async def list_connections(self, *, limit: int = 50, cursor: str | None = None) -> Page[Connection]:
+        """Connections ordered by slug; ``cursor`` is the opaque ``next_cursor``
+        of the previous page. Raises ``ValidationError`` (field ``cursor``)
+        for a cursor it did not make."""
+        ...
+
+    async def update_connection(self, connection: Connection, *, expected_version: int) -> Connection:
+        """Replace every mutable field of the record ``connection.slug``
+        (name, upstream_url, auth_type, header_name, enabled,
+        credential_version, ciphertext, updated_at, rotated_at) in one atomic
+        write, only if its stored ``version`` is still ``expected_version``;
+        the stored version becomes ``expected_version + 1`` and
+        ``created_at`` is kept.
+
+        Rotation is such an update with ``credential_version + 1`` and a new
+        ciphertext, so a rotate can never interleave with another write.
+
+        Raises:
+            NotFound: no such slug.
+            VersionConflict: another writer got there first. Nothing is written.
+        """
+        ...
+
+    async def delete_connection(self, slug: str) -> None:
+        """Raises ``NotFound`` for an unknown slug. The audit trail stays."""
+        ...
+
+    # -- gateway API keys ------------------------------------------------
+    async def create_api_key(self, key: ApiKey) -> ApiKey:
+        """Insert; ``id`` and ``key_hash`` are unique (``Conflict`` otherwise)."""
+        ...
+
+    async def get_api_key_by_hash(self, key_hash: bytes) -> ApiKey | None:
+        """The key whose SHA-256 is ``key_hash``, revoked or not; ``None`` if unknown."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+        """Set ``revoked_at`` (kept if already set). Raises ``NotFound``."""
+        ...
+
+    # -- audit -----------------------------------------------------------
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        """Append a batch atomically, chaining each event onto its
+        connection's chain with ``seal_event`` (``seq`` = previous + 1,
+        ``prev_hash`` = previous ``hash``). Events are chained in the order
+        given. Safe with several writers at once on a ``shared`` store: no
+        two events of one connection get the same ``seq``. Re-appending an
+        event whose ``id`` is stored already is a no-op (so a writer may
+        retry a batch whose outcome it did not learn)."""
+        ...
+
+    async def list_audit_events(
+        self,
+        connection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+    ) -> Page[AuditEvent]:
+        """One connection's sealed events, newest (highest ``seq``) first;
+        ``since`` keeps events with ``timestamp >= since``."""
+        ...
+
+    async def audit_chain(self, connection: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
+        """Sealed events with ``seq > after_seq``, oldest first (for
+        ``audit verify`` and ``audit --follow``)."""
+        ...
+
+    async def audit_connections(self) -> list[str]:
+        """Every slug that has audit events, sorted."""
+        ...
+
+    # -- change notification ---------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener`` after every committed write to a connection or
+        an API key made through this store object, and, when
+        ``capabilities.notifies_remote``, for writes by other processes.
+        Listeners run on the event loop and must not block."""
+        ...
+
+
+def _canonical(event: AuditEvent) -> bytes:
+    body = event.to_json()
+    del body["hash"]
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def audit_chain_hash(event: AuditEvent) -> str:
+    """SHA-256 (hex) of the event's canonical JSON, ``prevHash`` and ``seq`` included."""
+    return hashlib.sha256(_canonical(event)).hexdigest()
+
+
+def seal_event(event: AuditEvent, previous: AuditEvent | None) -> AuditEvent:
+    """Chain ``event`` after ``previous`` (``None``: first of its connection)."""
+    seq = 1 if previous is None else previous.seq + 1
+    prev_hash = None if previous is None else previous.hash
+    unsealed = attrs.evolve(event, seq=seq, prev_hash=prev_hash, hash=None)
+    return attrs.evolve(unsealed, hash=audit_chain_hash(unsealed))
+
+
+def verify_chain(events: Sequence[AuditEvent], previous: AuditEvent | None = None) -> list[str]:
+    """Problems found in a run of one connection's events, oldest first.
+
+    An empty list means every event is intact and none is missing.
+    """
+    problems: list[str] = []
+    expected_seq = 1 if previous is None else previous.seq + 1
+    prev_hash = None if previous is None else previous.hash
+    for event in events:
+        if event.seq != expected_seq:
+            problems.append(f"event seq {expected_seq} is missing (next found: seq {event.seq}, id {event.id})")
+        if event.prev_hash != prev_hash:
+            problems.append(f"event {event.id} (seq {event.seq}) does not follow the event before it")
+        if event.hash != audit_chain_hash(event):
+            problems.append(f"event {event.id} (seq {event.seq}) was edited: its hash does not match")
+        expected_seq = event.seq + 1
+        prev_hash = event.hash
+    return problems
+
+
