@@ -31,8 +31,29 @@ from .storage import Capabilities, Change, Store
 
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._gateway import IgrisGateway
+    from .client import AsyncIgrisClient, IgrisClient, McpConfig
+
+
+def __getattr__(name: str) -> object:
+    # The gateway and the SDK pull in aiohttp/httpx: load them on first use
+    # so that `import igris_mw` stays cheap.
+    if name == "IgrisGateway":
+        from ._gateway import IgrisGateway
+
+        return IgrisGateway
+    if name in ("IgrisClient", "AsyncIgrisClient", "McpConfig"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'igris_mw' has no attribute {name!r}")
+
+
 __all__ = [
     "ApiKey",
+    "AsyncIgrisClient",
     "AuditEvent",
     "AuthType",
     "BadRequest",
@@ -44,8 +65,11 @@ __all__ = [
     "CryptoProvider",
     "CryptoUnavailable",
     "Forbidden",
+    "IgrisClient",
     "IgrisError",
+    "IgrisGateway",
     "InvalidCiphertext",
+    "McpConfig",
     "NotFound",
     "Page",
     "PayloadTooLarge",

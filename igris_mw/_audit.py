@@ -1,0 +1,298 @@
+"""Audit: event ids, the JSON-RPC peek, and the queue + batch writer.
+
+The request path only calls ``AuditWriter.emit`` (no await, no I/O). A
+background task writes batches to the audit sink (the store, or a separate
+sink). No event is dropped silently: while the sink is down, events wait in
+memory; past ``max_pending`` they are spilled to a local JSON-lines file
+(mode 0600), and everything is written once the sink is back, spilled
+events first. The store makes re-appending an event id a no-op, so a batch
+whose outcome was unknown is simply sent again. Hash chaining happens in
+the store, atomically per connection (``igris_mw.storage.seal_event``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from .models import AuditEvent, format_time, parse_time
+
+__all__ = ["AuditWriter", "new_event_id", "peek_jsonrpc"]
+
+log = logging.getLogger("igris_mw.audit")
+
+PEEK_LIMIT = 64 * 1024
+
+
+def new_event_id() -> str:
+    """Time-ordered, unique: ``evt_`` + 12 hex digits of ms + 16 random hex."""
+    return f"evt_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+_METHOD_RE = re.compile(rb'"method"\s*:\s*"([^"\\]{1,200})"')
+_TOOL_RE = re.compile(rb'"params"\s*:\s*\{[^{}]*?"name"\s*:\s*"([^"\\]{1,200})"')
+
+
+def _from_message(msg: Any) -> tuple[str | None, str | None]:
+    if not isinstance(msg, dict):
+        return None, None
+    method = msg.get("method")
+    if not isinstance(method, str):
+        return None, None
+    tool = None
+    if method == "tools/call":
+        params = msg.get("params")
+        if isinstance(params, dict) and isinstance(params.get("name"), str):
+            tool = params["name"]
+    return method[:200], tool[:200] if tool else None
+
+
+def peek_jsonrpc(body: bytes, *, complete: bool) -> tuple[str | None, str | None]:
+    """(rpcMethod, tool) from the first bytes of a request body.
+
+    A batch gives its distinct methods and tools joined by ``,``. A body that
+    is not JSON gives ``(None, None)``; it never raises. When ``complete`` is
+    false (the body was longer than the peek), a bounded regex finds the
+    first method instead.
+    """
+    if not body:
+        return None, None
+    if complete:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None, None
+        if isinstance(doc, list):
+            methods: list[str] = []
+            tools: list[str] = []
+            for item in doc[:100]:
+                m, t = _from_message(item)
+                if m and m not in methods:
+                    methods.append(m)
+                if t and t not in tools:
+                    tools.append(t)
+            return (",".join(methods) or None), (",".join(tools) or None)
+        return _from_message(doc)
+    found = _METHOD_RE.search(body)
+    if not found:
+        return None, None
+    method = found.group(1).decode("utf-8", "replace")
+    tool = None
+    if method == "tools/call":
+        tool_found = _TOOL_RE.search(body)
+        tool = tool_found.group(1).decode("utf-8", "replace") if tool_found else None
+    return method, tool
+
+
+class _Sink(Protocol):
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
+
+
+def _event_to_line(event: AuditEvent) -> str:
+    return json.dumps(event.to_json(), separators=(",", ":"))
+
+
+def _event_from_line(line: str) -> AuditEvent:
+    d = json.loads(line)
+    return AuditEvent(
+        id=d["id"],
+        timestamp=parse_time(d["timestamp"]),
+        connection=d["connection"],
+        kind=d["kind"],
+        action=d["action"],
+        api_key_id=d["apiKeyId"],
+        user=d["user"],
+        metadata=d["metadata"],
+        method=d["method"],
+        path=d["path"],
+        rpc_method=d["rpcMethod"],
+        tool=d["tool"],
+        status=d["status"],
+        outcome=d["outcome"],
+        latency_ms=d["latencyMs"],
+        bytes_in=d["bytesIn"],
+        bytes_out=d["bytesOut"],
+        credential_version=d["credentialVersion"],
+    )
+
+
+@attrs.define
+class AuditStats:
+    emitted: int = 0
+    written: int = 0
+    spilled: int = 0
+    failures: int = 0
+
+
+class AuditWriter:
+    """Queue + batch writer with a spill file.
+
+    Args:
+        sink: where batches go (``append_audit_events``).
+        spill_path: JSON-lines file for events the sink could not take;
+            ``None`` keeps them in memory only (bounded by nothing then:
+            use it in tests).
+        batch_size: most events in one append.
+        max_pending: events kept in memory before spilling.
+    """
+
+    def __init__(
+        self,
+        sink: _Sink,
+        *,
+        spill_path: str | os.PathLike[str] | None = None,
+        batch_size: int = 500,
+        max_pending: int = 50_000,
+        retry_delay: float = 0.5,
+        max_retry_delay: float = 5.0,
+    ) -> None:
+        self._sink = sink
+        self._spill = Path(spill_path) if spill_path is not None else None
+        self._batch_size = batch_size
+        self._max_pending = max_pending
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._pending: deque[AuditEvent] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.stats = AuditStats()
+
+    def emit(self, event: AuditEvent) -> None:
+        """Queue one event. Never blocks, never raises for a sink problem."""
+        self.stats.emitted += 1
+        self._pending.append(event)
+        self._idle.clear()
+        if len(self._pending) > self._max_pending and self._spill is not None:
+            self._spill_pending()
+        self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            await self._load_spill()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="igris-audit-writer")
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event is written; False on timeout."""
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Write what is queued (up to ``timeout``), spill the rest, stop."""
+        if self._task is None:
+            return
+        await self.flush(timeout)
+        self._closing = True
+        self._wakeup.set()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self._pending:
+            if self._spill is not None:
+                self._spill_pending()
+            else:
+                log.error("audit: %d events could not be written and no spill file is set",
+                          len(self._pending))
+
+    async def _run(self) -> None:
+        delay = self._retry_delay
+        while True:
+            if not self._pending and self._spill is not None and self._spill.exists():
+                await self._load_spill()
+            if not self._pending:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            n = min(self._batch_size, len(self._pending))
+            batch = [self._pending[i] for i in range(n)]
+            try:
+                await self._sink.append_audit_events(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.failures += 1
+                log.warning("audit sink unavailable (%s); %d events waiting, retrying in %.1fs",
+                            type(exc).__name__, len(self._pending), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_delay)
+                continue
+            delay = self._retry_delay
+            for _ in range(n):
+                self._pending.popleft()
+            self.stats.written += n
+
+    def _spill_pending(self) -> None:
+        assert self._spill is not None
+        events = list(self._pending)
+        self._pending.clear()
+        fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            for event in events:
+                f.write(_event_to_line(event) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.stats.spilled += len(events)
+        log.warning("audit: spilled %d events to %s", len(events), self._spill)
+
+    async def _load_spill(self) -> None:
+        if self._spill is None or not self._spill.exists():
+            return
+        events = await asyncio.to_thread(self._read_spill)
+        # Spilled events are older than anything queued: they go first, so
+        # each connection's chain keeps its order.
+        self._pending.extendleft(reversed(events))
+        if self._pending:
+            self._idle.clear()
+            self._wakeup.set()
+
+    def _read_spill(self) -> list[AuditEvent]:
+        assert self._spill is not None
+        loading = self._spill.with_suffix(self._spill.suffix + ".loading")
+        if not loading.exists():
+            os.replace(self._spill, loading)
+        events = []
+        with loading.open(encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        events.append(_event_from_line(line))
+                    except (ValueError, KeyError):
+                        log.error("audit: a corrupt line in the spill file was skipped")
+        # The events are in memory now; an overflow spills them again.
+        loading.unlink()
+        return events
+
+
+def gateway_event(**fields: Any) -> AuditEvent:
+    """An ``AuditEvent`` for a gateway request, with a fresh id."""
+    return AuditEvent(id=new_event_id(), kind="gateway", **fields)
+
+
+__all__ += ["AuditStats", "format_time", "gateway_event"]
