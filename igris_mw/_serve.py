@@ -34,7 +34,7 @@ def ensure_master_key(environ: dict[str, str], *, create: bool) -> Path | None:
     A configured key (env var or file) is never replaced by a generated one.
     Returns the path of a key file created now, else ``None``.
     """
-    if environ.get("IGRIS_MASTER_KEY") or environ.get("IGRIS_MASTER_KEY_FILE"):
+    if "IGRIS_MASTER_KEY" in environ or environ.get("IGRIS_MASTER_KEY_FILE"):
         return None
     path = data_dir(environ) / "master.key"
     environ["IGRIS_MASTER_KEY_FILE"] = str(path)
