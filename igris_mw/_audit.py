@@ -145,7 +145,8 @@ class AuditWriter:
             ``None`` keeps them in memory only (bounded by nothing then:
             use it in tests).
         batch_size: most events in one append.
-        max_pending: events kept in memory before spilling.
+        max_pending: events kept in memory while the sink is down; past it
+            the queue moves to the spill file (at the next failed retry).
     """
 
     def __init__(
@@ -177,8 +178,6 @@ class AuditWriter:
         self.stats.emitted += 1
         self._pending.append(event)
         self._idle.clear()
-        if len(self._pending) > self._max_pending and self._spill is not None:
-            self._spill_pending()
         self._wakeup.set()
 
     @property
@@ -222,7 +221,8 @@ class AuditWriter:
     async def _run(self) -> None:
         delay = self._retry_delay
         while True:
-            if not self._pending and self._spill is not None and self._spill.exists():
+            if self._spill is not None and self._spill.exists():
+                # Spilled events are the oldest: nothing newer is written before them.
                 await self._load_spill()
             if not self._pending:
                 self._idle.set()
@@ -239,6 +239,11 @@ class AuditWriter:
                 self.stats.failures += 1
                 log.warning("audit sink unavailable (%s); %d events waiting, retrying in %.1fs",
                             type(exc).__name__, len(self._pending), delay)
+                if len(self._pending) > self._max_pending and self._spill is not None:
+                    # Nothing is in flight here, so the whole queue can move to disk.
+                    events = list(self._pending)
+                    self._pending.clear()
+                    await asyncio.to_thread(self._write_spill, events)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
@@ -248,9 +253,12 @@ class AuditWriter:
             self.stats.written += n
 
     def _spill_pending(self) -> None:
-        assert self._spill is not None
         events = list(self._pending)
         self._pending.clear()
+        self._write_spill(events)
+
+    def _write_spill(self, events: list[AuditEvent]) -> None:
+        assert self._spill is not None
         fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
             for event in events:
