@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from .models import AuditEvent, format_time, parse_time
+from ._audit_file import event_from_json
+from .models import AuditEvent, format_time
 
 __all__ = ["AuditWriter", "new_event_id", "peek_jsonrpc"]
 
@@ -105,27 +106,7 @@ def _event_to_line(event: AuditEvent) -> str:
 
 
 def _event_from_line(line: str) -> AuditEvent:
-    d = json.loads(line)
-    return AuditEvent(
-        id=d["id"],
-        timestamp=parse_time(d["timestamp"]),
-        connection=d["connection"],
-        kind=d["kind"],
-        action=d["action"],
-        api_key_id=d["apiKeyId"],
-        user=d["user"],
-        metadata=d["metadata"],
-        method=d["method"],
-        path=d["path"],
-        rpc_method=d["rpcMethod"],
-        tool=d["tool"],
-        status=d["status"],
-        outcome=d["outcome"],
-        latency_ms=d["latencyMs"],
-        bytes_in=d["bytesIn"],
-        bytes_out=d["bytesOut"],
-        credential_version=d["credentialVersion"],
-    )
+    return event_from_json(json.loads(line))
 
 
 @attrs.define

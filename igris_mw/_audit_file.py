@@ -294,20 +294,17 @@ def _decode_cursor(cursor: str) -> int:
         raise ValidationError("cursor", "is not a cursor this listing returned") from None
 
 
-async def audit_sink_from_url(url: str) -> AuditSink:
-    """Build and open the audit sink for ``url``.
+def build_audit_sink(url: str) -> AuditSink:
+    """Build (not open) the audit sink for ``url``.
 
     ``jsonl:///path`` is a ``JsonlAuditSink``; any other URL is a store
     (``sqlite:///``, ``postgresql://``, ...) that must keep audit events.
-    The caller closes it (``await sink.close()``).
 
     Raises:
         ConfigurationError: an unknown scheme, or a store without audit.
     """
     if isinstance(url, str) and url.lower().startswith("jsonl:"):
-        sink = JsonlAuditSink.from_url(url)
-        await sink.open()
-        return sink
+        return JsonlAuditSink.from_url(url)
     from ._plugins import redact_url, store_from_url
 
     store = store_from_url(url)
@@ -316,5 +313,11 @@ async def audit_sink_from_url(url: str) -> AuditSink:
             f"the store {redact_url(url)!r} does not keep audit events, "
             "so it cannot be the audit sink"
         )
-    await store.open()
     return store
+
+
+async def audit_sink_from_url(url: str) -> AuditSink:
+    """Build and open the audit sink for ``url``; the caller closes it."""
+    sink = build_audit_sink(url)
+    await sink.open()  # type: ignore[attr-defined]
+    return sink

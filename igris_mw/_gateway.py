@@ -30,6 +30,7 @@ from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from . import _auth
 from ._api import ManagementAPI
+from ._audit_file import build_audit_sink
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._cache import RefreshingCache
 from ._errors import (
@@ -162,7 +163,7 @@ class IgrisGateway:
             else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
         )
         if isinstance(audit, str):
-            audit = store_from_url(audit)
+            audit = build_audit_sink(audit)
         self._audit_store = audit
         self.service = Service(self.store, self.crypto, audit=audit)
         if upstream_timeout is None:
