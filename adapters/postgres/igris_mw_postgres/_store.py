@@ -1,0 +1,605 @@
+"""``PostgresStore``: the ``Store`` protocol on PostgreSQL (psycopg 3, async pool).
+
+Several gateway processes share one database: writes notify every process
+over LISTEN/NOTIFY (``_notify``), and the audit chains stay linear with any
+number of writers (see ``append_audit_events``).
+
+Faults: every psycopg error is translated in one place, ``_connection``;
+an outage gives ``StoreUnavailable`` within ``timeout`` seconds (the pool
+wait), never a hang, and the pool checks each connection before lending it,
+so a restarted server is used again without reopening the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, LiteralString
+from urllib.parse import urlsplit
+
+import attrs
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from igris_mw._errors import (
+    ConfigurationError,
+    Conflict,
+    NotFound,
+    SlugTaken,
+    StoreUnavailable,
+    ValidationError,
+    VersionConflict,
+)
+from igris_mw._plugins import redact_url
+from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.storage import Capabilities, Change, ChangeListener, seal_event
+
+from ._notify import CHANNEL, Listener, payload
+from ._schema import SCHEMA_VERSION, migrate
+
+__all__ = ["LISTENER_NAME", "SCHEMA_VERSION", "PostgresStore"]
+
+#: ``application_name`` of the listening connection, to find it in ``pg_stat_activity``
+LISTENER_NAME = "igris-mw-listener"
+
+log = logging.getLogger("igris_mw_postgres")
+Row = dict[str, Any]
+
+_CONNECTION_COLS = (
+    "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
+    "ciphertext, created_at, updated_at, rotated_at, version"
+)
+_API_KEY_COLS = "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at"
+_AUDIT_COLS = (
+    'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
+    "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
+    "prev_hash, hash"
+)
+_INSERT_EVENT = (
+    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 21)})"  # noqa: S608
+)
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _metadata_text(metadata: Any) -> str | None:
+    # Kept as the exact JSON text, not jsonb: jsonb rewrites numbers (1e100
+    # comes back as an int, -0.0 as 0) and refuses "\u0000", any of which
+    # would change the canonical JSON the audit hash is computed over.
+    if metadata is None:
+        return None
+    # key order kept too, so the record reads back exactly as written
+    return json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=True)
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValidationError("limit", "must be at least 1")
+
+
+def _encode_cursor(prefix: str, value: str) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{value}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(prefix: str, cursor: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValidationError("cursor", "is not a cursor this listing returned") from None
+    got, sep, value = text.partition(":")
+    if got != prefix or not sep or not value:
+        raise ValidationError("cursor", "is not a cursor this listing returned")
+    return value
+
+
+def _connection_from_row(row: Row) -> Connection:
+    return Connection(
+        slug=row["slug"],
+        name=row["name"],
+        upstream_url=row["upstream_url"],
+        auth_type=AuthType(row["auth_type"]),
+        header_name=row["header_name"],
+        enabled=row["enabled"],
+        credential_version=row["credential_version"],
+        ciphertext=bytes(row["ciphertext"]) if row["ciphertext"] is not None else None,
+        created_at=row["created_at"].astimezone(UTC),
+        updated_at=row["updated_at"].astimezone(UTC),
+        rotated_at=_utc(row["rotated_at"]),
+        version=row["version"],
+    )
+
+
+def _api_key_from_row(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        key_hash=bytes(row["key_hash"]),
+        scopes=frozenset(Scope(s) for s in row["scopes"]),
+        connections=frozenset(row["connections"]) if row["connections"] is not None else None,
+        created_at=row["created_at"].astimezone(UTC),
+        expires_at=_utc(row["expires_at"]),
+        revoked_at=_utc(row["revoked_at"]),
+    )
+
+
+def _event_from_row(row: Row) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        timestamp=row["ts"].astimezone(UTC),
+        connection=row["connection"],
+        kind=row["kind"],
+        action=row["action"],
+        api_key_id=row["api_key_id"],
+        user=row["user"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] is not None else None,
+        method=row["method"],
+        path=row["path"],
+        rpc_method=row["rpc_method"],
+        tool=row["tool"],
+        status=row["status"],
+        outcome=row["outcome"],
+        latency_ms=row["latency_ms"],
+        bytes_in=row["bytes_in"],
+        bytes_out=row["bytes_out"],
+        credential_version=row["credential_version"],
+        seq=row["seq"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def _event_params(e: AuditEvent) -> tuple[Any, ...]:
+    return (
+        e.id, e.connection, e.seq, e.timestamp, e.kind, e.action, e.api_key_id, e.user,
+        _metadata_text(e.metadata), e.method, e.path, e.rpc_method, e.tool, e.status,
+        e.outcome, e.latency_ms, e.bytes_in, e.bytes_out, e.credential_version,
+        e.prev_hash, e.hash,
+    )  # fmt: skip
+
+
+class PostgresStore:
+    """The igris-mw store on PostgreSQL.
+
+    Args:
+        dsn: a ``postgresql://`` or ``postgres://`` URL (libpq syntax; query
+            parameters such as ``sslmode`` pass through to libpq).
+        timeout: seconds a call waits for a pooled connection before it
+            raises ``StoreUnavailable``; bounds every call during an outage.
+        connect_timeout: libpq's connect timeout in seconds (at least 2).
+        min_size, max_size: the pool's size.
+
+    Raises:
+        ConfigurationError: the DSN cannot be parsed.
+    """
+
+    capabilities = Capabilities(shared=True, notifies_remote=True, audit=True)
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        timeout: float = 2.0,
+        connect_timeout: int = 2,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self._safe_url = self._scrub(redact_url(dsn), dsn)
+        try:
+            conninfo_to_dict(dsn)
+            if "://" in dsn:
+                _ = urlsplit(dsn).port
+        except (psycopg.Error, ValueError) as exc:
+            raise ConfigurationError(
+                f"malformed postgres store URL {self._safe_url!r}: "
+                f"{self._scrub(_one_line(str(exc)), dsn)}"
+            ) from None
+        self._dsn = dsn
+        self._timeout = timeout
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(2, int(connect_timeout)),
+            "application_name": "igris-mw",
+        }
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+        self._listener: Listener | None = None
+        self._listeners: list[ChangeListener] = []
+        self._origin = uuid.uuid4().hex[:16]
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """Build (not open) a store for ``url``.
+
+        Raises:
+            ConfigurationError: the URL cannot be parsed.
+        """
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._safe_url!r})"
+
+    # -- errors: the one boundary ----------------------------------------
+    @staticmethod
+    def _scrub(text: str, dsn: str) -> str:
+        """``text`` with any password from ``dsn`` (or any URL or keyword form) masked."""
+        password = ""
+        with contextlib.suppress(psycopg.Error, ValueError):
+            password = str(conninfo_to_dict(dsn).get("password") or "")
+        if not password:
+            with contextlib.suppress(ValueError):
+                password = urlsplit(dsn).password or ""
+        if password:
+            text = text.replace(password, "***")
+        text = _URL_PASSWORD.sub(r"\1:***@", text)
+        return _KEYWORD_PASSWORD.sub("password=***", text)
+
+    def _translate(self, exc: psycopg.Error) -> StoreUnavailable:
+        reason = self._scrub(_one_line(str(exc)) or type(exc).__name__, self._dsn)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return StoreUnavailable(f"postgres unreachable at {self._safe_url}: {reason}")
+        return StoreUnavailable(f"postgres error at {self._safe_url}: {reason}")
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        if self._pool is None:
+            raise StoreUnavailable(f"the postgres store {self._safe_url} is not open")
+        timeout = self._timeout
+        if self._listener is not None and not self._listener.connected:
+            # the server is most likely down: answer 503 fast rather than
+            # hold every request for the whole pool wait
+            timeout = min(timeout, 0.5)
+        try:
+            async with self._pool.connection(timeout=timeout) as conn:
+                yield conn
+        except psycopg.Error as exc:  # PoolTimeout is an OperationalError
+            raise self._translate(exc) from exc
+
+    async def _direct(self, application_name: str = "igris-mw") -> AsyncConnection[Any]:
+        try:
+            return await AsyncConnection.connect(
+                self._dsn, **(self._connect_kwargs | {"application_name": application_name})
+            )
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    # -- lifecycle -------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, migrate the schema, open the pool and start listening.
+
+        Raises:
+            StoreUnavailable: the server cannot be reached or refuses the login.
+            ConfigurationError: the database is at a newer schema version.
+        """
+        if self._pool is not None:
+            return
+        # A direct first connection reports the real cause (bad password,
+        # unknown host) where a pool would only time out.
+        conn = await self._direct()
+        try:
+            await migrate(conn)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await conn.close()
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            self._dsn,
+            kwargs=self._connect_kwargs,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self._timeout,
+            name="igris-mw",
+        )
+        try:
+            await pool.open(wait=True, timeout=max(self._timeout, 5.0))
+            listener = Listener(
+                lambda: self._direct(LISTENER_NAME), self._origin, self._notify_local
+            )
+            await listener.start()
+        except (psycopg.Error, StoreUnavailable) as exc:
+            await pool.close()
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise self._translate(exc) from exc
+        self._pool, self._listener = pool, listener
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+        if listener is not None:
+            await listener.close()
+        if pool is not None:
+            await pool.close()
+
+    # -- change notification ---------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify_local(self, change: Change) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.exception("a store change listener failed")
+
+    async def _send(self, conn: AsyncConnection[Any], kind: str, key: str) -> None:
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(self._origin, kind, key)))
+
+    # -- connections -----------------------------------------------------
+    async def create_connection(self, connection: Connection) -> Connection:
+        c = connection
+        async with self._connection() as conn:
+            try:
+                async with conn.transaction():
+                    cur = await conn.cursor(row_factory=dict_row).execute(
+                        f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1) "
+                        f"RETURNING {_CONNECTION_COLS}",
+                        (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
+                         c.enabled, c.credential_version, c.ciphertext, c.created_at,
+                         c.updated_at, c.rotated_at),
+                    )  # fmt: skip
+                    row = await cur.fetchone()
+                    await self._send(conn, "connection", c.slug)
+            except psycopg.errors.UniqueViolation:
+                raise SlugTaken(f"the slug {c.slug!r} is taken") from None
+        assert row is not None
+        self._notify_local(Change("connection", c.slug))
+        return _connection_from_row(row)
+
+    async def get_connection(self, slug: str) -> Connection:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_CONNECTION_COLS} FROM igris_connections WHERE slug = %s", (slug,)  # noqa: S608
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no connection {slug!r}")
+        return _connection_from_row(row)
+
+    async def list_connections(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Connection]:
+        _check_limit(limit)
+        after = _decode_cursor("c", cursor) if cursor is not None else None
+        query: LiteralString = f"SELECT {_CONNECTION_COLS} FROM igris_connections"  # noqa: S608
+        params: tuple[Any, ...] = (limit + 1,)
+        if after is not None:
+            query += " WHERE slug > %s"
+            params = (after, limit + 1)
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                query + " ORDER BY slug LIMIT %s", params
+            )
+            rows = await cur.fetchall()
+        items = [_connection_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit and items
+        return Page(items, _encode_cursor("c", items[-1].slug) if more else None)
+
+    async def update_connection(
+        self, connection: Connection, *, expected_version: int
+    ) -> Connection:
+        c = connection
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
+                "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
+                "updated_at = %s, rotated_at = %s, version = version + 1 "
+                f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
+                (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
+                 c.credential_version, c.ciphertext, c.updated_at, c.rotated_at, c.slug,
+                 expected_version),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            if row is None:
+                found = await conn.execute(
+                    "SELECT 1 FROM igris_connections WHERE slug = %s", (c.slug,)
+                )
+                if await found.fetchone() is None:
+                    raise NotFound(f"no connection {c.slug!r}")
+                raise VersionConflict(
+                    f"the connection {c.slug!r} was changed by another writer; retry"
+                )
+            await self._send(conn, "connection", c.slug)
+        self._notify_local(Change("connection", c.slug))
+        return _connection_from_row(row)
+
+    async def delete_connection(self, slug: str) -> None:
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM igris_connections WHERE slug = %s RETURNING slug", (slug,)
+            )
+            if await cur.fetchone() is None:
+                raise NotFound(f"no connection {slug!r}")
+            await self._send(conn, "connection", slug)
+        self._notify_local(Change("connection", slug))
+
+    # -- gateway API keys ------------------------------------------------
+    async def create_api_key(self, key: ApiKey) -> ApiKey:
+        k = key
+        async with self._connection() as conn:
+            try:
+                async with conn.transaction():
+                    cur = await conn.cursor(row_factory=dict_row).execute(
+                        f"INSERT INTO igris_api_keys ({_API_KEY_COLS}) "  # noqa: S608
+                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
+                        (k.id, k.name, k.key_hash, sorted(s.value for s in k.scopes),
+                         sorted(k.connections) if k.connections is not None else None,
+                         k.created_at, k.expires_at, k.revoked_at),
+                    )  # fmt: skip
+                    row = await cur.fetchone()
+                    await self._send(conn, "api_key", k.id)
+            except psycopg.errors.UniqueViolation:
+                raise Conflict(f"an API key with the id {k.id!r} or the same key exists") from None
+        assert row is not None
+        self._notify_local(Change("api_key", k.id))
+        return _api_key_from_row(row)
+
+    async def get_api_key_by_hash(self, key_hash: bytes) -> ApiKey | None:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_API_KEY_COLS} FROM igris_api_keys WHERE key_hash = %s", (key_hash,)  # noqa: S608
+            )
+            row = await cur.fetchone()
+        return None if row is None else _api_key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_API_KEY_COLS} FROM igris_api_keys ORDER BY created_at, ord"  # noqa: S608
+            )
+            rows = await cur.fetchall()
+        return [_api_key_from_row(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "UPDATE igris_api_keys SET revoked_at = coalesce(revoked_at, %s) "  # noqa: S608
+                f"WHERE id = %s RETURNING {_API_KEY_COLS}",
+                (at, key_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}")
+            await self._send(conn, "api_key", key_id)
+        self._notify_local(Change("api_key", key_id))
+        return _api_key_from_row(row)
+
+    # -- audit -----------------------------------------------------------
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        """Append a batch in one transaction, chaining per connection.
+
+        Several replicas write at once, so each connection's chain has a
+        head row ``igris_audit_heads(connection, seq, hash)``. Inside the
+        batch's transaction the writer creates the head if missing and
+        locks it ``FOR UPDATE``; a second writer for the same connection
+        blocks there until the first commits and then reads the new head,
+        so events of one connection are sealed strictly one writer after
+        another while different connections proceed in parallel. Heads are
+        locked in sorted slug order, so two batches spanning the same
+        connections cannot deadlock. Event ids are checked after the lock
+        is held, which makes a retried batch a no-op even when it races
+        with its own first attempt; ``UNIQUE (connection, seq)`` backs it
+        all up. The batch is one round trip per connection plus one
+        pipelined ``executemany``.
+        """
+        if not events:
+            return
+        by_connection: dict[str, list[AuditEvent]] = {}
+        for event in events:
+            by_connection.setdefault(event.connection, []).append(event)
+        async with self._connection() as conn, conn.transaction():
+            heads: dict[str, tuple[int, str | None]] = {}
+            for slug in sorted(by_connection):
+                await conn.execute(
+                    "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
+                    "ON CONFLICT (connection) DO NOTHING",
+                    (slug,),
+                )
+                cur = await conn.execute(
+                    "SELECT seq, hash FROM igris_audit_heads WHERE connection = %s FOR UPDATE",
+                    (slug,),
+                )
+                head = await cur.fetchone()
+                assert head is not None
+                heads[slug] = (int(head[0]), head[1])
+            cur = await conn.execute(
+                "SELECT id FROM igris_audit_events WHERE id = ANY(%s)", ([e.id for e in events],)
+            )
+            seen = {r[0] for r in await cur.fetchall()}
+            sealed: list[AuditEvent] = []
+            for slug, run in by_connection.items():
+                seq, last_hash = heads[slug]
+                previous = attrs.evolve(run[0], seq=seq, hash=last_hash) if seq else None
+                for event in run:
+                    if event.id in seen:
+                        continue
+                    seen.add(event.id)
+                    previous = seal_event(event, previous)
+                    sealed.append(previous)
+                if previous is not None and previous.seq != seq:
+                    heads[slug] = (previous.seq, previous.hash)
+            if not sealed:
+                return
+            async with conn.cursor() as c:
+                await c.executemany(
+                    _INSERT_EVENT,
+                    [_event_params(e) for e in sealed],
+                )
+                await c.executemany(
+                    "UPDATE igris_audit_heads SET seq = %s, hash = %s WHERE connection = %s",
+                    [(seq, h, slug) for slug, (seq, h) in heads.items()],
+                )
+
+    async def list_audit_events(
+        self,
+        connection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+    ) -> Page[AuditEvent]:
+        query: LiteralString = f"SELECT {_AUDIT_COLS} FROM igris_audit_events WHERE connection = %s"  # noqa: S608
+        _check_limit(limit)
+        params: list[Any] = [connection]
+        if cursor is not None:
+            before = _decode_cursor("a", cursor)
+            if not before.isdigit():
+                raise ValidationError("cursor", "is not a cursor this listing returned")
+            query += " AND seq < %s"
+            params.append(int(before))
+        if since is not None:
+            query += " AND ts >= %s"
+            params.append(since)
+        params.append(limit + 1)
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                query + " ORDER BY seq DESC LIMIT %s", params
+            )
+            rows = await cur.fetchall()
+        items = [_event_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit and items
+        return Page(items, _encode_cursor("a", str(items[-1].seq)) if more else None)
+
+    async def audit_chain(
+        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditEvent]:
+        _check_limit(limit)
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_AUDIT_COLS} FROM igris_audit_events "  # noqa: S608
+                "WHERE connection = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (connection, after_seq, limit),
+            )
+            rows = await cur.fetchall()
+        return [_event_from_row(r) for r in rows]
+
+    async def audit_connections(self) -> list[str]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT connection FROM igris_audit_heads WHERE seq > 0 ORDER BY connection"
+            )
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
