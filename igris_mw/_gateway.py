@@ -26,27 +26,26 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import attrs
-from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from . import _auth
 from ._api import ManagementAPI
-from ._audit_file import build_audit_sink
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
+from ._audit_file import build_audit_sink
 from ._cache import RefreshingCache
 from ._errors import (
     BadRequest,
     Forbidden,
     IgrisError,
     NotFound,
-    ServiceUnavailable,
     StoreUnavailable,
     Unauthorized,
 )
 from ._plugins import crypto_from_url, store_from_url
-from ._proxy import Forwarder, Target
+from ._proxy import BodyPrefix, Forwarder, Receive, Scope, Send, Target, read_body_prefix
 from ._service import AuditSink, Service
 from .crypto import CryptoProvider
-from .models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, Scope as KeyScope, utcnow
+from .models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, utcnow
+from .models import Scope as KeyScope
 from .storage import Change, Store
 
 __all__ = ["IgrisGateway"]
@@ -88,7 +87,7 @@ def _inject_headers(conn: Connection, credential: bytes | None) -> tuple[tuple[s
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:  # type: ignore[typeddict-item]
+    for key, value in scope["headers"]:
         if key.lower() == name:
             return bytes(value).decode("latin-1")
     return None
@@ -274,14 +273,12 @@ class IgrisGateway:
     async def _resolve(self, conn: Connection) -> _Resolved:
         secret = await self.service.open_credential(conn)
         inject = _inject_headers(conn, secret.reveal() if secret is not None else None)
-        target = Target(
-            base_url=conn.upstream_url,
-            inject=inject,
-            strip=frozenset(name.lower() for name, _ in inject),
-        )
+        target = Target(base_url=conn.upstream_url, inject=inject)
         return _Resolved(conn, target)
 
-    async def _revalidate_connection(self, slug: str, old: _Resolved | _Missing) -> _Resolved | _Missing:
+    async def _revalidate_connection(
+        self, slug: str, old: _Resolved | _Missing
+    ) -> _Resolved | _Missing:
         try:
             conn = await self.store.get_connection(slug)
         except NotFound:
@@ -300,7 +297,7 @@ class IgrisGateway:
         return record
 
     # -- ASGI ---------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
@@ -328,7 +325,7 @@ class IgrisGateway:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1000, "reason": ""})
 
-    async def _lifespan(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
             await self._own_lifespan(receive, send)
             return
@@ -372,7 +369,7 @@ class IgrisGateway:
         elif not state["shutdown_sent"]:
             await self.aclose()
 
-    async def _own_lifespan(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "lifespan.startup":
             return
@@ -388,7 +385,7 @@ class IgrisGateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     @staticmethod
-    async def _wait_shutdown(receive: ASGIReceiveCallable) -> None:
+    async def _wait_shutdown(receive: Receive) -> None:
         while (await receive())["type"] != "lifespan.shutdown":
             pass
 
@@ -406,11 +403,11 @@ class IgrisGateway:
         return host is not None and netloc == host.lower()
 
     async def _proxy_request(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, path: str
+        self, scope: Scope, receive: Receive, send: Send, path: str
     ) -> None:
         started = time.perf_counter()
-        slug, _, subpath = path[len(MCP_PREFIX):].partition("/")
-        method: str = scope["method"]  # type: ignore[typeddict-item]
+        slug = path[len(MCP_PREFIX):].partition("/")[0]
+        method: str = scope["method"]
         fields: dict[str, Any] = {
             "connection": slug,
             "method": method,
@@ -421,7 +418,9 @@ class IgrisGateway:
         try:
             origin = _header(scope, b"origin")
             if origin is not None and not self._origin_allowed(origin, _header(scope, b"host")):
-                raise Forbidden("this Origin is not allowed to use the gateway", code="origin_not_allowed")
+                raise Forbidden(
+                    "this Origin is not allowed to use the gateway", code="origin_not_allowed"
+                )
             auth = _header(scope, b"authorization") or ""
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not token:
@@ -433,7 +432,9 @@ class IgrisGateway:
             if not (KeyScope.ADMIN in api_key.scopes or KeyScope.MCP in api_key.scopes):
                 raise Forbidden("this key lacks the 'mcp' scope", code="insufficient_scope")
             if not api_key.allows(slug):
-                raise Forbidden("this key may not use this connection", code="connection_not_allowed")
+                raise Forbidden(
+                    "this key may not use this connection", code="connection_not_allowed"
+                )
             found = await self._conns.get(slug)
             if isinstance(found, _Missing):
                 raise NotFound("no such connection")
@@ -452,23 +453,23 @@ class IgrisGateway:
             await self._refuse(scope, send, err, fields, started, known=resolved is not None)
             return
 
-        first = b""
-        complete = True
+        prefix: BodyPrefix | None = None
         if method in ("POST", "PUT", "PATCH"):
-            first, complete, gone = await _read_prefix(receive, PEEK_LIMIT)
-            if gone:
-                self._emit(fields, started, status=499, outcome="client_closed", bytes_in=len(first))
+            prefix = await read_body_prefix(receive, PEEK_LIMIT)
+            if prefix.disconnected:
+                self._emit(fields, started, status=499, outcome="client_closed",
+                           bytes_in=len(prefix.data))
                 return
-            fields["rpc_method"], fields["tool"] = peek_jsonrpc(first, complete=complete)
+            rpc = peek_jsonrpc(prefix.data, complete=prefix.complete)
+            fields["rpc_method"], fields["tool"] = rpc
         result = await self.forwarder.forward(
             scope,
             receive,
             send,
             resolved.target,
-            subpath,
-            first_chunk=first if not complete or first else None,
-            body_complete=complete,
+            _raw_subpath(scope, slug),
             gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
+            prefix=prefix,
         )
         self._emit(
             fields,
@@ -482,7 +483,7 @@ class IgrisGateway:
     async def _refuse(
         self,
         scope: Scope,
-        send: ASGISendCallable,
+        send: Send,
         exc: IgrisError,
         fields: dict[str, Any],
         started: float,
@@ -558,28 +559,18 @@ def _attribution(scope: Scope) -> tuple[str | None, dict[str, Any] | None]:
     return user, metadata
 
 
-async def _read_prefix(receive: ASGIReceiveCallable, limit: int) -> tuple[bytes, bool, bool]:
-    """Read body messages until ``limit`` bytes or the end.
-
-    Returns (bytes, complete, client_gone).
-    """
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks), False, True
-        body = message.get("body", b"")
-        if body:
-            chunks.append(body)  # type: ignore[arg-type]
-            size += len(body)  # type: ignore[arg-type]
-        if not message.get("more_body", False):
-            return b"".join(chunks), True, False
-    return b"".join(chunks), False, False
+def _raw_subpath(scope: Scope, slug: str) -> str:
+    """The still-encoded path after ``/v1/mcp/<slug>`` (``""`` or ``/...``)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope["path"]
+    marker = MCP_PREFIX + slug
+    at = path.find(marker)
+    rest = path[at + len(marker):] if at >= 0 else ""
+    return rest.split("?", 1)[0]
 
 
 async def _send_json(
-    send: ASGISendCallable,
+    send: Send,
     status: int,
     body: Any,
     headers: Sequence[tuple[bytes, bytes]] = (),

@@ -1,0 +1,343 @@
+"""Tests for igris_mw._gateway.IgrisGateway, in process (httpx.ASGITransport)
+against a real aiohttp upstream on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from igris_mw import IgrisGateway
+from igris_mw.testing import FixedKeyring, MemoryStore
+
+UPSTREAM_TOKEN = "upstream-canary-7f3a9c"
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append({"headers": dict(request.headers), "body": body, "path": request.path_qs})
+        if request.headers.get("Authorization") != f"Bearer {UPSTREAM_TOKEN}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"ok": True}})
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[Upstream]:
+    up = Upstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", up.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    up.url = f"http://127.0.0.1:{port}"
+    yield up
+    await runner.cleanup()
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts every read the gateway makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get_connection(self, slug: str) -> Any:
+        self.reads += 1
+        return await super().get_connection(slug)
+
+    async def get_api_key_by_hash(self, key_hash: bytes) -> Any:
+        self.reads += 1
+        return await super().get_api_key_by_hash(key_hash)
+
+
+class CountingKeyring(FixedKeyring):
+    """A keyring that counts unwraps (decryptions)."""
+
+    __slots__ = ("unwraps",)
+
+    def __init__(self) -> None:
+        super().__init__("gateway-tests")
+        self.unwraps = 0
+
+    def decrypt_sync(self, envelope: bytes, associated_data: bytes) -> bytes:
+        self.unwraps += 1
+        return super().decrypt_sync(envelope, associated_data)
+
+
+@pytest.fixture
+async def gateway(upstream: Upstream) -> AsyncIterator[tuple[IgrisGateway, str]]:
+    gw = IgrisGateway(
+        None, store=CountingStore(), crypto=CountingKeyring(), allowed_origins=["https://ok.example"]
+    )
+    await gw.startup()
+    _, admin = await gw.service.create_api_key({"name": "admin", "scopes": ["admin"]})
+    await gw.service.create_connection(
+        {
+            "slug": "conn-a",
+            "name": "A",
+            "upstreamUrl": upstream.url + "/mcp",
+            "credential": UPSTREAM_TOKEN,
+        }
+    )
+    yield gw, admin
+    await gw.aclose()
+
+
+def _client(gw: IgrisGateway) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=gw), base_url="http://gw.test")
+
+
+RPC = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+
+
+async def _audit(gw: IgrisGateway, slug: str = "conn-a") -> list[dict[str, Any]]:
+    assert await gw.audit.flush(5)
+    page = await gw.service.list_audit(slug, limit=200)
+    return [e.to_json() for e in page.items if e.kind == "gateway"]
+
+
+async def test_proxies_with_injected_credential_and_strips_gateway_headers(
+    gateway: tuple[IgrisGateway, str], upstream: Upstream
+) -> None:
+    """The upstream sees the injected credential, never the ig_ key or X-Igris-* headers."""
+    gw, admin = gateway
+    upstream.requests.clear()
+    async with _client(gw) as c:
+        r = await c.post(
+            "/v1/mcp/conn-a?x=1",
+            json=RPC,
+            headers={
+                "Authorization": f"Bearer {admin}",
+                "X-Igris-User": "alice@example.com",
+                "X-Igris-Metadata": '{"role": "dev"}',
+            },
+        )
+    assert r.status_code == 200, r.text
+    seen = upstream.requests[-1]
+    assert seen["headers"]["Authorization"] == f"Bearer {UPSTREAM_TOKEN}"
+    assert seen["path"] == "/mcp?x=1"
+    assert not any(k.lower().startswith("x-igris-") for k in seen["headers"])
+    assert admin not in json.dumps(seen["headers"])
+    events = await _audit(gw)
+    assert events[0]["rpcMethod"] == "tools/call"
+    assert events[0]["tool"] == "echo"
+    assert events[0]["user"] == "alice@example.com"
+    assert events[0]["metadata"] == {"role": "dev"}
+    assert events[0]["outcome"] == "ok"
+    assert events[0]["status"] == 200
+
+
+async def test_warm_path_reads_no_store_and_unwraps_no_key(
+    gateway: tuple[IgrisGateway, str], upstream: Upstream
+) -> None:
+    """Once warm, 100 proxied requests make zero store reads and zero key unwraps."""
+    gw, admin = gateway
+    store = gw.store
+    crypto = gw.crypto
+    assert isinstance(store, CountingStore)
+    assert isinstance(crypto, CountingKeyring)
+    async with _client(gw) as c:
+        headers = {"Authorization": f"Bearer {admin}"}
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+        assert r.status_code == 200
+        reads, unwraps = store.reads, crypto.unwraps
+        for _ in range(100):
+            r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+            assert r.status_code == 200
+    assert store.reads == reads
+    assert crypto.unwraps == unwraps
+    assert len(await _audit(gw)) == 101
+
+
+async def test_rotate_disable_revoke_take_effect_on_the_next_request(
+    gateway: tuple[IgrisGateway, str], upstream: Upstream
+) -> None:
+    """Changes through the service invalidate the caches at once."""
+    gw, admin = gateway
+    _, mcp_key = await gw.service.create_api_key({"name": "m", "scopes": ["mcp"]})
+    headers = {"Authorization": f"Bearer {mcp_key}"}
+    async with _client(gw) as c:
+        assert (await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)).status_code == 200
+        await gw.service.rotate_credential("conn-a", "new-token-1")
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+        assert upstream.requests[-1]["headers"]["Authorization"] == "Bearer new-token-1"
+        assert r.status_code == 401  # the upstream refuses the new token: it was sent
+        await gw.service.rotate_credential("conn-a", UPSTREAM_TOKEN)
+        await gw.service.set_enabled("conn-a", False)
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "connection_disabled"
+        await gw.service.set_enabled("conn-a", True)
+        assert (await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)).status_code == 200
+        keys = {k.name: k for k in await gw.service.list_api_keys()}
+        await gw.service.revoke_api_key(keys["m"].id)
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+        assert r.status_code == 401
+    outcomes = [e["outcome"] for e in await _audit(gw)]
+    assert outcomes.count("denied") == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Bearer ig_notavalidkey"}, 401, "unauthorized"),
+        ({"Authorization": "Basic Zm9vOmJhcg=="}, 401, "unauthorized"),
+        ({"Origin": "https://evil.example"}, 403, "origin_not_allowed"),
+        ({"X-Igris-Metadata": "[1, 2]"}, 400, "bad_request"),
+        ({"X-Igris-Metadata": "{not json"}, 400, "bad_request"),
+    ],
+)
+async def test_refusals_are_json_errors(
+    gateway: tuple[IgrisGateway, str], headers: dict[str, str], status: int, code: str
+) -> None:
+    """Each refusal has the contract's status and a JSON error body."""
+    gw, admin = gateway
+    if "Authorization" not in headers and status != 401:
+        headers = {**headers, "Authorization": f"Bearer {admin}"}
+    async with _client(gw) as c:
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code
+    if status == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_allowed_and_same_origin_pass(gateway: tuple[IgrisGateway, str]) -> None:
+    """An allow-listed Origin and a same-origin request are served."""
+    gw, admin = gateway
+    async with _client(gw) as c:
+        for origin in ("https://ok.example", "http://gw.test"):
+            r = await c.post(
+                "/v1/mcp/conn-a", json=RPC, headers={"Authorization": f"Bearer {admin}", "Origin": origin}
+            )
+            assert r.status_code == 200, origin
+
+
+async def test_key_limited_to_other_connections_is_refused(gateway: tuple[IgrisGateway, str]) -> None:
+    """An mcp key limited to other connections gets 403, audited as denied."""
+    gw, _ = gateway
+    _, key = await gw.service.create_api_key(
+        {"name": "limited", "scopes": ["mcp"], "connections": ["conn-b"]}
+    )
+    async with _client(gw) as c:
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 403
+    events = await _audit(gw)
+    assert events[0]["outcome"] == "denied"
+    assert events[0]["status"] == 403
+
+
+async def test_unknown_connection_is_404_without_a_trail(gateway: tuple[IgrisGateway, str]) -> None:
+    """An unknown slug is 404 and creates no audit trail for it."""
+    gw, admin = gateway
+    async with _client(gw) as c:
+        r = await c.post("/v1/mcp/nope-nope", json=RPC, headers={"Authorization": f"Bearer {admin}"})
+        r2 = await c.post("/v1/mcp/Bad!", json=RPC, headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 404
+    assert r2.status_code == 404
+    assert await gw.audit.flush(5)
+    assert "nope-nope" not in await gw.store.audit_connections()
+
+
+async def test_other_routes_pass_through_to_the_wrapped_app() -> None:
+    """Paths outside the gateway's go to the wrapped app untouched; the store is not opened for them."""
+    calls = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"inner"})
+
+    gw = IgrisGateway(app, store=MemoryStore(), crypto=FixedKeyring())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw), base_url="http://t") as c:
+        r = await c.get("/hello")
+        r2 = await c.get("/healthz")
+    assert r.text == "inner"
+    assert r2.text == "inner"  # no health route when wrapping an app
+    assert calls == ["/hello", "/healthz"]
+    await gw.aclose()
+
+
+async def test_lifespan_runs_ours_and_the_wrapped_apps() -> None:
+    """With a wrapped app that has a lifespan, both start and stop."""
+    events: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                events.append("app-start")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                events.append("app-stop")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    gw = IgrisGateway(app, store=MemoryStore(), crypto=FixedKeyring())
+    sent: list[str] = []
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    task = asyncio.create_task(gw({"type": "lifespan"}, inbox.get, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.sleep(0.05)
+    assert gw._started
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, 5)
+    assert events == ["app-start", "app-stop"]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not gw._started
+
+
+async def test_lifespan_when_the_wrapped_app_has_none() -> None:
+    """A wrapped app that rejects lifespan does not stop the gateway's own."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan here")
+
+    gw = IgrisGateway(app, store=MemoryStore(), crypto=FixedKeyring())
+    sent: list[str] = []
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    task = asyncio.create_task(gw({"type": "lifespan"}, inbox.get, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.sleep(0.05)
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, 5)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_no_secret_in_logs(
+    gateway: tuple[IgrisGateway, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At DEBUG, no log line holds the upstream credential or the ig_ key."""
+    gw, admin = gateway
+    caplog.set_level(logging.DEBUG)
+    async with _client(gw) as c:
+        await c.post("/v1/mcp/conn-a", json=RPC, headers={"Authorization": f"Bearer {admin}"})
+        await c.post("/v1/mcp/conn-a", json=RPC, headers={"Authorization": f"Bearer {admin}x"})
+    await gw.service.rotate_credential("conn-a", UPSTREAM_TOKEN)
+    text = caplog.text + repr(gw) + repr(gw._conns._entries)
+    assert UPSTREAM_TOKEN not in text
+    assert admin not in text
