@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._gateway import IgrisGateway
-    from .client import AsyncIgrisClient, IgrisClient, McpConfig
+    from .client import AsyncIgrisClient, IgrisClient, IssuedApiKey, McpConfig
 
 
 def __getattr__(name: str) -> object:
@@ -44,7 +44,7 @@ def __getattr__(name: str) -> object:
         from ._gateway import IgrisGateway
 
         return IgrisGateway
-    if name in ("IgrisClient", "AsyncIgrisClient", "McpConfig"):
+    if name in ("IgrisClient", "AsyncIgrisClient", "IssuedApiKey", "McpConfig"):
         from . import client
 
         return getattr(client, name)
@@ -69,6 +69,7 @@ __all__ = [
     "IgrisError",
     "IgrisGateway",
     "InvalidCiphertext",
+    "IssuedApiKey",
     "McpConfig",
     "NotFound",
     "Page",

@@ -1,0 +1,357 @@
+"""The management API's operations and its OpenAPI 3.1 document.
+
+The route table (``OPERATIONS``) is the one source both the router in
+``_api.py`` and the document are built from, and the request schemas here
+are the ones the API enforces for unknown fields, so the document cannot
+drift from what is served.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import attrs
+
+from .models import SLUG_RE
+
+__all__ = ["OPERATIONS", "REQUEST_FIELDS", "Operation", "build_document"]
+
+JSON = "application/json"
+
+
+@attrs.frozen(kw_only=True)
+class Operation:
+    """One (method, path) the management API serves.
+
+    ``handler`` names the ``ManagementAPI`` coroutine that answers it;
+    ``request`` and ``response`` name schemas in ``_SCHEMAS`` (``None``: no
+    body); ``query`` names entries of ``_QUERY``.
+    """
+
+    method: str
+    path: str
+    handler: str
+    operation_id: str
+    summary: str
+    tag: str
+    success: int
+    response: str | None = None
+    request: str | None = None
+    query: tuple[str, ...] = ()
+    conflict: bool = False
+    public: bool = False
+
+
+_VK = "/api/v1/virtual-keys"
+_VK_ONE = _VK + "/{slug}"
+_AK = "/api/v1/api-keys"
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(method="POST", path=_VK, handler="create_connection",
+              operation_id="createConnection", summary="Create a connection",
+              tag="connections", success=201, response="Connection",
+              request="ConnectionCreate", conflict=True),
+    Operation(method="GET", path=_VK, handler="list_connections",
+              operation_id="listConnections", summary="List connections",
+              tag="connections", success=200, response="ConnectionList",
+              query=("limit", "cursor")),
+    Operation(method="GET", path=_VK_ONE, handler="get_connection",
+              operation_id="getConnection", summary="Read one connection",
+              tag="connections", success=200, response="Connection"),
+    Operation(method="PATCH", path=_VK_ONE, handler="update_connection",
+              operation_id="updateConnection", summary="Change a connection",
+              tag="connections", success=200, response="Connection",
+              request="ConnectionUpdate"),
+    Operation(method="DELETE", path=_VK_ONE, handler="delete_connection",
+              operation_id="deleteConnection", summary="Delete a connection",
+              tag="connections", success=204),
+    Operation(method="POST", path=_VK_ONE + "/rotate", handler="rotate_credential",
+              operation_id="rotateCredential",
+              summary="Replace the credential; requests that start after the 200 use it",
+              tag="connections", success=200, response="Connection",
+              request="RotateRequest"),
+    Operation(method="POST", path=_VK_ONE + "/disable", handler="disable_connection",
+              operation_id="disableConnection", summary="Revoke a connection at once",
+              tag="connections", success=200, response="Connection", request="Empty"),
+    Operation(method="POST", path=_VK_ONE + "/enable", handler="enable_connection",
+              operation_id="enableConnection", summary="Restore a connection",
+              tag="connections", success=200, response="Connection", request="Empty"),
+    Operation(method="GET", path=_VK_ONE + "/audit", handler="list_audit",
+              operation_id="listAudit", summary="A connection's audit trail, newest first",
+              tag="audit", success=200, response="AuditList",
+              query=("limit", "cursor", "since")),
+    Operation(method="POST", path=_AK, handler="create_api_key",
+              operation_id="createApiKey", summary="Issue a gateway API key (shown once)",
+              tag="api-keys", success=201, response="ApiKeyCreated", request="ApiKeyCreate"),
+    Operation(method="GET", path=_AK, handler="list_api_keys",
+              operation_id="listApiKeys", summary="List gateway API keys (never the key)",
+              tag="api-keys", success=200, response="ApiKeyList"),
+    Operation(method="DELETE", path=_AK + "/{id}", handler="revoke_api_key",
+              operation_id="revokeApiKey", summary="Revoke a gateway API key at once",
+              tag="api-keys", success=204),
+    Operation(method="GET", path="/api/v1/openapi.json", handler="openapi",
+              operation_id="getOpenApi", summary="This document", tag="meta",
+              success=200, public=True),
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_SLUG = {"type": "string", "pattern": SLUG_RE.pattern.replace("\\Z", "$")}
+_AUTH_TYPE = {"type": "string", "enum": ["bearer", "header", "basic", "none"]}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_URL = {"type": "string", "format": "uri", "maxLength": 2048,
+        "description": "http(s):// URL with a host, no user info, no fragment"}
+_HEADER_NAME = {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "maxLength": 256}
+_CREDENTIAL: dict[str, Any] = {
+    "type": "string", "minLength": 1, "maxLength": 16384, "writeOnly": True,
+    "description": "write-only; never returned; no CR, LF or NUL",
+}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": properties,
+                           "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return _object(
+        {"data": {"type": "array", "items": _ref(name)},
+         "nextCursor": {"type": ["string", "null"],
+                        "description": "pass as `cursor` for the next page; null on the last"}},
+        ["data", "nextCursor"],
+    )
+
+
+_CONNECTION_FIELDS: dict[str, Any] = {
+    "slug": _SLUG,
+    "name": _NAME,
+    "upstreamUrl": _URL,
+    "authType": _AUTH_TYPE,
+    "headerName": {"type": ["string", "null"], "pattern": _HEADER_NAME["pattern"]},
+    "enabled": {"type": "boolean"},
+    "credentialVersion": {"type": "integer", "minimum": 1},
+    "createdAt": _TIME,
+    "updatedAt": _TIME,
+    "rotatedAt": _TIME_OR_NULL,
+    "gatewayUrl": {"type": "string", "format": "uri",
+                   "description": "`<base>/v1/mcp/<slug>`: the URL MCP clients use"},
+}
+
+_API_KEY_FIELDS: dict[str, Any] = {
+    "id": {"type": "string"},
+    "name": _NAME,
+    "scopes": {"type": "array", "items": {"type": "string", "enum": ["admin", "mcp"]}},
+    "connections": {"type": ["array", "null"], "items": _SLUG},
+    "createdAt": _TIME,
+    "expiresAt": _TIME_OR_NULL,
+    "revokedAt": _TIME_OR_NULL,
+}
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_AUDIT_FIELDS: dict[str, Any] = {
+    "id": {"type": "string"},
+    "timestamp": _TIME,
+    "connection": _SLUG,
+    "kind": {"type": "string", "enum": ["gateway", "management"]},
+    "action": _NULLABLE_STR,
+    "apiKeyId": _NULLABLE_STR,
+    "user": _NULLABLE_STR,
+    "metadata": {"type": ["object", "null"]},
+    "method": _NULLABLE_STR,
+    "path": _NULLABLE_STR,
+    "rpcMethod": _NULLABLE_STR,
+    "tool": _NULLABLE_STR,
+    "status": _NULLABLE_INT,
+    "outcome": {"type": "string"},
+    "latencyMs": {"type": ["number", "null"]},
+    "bytesIn": {"type": "integer"},
+    "bytesOut": {"type": "integer"},
+    "credentialVersion": _NULLABLE_INT,
+    "seq": {"type": "integer"},
+    "prevHash": _NULLABLE_STR,
+    "hash": _NULLABLE_STR,
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {"error": _object(
+            {"code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+             "message": {"type": "string"},
+             "field": {"type": "string", "description": "on 422: the invalid field"}},
+            ["code", "message"])},
+        ["error"],
+    ),
+    "Connection": _object(_CONNECTION_FIELDS, list(_CONNECTION_FIELDS)),
+    "ConnectionCreate": _object(
+        {"slug": _SLUG, "name": _NAME, "upstreamUrl": _URL,
+         "authType": {**_AUTH_TYPE, "default": "bearer"},
+         "headerName": {**_HEADER_NAME, "description": "required when authType is header"},
+         "credential": {**_CREDENTIAL, "description": "required unless authType is none; "
+                                                      + _CREDENTIAL["description"]},
+         "enabled": {"type": "boolean", "default": True}},
+        ["slug", "name", "upstreamUrl"],
+    ),
+    "ConnectionUpdate": _object(
+        {"name": _NAME, "upstreamUrl": _URL, "authType": _AUTH_TYPE,
+         "headerName": {"type": ["string", "null"], "pattern": _HEADER_NAME["pattern"]},
+         "enabled": {"type": "boolean"}},
+    ),
+    "RotateRequest": _object(
+        {"credential": _CREDENTIAL,
+         "authType": {**_AUTH_TYPE, "description": "optionally switch the auth type too "
+                                                   "(the way out of none); not none"},
+         "headerName": {**_HEADER_NAME, "description": "with authType header"}},
+        ["credential"],
+    ),
+    "Empty": _object({}),
+    "ConnectionList": _list_of("Connection"),
+    "AuditEvent": _object(_AUDIT_FIELDS, list(_AUDIT_FIELDS)),
+    "AuditList": _list_of("AuditEvent"),
+    "ApiKey": _object(_API_KEY_FIELDS, list(_API_KEY_FIELDS)),
+    "ApiKeyCreate": _object(
+        {"name": _NAME,
+         "scopes": {"type": "array", "minItems": 1, "uniqueItems": True,
+                    "items": {"type": "string", "enum": ["admin", "mcp"]}},
+         "connections": {"type": ["array", "null"], "items": _SLUG, "uniqueItems": True,
+                         "description": "limit an mcp key to these connections"},
+         "expiresAt": _TIME_OR_NULL},
+        ["name", "scopes"],
+    ),
+    "ApiKeyCreated": _object(
+        {**_API_KEY_FIELDS,
+         "key": {"type": "string", "pattern": "^ig_[0-9A-Za-z]{36}$",
+                 "description": "the gateway key itself: shown this once only"}},
+        [*_API_KEY_FIELDS, "key"],
+    ),
+    "ApiKeyList": _list_of("ApiKey"),
+}
+
+# The request fields the API accepts, per request schema: anything else is a 422.
+REQUEST_FIELDS: dict[str, frozenset[str]] = {
+    name: frozenset(_SCHEMAS[name]["properties"])
+    for name in ("ConnectionCreate", "ConnectionUpdate", "RotateRequest", "Empty", "ApiKeyCreate")
+}
+
+_QUERY: dict[str, dict[str, Any]] = {
+    "limit": {"name": "limit", "in": "query", "required": False,
+              "description": "page size",
+              "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    "cursor": {"name": "cursor", "in": "query", "required": False,
+               "description": "the previous page's nextCursor",
+               "schema": {"type": "string"}},
+    "since": {"name": "since", "in": "query", "required": False,
+              "description": "only events at or after this RFC 3339 time",
+              "schema": {"type": "string", "format": "date-time"}},
+}
+
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "slug": {"name": "slug", "in": "path", "required": True, "schema": _SLUG},
+    "id": {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+}
+
+_ERRORS: dict[str, str] = {
+    "400": "The body is not JSON, or not a JSON object",
+    "401": "No gateway key, or a malformed, unknown, expired or revoked one",
+    "403": "The key lacks the admin scope",
+    "404": "Unknown connection or key",
+    "409": "The slug is taken",
+    "413": "The body is larger than the limit",
+    "415": "The body is not application/json",
+    "422": "A field is invalid; the message (and `field`) names it",
+    "500": "Internal error (no details are given)",
+    "503": "The store or the crypto provider is unavailable (see Retry-After)",
+}
+
+
+def _error_response(status: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": _ERRORS[status],
+        "content": {JSON: {"schema": _ref("Error")}},
+    }
+    if status == "401":
+        out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if status == "503":
+        out["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    return out
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+    }
+    params = [_PATH_PARAMS[p] for p in ("slug", "id") if "{" + p + "}" in op.path]
+    params += [_QUERY[q] for q in op.query]
+    if params:
+        out["parameters"] = params
+    if op.request is not None:
+        out["requestBody"] = {
+            # disable/enable take no fields; an empty body is fine there
+            "required": op.request != "Empty",
+            "content": {JSON: {"schema": _ref(op.request)}},
+        }
+    success: dict[str, Any] = {"description": op.summary}
+    if op.response is not None:
+        success["content"] = {JSON: {"schema": _ref(op.response)}}
+    elif op.public:
+        success["content"] = {JSON: {"schema": {"type": "object"}}}
+    responses: dict[str, Any] = {str(op.success): success}
+    if op.public:
+        out["security"] = []
+    else:
+        errors = ["401", "403", "500", "503"]
+        if op.query or "{slug}" in op.path:
+            errors.append("422")
+        if "{" in op.path:
+            errors.append("404")
+        if op.request is not None:
+            errors += ["400", "413", "415", "422"]
+        if op.conflict:
+            errors.append("409")
+        for status in sorted(set(errors)):
+            responses[status] = {"$ref": f"#/components/responses/E{status}"}
+    out["responses"] = responses
+    return out
+
+
+def build_document(
+    operations: tuple[Operation, ...] = OPERATIONS, *, version: str = "0"
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for ``operations`` (a fresh, mutable dict)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    return copy.deepcopy({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "igris-mw management API",
+            "version": version,
+            "description": (
+                "Manage connections (virtual keys), gateway API keys and the audit trail. "
+                "Every call needs `Authorization: Bearer ig_...` of a key with the "
+                "`admin` scope. Errors are `{\"error\": {\"code\", \"message\"}}`."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "tags": [{"name": t} for t in ("connections", "audit", "api-keys", "meta")],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "ig_..."},
+            },
+            "schemas": _SCHEMAS,
+            "responses": {f"E{s}": _error_response(s) for s in _ERRORS},
+        },
+    })
