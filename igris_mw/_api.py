@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-
+from ._asgi import Receive, Scope, Send
 from ._errors import (
     BadRequest,
     Forbidden,
@@ -154,7 +153,7 @@ class ManagementAPI:
         return result
 
     async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+        self, scope: Scope, receive: Receive, send: Send
     ) -> None:
         if scope["type"] == "http":
             await _Exchange(self, scope, receive, send).run()
@@ -260,7 +259,7 @@ class _Exchange:
     __slots__ = ("actor", "api", "params", "receive", "route", "scope", "send")
 
     def __init__(
-        self, api: ManagementAPI, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable
+        self, api: ManagementAPI, scope: Any, receive: Receive, send: Send
     ) -> None:
         self.api = api
         self.scope = scope

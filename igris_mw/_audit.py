@@ -169,7 +169,9 @@ class AuditWriter:
         if self._task is None:
             self._closing = False
             await self._load_spill()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="igris-audit-writer")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="igris-audit-writer"
+            )
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event is written; False on timeout."""
@@ -196,8 +198,10 @@ class AuditWriter:
             if self._spill is not None:
                 self._spill_pending()
             else:
-                log.error("audit: %d events could not be written and no spill file is set",
-                          len(self._pending))
+                log.error(
+                    "audit: %d events could not be written and no spill file is set",
+                    len(self._pending),
+                )
 
     async def _run(self) -> None:
         delay = self._retry_delay
@@ -218,8 +222,12 @@ class AuditWriter:
                 raise
             except Exception as exc:
                 self.stats.failures += 1
-                log.warning("audit sink unavailable (%s); %d events waiting, retrying in %.1fs",
-                            type(exc).__name__, len(self._pending), delay)
+                log.warning(
+                    "audit sink unavailable (%s); %d events waiting, retrying in %.1fs",
+                    type(exc).__name__,
+                    len(self._pending),
+                    delay,
+                )
                 if len(self._pending) > self._max_pending and self._spill is not None:
                     # Nothing is in flight here, so the whole queue can move to disk.
                     events = list(self._pending)

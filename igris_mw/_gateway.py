@@ -29,6 +29,7 @@ import attrs
 
 from . import _auth
 from ._api import ManagementAPI
+from ._asgi import Receive, Scope, Send
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit_file import build_audit_sink
 from ._cache import RefreshingCache
@@ -41,7 +42,7 @@ from ._errors import (
     Unauthorized,
 )
 from ._plugins import crypto_from_url, store_from_url
-from ._proxy import BodyPrefix, Forwarder, Receive, Scope, Send, Target, read_body_prefix
+from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._service import AuditSink, Service
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, utcnow
@@ -158,7 +159,8 @@ class IgrisGateway:
                 raise ValueError("no store given: pass store=... or set IGRIS_STORE")
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.crypto: CryptoProvider = (
-            crypto if crypto is not None and not isinstance(crypto, str)
+            crypto
+            if crypto is not None and not isinstance(crypto, str)
             else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
         )
         if isinstance(audit, str):
@@ -174,8 +176,8 @@ class IgrisGateway:
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
-        self._health_path = health_path if health_path is not None else (
-            "/healthz" if app is None else None
+        self._health_path = (
+            health_path if health_path is not None else ("/healthz" if app is None else None)
         )
         self.forwarder = Forwarder(timeout=upstream_timeout)
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
@@ -303,7 +305,7 @@ class IgrisGateway:
             path = scope["path"]
             root = scope.get("root_path", "")
             if root and path.startswith(root):
-                path = path[len(root):]
+                path = path[len(root) :]
             if path.startswith(MCP_PREFIX):
                 await self.startup()
                 await self._proxy_request(scope, receive, send, path)
@@ -402,11 +404,9 @@ class IgrisGateway:
             return False
         return host is not None and netloc == host.lower()
 
-    async def _proxy_request(
-        self, scope: Scope, receive: Receive, send: Send, path: str
-    ) -> None:
+    async def _proxy_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         started = time.perf_counter()
-        slug = path[len(MCP_PREFIX):].partition("/")[0]
+        slug = path[len(MCP_PREFIX) :].partition("/")[0]
         method: str = scope["method"]
         fields: dict[str, Any] = {
             "connection": slug,
@@ -457,8 +457,9 @@ class IgrisGateway:
         if method in ("POST", "PUT", "PATCH"):
             prefix = await read_body_prefix(receive, PEEK_LIMIT)
             if prefix.disconnected:
-                self._emit(fields, started, status=499, outcome="client_closed",
-                           bytes_in=len(prefix.data))
+                self._emit(
+                    fields, started, status=499, outcome="client_closed", bytes_in=len(prefix.data)
+                )
                 return
             rpc = peek_jsonrpc(prefix.data, complete=prefix.complete)
             fields["rpc_method"], fields["tool"] = rpc
@@ -565,7 +566,7 @@ def _raw_subpath(scope: Scope, slug: str) -> str:
     path = raw.decode("latin-1") if raw else scope["path"]
     marker = MCP_PREFIX + slug
     at = path.find(marker)
-    rest = path[at + len(marker):] if at >= 0 else ""
+    rest = path[at + len(marker) :] if at >= 0 else ""
     return rest.split("?", 1)[0]
 
 
@@ -591,5 +592,3 @@ async def _send_json(
             }
         )
         await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-

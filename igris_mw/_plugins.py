@@ -90,7 +90,9 @@ def store_from_url(url: str) -> Store:
     return cast(Store, cls.from_url(url))
 
 
-def crypto_from_url(url: str | None = None, environ: Mapping[str, str] | None = None) -> CryptoProvider:
+def crypto_from_url(
+    url: str | None = None, environ: Mapping[str, str] | None = None
+) -> CryptoProvider:
     """Build the crypto provider for ``url`` (default: the local keyring).
 
     Raises:

@@ -53,23 +53,47 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default=os.environ.get("IGRIS_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("IGRIS_PORT", "8080")))
-    p.add_argument("--upstream-timeout", type=float, default=None, metavar="SECONDS",
-                   help="wait for upstream response headers (default IGRIS_UPSTREAM_TIMEOUT or 60)")
-    p.add_argument("--audit", default=os.environ.get("IGRIS_AUDIT"), metavar="URL",
-                   help="separate audit sink (store URL or jsonl:///path); default: the store")
-    p.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
-                   help="browser Origin allowed to call the gateway (repeat; '*' for any)")
-    p.add_argument("--public-url", default=os.environ.get("IGRIS_PUBLIC_URL"),
-                   help="base URL for gatewayUrl (default: from each request)")
-    p.add_argument("--cache-ttl", type=float, default=5.0, metavar="SECONDS",
-                   help="bound on how long an unnotified change can go unseen (default 5)")
+    p.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait for upstream response headers (default IGRIS_UPSTREAM_TIMEOUT or 60)",
+    )
+    p.add_argument(
+        "--audit",
+        default=os.environ.get("IGRIS_AUDIT"),
+        metavar="URL",
+        help="separate audit sink (store URL or jsonl:///path); default: the store",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="browser Origin allowed to call the gateway (repeat; '*' for any)",
+    )
+    p.add_argument(
+        "--public-url",
+        default=os.environ.get("IGRIS_PUBLIC_URL"),
+        help="base URL for gatewayUrl (default: from each request)",
+    )
+    p.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="bound on how long an unnotified change can go unseen (default 5)",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default=os.environ.get("IGRIS_LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log each request line")
     return p
 
 
-async def _bootstrap_admin_key(store_url: str, crypto: str | None, environ: Mapping[str, str]) -> str | None:
+async def _bootstrap_admin_key(
+    store_url: str, crypto: str | None, environ: Mapping[str, str]
+) -> str | None:
     from ._plugins import crypto_from_url, store_from_url
     from ._service import Service
     from .models import Scope
@@ -94,10 +118,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     environ = dict(os.environ)
     store_url: str = args.store or default_store_url(environ)
-    created = ensure_master_key(environ, create=True) if store_url.startswith("sqlite:") else \
-        ensure_master_key(environ, create=False)
+    created = (
+        ensure_master_key(environ, create=True)
+        if store_url.startswith("sqlite:")
+        else ensure_master_key(environ, create=False)
+    )
     if created is not None:
-        print(f"igris-mw: created master key file {created} (mode 0600); back it up", file=sys.stderr)
+        print(
+            f"igris-mw: created master key file {created} (mode 0600); back it up", file=sys.stderr
+        )
     crypto = getattr(args, "crypto", None) or environ.get("IGRIS_CRYPTO")
     if store_url.startswith("sqlite:"):
         data_dir(environ).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -127,8 +156,11 @@ def run_serve(args: argparse.Namespace) -> int:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    print(f"igris-mw: serving on http://{args.host}:{args.port} (store {_redact(store_url)})",
-          file=sys.stderr, flush=True)
+    print(
+        f"igris-mw: serving on http://{args.host}:{args.port} (store {_redact(store_url)})",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(
         app,
         host=args.host,

@@ -80,6 +80,10 @@ class Store(Protocol):
     current version (recorded in a version table; a database at a *newer*
     version than the code knows raises ``ConfigurationError``); ``await
     close()`` releases everything and is idempotent.
+
+    Times come back as aware UTC datetimes with at least millisecond
+    precision (the contract's RFC 3339 precision; the SQLite store keeps
+    exactly milliseconds). ``limit`` below 1 raises ``ValidationError``.
     """
 
     capabilities: Capabilities
@@ -101,13 +105,17 @@ class Store(Protocol):
         """Raises ``NotFound`` for an unknown slug."""
         ...
 
-    async def list_connections(self, *, limit: int = 50, cursor: str | None = None) -> Page[Connection]:
+    async def list_connections(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Connection]:
         """Connections ordered by slug; ``cursor`` is the opaque ``next_cursor``
         of the previous page. Raises ``ValidationError`` (field ``cursor``)
         for a cursor it did not make."""
         ...
 
-    async def update_connection(self, connection: Connection, *, expected_version: int) -> Connection:
+    async def update_connection(
+        self, connection: Connection, *, expected_version: int
+    ) -> Connection:
         """Replace every mutable field of the record ``connection.slug``
         (name, upstream_url, auth_type, header_name, enabled,
         credential_version, ciphertext, updated_at, rotated_at) in one atomic
@@ -168,7 +176,9 @@ class Store(Protocol):
         ``since`` keeps events with ``timestamp >= since``."""
         ...
 
-    async def audit_chain(self, connection: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
+    async def audit_chain(
+        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditEvent]:
         """Sealed events with ``seq > after_seq``, oldest first (for
         ``audit verify`` and ``audit --follow``)."""
         ...
@@ -182,7 +192,8 @@ class Store(Protocol):
         """Call ``listener`` after every committed write to a connection or
         an API key made through this store object, and, when
         ``capabilities.notifies_remote``, for writes by other processes.
-        Listeners run on the event loop and must not block."""
+        Listeners run on the event loop and must not block; one that raises
+        is logged and neither fails the write nor stops the others."""
         ...
 
 
@@ -215,13 +226,17 @@ def verify_chain(events: Sequence[AuditEvent], previous: AuditEvent | None = Non
     prev_hash = None if previous is None else previous.hash
     for event in events:
         if event.seq != expected_seq:
-            problems.append(f"event seq {expected_seq} is missing (next found: seq {event.seq}, id {event.id})")
+            problems.append(
+                f"event seq {expected_seq} is missing (next found: seq {event.seq}, id {event.id})"
+            )
         if event.prev_hash != prev_hash:
-            problems.append(f"event {event.id} (seq {event.seq}) does not follow the event before it")
+            problems.append(
+                f"event {event.id} (seq {event.seq}) does not follow the event before it"
+            )
         if event.hash != audit_chain_hash(event):
-            problems.append(f"event {event.id} (seq {event.seq}) was edited: its hash does not match")
+            problems.append(
+                f"event {event.id} (seq {event.seq}) was edited: its hash does not match"
+            )
         expected_seq = event.seq + 1
         prev_hash = event.hash
     return problems
-
-

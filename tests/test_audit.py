@@ -49,7 +49,12 @@ class FlakySink:
 def test_peek_single_request() -> None:
     """A tools/call request gives its method and tool name."""
     body = json.dumps(
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {}},
+        }
     ).encode()
     assert peek_jsonrpc(body, complete=True) == ("tools/call", "echo")
 
@@ -68,7 +73,9 @@ def test_peek_batch_lists_distinct_methods_and_tools() -> None:
 
 def test_peek_truncated_body_uses_bounded_scan() -> None:
     """A body longer than the peek still yields the method from its prefix."""
-    prefix = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"x":"'
+    prefix = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"x":"'
+    )
     assert peek_jsonrpc(prefix + b"a" * 100, complete=False) == ("tools/call", "big")
 
 
@@ -127,11 +134,13 @@ async def test_writer_waits_for_the_sink_and_loses_nothing() -> None:
 
 
 async def test_writer_spills_past_the_bound_and_replays_in_order(tmp_path: Path) -> None:
-    """Past max_pending events go to a 0600 spill file and are written first when the sink returns."""
+    """Past max_pending, events go to a 0600 spill file and are written first later."""
     spill = tmp_path / "spill.jsonl"
     sink = FlakySink()
     sink.down = True
-    writer = AuditWriter(sink, spill_path=spill, max_pending=10, retry_delay=0.01, max_retry_delay=0.02)
+    writer = AuditWriter(
+        sink, spill_path=spill, max_pending=10, retry_delay=0.01, max_retry_delay=0.02
+    )
     await writer.start()
     events = [_event(i) for i in range(25)]
     for e in events:
@@ -150,7 +159,7 @@ async def test_writer_spills_past_the_bound_and_replays_in_order(tmp_path: Path)
 
 
 async def test_writer_close_spills_and_next_start_replays(tmp_path: Path) -> None:
-    """Events still queued at shutdown survive in the spill file and are written on the next start."""
+    """Events still queued at shutdown survive in the spill file; the next start writes them."""
     spill = tmp_path / "spill.jsonl"
     sink = FlakySink()
     sink.down = True

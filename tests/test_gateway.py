@@ -26,7 +26,9 @@ class Upstream:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.requests.append({"headers": dict(request.headers), "body": body, "path": request.path_qs})
+        self.requests.append(
+            {"headers": dict(request.headers), "body": body, "path": request.path_qs}
+        )
         if request.headers.get("Authorization") != f"Bearer {UPSTREAM_TOKEN}":
             return web.json_response({"error": "unauthorized"}, status=401)
         return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"ok": True}})
@@ -80,7 +82,10 @@ class CountingKeyring(FixedKeyring):
 @pytest.fixture
 async def gateway(upstream: Upstream) -> AsyncIterator[tuple[IgrisGateway, str]]:
     gw = IgrisGateway(
-        None, store=CountingStore(), crypto=CountingKeyring(), allowed_origins=["https://ok.example"]
+        None,
+        store=CountingStore(),
+        crypto=CountingKeyring(),
+        allowed_origins=["https://ok.example"],
     )
     await gw.startup()
     _, admin = await gw.service.create_api_key({"name": "admin", "scopes": ["admin"]})
@@ -100,7 +105,12 @@ def _client(gw: IgrisGateway) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=gw), base_url="http://gw.test")
 
 
-RPC = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+RPC = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {"name": "echo", "arguments": {}},
+}
 
 
 async def _audit(gw: IgrisGateway, slug: str = "conn-a") -> list[dict[str, Any]]:
@@ -166,7 +176,7 @@ async def test_rotate_disable_revoke_take_effect_on_the_next_request(
     gateway: tuple[IgrisGateway, str], upstream: Upstream
 ) -> None:
     """Changes through the service invalidate the caches at once."""
-    gw, admin = gateway
+    gw, _ = gateway
     _, mcp_key = await gw.service.create_api_key({"name": "m", "scopes": ["mcp"]})
     headers = {"Authorization": f"Bearer {mcp_key}"}
     async with _client(gw) as c:
@@ -222,12 +232,16 @@ async def test_allowed_and_same_origin_pass(gateway: tuple[IgrisGateway, str]) -
     async with _client(gw) as c:
         for origin in ("https://ok.example", "http://gw.test"):
             r = await c.post(
-                "/v1/mcp/conn-a", json=RPC, headers={"Authorization": f"Bearer {admin}", "Origin": origin}
+                "/v1/mcp/conn-a",
+                json=RPC,
+                headers={"Authorization": f"Bearer {admin}", "Origin": origin},
             )
             assert r.status_code == 200, origin
 
 
-async def test_key_limited_to_other_connections_is_refused(gateway: tuple[IgrisGateway, str]) -> None:
+async def test_key_limited_to_other_connections_is_refused(
+    gateway: tuple[IgrisGateway, str],
+) -> None:
     """An mcp key limited to other connections gets 403, audited as denied."""
     gw, _ = gateway
     _, key = await gw.service.create_api_key(
@@ -245,7 +259,9 @@ async def test_unknown_connection_is_404_without_a_trail(gateway: tuple[IgrisGat
     """An unknown slug is 404 and creates no audit trail for it."""
     gw, admin = gateway
     async with _client(gw) as c:
-        r = await c.post("/v1/mcp/nope-nope", json=RPC, headers={"Authorization": f"Bearer {admin}"})
+        r = await c.post(
+            "/v1/mcp/nope-nope", json=RPC, headers={"Authorization": f"Bearer {admin}"}
+        )
         r2 = await c.post("/v1/mcp/Bad!", json=RPC, headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 404
     assert r2.status_code == 404
@@ -254,7 +270,7 @@ async def test_unknown_connection_is_404_without_a_trail(gateway: tuple[IgrisGat
 
 
 async def test_other_routes_pass_through_to_the_wrapped_app() -> None:
-    """Paths outside the gateway's go to the wrapped app untouched; the store is not opened for them."""
+    """Paths outside the gateway's go to the wrapped app untouched."""
     calls = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

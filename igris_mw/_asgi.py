@@ -1,0 +1,18 @@
+"""ASGI type aliases shared by the gateway, the forwarder and the API.
+
+Plain mappings, as Starlette types them: the TypedDicts of
+``asgiref.typing`` make every pass-through of a message a cast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
