@@ -3,21 +3,57 @@
 Validation of user input (contract JSON, camelCase field names) happens
 here, before anything is written: a bad request never changes stored state.
 Every change to a connection records a management audit event.
-
-SKELETON: signatures are the agreed interface; bodies are being written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from .crypto import CryptoProvider
-from .models import ApiKey, AuditEvent, Connection, Page, Secret, utcnow
-from .storage import Store
+import attrs
+
+from ._audit import new_event_id
+from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
+from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
+from .crypto import CryptoProvider, binding
+from .models import (
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    Page,
+    Scope,
+    Secret,
+    parse_time,
+    utcnow,
+    validate_header_name,
+    validate_name,
+    validate_secret_text,
+    validate_slug,
+    validate_upstream_url,
+)
+from .storage import Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
+
+_CREATE_FIELDS = frozenset(
+    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"}
+)
+_PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled"})
+_READ_ONLY_FIELDS = frozenset(
+    {"credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl"}
+)
+_API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt"})
+# Only field names that look like field names are echoed back: a pasted
+# secret used as a JSON key must not end up in an error message.
+_ECHOABLE_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
+_MAX_LIMIT = 200
+# A guarded write that keeps losing races is retried this many times, then
+# the VersionConflict reaches the caller (409).
+_WRITE_ATTEMPTS = 5
+_ROTATE_HINT = "rotate the connection's credential instead (POST .../rotate)"
 
 
 class AuditSink(Protocol):
@@ -41,6 +77,82 @@ class AuditSink(Protocol):
     async def audit_connections(self) -> list[str]: ...
 
 
+# -- input checking helpers ----------------------------------------------
+
+
+def _require_mapping(body: object, field: str = "body") -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise ValidationError(field, "must be a JSON object")
+    return body
+
+
+def _check_fields(body: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
+    for key in body:
+        if not isinstance(key, str) or not _ECHOABLE_FIELD.match(key):
+            raise ValidationError("body", f"has a field that is not allowed in {what}")
+        if key in allowed:
+            continue
+        if key in _READ_ONLY_FIELDS:
+            raise ValidationError(key, "is read-only")
+        if key == "credential":
+            raise ValidationError(key, f"cannot be changed in {what}; {_ROTATE_HINT}")
+        raise ValidationError(key, f"is not a known field of {what}")
+
+
+def _auth_type(value: object, field: str = "authType") -> AuthType:
+    if isinstance(value, str):
+        try:
+            return AuthType(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(t.value for t in AuthType)
+    raise ValidationError(field, f"must be one of: {allowed}")
+
+
+def _bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, "must be true or false")
+    return value
+
+
+def _credential(value: object, auth_type: AuthType, field: str = "credential") -> bytes:
+    plaintext = validate_secret_text(value, field=field)
+    if auth_type is AuthType.BASIC and b":" not in plaintext:
+        raise ValidationError(field, "must be 'user:password' for authType basic")
+    return plaintext
+
+
+def _header_name_for(auth_type: AuthType, value: object) -> str | None:
+    """The header name a connection of ``auth_type`` keeps (``None`` unless header)."""
+    if auth_type is AuthType.HEADER:
+        if value is None:
+            raise ValidationError("headerName", "is required when authType is 'header'")
+        return validate_header_name(value)
+    if value is not None:
+        raise ValidationError("headerName", "is only allowed when authType is 'header'")
+    return None
+
+
+def _limit(value: object) -> int:
+    if isinstance(value, str) and value.isdigit() and len(value) <= 6:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_LIMIT:
+        raise ValidationError("limit", f"must be an integer from 1 to {_MAX_LIMIT}")
+    return value
+
+
+def _cursor(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 1024:
+        raise ValidationError("cursor", "is not a cursor this server made")
+    return value
+
+
+def _bind(conn: Connection) -> bytes:
+    return binding(conn.slug, conn.credential_version, conn.upstream_url, conn.auth_type.value)
+
+
 class Service:
     """The management operations, on one store and one crypto provider.
 
@@ -62,63 +174,421 @@ class Service:
         self.clock = clock
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, body: Mapping[str, Any], *, actor: str | None = None) -> Connection:
+    async def create_connection(
+        self, body: Mapping[str, Any], *, actor: str | None = None
+    ) -> Connection:
         """Create from contract JSON: slug, name, upstreamUrl, authType,
-        headerName, credential, enabled. Unknown fields, wrong types -> 422
-        (ValidationError naming the field); taken slug -> SlugTaken."""
-        raise NotImplementedError
+        headerName, credential, enabled.
+
+        Raises:
+            ValidationError: unknown fields, wrong types, invalid values (the
+                field is named; the credential is never echoed).
+            SlugTaken: the slug is in use. Nothing is written.
+        """
+        body = _require_mapping(body)
+        _check_fields(body, _CREATE_FIELDS, "a connection")
+        for required in ("slug", "name", "upstreamUrl"):
+            if required not in body:
+                raise ValidationError(required, "is required")
+        slug = validate_slug(body["slug"])
+        name = validate_name(body["name"])
+        upstream_url = validate_upstream_url(body["upstreamUrl"])
+        auth_type = _auth_type(body.get("authType", AuthType.BEARER.value))
+        header_name = _header_name_for(auth_type, body.get("headerName"))
+        enabled = _bool(body.get("enabled", True), "enabled")
+        raw_credential = body.get("credential")
+        plaintext: bytes | None = None
+        if auth_type is AuthType.NONE:
+            if raw_credential is not None:
+                raise ValidationError("credential", "must be omitted when authType is 'none'")
+        elif raw_credential is None:
+            raise ValidationError("credential", f"is required when authType is '{auth_type}'")
+        else:
+            plaintext = _credential(raw_credential, auth_type)
+
+        now = self.clock()
+        conn = Connection(
+            slug=slug,
+            name=name,
+            upstream_url=upstream_url,
+            auth_type=auth_type,
+            header_name=header_name,
+            enabled=enabled,
+            credential_version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        if plaintext is not None:
+            conn = attrs.evolve(conn, ciphertext=await self.crypto.encrypt(plaintext, _bind(conn)))
+        stored = await self.store.create_connection(conn)
+        await self._record(stored, "create", actor)
+        return stored
 
     async def get_connection(self, slug: str) -> Connection:
-        raise NotImplementedError
+        """Raises ``NotFound`` for an unknown (or malformed) slug."""
+        if not isinstance(slug, str):
+            raise NotFound("no such connection")
+        return await self.store.get_connection(slug)
 
-    async def list_connections(self, *, limit: int = 50, cursor: str | None = None) -> Page[Connection]:
+    async def list_connections(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Connection]:
         """``limit`` outside 1-200 -> ValidationError('limit')."""
-        raise NotImplementedError
+        return await self.store.list_connections(limit=_limit(limit), cursor=_cursor(cursor))
 
     async def update_connection(
         self, slug: str, changes: Mapping[str, Any], *, actor: str | None = None
     ) -> Connection:
-        """PATCH: name, upstreamUrl, authType, headerName, enabled. Changing
-        upstreamUrl or authType re-seals the credential under the new binding."""
-        raise NotImplementedError
+        """PATCH: name, upstreamUrl, authType, headerName, enabled.
 
-    async def rotate_credential(self, slug: str, credential: Any, *, actor: str | None = None) -> Connection:
-        """credentialVersion + 1, new envelope, in one guarded write."""
-        raise NotImplementedError
+        Changing upstreamUrl or authType re-seals the credential under the
+        new binding in the same guarded write; switching to ``none`` drops it.
 
-    async def set_enabled(self, slug: str, enabled: bool, *, actor: str | None = None) -> Connection:
-        raise NotImplementedError
+        Raises:
+            ValidationError: an invalid or unknown field, ``credential``
+                (use rotate), or a switch from ``none`` to a type that needs
+                a credential.
+            NotFound: no such slug.
+        """
+        changes = _require_mapping(changes)
+        _check_fields(changes, _PATCH_FIELDS, "a connection update")
+        # Type checks first, so a bad request fails before any store read.
+        new_name = validate_name(changes["name"]) if "name" in changes else None
+        new_url = (
+            validate_upstream_url(changes["upstreamUrl"]) if "upstreamUrl" in changes else None
+        )
+        new_type = _auth_type(changes["authType"]) if "authType" in changes else None
+        if changes.get("headerName") is not None:
+            validate_header_name(changes["headerName"])
+        new_enabled = _bool(changes["enabled"], "enabled") if "enabled" in changes else None
+        if not changes:
+            return await self.get_connection(slug)
+        if set(changes) == {"enabled"} and new_enabled is not None:
+            return await self.set_enabled(slug, new_enabled, actor=actor)
+
+        async def build(current: Connection) -> Connection:
+            auth_type = new_type if new_type is not None else current.auth_type
+            if "headerName" in changes:
+                header_value = changes["headerName"]
+            elif auth_type is AuthType.HEADER:
+                header_value = current.header_name
+            else:
+                header_value = None
+            header_name = _header_name_for(auth_type, header_value)
+            updated = attrs.evolve(
+                current,
+                name=new_name if new_name is not None else current.name,
+                upstream_url=new_url if new_url is not None else current.upstream_url,
+                auth_type=auth_type,
+                header_name=header_name,
+                enabled=new_enabled if new_enabled is not None else current.enabled,
+                updated_at=self.clock(),
+            )
+            return await self._reseal(current, updated)
+
+        stored = await self._guarded(slug, build)
+        await self._record(stored, "update", actor, metadata={"fields": sorted(changes)})
+        return stored
+
+    async def _reseal(self, current: Connection, updated: Connection) -> Connection:
+        if updated.auth_type is AuthType.NONE:
+            return attrs.evolve(updated, ciphertext=None)
+        if current.ciphertext is None:
+            raise ValidationError(
+                "authType",
+                f"a connection without a credential cannot switch to '{updated.auth_type}'; "
+                "rotate it with a credential and the new authType",
+            )
+        if _bind(current) == _bind(updated):
+            return updated
+        plaintext = await self.crypto.decrypt(current.ciphertext, _bind(current))
+        if updated.auth_type is AuthType.BASIC and b":" not in plaintext:
+            raise ValidationError(
+                "authType",
+                "the stored credential is not 'user:password', as basic needs; "
+                "rotate it with a credential and the new authType",
+            )
+        return attrs.evolve(
+            updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
+        )
+
+    async def rotate_credential(
+        self,
+        slug: str,
+        credential: Any,
+        *,
+        actor: str | None = None,
+        auth_type: Any = None,
+        header_name: Any = None,
+    ) -> Connection:
+        """credentialVersion + 1, new envelope, in one guarded write.
+
+        Args:
+            credential: the new credential (text).
+            auth_type: optionally switch the auth type at the same time (the
+                only way out of ``none``, which has no credential to re-seal).
+            header_name: the header name, with ``auth_type='header'``.
+
+        Raises:
+            ValidationError: invalid credential / auth type / header name.
+            NotFound: no such slug.
+        """
+        new_type = _auth_type(auth_type) if auth_type is not None else None
+        if new_type is AuthType.NONE:
+            raise ValidationError(
+                "authType", "rotate needs a credential; set authType 'none' with an update"
+            )
+        if header_name is not None:
+            validate_header_name(header_name)
+        if credential is None:
+            raise ValidationError("credential", "is required")
+        # Checked once here against the type we know of so far; again in build.
+        validate_secret_text(credential)
+
+        async def build(current: Connection) -> Connection:
+            kind = new_type if new_type is not None else current.auth_type
+            if kind is AuthType.NONE:
+                raise ValidationError(
+                    "credential",
+                    "a connection with authType 'none' takes no credential; "
+                    "give the new authType with it",
+                )
+            if header_name is not None:
+                header_value: object = header_name
+            else:
+                header_value = current.header_name if kind is AuthType.HEADER else None
+            plaintext = _credential(credential, kind)
+            now = self.clock()
+            updated = attrs.evolve(
+                current,
+                auth_type=kind,
+                header_name=_header_name_for(kind, header_value),
+                credential_version=current.credential_version + 1,
+                updated_at=now,
+                rotated_at=now,
+            )
+            return attrs.evolve(
+                updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
+            )
+
+        stored = await self._guarded(slug, build)
+        await self._record(stored, "rotate", actor)
+        return stored
+
+    async def set_enabled(
+        self, slug: str, enabled: bool, *, actor: str | None = None
+    ) -> Connection:
+        """Disable (revoke) or enable a connection; a no-op if already so."""
+        enabled = _bool(enabled, "enabled")
+        changed = False
+
+        async def build(current: Connection) -> Connection:
+            nonlocal changed
+            changed = current.enabled != enabled
+            if not changed:
+                return current
+            return attrs.evolve(current, enabled=enabled, updated_at=self.clock())
+
+        stored = await self._guarded(slug, build)
+        if changed:
+            await self._record(stored, "enable" if enabled else "disable", actor)
+        return stored
 
     async def delete_connection(self, slug: str, *, actor: str | None = None) -> None:
-        raise NotImplementedError
+        """Delete; the audit trail stays. Raises ``NotFound``."""
+        current = await self.get_connection(slug)
+        await self.store.delete_connection(slug)
+        await self._record(current, "delete", actor)
 
     async def open_credential(self, connection: Connection) -> Secret | None:
-        """Decrypt a connection's credential (``None`` for auth type none)."""
-        raise NotImplementedError
+        """Decrypt a connection's credential (``None`` for auth type none).
+
+        Raises:
+            InvalidCiphertext: the envelope does not open under this record's binding.
+        """
+        if connection.auth_type is AuthType.NONE or connection.ciphertext is None:
+            return None
+        return Secret(await self.crypto.decrypt(connection.ciphertext, _bind(connection)))
+
+    async def _guarded(
+        self, slug: str, build: Callable[[Connection], Awaitable[Connection]]
+    ) -> Connection:
+        """Read, build the new record, write it guarded by the row version; retry races."""
+        for attempt in range(_WRITE_ATTEMPTS):
+            current = await self.get_connection(slug)
+            updated = await build(current)
+            if updated is current:
+                return current
+            try:
+                return await self.store.update_connection(
+                    updated, expected_version=current.version
+                )
+            except VersionConflict:
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _record(
+        self,
+        conn: Connection,
+        action: str,
+        actor: str | None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        event = AuditEvent(
+            id=new_event_id(),
+            timestamp=self.clock(),
+            connection=conn.slug,
+            kind="management",
+            action=action,
+            api_key_id=actor,
+            metadata=metadata,
+            outcome="ok",
+            credential_version=conn.credential_version,
+        )
+        await self.audit.append_audit_events([event])
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(self, body: Mapping[str, Any]) -> tuple[ApiKey, str]:
         """From contract JSON: name, scopes, connections (optional), expiresAt
-        (optional). Returns the record and the ``ig_`` key (shown once)."""
-        raise NotImplementedError
+        (optional). Returns the record and the ``ig_`` key (shown once).
+
+        Raises:
+            ValidationError: a missing, unknown or invalid field.
+        """
+        body = _require_mapping(body)
+        _check_fields(body, _API_KEY_FIELDS, "an API key")
+        if "name" not in body:
+            raise ValidationError("name", "is required")
+        name = validate_name(body["name"])
+        scopes = self._scopes(body.get("scopes"))
+        connections = self._key_connections(body.get("connections"), scopes)
+        now = self.clock()
+        expires_at: datetime | None = None
+        if body.get("expiresAt") is not None:
+            raw = body["expiresAt"]
+            if not isinstance(raw, str):
+                raise ValidationError("expiresAt", "must be an RFC 3339 timestamp")
+            expires_at = parse_time(raw, field="expiresAt")
+            if expires_at <= now:
+                raise ValidationError("expiresAt", "must be in the future")
+        key = generate_key()
+        record = ApiKey(
+            id=new_key_id(),
+            name=name,
+            key_hash=hash_key(key),
+            scopes=scopes,
+            connections=connections,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        return await self.store.create_api_key(record), key
+
+    @staticmethod
+    def _scopes(value: object) -> frozenset[Scope]:
+        allowed = ", ".join(s.value for s in Scope)
+        if not isinstance(value, list) or not value:
+            raise ValidationError("scopes", f"must be a non-empty list of: {allowed}")
+        out: set[Scope] = set()
+        for item in value:
+            try:
+                out.add(Scope(item))
+            except ValueError:
+                raise ValidationError("scopes", f"must only contain: {allowed}") from None
+        return frozenset(out)
+
+    @staticmethod
+    def _key_connections(value: object, scopes: frozenset[Scope]) -> frozenset[str] | None:
+        if value is None:
+            return None
+        if Scope.MCP not in scopes or Scope.ADMIN in scopes:
+            # An admin key reaches every connection; a list would only mislead.
+            raise ValidationError("connections", "only applies to keys with just the 'mcp' scope")
+        if not isinstance(value, list) or not value:
+            raise ValidationError(
+                "connections",
+                "must be a non-empty list of slugs (omit it to allow every connection)",
+            )
+        return frozenset(validate_slug(v, field="connections") for v in value)
 
     async def list_api_keys(self) -> list[ApiKey]:
-        raise NotImplementedError
+        """Every key record, revoked ones included, oldest first."""
+        return await self.store.list_api_keys()
 
     async def revoke_api_key(self, key_id: str) -> ApiKey:
-        raise NotImplementedError
+        """Revoke at once. Raises ``NotFound``."""
+        if not isinstance(key_id, str) or not key_id:
+            raise NotFound("no such API key")
+        return await self.store.revoke_api_key(key_id, at=self.clock())
 
     async def authenticate(self, key: str) -> ApiKey:
         """The usable key record for ``key``; Unauthorized otherwise (malformed
         keys are refused by checksum before any store read)."""
-        raise NotImplementedError
+        if not isinstance(key, str) or not is_well_formed(key):
+            raise Unauthorized("the gateway API key is malformed")
+        digest = hash_key(key)
+        record = await self.store.get_api_key_by_hash(digest)
+        if record is None or not hashes_equal(record.key_hash, digest):
+            raise Unauthorized("the gateway API key is not known")
+        if record.revoked_at is not None:
+            raise Unauthorized("the gateway API key is revoked")
+        if not record.is_usable(self.clock()):
+            raise Unauthorized("the gateway API key is expired")
+        return record
 
     # -- audit -----------------------------------------------------------
     async def list_audit(
         self, slug: str, *, limit: int = 50, cursor: str | None = None, since: Any = None
     ) -> Page[AuditEvent]:
-        raise NotImplementedError
+        """One connection's audit trail, newest first.
+
+        A deleted connection's trail stays readable.
+
+        Raises:
+            ValidationError: ``limit`` outside 1-200, ``since`` not RFC 3339.
+            NotFound: neither a connection nor an audit trail of that slug.
+        """
+        limit = _limit(limit)
+        cursor = _cursor(cursor)
+        since_at: datetime | None
+        if since is None or since == "":
+            since_at = None
+        elif isinstance(since, datetime):
+            since_at = since
+        elif isinstance(since, str):
+            since_at = parse_time(since, field="since")
+        else:
+            raise ValidationError("since", "must be an RFC 3339 timestamp")
+        try:
+            await self.get_connection(slug)
+        except NotFound:
+            if slug not in await self.audit.audit_connections():
+                raise
+        return await self.audit.list_audit_events(slug, limit=limit, cursor=cursor, since=since_at)
 
     async def verify_audit(self, slug: str | None = None) -> dict[str, list[str]]:
-        """slug -> problems (empty list: intact), for one slug or all."""
-        raise NotImplementedError
+        """slug -> problems (empty list: intact), for one slug or all.
+
+        Raises:
+            NotFound: ``slug`` is given and has no audit trail.
+        """
+        if slug is None:
+            slugs = await self.audit.audit_connections()
+        else:
+            if slug not in await self.audit.audit_connections():
+                raise NotFound(f"no audit trail for connection {slug!r}")
+            slugs = [slug]
+        report: dict[str, list[str]] = {}
+        for name in slugs:
+            problems: list[str] = []
+            previous: AuditEvent | None = None
+            while True:
+                after = previous.seq if previous is not None else 0
+                batch = await self.audit.audit_chain(name, after_seq=after, limit=1000)
+                if not batch:
+                    break
+                problems.extend(verify_chain(batch, previous))
+                previous = batch[-1]
+            report[name] = problems
+        return report
