@@ -16,15 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_serve_parser", "data_dir", "default_store_url", "ensure_master_key", "run_serve"]
+from .cli import data_dir, resolve_store_url
 
-
-def data_dir(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("IGRIS_HOME") or ".igris")
-
-
-def default_store_url(environ: Mapping[str, str]) -> str:
-    return environ.get("IGRIS_STORE") or f"sqlite:///{data_dir(environ) / 'igris.db'}"
+__all__ = ["add_serve_parser", "ensure_master_key", "run_serve"]
 
 
 def ensure_master_key(environ: dict[str, str], *, create: bool) -> Path | None:
@@ -59,12 +53,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="wait for upstream response headers (default IGRIS_UPSTREAM_TIMEOUT or 60)",
-    )
-    p.add_argument(
-        "--audit",
-        default=os.environ.get("IGRIS_AUDIT"),
-        metavar="URL",
-        help="separate audit sink (store URL or jsonl:///path); default: the store",
     )
     p.add_argument(
         "--allowed-origin",
@@ -117,7 +105,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ._gateway import IgrisGateway
 
     environ = dict(os.environ)
-    store_url: str = args.store or default_store_url(environ)
+    store_url: str = resolve_store_url(args.store, environ)
     created = (
         ensure_master_key(environ, create=True)
         if store_url.startswith("sqlite:")

@@ -485,6 +485,12 @@ def _add_location_options(parser: argparse.ArgumentParser) -> None:
         help=f"crypto provider URL (default: ${ENV_CRYPTO}, else keyring:, keyed by "
         f"${ENV_MASTER_KEY} / ${ENV_MASTER_KEY_FILE} / <data dir>/master.key)",
     )
+    parser.add_argument(
+        "--audit",
+        metavar="URL",
+        help="separate audit sink: a store URL that keeps audit events, or jsonl:///path "
+        "(default: $IGRIS_AUDIT, else the store itself; a vault:// store needs one)",
+    )
 
 
 def _common() -> argparse.ArgumentParser:
@@ -520,14 +526,24 @@ async def _with_service(args: argparse.Namespace, handler: Handler) -> int:
                 f"set {ENV_HOME} or --store"
             ) from None
     crypto = _LazyCrypto(args.crypto, environ)
+    audit_url = getattr(args, "audit", None) or environ.get("IGRIS_AUDIT")
     await store.open()
+    audit: Any = None
     try:
-        return await handler(args, Service(store, crypto))
+        if audit_url:
+            from ._audit_file import audit_sink_from_url
+
+            audit = await audit_sink_from_url(audit_url)
+        return await handler(args, Service(store, crypto, audit=audit))
     finally:
         try:
             await crypto.aclose()
         finally:
-            await store.close()
+            try:
+                if audit is not None and audit is not store:
+                    await audit.close()
+            finally:
+                await store.close()
 
 
 def _leaf(
@@ -640,11 +656,33 @@ def _register_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=module.run_serve)
 
 
+async def _crypto_rewrap(args: argparse.Namespace, svc: Service) -> int:
+    from ._rewrap import rewrap_all
+
+    moved = await rewrap_all(svc)
+    if args.json:
+        _json({"rewrapped": moved, "primaryKeyId": svc.crypto.primary_key_id})
+    else:
+        _out(f"re-sealed {moved} credential(s) under key {svc.crypto.primary_key_id}")
+    return 0
+
+
+def _register_crypto(sub: Any, common: argparse.ArgumentParser) -> None:
+    group = sub.add_parser("crypto", help="master-key maintenance")
+    leaves = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _leaf(
+        leaves, "rewrap", common, _crypto_rewrap,
+        "re-seal every stored credential under the primary master key (or the newest "
+        "Transit key version), online; run after adding a new master key first",
+    )
+
+
 _REGISTRARS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _register_serve,
     _register_api_keys,
     _register_connections,
     _register_audit,
+    _register_crypto,
 ]
 
 

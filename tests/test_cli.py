@@ -449,3 +449,40 @@ def test_cli_start_does_not_import_the_gateway() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert proc.stdout.strip() == "[]"
+
+
+# -- crypto rewrap ----------------------------------------------------------
+
+
+def test_crypto_rewrap_moves_credentials_to_the_new_master_key(
+    home: Path, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a new master key is put first, `crypto rewrap` re-seals every credential under it."""
+    assert run(*create_args("gh-prod", "--credential-file", "cred.txt"))[0] == 0
+    assert run(*create_args("gh-two", "--credential-file", "cred2.txt"))[0] == 0
+    monkeypatch.setenv("IGRIS_MASTER_KEY", FixedKeyring.environ("new", "test")["IGRIS_MASTER_KEY"])
+    result = run.json("crypto", "rewrap")
+    assert result["rewrapped"] == 2
+    assert result["primaryKeyId"] == FixedKeyring("new").primary_key_id
+    # the old key is no longer needed: the new one alone opens both
+    only_new = FixedKeyring("new")
+    assert open_credential(default_url(home), "gh-prod", only_new) == CRED.encode()
+    assert open_credential(default_url(home), "gh-two", only_new) == CRED2.encode()
+    assert run.json("crypto", "rewrap")["rewrapped"] == 0  # idempotent
+    run.assert_no_credential()
+
+
+def test_audit_option_sends_management_events_to_a_separate_sink(home: Path, run: Run) -> None:
+    """--audit jsonl:///... keeps the trail in that file, not in the store."""
+    sink = home / "audit.jsonl"
+    code, _, err = run(
+        *create_args("gh-prod", "--credential-file", "cred.txt"), "--audit", f"jsonl://{sink}"
+    )
+    assert code == 0, err
+    lines = sink.read_text().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["action"] == "create"
+    events = run.json("audit", "gh-prod", "--audit", f"jsonl://{sink}")
+    assert [e["action"] for e in events["data"]] == ["create"]
+    assert run.json("audit", "gh-prod")["data"] == []  # the store itself holds none
+    assert CRED not in sink.read_text()

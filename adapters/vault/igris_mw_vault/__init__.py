@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ._kv import VaultKVStore
-from ._rewrap import rewrap_all
+from igris_mw._rewrap import rewrap_all
 from ._transit import TransitProvider
 
 __all__ = ["TransitProvider", "VaultKVStore", "rewrap_all"]

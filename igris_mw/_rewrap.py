@@ -14,10 +14,10 @@ from typing import Any
 
 import attrs
 
-from igris_mw._errors import NotFound, VersionConflict
-from igris_mw.crypto import CryptoProvider, binding
-from igris_mw.models import Connection
-from igris_mw.storage import Store
+from ._errors import NotFound, VersionConflict
+from .crypto import CryptoProvider, binding
+from .models import Connection
+from .storage import Store
 
 __all__ = ["rewrap_all"]
 
