@@ -159,6 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         server_header=False,
+        date_header=False,
         timeout_graceful_shutdown=10,
     )
     return 0
