@@ -1,0 +1,663 @@
+"""The embedded default store: one SQLite file.
+
+``sqlite:///rel.db`` (relative to the working directory),
+``sqlite:////abs/path.db`` and ``sqlite:///:memory:``, as SQLAlchemy reads
+them. The file is created mode 0600 (its parent directory 0700 when this
+creates it) before SQLite opens it; SQLite gives the ``-wal`` and ``-shm``
+files the same mode.
+
+All sqlite3 work runs on one dedicated worker thread that owns the only
+connection, so the event loop never blocks on disk I/O and every statement
+is serialised. The database is in WAL mode with a busy timeout, so a second
+process (e.g. ``igris-mw audit --follow`` next to ``serve``) can use the
+file too; changes made by another process are not notified
+(``notifies_remote=False``): the gateway's cache TTL bounds their delay.
+
+sqlite3 errors are translated in ``SQLiteStore._run`` and nowhere else.
+Times are stored as integer milliseconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from ._errors import (
+    ConfigurationError,
+    Conflict,
+    IgrisError,
+    NotFound,
+    SlugTaken,
+    StoreUnavailable,
+    ValidationError,
+    VersionConflict,
+)
+from .models import (
+    SLUG_RE,
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    Page,
+    Scope,
+    parse_time,
+)
+from .storage import Capabilities, Change, ChangeListener, seal_event
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+log = logging.getLogger("igris_mw.store")
+T = TypeVar("T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_BUSY_TIMEOUT = 10.0
+_CONN_CURSOR = b"sc1:"
+_AUDIT_CURSOR = b"sa1:"
+
+# Each entry migrates from version i to i + 1; never edit a released entry, append.
+_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE connections (
+            slug TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            upstream_url TEXT NOT NULL,
+            auth_type TEXT NOT NULL,
+            header_name TEXT,
+            enabled INTEGER NOT NULL,
+            credential_version INTEGER NOT NULL,
+            ciphertext BLOB,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            rotated_at INTEGER,
+            version INTEGER NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash BLOB NOT NULL UNIQUE,
+            scopes TEXT NOT NULL,
+            connections TEXT,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            revoked_at INTEGER
+        )""",
+        """CREATE TABLE audit_events (
+            connection TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL UNIQUE,
+            timestamp INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (connection, seq)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
+    ],
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _to_ms(value: datetime) -> int:
+    delta = value.astimezone(UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _to_ms_opt(value: datetime | None) -> int | None:
+    return None if value is None else _to_ms(value)
+
+
+def _from_ms(value: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=value)
+
+
+def _from_ms_opt(value: int | None) -> datetime | None:
+    return None if value is None else _from_ms(value)
+
+
+def _encode_cursor(prefix: bytes, text: str) -> str:
+    return base64.urlsafe_b64encode(prefix + text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(prefix: bytes, cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if not raw.startswith(prefix):
+            raise ValueError(cursor)
+        return raw[len(prefix) :].decode()
+    except (ValueError, binascii.Error, UnicodeError):
+        raise ValidationError("cursor", "is not a cursor this listing returned") from None
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValidationError("limit", "must be a positive integer")
+
+
+def _row_to_connection(row: sqlite3.Row) -> Connection:
+    return Connection(
+        slug=row["slug"],
+        name=row["name"],
+        upstream_url=row["upstream_url"],
+        auth_type=AuthType(row["auth_type"]),
+        header_name=row["header_name"],
+        enabled=bool(row["enabled"]),
+        credential_version=row["credential_version"],
+        ciphertext=None if row["ciphertext"] is None else bytes(row["ciphertext"]),
+        created_at=_from_ms(row["created_at"]),
+        updated_at=_from_ms(row["updated_at"]),
+        rotated_at=_from_ms_opt(row["rotated_at"]),
+        version=row["version"],
+    )
+
+
+def _row_to_api_key(row: sqlite3.Row) -> ApiKey:
+    connections = row["connections"]
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        key_hash=bytes(row["key_hash"]),
+        scopes=frozenset(Scope(s) for s in json.loads(row["scopes"])),
+        connections=None if connections is None else frozenset(json.loads(connections)),
+        created_at=_from_ms(row["created_at"]),
+        expires_at=_from_ms_opt(row["expires_at"]),
+        revoked_at=_from_ms_opt(row["revoked_at"]),
+    )
+
+
+def _event_body(event: AuditEvent) -> str:
+    return json.dumps(event.to_json(), separators=(",", ":"))
+
+
+def _body_to_event(body: str) -> AuditEvent:
+    # Built from the event's own to_json(), so its hash recomputes byte for byte.
+    d = json.loads(body)
+    return AuditEvent(
+        id=d["id"],
+        timestamp=parse_time(d["timestamp"]),
+        connection=d["connection"],
+        kind=d["kind"],
+        action=d["action"],
+        api_key_id=d["apiKeyId"],
+        user=d["user"],
+        metadata=d["metadata"],
+        method=d["method"],
+        path=d["path"],
+        rpc_method=d["rpcMethod"],
+        tool=d["tool"],
+        status=d["status"],
+        outcome=d["outcome"],
+        latency_ms=d["latencyMs"],
+        bytes_in=d["bytesIn"],
+        bytes_out=d["bytesOut"],
+        credential_version=d["credentialVersion"],
+        seq=d["seq"],
+        prev_hash=d["prevHash"],
+        hash=d["hash"],
+    )
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so a read-modify-write (the
+    # audit chain's tail, a guarded update) cannot race another process.
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class SQLiteStore:
+    """The embedded ``Store``: one SQLite file, driven from one worker thread.
+
+    Args:
+        path: the database file (``":memory:"`` for a private in-memory one).
+        busy_timeout: seconds to wait for another process's write lock
+            before ``StoreUnavailable``.
+    """
+
+    capabilities = Capabilities(shared=False, notifies_remote=False, audit=True)
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = _BUSY_TIMEOUT
+    ) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._listeners: list[ChangeListener] = []
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:``.
+
+        Raises:
+            ConfigurationError: not such a URL.
+        """
+        prefix = "sqlite:///"
+        if not isinstance(url, str) or not url.lower().startswith(prefix):
+            raise ConfigurationError(
+                "a SQLite store URL looks like sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        path = url[len(prefix) :]
+        if not path or "?" in path or "#" in path:
+            raise ConfigurationError(
+                f"the SQLite store URL {url!r} needs a file path and takes no query; "
+                "e.g. sqlite:///igris.db"
+            )
+        return cls(path)
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- the one boundary to sqlite3 -----------------------------------------
+    async def _run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        on_conflict: Callable[[], IgrisError] | None = None,
+    ) -> T:
+        if self._executor is None or self._db is None:
+            raise StoreUnavailable(f"the SQLite store {self.path!r} is not open")
+        db = self._db
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
+        except sqlite3.IntegrityError as exc:
+            if on_conflict is None:
+                raise Conflict("the write conflicts with a stored record") from exc
+            raise on_conflict() from exc
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+        except RuntimeError as exc:
+            # The executor was shut down by a concurrent close().
+            raise StoreUnavailable(f"the SQLite store {self.path!r} is closed") from exc
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        reason = str(exc.args[0]) if exc.args else type(exc).__name__
+        if "locked" in reason or "busy" in reason:
+            hint = "; another process holds a write lock on it for too long"
+        elif "unable to open" in reason:
+            hint = "; check that the path exists and is writable"
+        else:
+            hint = ""
+        return StoreUnavailable(f"the SQLite store {self.path!r} is unavailable: {reason}{hint}")
+
+    # -- lifecycle -----------------------------------------------------------
+    async def open(self) -> None:
+        """Create the file (0600) if needed, connect, and migrate the schema.
+
+        Raises:
+            ConfigurationError: the database's schema is newer than this code.
+            StoreUnavailable: the file cannot be created or opened.
+        """
+        if self._db is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igris-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            self._db = await loop.run_in_executor(executor, self._connect)
+        except sqlite3.Error as exc:
+            executor.shutdown(wait=False)
+            raise self._unavailable(exc) from exc
+        except OSError as exc:
+            executor.shutdown(wait=False)
+            raise StoreUnavailable(
+                f"the SQLite store {self.path!r} cannot be created: {exc.strerror}"
+            ) from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            self._create_file()
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys = ON")
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode = WAL")
+                # Safe in WAL mode: a power cut may lose the last commits, never corrupt.
+                db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _create_file(self) -> None:
+        path = Path(self.path)
+        # Path.mkdir(parents=True) would give the intermediate directories the umask's mode.
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        with _transaction(db):
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            if current > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the SQLite store {self.path!r} has schema version {current}, newer than "
+                    f"this igris-mw knows ({SCHEMA_VERSION}); upgrade igris-mw"
+                )
+            for version in range(current, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread; idempotent."""
+        db, executor = self._db, self._executor
+        self._db = self._executor = None
+        if db is None or executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, db.close)
+        finally:
+            executor.shutdown(wait=False)
+
+    # -- change notification -------------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, change: Change) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                # The write is committed; a failing cache hook must not turn it into an error.
+                log.exception("store change listener failed")
+
+    # -- connections -----------------------------------------------------
+    async def create_connection(self, connection: Connection) -> Connection:
+        def insert(db: sqlite3.Connection) -> Connection:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
+                    " enabled, credential_version, ciphertext, created_at, updated_at,"
+                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    (
+                        connection.slug,
+                        *self._mutable(connection),
+                        _to_ms(connection.created_at),
+                        _to_ms(connection.updated_at),
+                        _to_ms_opt(connection.rotated_at),
+                    ),
+                )
+                return self._select_connection(db, connection.slug)
+
+        stored = await self._run(
+            insert, on_conflict=lambda: SlugTaken(f"the slug {connection.slug!r} is taken")
+        )
+        self._notify(Change("connection", stored.slug))
+        return stored
+
+    @staticmethod
+    def _mutable(c: Connection) -> tuple[Any, ...]:
+        return (
+            c.name,
+            c.upstream_url,
+            AuthType(c.auth_type).value,
+            c.header_name,
+            int(c.enabled),
+            c.credential_version,
+            c.ciphertext,
+        )
+
+    @staticmethod
+    def _select_connection(db: sqlite3.Connection, slug: str) -> Connection:
+        row = db.execute("SELECT * FROM connections WHERE slug = ?", (slug,)).fetchone()
+        if row is None:
+            raise NotFound(f"no connection {slug!r}")
+        return _row_to_connection(row)
+
+    async def get_connection(self, slug: str) -> Connection:
+        return await self._run(lambda db: self._select_connection(db, slug))
+
+    async def list_connections(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Connection]:
+        _check_limit(limit)
+        after = ""
+        if cursor is not None:
+            after = _decode_cursor(_CONN_CURSOR, cursor)
+            if not SLUG_RE.match(after):
+                raise ValidationError("cursor", "is not a cursor this listing returned")
+
+        def select(db: sqlite3.Connection) -> list[Connection]:
+            rows = db.execute(
+                "SELECT * FROM connections WHERE slug > ? ORDER BY slug LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+            return [_row_to_connection(r) for r in rows]
+
+        found = await self._run(select)
+        items = found[:limit]
+        more = len(found) > limit
+        return Page(items, _encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
+
+    async def update_connection(
+        self, connection: Connection, *, expected_version: int
+    ) -> Connection:
+        slug = connection.slug
+
+        def update(db: sqlite3.Connection) -> Connection:
+            with _transaction(db):
+                cur = db.execute(
+                    "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
+                    " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
+                    " updated_at = ?, rotated_at = ?, version = version + 1"
+                    " WHERE slug = ? AND version = ?",
+                    (
+                        *self._mutable(connection),
+                        _to_ms(connection.updated_at),
+                        _to_ms_opt(connection.rotated_at),
+                        slug,
+                        expected_version,
+                    ),
+                )
+                stored = self._select_connection(db, slug)
+                if cur.rowcount == 0:
+                    raise VersionConflict(
+                        f"connection {slug!r} changed meanwhile "
+                        f"(version {stored.version}, expected {expected_version})"
+                    )
+                return stored
+
+        stored = await self._run(update)
+        self._notify(Change("connection", slug))
+        return stored
+
+    async def delete_connection(self, slug: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                cur = db.execute("DELETE FROM connections WHERE slug = ?", (slug,))
+                if cur.rowcount == 0:
+                    raise NotFound(f"no connection {slug!r}")
+
+        await self._run(delete)
+        self._notify(Change("connection", slug))
+
+    # -- gateway API keys ------------------------------------------------
+    async def create_api_key(self, key: ApiKey) -> ApiKey:
+        def insert(db: sqlite3.Connection) -> ApiKey:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO api_keys (id, name, key_hash, scopes, connections, created_at,"
+                    " expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.id,
+                        key.name,
+                        key.key_hash,
+                        json.dumps(sorted(Scope(s).value for s in key.scopes)),
+                        None if key.connections is None else json.dumps(sorted(key.connections)),
+                        _to_ms(key.created_at),
+                        _to_ms_opt(key.expires_at),
+                        _to_ms_opt(key.revoked_at),
+                    ),
+                )
+                row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
+                return _row_to_api_key(row)
+
+        stored = await self._run(
+            insert, on_conflict=lambda: Conflict("an API key with this id or hash exists")
+        )
+        self._notify(Change("api_key", stored.id))
+        return stored
+
+    async def get_api_key_by_hash(self, key_hash: bytes) -> ApiKey | None:
+        def select(db: sqlite3.Connection) -> ApiKey | None:
+            row = db.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+            return None if row is None else _row_to_api_key(row)
+
+        return await self._run(select)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        def select(db: sqlite3.Connection) -> list[ApiKey]:
+            rows = db.execute("SELECT * FROM api_keys ORDER BY created_at, rowid").fetchall()
+            return [_row_to_api_key(r) for r in rows]
+
+        return await self._run(select)
+
+    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+        def revoke(db: sqlite3.Connection) -> ApiKey:
+            with _transaction(db):
+                db.execute(
+                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                    (_to_ms(at), key_id),
+                )
+                row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"no API key {key_id!r}")
+                return _row_to_api_key(row)
+
+        stored = await self._run(revoke)
+        self._notify(Change("api_key", key_id))
+        return stored
+
+    # -- audit -----------------------------------------------------------
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        # Truncated here, so the stored timestamp is exactly the one the hash covers.
+        pending = [attrs.evolve(e, timestamp=_from_ms(_to_ms(e.timestamp))) for e in events]
+        if not pending:
+            return
+
+        def append(db: sqlite3.Connection) -> None:
+            tails: dict[str, AuditEvent | None] = {}
+            seen: set[str] = set()
+            with _transaction(db):
+                for event in pending:
+                    if (
+                        event.id in seen
+                        or db.execute(
+                            "SELECT 1 FROM audit_events WHERE id = ?", (event.id,)
+                        ).fetchone()
+                    ):
+                        continue
+                    seen.add(event.id)
+                    if event.connection not in tails:
+                        row = db.execute(
+                            "SELECT body FROM audit_events WHERE connection = ?"
+                            " ORDER BY seq DESC LIMIT 1",
+                            (event.connection,),
+                        ).fetchone()
+                        tails[event.connection] = None if row is None else _body_to_event(row[0])
+                    sealed = seal_event(event, tails[event.connection])
+                    db.execute(
+                        "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            sealed.connection,
+                            sealed.seq,
+                            sealed.id,
+                            _to_ms(sealed.timestamp),
+                            _event_body(sealed),
+                        ),
+                    )
+                    tails[event.connection] = sealed
+
+        await self._run(append)
+
+    async def list_audit_events(
+        self,
+        connection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+    ) -> Page[AuditEvent]:
+        _check_limit(limit)
+        before = 2**62
+        if cursor is not None:
+            seq_text, _, slug = _decode_cursor(_AUDIT_CURSOR, cursor).partition(":")
+            if slug != connection or not seq_text.isdigit():
+                raise ValidationError("cursor", "is not a cursor this listing returned")
+            before = int(seq_text)
+        # Stored times are whole milliseconds: an event at .500 is before since=.5004.
+        since_ms = -(2**62) if since is None else _to_ms_ceil(since)
+
+        def select(db: sqlite3.Connection) -> list[AuditEvent]:
+            rows = db.execute(
+                "SELECT body FROM audit_events WHERE connection = ? AND seq < ?"
+                " AND timestamp >= ? ORDER BY seq DESC LIMIT ?",
+                (connection, before, since_ms, limit + 1),
+            ).fetchall()
+            return [_body_to_event(r[0]) for r in rows]
+
+        found = await self._run(select)
+        items = found[:limit]
+        more = len(found) > limit
+        if not more:
+            return Page(items)
+        return Page(items, _encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}"))
+
+    async def audit_chain(
+        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditEvent]:
+        def select(db: sqlite3.Connection) -> list[AuditEvent]:
+            rows = db.execute(
+                "SELECT body FROM audit_events WHERE connection = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (connection, after_seq, limit),
+            ).fetchall()
+            return [_body_to_event(r[0]) for r in rows]
+
+        return await self._run(select)
+
+    async def audit_connections(self) -> list[str]:
+        def select(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("SELECT DISTINCT connection FROM audit_events ORDER BY connection")
+            return [r[0] for r in rows.fetchall()]
+
+        return await self._run(select)
+
+
+def _to_ms_ceil(value: datetime) -> int:
+    ms = _to_ms(value)
+    return ms + 1 if value.astimezone(UTC).microsecond % 1000 else ms

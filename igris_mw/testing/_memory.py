@@ -1,0 +1,254 @@
+"""``MemoryStore``: the whole ``Store`` protocol on plain dicts.
+
+For users' own tests (``store="memory://"``) and as the simplest model of
+the contract. Nothing survives ``close()``... or the process. Timestamps are
+kept at millisecond precision, as the SQLite store keeps them, so code
+tested against it sees what production sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import attrs
+
+from .._errors import (
+    ConfigurationError,
+    Conflict,
+    NotFound,
+    SlugTaken,
+    ValidationError,
+    VersionConflict,
+)
+from ..models import SLUG_RE, ApiKey, AuditEvent, Connection, Page
+from ..storage import Capabilities, Change, ChangeListener, seal_event
+
+__all__ = ["MemoryStore"]
+
+log = logging.getLogger("igris_mw.store")
+
+_CONN_CURSOR = b"mc1:"
+_AUDIT_CURSOR = b"ma1:"
+
+
+def _ms(value: datetime) -> datetime:
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _ms_opt(value: datetime | None) -> datetime | None:
+    return None if value is None else _ms(value)
+
+
+def _encode(prefix: bytes, text: str) -> str:
+    return base64.urlsafe_b64encode(prefix + text.encode()).decode().rstrip("=")
+
+
+def _decode(prefix: bytes, cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if not raw.startswith(prefix):
+            raise ValueError(cursor)
+        return raw[len(prefix) :].decode()
+    except (ValueError, binascii.Error, UnicodeError):
+        raise ValidationError("cursor", "is not a cursor this listing returned") from None
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValidationError("limit", "must be a positive integer")
+
+
+class MemoryStore:
+    """A dict-backed ``Store``; ``MemoryStore.from_url("memory://")``.
+
+    Writes complete without awaiting anything, so each method is atomic on
+    the event loop: concurrent callers can never interleave inside one.
+    """
+
+    capabilities = Capabilities(shared=False, notifies_remote=False, audit=True)
+
+    def __init__(self) -> None:
+        self._connections: dict[str, Connection] = {}
+        self._keys: dict[str, ApiKey] = {}
+        self._by_hash: dict[bytes, str] = {}
+        self._events: dict[str, list[AuditEvent]] = {}
+        self._event_ids: set[str] = set()
+        self._listeners: list[ChangeListener] = []
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """``memory://`` (anything after the scheme is ignored).
+
+        Raises:
+            ConfigurationError: the scheme is not ``memory``.
+        """
+        if not isinstance(url, str) or not url.lower().startswith("memory:"):
+            raise ConfigurationError("a MemoryStore URL looks like memory://")
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self._connections)} connections)"
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, change: Change) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                # The write is committed; a failing cache hook must not turn it into an error.
+                log.exception("store change listener failed")
+
+    # -- connections -----------------------------------------------------
+    @staticmethod
+    def _normal(connection: Connection, *, version: int, created_at: datetime) -> Connection:
+        return attrs.evolve(
+            connection,
+            version=version,
+            created_at=_ms(created_at),
+            updated_at=_ms(connection.updated_at),
+            rotated_at=_ms_opt(connection.rotated_at),
+        )
+
+    async def create_connection(self, connection: Connection) -> Connection:
+        if connection.slug in self._connections:
+            raise SlugTaken(f"the slug {connection.slug!r} is taken")
+        stored = self._normal(connection, version=1, created_at=connection.created_at)
+        self._connections[stored.slug] = stored
+        self._notify(Change("connection", stored.slug))
+        return stored
+
+    async def get_connection(self, slug: str) -> Connection:
+        try:
+            return self._connections[slug]
+        except KeyError:
+            raise NotFound(f"no connection {slug!r}") from None
+
+    async def list_connections(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Connection]:
+        _check_limit(limit)
+        after = ""
+        if cursor is not None:
+            after = _decode(_CONN_CURSOR, cursor)
+            if not SLUG_RE.match(after):
+                raise ValidationError("cursor", "is not a cursor this listing returned")
+        slugs = sorted(s for s in self._connections if s > after)
+        items = [self._connections[s] for s in slugs[:limit]]
+        more = len(slugs) > limit
+        return Page(items, _encode(_CONN_CURSOR, items[-1].slug) if more else None)
+
+    async def update_connection(
+        self, connection: Connection, *, expected_version: int
+    ) -> Connection:
+        old = await self.get_connection(connection.slug)
+        if old.version != expected_version:
+            raise VersionConflict(
+                f"connection {connection.slug!r} changed meanwhile "
+                f"(version {old.version}, expected {expected_version})"
+            )
+        stored = self._normal(connection, version=old.version + 1, created_at=old.created_at)
+        self._connections[stored.slug] = stored
+        self._notify(Change("connection", stored.slug))
+        return stored
+
+    async def delete_connection(self, slug: str) -> None:
+        if self._connections.pop(slug, None) is None:
+            raise NotFound(f"no connection {slug!r}")
+        self._notify(Change("connection", slug))
+
+    # -- gateway API keys ------------------------------------------------
+    async def create_api_key(self, key: ApiKey) -> ApiKey:
+        if key.id in self._keys or key.key_hash in self._by_hash:
+            raise Conflict("an API key with this id or hash exists")
+        stored = attrs.evolve(
+            key,
+            created_at=_ms(key.created_at),
+            expires_at=_ms_opt(key.expires_at),
+            revoked_at=_ms_opt(key.revoked_at),
+        )
+        self._keys[stored.id] = stored
+        self._by_hash[stored.key_hash] = stored.id
+        self._notify(Change("api_key", stored.id))
+        return stored
+
+    async def get_api_key_by_hash(self, key_hash: bytes) -> ApiKey | None:
+        key_id = self._by_hash.get(key_hash)
+        return None if key_id is None else self._keys[key_id]
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        # dicts keep insertion order, so a stable sort breaks created_at ties by insertion.
+        return sorted(self._keys.values(), key=lambda k: k.created_at)
+
+    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+        old = self._keys.get(key_id)
+        if old is None:
+            raise NotFound(f"no API key {key_id!r}")
+        stored = old if old.revoked_at is not None else attrs.evolve(old, revoked_at=_ms(at))
+        self._keys[key_id] = stored
+        self._notify(Change("api_key", key_id))
+        return stored
+
+    # -- audit -----------------------------------------------------------
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        sealed: dict[str, list[AuditEvent]] = {}
+        ids: set[str] = set()
+        for event in events:
+            if event.id in self._event_ids or event.id in ids:
+                continue
+            chain = sealed.setdefault(event.connection, [])
+            stored = self._events.get(event.connection, [])
+            previous = chain[-1] if chain else (stored[-1] if stored else None)
+            chain.append(seal_event(attrs.evolve(event, timestamp=_ms(event.timestamp)), previous))
+            ids.add(event.id)
+        # Commit only once the whole batch is sealed: all or nothing.
+        for slug, chain in sealed.items():
+            self._events.setdefault(slug, []).extend(chain)
+        self._event_ids |= ids
+
+    async def list_audit_events(
+        self,
+        connection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+    ) -> Page[AuditEvent]:
+        _check_limit(limit)
+        before: int | None = None
+        if cursor is not None:
+            text = _decode(_AUDIT_CURSOR, cursor)
+            seq_text, _, slug = text.partition(":")
+            if slug != connection or not seq_text.isdigit():
+                raise ValidationError("cursor", "is not a cursor this listing returned")
+            before = int(seq_text)
+        chosen = [
+            e
+            for e in reversed(self._events.get(connection, []))
+            if (before is None or e.seq < before) and (since is None or e.timestamp >= since)
+        ]
+        items = chosen[:limit]
+        more = len(chosen) > limit
+        return Page(
+            items, _encode(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}") if more else None
+        )
+
+    async def audit_chain(
+        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditEvent]:
+        return [e for e in self._events.get(connection, []) if e.seq > after_seq][:limit]
+
+    async def audit_connections(self) -> list[str]:
+        return sorted(slug for slug, events in self._events.items() if events)
