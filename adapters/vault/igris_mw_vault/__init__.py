@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
-from ._kv import VaultKVStore
 from igris_mw._rewrap import rewrap_all
+
+from ._kv import VaultKVStore
 from ._transit import TransitProvider
 
 __all__ = ["TransitProvider", "VaultKVStore", "rewrap_all"]
