@@ -42,7 +42,7 @@ async def test_gateway_on_vault_survives_a_seal(
     upstream: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Warm connections keep working while sealed; cold ones get 503 vault_sealed fast; unseal heals."""
+    """Warm connections work while sealed; cold ones get a quick 503 vault_sealed; unseal heals."""
     monkeypatch.setenv("VAULT_TOKEN", bao.root_token)  # as an operator would
     sink = tmp_path / "audit.jsonl"
     gw = IgrisGateway(
