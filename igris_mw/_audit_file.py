@@ -21,8 +21,6 @@ here, any other URL is a store whose ``capabilities.audit`` is true.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import fcntl
 import json
 import os
@@ -33,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from ._errors import ConfigurationError, ValidationError
-from .models import AuditEvent, Page, parse_time
+from ._errors import ConfigurationError
+from ._paging import bad_cursor, check_limit, decode_seq_cursor, encode_cursor
+from .models import AuditEvent, Page
 from .storage import seal_event
 
 if TYPE_CHECKING:
@@ -45,39 +44,8 @@ __all__ = ["JsonlAuditSink", "audit_sink_from_url", "event_from_json"]
 _CURSOR = b"ja1:"
 
 
-def event_from_json(body: dict[str, Any]) -> AuditEvent:
-    """The inverse of ``AuditEvent.to_json()``.
-
-    Raises:
-        ValueError: a field is missing or of the wrong type.
-    """
-    try:
-        metadata = body.get("metadata")
-        return AuditEvent(
-            id=str(body["id"]),
-            timestamp=parse_time(body["timestamp"]),
-            connection=str(body["connection"]),
-            kind=str(body["kind"]),
-            action=body.get("action"),
-            api_key_id=body.get("apiKeyId"),
-            user=body.get("user"),
-            metadata=dict(metadata) if metadata is not None else None,
-            method=body.get("method"),
-            path=body.get("path"),
-            rpc_method=body.get("rpcMethod"),
-            tool=body.get("tool"),
-            status=body.get("status"),
-            outcome=str(body["outcome"]),
-            latency_ms=body.get("latencyMs"),
-            bytes_in=int(body["bytesIn"]),
-            bytes_out=int(body["bytesOut"]),
-            credential_version=body.get("credentialVersion"),
-            seq=int(body["seq"]),
-            prev_hash=body.get("prevHash"),
-            hash=body.get("hash"),
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"not an audit event: {exc}") from exc
+# Kept for importers of the old name (``_audit`` reads events with it).
+event_from_json = AuditEvent.from_json
 
 
 def _line(event: AuditEvent) -> bytes:
@@ -162,7 +130,7 @@ class JsonlAuditSink:
             if not raw.strip():
                 continue
             try:
-                event = event_from_json(json.loads(raw))
+                event = AuditEvent.from_json(json.loads(raw))
             except ValueError:
                 self.skipped_lines += 1
                 continue
@@ -242,8 +210,7 @@ class JsonlAuditSink:
         Raises:
             ValidationError: ``limit`` below 1, or a cursor this sink did not make.
         """
-        if not isinstance(limit, int) or limit < 1:
-            raise ValidationError("limit", "must be a positive integer")
+        check_limit(limit)
         before = _decode_cursor(cursor) if cursor is not None else None
         async with self._lock:
             await self._refresh()
@@ -259,7 +226,7 @@ class JsonlAuditSink:
                 break
         more = len(picked) > limit
         items = picked[:limit]
-        return Page(items, _encode_cursor(items[-1].seq) if more else None)
+        return Page(items, encode_cursor(_CURSOR, str(items[-1].seq)) if more else None)
 
     async def audit_chain(
         self, connection: str, *, after_seq: int = 0, limit: int = 1000
@@ -277,21 +244,11 @@ class JsonlAuditSink:
             return sorted(self._chains)
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(_CURSOR + str(seq).encode()).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if not raw.startswith(_CURSOR):
-            raise ValueError(cursor)
-        seq = int(raw[len(_CURSOR) :].decode("ascii"))
-        if seq < 1:
-            raise ValueError(cursor)
-        return seq
-    except (ValueError, binascii.Error, UnicodeError):
-        raise ValidationError("cursor", "is not a cursor this listing returned") from None
+    seq = decode_seq_cursor(_CURSOR, cursor)
+    if seq < 1:  # this sink's seqs start at 1, so a 0 was never handed out
+        raise bad_cursor()
+    return seq
 
 
 def build_audit_sink(url: str) -> AuditSink:

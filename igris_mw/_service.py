@@ -1,13 +1,13 @@
 """Operations shared by the management API and the CLI.
 
-Validation of user input (contract JSON, camelCase field names) happens
-here, before anything is written: a bad request never changes stored state.
+User input (contract JSON, camelCase field names) is checked by
+``_validation`` before anything is written: a bad request never changes
+stored state.
 Every change to a connection records a management audit event.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,6 +17,23 @@ import attrs
 from ._audit import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
+from ._validation import (
+    API_KEY_FIELDS,
+    CREATE_FIELDS,
+    PATCH_FIELDS,
+    check_fields,
+    header_name_for,
+    parse_auth_type,
+    parse_bool,
+    parse_credential,
+    parse_cursor,
+    parse_expires_at,
+    parse_key_connections,
+    parse_limit,
+    parse_scopes,
+    parse_since,
+    require_mapping,
+)
 from .crypto import CryptoProvider, binding
 from .models import (
     ApiKey,
@@ -24,9 +41,7 @@ from .models import (
     AuthType,
     Connection,
     Page,
-    Scope,
     Secret,
-    parse_time,
     utcnow,
     validate_header_name,
     validate_name,
@@ -38,22 +53,9 @@ from .storage import Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
 
-_CREATE_FIELDS = frozenset(
-    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"}
-)
-_PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled"})
-_READ_ONLY_FIELDS = frozenset(
-    {"credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl"}
-)
-_API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt"})
-# Only field names that look like field names are echoed back: a pasted
-# secret used as a JSON key must not end up in an error message.
-_ECHOABLE_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
-_MAX_LIMIT = 200
 # A guarded write that keeps losing races is retried this many times, then
 # the VersionConflict reaches the caller (409).
 _WRITE_ATTEMPTS = 5
-_ROTATE_HINT = "rotate the connection's credential instead (POST .../rotate)"
 
 
 class AuditSink(Protocol):
@@ -75,78 +77,6 @@ class AuditSink(Protocol):
     ) -> list[AuditEvent]: ...
 
     async def audit_connections(self) -> list[str]: ...
-
-
-# -- input checking helpers ----------------------------------------------
-
-
-def _require_mapping(body: object, field: str = "body") -> Mapping[str, Any]:
-    if not isinstance(body, Mapping):
-        raise ValidationError(field, "must be a JSON object")
-    return body
-
-
-def _check_fields(body: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
-    for key in body:
-        if not isinstance(key, str) or not _ECHOABLE_FIELD.match(key):
-            raise ValidationError("body", f"has a field that is not allowed in {what}")
-        if key in allowed:
-            continue
-        if key in _READ_ONLY_FIELDS:
-            raise ValidationError(key, "is read-only")
-        if key == "credential":
-            raise ValidationError(key, f"cannot be changed in {what}; {_ROTATE_HINT}")
-        raise ValidationError(key, f"is not a known field of {what}")
-
-
-def _auth_type(value: object, field: str = "authType") -> AuthType:
-    if isinstance(value, str):
-        try:
-            return AuthType(value)
-        except ValueError:
-            pass
-    allowed = ", ".join(t.value for t in AuthType)
-    raise ValidationError(field, f"must be one of: {allowed}")
-
-
-def _bool(value: object, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(field, "must be true or false")
-    return value
-
-
-def _credential(value: object, auth_type: AuthType, field: str = "credential") -> bytes:
-    plaintext = validate_secret_text(value, field=field)
-    if auth_type is AuthType.BASIC and b":" not in plaintext:
-        raise ValidationError(field, "must be 'user:password' for authType basic")
-    return plaintext
-
-
-def _header_name_for(auth_type: AuthType, value: object) -> str | None:
-    """The header name a connection of ``auth_type`` keeps (``None`` unless header)."""
-    if auth_type is AuthType.HEADER:
-        if value is None:
-            raise ValidationError("headerName", "is required when authType is 'header'")
-        return validate_header_name(value)
-    if value is not None:
-        raise ValidationError("headerName", "is only allowed when authType is 'header'")
-    return None
-
-
-def _limit(value: object) -> int:
-    if isinstance(value, str) and value.isdigit() and len(value) <= 6:
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_LIMIT:
-        raise ValidationError("limit", f"must be an integer from 1 to {_MAX_LIMIT}")
-    return value
-
-
-def _cursor(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > 1024:
-        raise ValidationError("cursor", "is not a cursor this server made")
-    return value
 
 
 def _bind(conn: Connection) -> bytes:
@@ -185,17 +115,17 @@ class Service:
                 field is named; the credential is never echoed).
             SlugTaken: the slug is in use. Nothing is written.
         """
-        body = _require_mapping(body)
-        _check_fields(body, _CREATE_FIELDS, "a connection")
+        body = require_mapping(body)
+        check_fields(body, CREATE_FIELDS, "a connection")
         for required in ("slug", "name", "upstreamUrl"):
             if required not in body:
                 raise ValidationError(required, "is required")
         slug = validate_slug(body["slug"])
         name = validate_name(body["name"])
         upstream_url = validate_upstream_url(body["upstreamUrl"])
-        auth_type = _auth_type(body.get("authType", AuthType.BEARER.value))
-        header_name = _header_name_for(auth_type, body.get("headerName"))
-        enabled = _bool(body.get("enabled", True), "enabled")
+        auth_type = parse_auth_type(body.get("authType", AuthType.BEARER.value))
+        header_name = header_name_for(auth_type, body.get("headerName"))
+        enabled = parse_bool(body.get("enabled", True), "enabled")
         raw_credential = body.get("credential")
         plaintext: bytes | None = None
         if auth_type is AuthType.NONE:
@@ -204,7 +134,7 @@ class Service:
         elif raw_credential is None:
             raise ValidationError("credential", f"is required when authType is '{auth_type}'")
         else:
-            plaintext = _credential(raw_credential, auth_type)
+            plaintext = parse_credential(raw_credential, auth_type)
 
         now = self.clock()
         conn = Connection(
@@ -234,7 +164,9 @@ class Service:
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Connection]:
         """``limit`` outside 1-200 -> ValidationError('limit')."""
-        return await self.store.list_connections(limit=_limit(limit), cursor=_cursor(cursor))
+        return await self.store.list_connections(
+            limit=parse_limit(limit), cursor=parse_cursor(cursor)
+        )
 
     async def update_connection(
         self, slug: str, changes: Mapping[str, Any], *, actor: str | None = None
@@ -250,17 +182,17 @@ class Service:
                 a credential.
             NotFound: no such slug.
         """
-        changes = _require_mapping(changes)
-        _check_fields(changes, _PATCH_FIELDS, "a connection update")
+        changes = require_mapping(changes)
+        check_fields(changes, PATCH_FIELDS, "a connection update")
         # Type checks first, so a bad request fails before any store read.
         new_name = validate_name(changes["name"]) if "name" in changes else None
         new_url = (
             validate_upstream_url(changes["upstreamUrl"]) if "upstreamUrl" in changes else None
         )
-        new_type = _auth_type(changes["authType"]) if "authType" in changes else None
+        new_type = parse_auth_type(changes["authType"]) if "authType" in changes else None
         if changes.get("headerName") is not None:
             validate_header_name(changes["headerName"])
-        new_enabled = _bool(changes["enabled"], "enabled") if "enabled" in changes else None
+        new_enabled = parse_bool(changes["enabled"], "enabled") if "enabled" in changes else None
         if not changes:
             return await self.get_connection(slug)
         if set(changes) == {"enabled"} and new_enabled is not None:
@@ -274,7 +206,7 @@ class Service:
                 header_value = current.header_name
             else:
                 header_value = None
-            header_name = _header_name_for(auth_type, header_value)
+            header_name = header_name_for(auth_type, header_value)
             updated = attrs.evolve(
                 current,
                 name=new_name if new_name is not None else current.name,
@@ -333,7 +265,7 @@ class Service:
             ValidationError: invalid credential / auth type / header name.
             NotFound: no such slug.
         """
-        new_type = _auth_type(auth_type) if auth_type is not None else None
+        new_type = parse_auth_type(auth_type) if auth_type is not None else None
         if new_type is AuthType.NONE:
             raise ValidationError(
                 "authType", "rotate needs a credential; set authType 'none' with an update"
@@ -357,12 +289,12 @@ class Service:
                 header_value: object = header_name
             else:
                 header_value = current.header_name if kind is AuthType.HEADER else None
-            plaintext = _credential(credential, kind)
+            plaintext = parse_credential(credential, kind)
             now = self.clock()
             updated = attrs.evolve(
                 current,
                 auth_type=kind,
-                header_name=_header_name_for(kind, header_value),
+                header_name=header_name_for(kind, header_value),
                 credential_version=current.credential_version + 1,
                 updated_at=now,
                 rotated_at=now,
@@ -379,7 +311,7 @@ class Service:
         self, slug: str, enabled: bool, *, actor: str | None = None
     ) -> Connection:
         """Disable (revoke) or enable a connection; a no-op if already so."""
-        enabled = _bool(enabled, "enabled")
+        enabled = parse_bool(enabled, "enabled")
         changed = False
 
         async def build(current: Connection) -> Connection:
@@ -457,22 +389,15 @@ class Service:
         Raises:
             ValidationError: a missing, unknown or invalid field.
         """
-        body = _require_mapping(body)
-        _check_fields(body, _API_KEY_FIELDS, "an API key")
+        body = require_mapping(body)
+        check_fields(body, API_KEY_FIELDS, "an API key")
         if "name" not in body:
             raise ValidationError("name", "is required")
         name = validate_name(body["name"])
-        scopes = self._scopes(body.get("scopes"))
-        connections = self._key_connections(body.get("connections"), scopes)
+        scopes = parse_scopes(body.get("scopes"))
+        connections = parse_key_connections(body.get("connections"), scopes)
         now = self.clock()
-        expires_at: datetime | None = None
-        if body.get("expiresAt") is not None:
-            raw = body["expiresAt"]
-            if not isinstance(raw, str):
-                raise ValidationError("expiresAt", "must be an RFC 3339 timestamp")
-            expires_at = parse_time(raw, field="expiresAt")
-            if expires_at <= now:
-                raise ValidationError("expiresAt", "must be in the future")
+        expires_at = parse_expires_at(body.get("expiresAt"), now)
         key = generate_key()
         record = ApiKey(
             id=new_key_id(),
@@ -484,33 +409,6 @@ class Service:
             expires_at=expires_at,
         )
         return await self.store.create_api_key(record), key
-
-    @staticmethod
-    def _scopes(value: object) -> frozenset[Scope]:
-        allowed = ", ".join(s.value for s in Scope)
-        if not isinstance(value, list) or not value:
-            raise ValidationError("scopes", f"must be a non-empty list of: {allowed}")
-        out: set[Scope] = set()
-        for item in value:
-            try:
-                out.add(Scope(item))
-            except ValueError:
-                raise ValidationError("scopes", f"must only contain: {allowed}") from None
-        return frozenset(out)
-
-    @staticmethod
-    def _key_connections(value: object, scopes: frozenset[Scope]) -> frozenset[str] | None:
-        if value is None:
-            return None
-        if Scope.MCP not in scopes or Scope.ADMIN in scopes:
-            # An admin key reaches every connection; a list would only mislead.
-            raise ValidationError("connections", "only applies to keys with just the 'mcp' scope")
-        if not isinstance(value, list) or not value:
-            raise ValidationError(
-                "connections",
-                "must be a non-empty list of slugs (omit it to allow every connection)",
-            )
-        return frozenset(validate_slug(v, field="connections") for v in value)
 
     async def list_api_keys(self) -> list[ApiKey]:
         """Every key record, revoked ones included, oldest first."""
@@ -549,17 +447,9 @@ class Service:
             ValidationError: ``limit`` outside 1-200, ``since`` not RFC 3339.
             NotFound: neither a connection nor an audit trail of that slug.
         """
-        limit = _limit(limit)
-        cursor = _cursor(cursor)
-        since_at: datetime | None
-        if since is None or since == "":
-            since_at = None
-        elif isinstance(since, datetime):
-            since_at = since
-        elif isinstance(since, str):
-            since_at = parse_time(since, field="since")
-        else:
-            raise ValidationError("since", "must be an RFC 3339 timestamp")
+        limit = parse_limit(limit)
+        cursor = parse_cursor(cursor)
+        since_at = parse_since(since)
         try:
             await self.get_connection(slug)
         except NotFound:

@@ -20,8 +20,6 @@ Times are stored as integer milliseconds since the epoch (UTC).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import os
@@ -29,7 +27,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,18 +40,28 @@ from ._errors import (
     NotFound,
     SlugTaken,
     StoreUnavailable,
-    ValidationError,
     VersionConflict,
 )
+from ._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from ._sqlite_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    body_to_event,
+    event_body,
+    from_ms,
+    row_to_api_key,
+    row_to_connection,
+    to_ms,
+    to_ms_ceil,
+    to_ms_opt,
+)
 from .models import (
-    SLUG_RE,
     ApiKey,
     AuditEvent,
     AuthType,
     Connection,
     Page,
     Scope,
-    parse_time,
 )
 from .storage import Capabilities, Change, ChangeListener, seal_event
 
@@ -62,149 +70,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 log = logging.getLogger("igris_mw.store")
 T = TypeVar("T")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BUSY_TIMEOUT = 10.0
 _CONN_CURSOR = b"sc1:"
 _AUDIT_CURSOR = b"sa1:"
-
-# Each entry migrates from version i to i + 1; never edit a released entry, append.
-_MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE connections (
-            slug TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            upstream_url TEXT NOT NULL,
-            auth_type TEXT NOT NULL,
-            header_name TEXT,
-            enabled INTEGER NOT NULL,
-            credential_version INTEGER NOT NULL,
-            ciphertext BLOB,
-            created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL,
-            rotated_at INTEGER,
-            version INTEGER NOT NULL
-        )""",
-        """CREATE TABLE api_keys (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            key_hash BLOB NOT NULL UNIQUE,
-            scopes TEXT NOT NULL,
-            connections TEXT,
-            created_at INTEGER NOT NULL,
-            expires_at INTEGER,
-            revoked_at INTEGER
-        )""",
-        """CREATE TABLE audit_events (
-            connection TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            id TEXT NOT NULL UNIQUE,
-            timestamp INTEGER NOT NULL,
-            body TEXT NOT NULL,
-            PRIMARY KEY (connection, seq)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
-    ],
-]
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-def _to_ms(value: datetime) -> int:
-    delta = value.astimezone(UTC) - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def _to_ms_opt(value: datetime | None) -> int | None:
-    return None if value is None else _to_ms(value)
-
-
-def _from_ms(value: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=value)
-
-
-def _from_ms_opt(value: int | None) -> datetime | None:
-    return None if value is None else _from_ms(value)
-
-
-def _encode_cursor(prefix: bytes, text: str) -> str:
-    return base64.urlsafe_b64encode(prefix + text.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(prefix: bytes, cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if not raw.startswith(prefix):
-            raise ValueError(cursor)
-        return raw[len(prefix) :].decode()
-    except (ValueError, binascii.Error, UnicodeError):
-        raise ValidationError("cursor", "is not a cursor this listing returned") from None
-
-
-def _check_limit(limit: int) -> None:
-    if not isinstance(limit, int) or limit < 1:
-        raise ValidationError("limit", "must be a positive integer")
-
-
-def _row_to_connection(row: sqlite3.Row) -> Connection:
-    return Connection(
-        slug=row["slug"],
-        name=row["name"],
-        upstream_url=row["upstream_url"],
-        auth_type=AuthType(row["auth_type"]),
-        header_name=row["header_name"],
-        enabled=bool(row["enabled"]),
-        credential_version=row["credential_version"],
-        ciphertext=None if row["ciphertext"] is None else bytes(row["ciphertext"]),
-        created_at=_from_ms(row["created_at"]),
-        updated_at=_from_ms(row["updated_at"]),
-        rotated_at=_from_ms_opt(row["rotated_at"]),
-        version=row["version"],
-    )
-
-
-def _row_to_api_key(row: sqlite3.Row) -> ApiKey:
-    connections = row["connections"]
-    return ApiKey(
-        id=row["id"],
-        name=row["name"],
-        key_hash=bytes(row["key_hash"]),
-        scopes=frozenset(Scope(s) for s in json.loads(row["scopes"])),
-        connections=None if connections is None else frozenset(json.loads(connections)),
-        created_at=_from_ms(row["created_at"]),
-        expires_at=_from_ms_opt(row["expires_at"]),
-        revoked_at=_from_ms_opt(row["revoked_at"]),
-    )
-
-
-def _event_body(event: AuditEvent) -> str:
-    return json.dumps(event.to_json(), separators=(",", ":"))
-
-
-def _body_to_event(body: str) -> AuditEvent:
-    # Built from the event's own to_json(), so its hash recomputes byte for byte.
-    d = json.loads(body)
-    return AuditEvent(
-        id=d["id"],
-        timestamp=parse_time(d["timestamp"]),
-        connection=d["connection"],
-        kind=d["kind"],
-        action=d["action"],
-        api_key_id=d["apiKeyId"],
-        user=d["user"],
-        metadata=d["metadata"],
-        method=d["method"],
-        path=d["path"],
-        rpc_method=d["rpcMethod"],
-        tool=d["tool"],
-        status=d["status"],
-        outcome=d["outcome"],
-        latency_ms=d["latencyMs"],
-        bytes_in=d["bytesIn"],
-        bytes_out=d["bytesOut"],
-        credential_version=d["credentialVersion"],
-        seq=d["seq"],
-        prev_hash=d["prevHash"],
-        hash=d["hash"],
-    )
 
 
 @contextmanager
@@ -367,7 +235,7 @@ class SQLiteStore:
                     f"this igris-mw knows ({SCHEMA_VERSION}); upgrade igris-mw"
                 )
             for version in range(current, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[version]:
+                for statement in MIGRATIONS[version]:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
 
@@ -405,9 +273,9 @@ class SQLiteStore:
                     (
                         connection.slug,
                         *self._mutable(connection),
-                        _to_ms(connection.created_at),
-                        _to_ms(connection.updated_at),
-                        _to_ms_opt(connection.rotated_at),
+                        to_ms(connection.created_at),
+                        to_ms(connection.updated_at),
+                        to_ms_opt(connection.rotated_at),
                     ),
                 )
                 return self._select_connection(db, connection.slug)
@@ -435,7 +303,7 @@ class SQLiteStore:
         row = db.execute("SELECT * FROM connections WHERE slug = ?", (slug,)).fetchone()
         if row is None:
             raise NotFound(f"no connection {slug!r}")
-        return _row_to_connection(row)
+        return row_to_connection(row)
 
     async def get_connection(self, slug: str) -> Connection:
         return await self._run(lambda db: self._select_connection(db, slug))
@@ -443,24 +311,20 @@ class SQLiteStore:
     async def list_connections(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Connection]:
-        _check_limit(limit)
-        after = ""
-        if cursor is not None:
-            after = _decode_cursor(_CONN_CURSOR, cursor)
-            if not SLUG_RE.match(after):
-                raise ValidationError("cursor", "is not a cursor this listing returned")
+        check_limit(limit)
+        after = "" if cursor is None else decode_slug_cursor(_CONN_CURSOR, cursor)
 
         def select(db: sqlite3.Connection) -> list[Connection]:
             rows = db.execute(
                 "SELECT * FROM connections WHERE slug > ? ORDER BY slug LIMIT ?",
                 (after, limit + 1),
             ).fetchall()
-            return [_row_to_connection(r) for r in rows]
+            return [row_to_connection(r) for r in rows]
 
         found = await self._run(select)
         items = found[:limit]
         more = len(found) > limit
-        return Page(items, _encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
+        return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
         self, connection: Connection, *, expected_version: int
@@ -476,8 +340,8 @@ class SQLiteStore:
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),
-                        _to_ms(connection.updated_at),
-                        _to_ms_opt(connection.rotated_at),
+                        to_ms(connection.updated_at),
+                        to_ms_opt(connection.rotated_at),
                         slug,
                         expected_version,
                     ),
@@ -517,13 +381,13 @@ class SQLiteStore:
                         key.key_hash,
                         json.dumps(sorted(Scope(s).value for s in key.scopes)),
                         None if key.connections is None else json.dumps(sorted(key.connections)),
-                        _to_ms(key.created_at),
-                        _to_ms_opt(key.expires_at),
-                        _to_ms_opt(key.revoked_at),
+                        to_ms(key.created_at),
+                        to_ms_opt(key.expires_at),
+                        to_ms_opt(key.revoked_at),
                     ),
                 )
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
-                return _row_to_api_key(row)
+                return row_to_api_key(row)
 
         stored = await self._run(
             insert, on_conflict=lambda: Conflict("an API key with this id or hash exists")
@@ -534,14 +398,14 @@ class SQLiteStore:
     async def get_api_key_by_hash(self, key_hash: bytes) -> ApiKey | None:
         def select(db: sqlite3.Connection) -> ApiKey | None:
             row = db.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
-            return None if row is None else _row_to_api_key(row)
+            return None if row is None else row_to_api_key(row)
 
         return await self._run(select)
 
     async def list_api_keys(self) -> list[ApiKey]:
         def select(db: sqlite3.Connection) -> list[ApiKey]:
             rows = db.execute("SELECT * FROM api_keys ORDER BY created_at, rowid").fetchall()
-            return [_row_to_api_key(r) for r in rows]
+            return [row_to_api_key(r) for r in rows]
 
         return await self._run(select)
 
@@ -550,12 +414,12 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-                    (_to_ms(at), key_id),
+                    (to_ms(at), key_id),
                 )
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
                 if row is None:
                     raise NotFound(f"no API key {key_id!r}")
-                return _row_to_api_key(row)
+                return row_to_api_key(row)
 
         stored = await self._run(revoke)
         self._notify(Change("api_key", key_id))
@@ -564,7 +428,7 @@ class SQLiteStore:
     # -- audit -----------------------------------------------------------
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         # Truncated here, so the stored timestamp is exactly the one the hash covers.
-        pending = [attrs.evolve(e, timestamp=_from_ms(_to_ms(e.timestamp))) for e in events]
+        pending = [attrs.evolve(e, timestamp=from_ms(to_ms(e.timestamp))) for e in events]
         if not pending:
             return
 
@@ -587,7 +451,7 @@ class SQLiteStore:
                             " ORDER BY seq DESC LIMIT 1",
                             (event.connection,),
                         ).fetchone()
-                        tails[event.connection] = None if row is None else _body_to_event(row[0])
+                        tails[event.connection] = None if row is None else body_to_event(row[0])
                     sealed = seal_event(event, tails[event.connection])
                     db.execute(
                         "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
@@ -596,8 +460,8 @@ class SQLiteStore:
                             sealed.connection,
                             sealed.seq,
                             sealed.id,
-                            _to_ms(sealed.timestamp),
-                            _event_body(sealed),
+                            to_ms(sealed.timestamp),
+                            event_body(sealed),
                         ),
                     )
                     tails[event.connection] = sealed
@@ -612,15 +476,12 @@ class SQLiteStore:
         cursor: str | None = None,
         since: datetime | None = None,
     ) -> Page[AuditEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         before = 2**62
         if cursor is not None:
-            seq_text, _, slug = _decode_cursor(_AUDIT_CURSOR, cursor).partition(":")
-            if slug != connection or not seq_text.isdigit():
-                raise ValidationError("cursor", "is not a cursor this listing returned")
-            before = int(seq_text)
+            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=connection)
         # Stored times are whole milliseconds: an event at .500 is before since=.5004.
-        since_ms = -(2**62) if since is None else _to_ms_ceil(since)
+        since_ms = -(2**62) if since is None else to_ms_ceil(since)
 
         def select(db: sqlite3.Connection) -> list[AuditEvent]:
             rows = db.execute(
@@ -628,14 +489,14 @@ class SQLiteStore:
                 " AND timestamp >= ? ORDER BY seq DESC LIMIT ?",
                 (connection, before, since_ms, limit + 1),
             ).fetchall()
-            return [_body_to_event(r[0]) for r in rows]
+            return [body_to_event(r[0]) for r in rows]
 
         found = await self._run(select)
         items = found[:limit]
         more = len(found) > limit
         if not more:
             return Page(items)
-        return Page(items, _encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}"))
+        return Page(items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}"))
 
     async def audit_chain(
         self, connection: str, *, after_seq: int = 0, limit: int = 1000
@@ -646,7 +507,7 @@ class SQLiteStore:
                 " ORDER BY seq LIMIT ?",
                 (connection, after_seq, limit),
             ).fetchall()
-            return [_body_to_event(r[0]) for r in rows]
+            return [body_to_event(r[0]) for r in rows]
 
         return await self._run(select)
 
@@ -656,8 +517,3 @@ class SQLiteStore:
             return [r[0] for r in rows.fetchall()]
 
         return await self._run(select)
-
-
-def _to_ms_ceil(value: datetime) -> int:
-    ms = _to_ms(value)
-    return ms + 1 if value.astimezone(UTC).microsecond % 1000 else ms

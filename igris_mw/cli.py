@@ -24,17 +24,27 @@ import asyncio
 import getpass
 import importlib
 import importlib.util
-import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ._cli_output import (
+    EVENT_HEADERS,
+    cell,
+    event_row,
+    out,
+    print_events,
+    print_json,
+    show_api_key,
+    show_connection,
+    table,
+)
 from ._errors import ConfigurationError, IgrisError
 from ._service import Service
 from .crypto import CryptoProvider
-from .models import ApiKey, AuditEvent, AuthType, Connection, Scope, format_time
+from .models import AuthType, Connection, Scope, format_time
 
 __all__ = [
     "build_parser",
@@ -151,80 +161,6 @@ class _LazyCrypto:
         return f"_LazyCrypto(loaded={self._provider is not None})"
 
 
-# -- output -------------------------------------------------------------------
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _json(value: Any) -> None:
-    _out(json.dumps(value, indent=2))
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    cells = [[str(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def _fields(pairs: Mapping[str, Any]) -> None:
-    width = max(len(k) for k in pairs)
-    for key, value in pairs.items():
-        _out(f"{key.ljust(width)}  {_cell(value)}")
-
-
-def _show_connection(conn: Connection, as_json: bool) -> None:
-    if as_json:
-        _json(conn.to_json())
-    else:
-        _fields(conn.to_json())
-
-
-def _show_api_key(key: ApiKey, as_json: bool) -> None:
-    if as_json:
-        _json(key.to_json())
-    else:
-        body = key.to_json()
-        body["scopes"] = ",".join(body["scopes"])
-        body["connections"] = ",".join(body["connections"]) if body["connections"] else None
-        _fields(body)
-
-
-def _event_summary(e: AuditEvent) -> str:
-    if e.kind == "management":
-        return e.action or "-"
-    if e.rpc_method:
-        return f"{e.rpc_method} {e.tool}" if e.tool else e.rpc_method
-    return f"{e.method or ''} {e.path or ''}".strip() or "-"
-
-
-def _event_row(e: AuditEvent) -> list[object]:
-    return [
-        format_time(e.timestamp),
-        e.seq,
-        e.kind,
-        _event_summary(e),
-        e.outcome,
-        e.status,
-        e.api_key_id,
-        e.user,
-        e.credential_version,
-    ]
-
-
-_EVENT_HEADERS = ["TIME", "SEQ", "KIND", "WHAT", "OUTCOME", "STATUS", "KEY", "USER", "CRED"]
-
-
 # -- credential input ------------------------------------------------------
 
 
@@ -265,10 +201,10 @@ async def _api_keys_create(args: argparse.Namespace, svc: Service) -> int:
         body["expiresAt"] = args.expires_at
     record, key = await svc.create_api_key(body)
     if args.json:
-        _json({**record.to_json(), "key": key})
+        print_json({**record.to_json(), "key": key})
     else:
-        _show_api_key(record, False)
-        _out(f"key          {key}")
+        show_api_key(record, False)
+        out(f"key          {key}")
         sys.stderr.write("igris-mw: store this key now; it is not shown again\n")
     return 0
 
@@ -276,9 +212,9 @@ async def _api_keys_create(args: argparse.Namespace, svc: Service) -> int:
 async def _api_keys_list(args: argparse.Namespace, svc: Service) -> int:
     keys = await svc.list_api_keys()
     if args.json:
-        _json({"data": [k.to_json() for k in keys], "nextCursor": None})
+        print_json({"data": [k.to_json() for k in keys], "nextCursor": None})
         return 0
-    _table(
+    table(
         ["ID", "NAME", "SCOPES", "CONNECTIONS", "CREATED", "EXPIRES", "REVOKED"],
         (
             [
@@ -299,9 +235,9 @@ async def _api_keys_list(args: argparse.Namespace, svc: Service) -> int:
 async def _api_keys_revoke(args: argparse.Namespace, svc: Service) -> int:
     record = await svc.revoke_api_key(args.id)
     if args.json:
-        _json(record.to_json())
+        print_json(record.to_json())
     else:
-        _out(f"revoked {record.id}")
+        out(f"revoked {record.id}")
     return 0
 
 
@@ -317,7 +253,7 @@ async def _connections_create(args: argparse.Namespace, svc: Service) -> int:
         body["headerName"] = args.header_name
     if args.auth_type != AuthType.NONE.value or args.credential_file is not None:
         body["credential"] = _read_credential(args.credential_file)
-    _show_connection(await svc.create_connection(body), args.json)
+    show_connection(await svc.create_connection(body), args.json)
     return 0
 
 
@@ -331,9 +267,9 @@ async def _connections_list(args: argparse.Namespace, svc: Service) -> int:
         if cursor is None:
             break
     if args.json:
-        _json({"data": [c.to_json() for c in conns], "nextCursor": None})
+        print_json({"data": [c.to_json() for c in conns], "nextCursor": None})
         return 0
-    _table(
+    table(
         ["SLUG", "NAME", "AUTH", "ENABLED", "CRED", "UPSTREAM"],
         (
             [c.slug, c.name, c.auth_type.value, c.enabled, c.credential_version, c.upstream_url]
@@ -344,7 +280,7 @@ async def _connections_list(args: argparse.Namespace, svc: Service) -> int:
 
 
 async def _connections_show(args: argparse.Namespace, svc: Service) -> int:
-    _show_connection(await svc.get_connection(args.slug), args.json)
+    show_connection(await svc.get_connection(args.slug), args.json)
     return 0
 
 
@@ -362,7 +298,7 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
         raise _UsageError(
             "nothing to change: give --name, --upstream-url, --auth-type or --header-name"
         )
-    _show_connection(await svc.update_connection(args.slug, changes), args.json)
+    show_connection(await svc.update_connection(args.slug, changes), args.json)
     return 0
 
 
@@ -373,38 +309,27 @@ async def _connections_rotate(args: argparse.Namespace, svc: Service) -> int:
     conn = await svc.rotate_credential(
         args.slug, credential, auth_type=args.auth_type, header_name=args.header_name
     )
-    _show_connection(conn, args.json)
+    show_connection(conn, args.json)
     return 0
 
 
 async def _connections_disable(args: argparse.Namespace, svc: Service) -> int:
-    _show_connection(await svc.set_enabled(args.slug, False), args.json)
+    show_connection(await svc.set_enabled(args.slug, False), args.json)
     return 0
 
 
 async def _connections_enable(args: argparse.Namespace, svc: Service) -> int:
-    _show_connection(await svc.set_enabled(args.slug, True), args.json)
+    show_connection(await svc.set_enabled(args.slug, True), args.json)
     return 0
 
 
 async def _connections_delete(args: argparse.Namespace, svc: Service) -> int:
     await svc.delete_connection(args.slug)
     if args.json:
-        _json({"deleted": args.slug})
+        print_json({"deleted": args.slug})
     else:
-        _out(f"deleted {args.slug}")
+        out(f"deleted {args.slug}")
     return 0
-
-
-def _print_events(events: Iterable[AuditEvent], as_json: bool, *, header: bool) -> None:
-    if as_json:
-        for e in events:
-            _out(json.dumps(e.to_json()))
-    else:
-        rows = [_event_row(e) for e in events]
-        if header or rows:
-            _table(_EVENT_HEADERS if header else [""] * len(_EVENT_HEADERS), rows)
-    sys.stdout.flush()
 
 
 async def _audit(args: argparse.Namespace, svc: Service) -> int:
@@ -415,13 +340,13 @@ async def _audit(args: argparse.Namespace, svc: Service) -> int:
     page = await svc.list_audit(args.target, limit=args.limit, cursor=args.cursor, since=args.since)
     if not args.follow:
         if args.json:
-            _json({"data": [e.to_json() for e in page.items], "nextCursor": page.next_cursor})
+            print_json({"data": [e.to_json() for e in page.items], "nextCursor": page.next_cursor})
         else:
-            _table(_EVENT_HEADERS, (_event_row(e) for e in page.items))
+            table(EVENT_HEADERS, (event_row(e) for e in page.items))
         return 0
     # Following reads like `tail -f`: oldest first, then new events as they land.
     backlog = list(reversed(page.items))
-    _print_events(backlog, args.json, header=not args.json)
+    print_events(backlog, args.json, header=not args.json)
     last = backlog[-1].seq if backlog else 0
     while True:
         await asyncio.sleep(FOLLOW_INTERVAL)
@@ -430,10 +355,10 @@ async def _audit(args: argparse.Namespace, svc: Service) -> int:
             if not args.json:
                 # Column widths differ per batch; compact rows beat a re-printed header.
                 for e in fresh:
-                    _out("  ".join(_cell(c) for c in _event_row(e)))
+                    out("  ".join(cell(c) for c in event_row(e)))
                 sys.stdout.flush()
             else:
-                _print_events(fresh, True, header=False)
+                print_events(fresh, True, header=False)
             last = fresh[-1].seq
 
 
@@ -441,13 +366,13 @@ async def _audit_verify(args: argparse.Namespace, svc: Service) -> int:
     report = await svc.verify_audit(args.extra)
     broken = {slug: problems for slug, problems in report.items() if problems}
     if args.json:
-        _json({"ok": not broken, "connections": report})
+        print_json({"ok": not broken, "connections": report})
     elif not broken:
-        _out("ok")
+        out("ok")
     else:
         for slug, problems in broken.items():
             for problem in problems:
-                _out(f"{slug}: {problem}")
+                out(f"{slug}: {problem}")
     if broken:
         sys.stderr.write(
             f"igris-mw: error: the audit trail of {len(broken)} connection(s) "
@@ -661,9 +586,9 @@ async def _crypto_rewrap(args: argparse.Namespace, svc: Service) -> int:
 
     moved = await rewrap_all(svc)
     if args.json:
-        _json({"rewrapped": moved, "primaryKeyId": svc.crypto.primary_key_id})
+        print_json({"rewrapped": moved, "primaryKeyId": svc.crypto.primary_key_id})
     else:
-        _out(f"re-sealed {moved} credential(s) under key {svc.crypto.primary_key_id}")
+        out(f"re-sealed {moved} credential(s) under key {svc.crypto.primary_key_id}")
     return 0
 
 

@@ -318,6 +318,43 @@ class AuditEvent:
             "hash": self.hash,
         }
 
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> AuditEvent:
+        """The inverse of ``to_json()``: a stored event reads back equal, so
+        its hash recomputes byte for byte.
+
+        Raises:
+            ValueError: a field is missing or of the wrong type
+                (``ValidationError`` for a bad timestamp).
+        """
+        try:
+            metadata = body.get("metadata")
+            return cls(
+                id=str(body["id"]),
+                timestamp=parse_time(body["timestamp"]),
+                connection=str(body["connection"]),
+                kind=str(body["kind"]),
+                action=body.get("action"),
+                api_key_id=body.get("apiKeyId"),
+                user=body.get("user"),
+                metadata=dict(metadata) if metadata is not None else None,
+                method=body.get("method"),
+                path=body.get("path"),
+                rpc_method=body.get("rpcMethod"),
+                tool=body.get("tool"),
+                status=body.get("status"),
+                outcome=str(body["outcome"]),
+                latency_ms=body.get("latencyMs"),
+                bytes_in=int(body["bytesIn"]),
+                bytes_out=int(body["bytesOut"]),
+                credential_version=body.get("credentialVersion"),
+                seq=int(body["seq"]),
+                prev_hash=body.get("prevHash"),
+                hash=body.get("hash"),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not an audit event: {exc}") from exc
+
 
 @attrs.frozen
 class Page(Generic[T]):

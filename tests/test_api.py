@@ -11,7 +11,7 @@ import attrs
 import httpx
 import pytest
 
-from igris_mw import _service
+from igris_mw import _validation
 from igris_mw._api import ManagementAPI
 from igris_mw._errors import StoreUnavailable
 from igris_mw._openapi import REQUEST_FIELDS
@@ -267,9 +267,9 @@ async def test_openapi_document_matches_the_router(env: Env) -> None:
 
 def test_request_schemas_match_the_fields_the_service_accepts() -> None:
     """The documented request fields are exactly those the service validates."""
-    assert REQUEST_FIELDS["ConnectionCreate"] == _service._CREATE_FIELDS
-    assert REQUEST_FIELDS["ConnectionUpdate"] == _service._PATCH_FIELDS
-    assert REQUEST_FIELDS["ApiKeyCreate"] == _service._API_KEY_FIELDS
+    assert REQUEST_FIELDS["ConnectionCreate"] == _validation.CREATE_FIELDS
+    assert REQUEST_FIELDS["ConnectionUpdate"] == _validation.PATCH_FIELDS
+    assert REQUEST_FIELDS["ApiKeyCreate"] == _validation.API_KEY_FIELDS
 
 
 BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [

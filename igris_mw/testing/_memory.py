@@ -8,8 +8,6 @@ tested against it sees what production sees.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,10 +19,10 @@ from .._errors import (
     Conflict,
     NotFound,
     SlugTaken,
-    ValidationError,
     VersionConflict,
 )
-from ..models import SLUG_RE, ApiKey, AuditEvent, Connection, Page
+from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from ..models import ApiKey, AuditEvent, Connection, Page
 from ..storage import Capabilities, Change, ChangeListener, seal_event
 
 __all__ = ["MemoryStore"]
@@ -42,25 +40,6 @@ def _ms(value: datetime) -> datetime:
 
 def _ms_opt(value: datetime | None) -> datetime | None:
     return None if value is None else _ms(value)
-
-
-def _encode(prefix: bytes, text: str) -> str:
-    return base64.urlsafe_b64encode(prefix + text.encode()).decode().rstrip("=")
-
-
-def _decode(prefix: bytes, cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if not raw.startswith(prefix):
-            raise ValueError(cursor)
-        return raw[len(prefix) :].decode()
-    except (ValueError, binascii.Error, UnicodeError):
-        raise ValidationError("cursor", "is not a cursor this listing returned") from None
-
-
-def _check_limit(limit: int) -> None:
-    if not isinstance(limit, int) or limit < 1:
-        raise ValidationError("limit", "must be a positive integer")
 
 
 class MemoryStore:
@@ -139,16 +118,12 @@ class MemoryStore:
     async def list_connections(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Connection]:
-        _check_limit(limit)
-        after = ""
-        if cursor is not None:
-            after = _decode(_CONN_CURSOR, cursor)
-            if not SLUG_RE.match(after):
-                raise ValidationError("cursor", "is not a cursor this listing returned")
+        check_limit(limit)
+        after = "" if cursor is None else decode_slug_cursor(_CONN_CURSOR, cursor)
         slugs = sorted(s for s in self._connections if s > after)
         items = [self._connections[s] for s in slugs[:limit]]
         more = len(slugs) > limit
-        return Page(items, _encode(_CONN_CURSOR, items[-1].slug) if more else None)
+        return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
         self, connection: Connection, *, expected_version: int
@@ -226,14 +201,10 @@ class MemoryStore:
         cursor: str | None = None,
         since: datetime | None = None,
     ) -> Page[AuditEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         before: int | None = None
         if cursor is not None:
-            text = _decode(_AUDIT_CURSOR, cursor)
-            seq_text, _, slug = text.partition(":")
-            if slug != connection or not seq_text.isdigit():
-                raise ValidationError("cursor", "is not a cursor this listing returned")
-            before = int(seq_text)
+            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=connection)
         chosen = [
             e
             for e in reversed(self._events.get(connection, []))
@@ -242,7 +213,7 @@ class MemoryStore:
         items = chosen[:limit]
         more = len(chosen) > limit
         return Page(
-            items, _encode(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}") if more else None
+            items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}") if more else None
         )
 
     async def audit_chain(

@@ -12,8 +12,6 @@ so a restarted server is used again without reopening the store.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -37,9 +35,9 @@ from igris_mw._errors import (
     NotFound,
     SlugTaken,
     StoreUnavailable,
-    ValidationError,
     VersionConflict,
 )
+from igris_mw._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from igris_mw._plugins import redact_url
 from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
 from igris_mw.storage import Capabilities, Change, ChangeListener, seal_event
@@ -53,6 +51,11 @@ __all__ = ["LISTENER_NAME", "SCHEMA_VERSION", "PostgresStore"]
 LISTENER_NAME = "igris-mw-listener"
 
 log = logging.getLogger("igris_mw_postgres")
+
+# Cursor prefixes: the text "c:<slug>" / "a:<seq>", as before the helpers were shared.
+_CONN_CURSOR = b"c:"
+_AUDIT_CURSOR = b"a:"
+
 Row = dict[str, Any]
 
 _CONNECTION_COLS = (
@@ -90,26 +93,6 @@ def _metadata_text(metadata: Any) -> str | None:
         return None
     # key order kept too, so the record reads back exactly as written
     return json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=True)
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise ValidationError("limit", "must be at least 1")
-
-
-def _encode_cursor(prefix: str, value: str) -> str:
-    return base64.urlsafe_b64encode(f"{prefix}:{value}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(prefix: str, cursor: str) -> str:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationError("cursor", "is not a cursor this listing returned") from None
-    got, sep, value = text.partition(":")
-    if got != prefix or not sep or not value:
-        raise ValidationError("cursor", "is not a cursor this listing returned")
-    return value
 
 
 def _connection_from_row(row: Row) -> Connection:
@@ -382,8 +365,8 @@ class PostgresStore:
     async def list_connections(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Connection]:
-        _check_limit(limit)
-        after = _decode_cursor("c", cursor) if cursor is not None else None
+        check_limit(limit)
+        after = decode_slug_cursor(_CONN_CURSOR, cursor) if cursor is not None else None
         query: LiteralString = f"SELECT {_CONNECTION_COLS} FROM igris_connections"  # noqa: S608
         params: tuple[Any, ...] = (limit + 1,)
         if after is not None:
@@ -396,7 +379,7 @@ class PostgresStore:
             rows = await cur.fetchall()
         items = [_connection_from_row(r) for r in rows[:limit]]
         more = len(rows) > limit and items
-        return Page(items, _encode_cursor("c", items[-1].slug) if more else None)
+        return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
         self, connection: Connection, *, expected_version: int
@@ -562,14 +545,11 @@ class PostgresStore:
         since: datetime | None = None,
     ) -> Page[AuditEvent]:
         query: LiteralString = f"SELECT {_AUDIT_COLS} FROM igris_audit_events WHERE connection = %s"  # noqa: S608
-        _check_limit(limit)
+        check_limit(limit)
         params: list[Any] = [connection]
         if cursor is not None:
-            before = _decode_cursor("a", cursor)
-            if not before.isdigit():
-                raise ValidationError("cursor", "is not a cursor this listing returned")
             query += " AND seq < %s"
-            params.append(int(before))
+            params.append(decode_seq_cursor(_AUDIT_CURSOR, cursor))
         if since is not None:
             query += " AND ts >= %s"
             params.append(since)
@@ -581,12 +561,12 @@ class PostgresStore:
             rows = await cur.fetchall()
         items = [_event_from_row(r) for r in rows[:limit]]
         more = len(rows) > limit and items
-        return Page(items, _encode_cursor("a", str(items[-1].seq)) if more else None)
+        return Page(items, encode_cursor(_AUDIT_CURSOR, str(items[-1].seq)) if more else None)
 
     async def audit_chain(
         self, connection: str, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 f"SELECT {_AUDIT_COLS} FROM igris_audit_events "  # noqa: S608

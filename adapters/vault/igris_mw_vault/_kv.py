@@ -40,6 +40,7 @@ from igris_mw._errors import (
     ValidationError,
     VersionConflict,
 )
+from igris_mw._paging import bad_cursor, check_limit
 from igris_mw.models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, Page, Scope
 from igris_mw.storage import Capabilities, Change, ChangeListener
 
@@ -267,8 +268,7 @@ class VaultKVStore:
     async def list_connections(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Connection]:
-        if not isinstance(limit, int) or limit < 1:
-            raise ValidationError("limit", "must be a positive integer")
+        check_limit(limit)
         after = _decode_cursor(cursor)
         slugs = [
             s for s in await self._list(self._path("connections")) if after is None or s > after
@@ -414,6 +414,8 @@ class VaultKVStore:
         raise ConfigurationError(AUDIT_HINT)
 
 
+# A JSON cursor rather than ``igris_mw._paging.encode_cursor``'s prefix form:
+# kept so that cursors handed out before stay valid.
 def _encode_cursor(slug: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": slug}).encode()).decode().rstrip("=")
 
@@ -427,5 +429,5 @@ def _decode_cursor(cursor: str | None) -> str | None:
     except (ValueError, KeyError, TypeError, binascii.Error):
         after = None
     if not isinstance(after, str) or not SLUG_RE.match(after):
-        raise ValidationError("cursor", "is not a cursor this listing made")
+        raise bad_cursor()
     return after

@@ -1,0 +1,131 @@
+"""The SQLite store's schema and the mapping between its rows and records.
+
+Times are stored as integer milliseconds since the epoch (UTC); an audit
+event is stored as its own ``to_json()`` text, so it reads back equal and its
+hash recomputes byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+from .models import ApiKey, AuditEvent, AuthType, Connection, Scope
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "body_to_event",
+    "event_body",
+    "from_ms",
+    "row_to_api_key",
+    "row_to_connection",
+    "to_ms",
+    "to_ms_ceil",
+    "to_ms_opt",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Each entry migrates from version i to i + 1; never edit a released entry, append.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE connections (
+            slug TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            upstream_url TEXT NOT NULL,
+            auth_type TEXT NOT NULL,
+            header_name TEXT,
+            enabled INTEGER NOT NULL,
+            credential_version INTEGER NOT NULL,
+            ciphertext BLOB,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            rotated_at INTEGER,
+            version INTEGER NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash BLOB NOT NULL UNIQUE,
+            scopes TEXT NOT NULL,
+            connections TEXT,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            revoked_at INTEGER
+        )""",
+        """CREATE TABLE audit_events (
+            connection TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL UNIQUE,
+            timestamp INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (connection, seq)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def to_ms(value: datetime) -> int:
+    delta = value.astimezone(UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def to_ms_opt(value: datetime | None) -> int | None:
+    return None if value is None else to_ms(value)
+
+
+def from_ms(value: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=value)
+
+
+def from_ms_opt(value: int | None) -> datetime | None:
+    return None if value is None else from_ms(value)
+
+
+def row_to_connection(row: sqlite3.Row) -> Connection:
+    return Connection(
+        slug=row["slug"],
+        name=row["name"],
+        upstream_url=row["upstream_url"],
+        auth_type=AuthType(row["auth_type"]),
+        header_name=row["header_name"],
+        enabled=bool(row["enabled"]),
+        credential_version=row["credential_version"],
+        ciphertext=None if row["ciphertext"] is None else bytes(row["ciphertext"]),
+        created_at=from_ms(row["created_at"]),
+        updated_at=from_ms(row["updated_at"]),
+        rotated_at=from_ms_opt(row["rotated_at"]),
+        version=row["version"],
+    )
+
+
+def row_to_api_key(row: sqlite3.Row) -> ApiKey:
+    connections = row["connections"]
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        key_hash=bytes(row["key_hash"]),
+        scopes=frozenset(Scope(s) for s in json.loads(row["scopes"])),
+        connections=None if connections is None else frozenset(json.loads(connections)),
+        created_at=from_ms(row["created_at"]),
+        expires_at=from_ms_opt(row["expires_at"]),
+        revoked_at=from_ms_opt(row["revoked_at"]),
+    )
+
+
+def event_body(event: AuditEvent) -> str:
+    return json.dumps(event.to_json(), separators=(",", ":"))
+
+
+def body_to_event(body: str) -> AuditEvent:
+    # Built from the event's own to_json(), so its hash recomputes byte for byte.
+    return AuditEvent.from_json(json.loads(body))
+
+
+def to_ms_ceil(value: datetime) -> int:
+    ms = to_ms(value)
+    return ms + 1 if value.astimezone(UTC).microsecond % 1000 else ms

@@ -1,0 +1,174 @@
+"""Checking and parsing the contract JSON the management API and CLI take.
+
+Everything here runs before a store read or write, so a bad request never
+changes stored state. Errors name the offending field and never echo a
+value (a pasted credential must not reach an error message).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from ._errors import ValidationError
+from .models import (
+    AuthType,
+    Scope,
+    parse_time,
+    validate_header_name,
+    validate_secret_text,
+    validate_slug,
+)
+
+__all__ = [
+    "API_KEY_FIELDS",
+    "CREATE_FIELDS",
+    "PATCH_FIELDS",
+    "check_fields",
+    "header_name_for",
+    "parse_auth_type",
+    "parse_bool",
+    "parse_credential",
+    "parse_cursor",
+    "parse_expires_at",
+    "parse_key_connections",
+    "parse_limit",
+    "parse_scopes",
+    "parse_since",
+    "require_mapping",
+]
+
+CREATE_FIELDS = frozenset(
+    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"}
+)
+PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled"})
+_READ_ONLY_FIELDS = frozenset(
+    {"credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl"}
+)
+API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt"})
+# Only field names that look like field names are echoed back: a pasted
+# secret used as a JSON key must not end up in an error message.
+_ECHOABLE_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
+_MAX_LIMIT = 200
+_ROTATE_HINT = "rotate the connection's credential instead (POST .../rotate)"
+
+
+def require_mapping(body: object, field: str = "body") -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise ValidationError(field, "must be a JSON object")
+    return body
+
+
+def check_fields(body: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
+    for key in body:
+        if not isinstance(key, str) or not _ECHOABLE_FIELD.match(key):
+            raise ValidationError("body", f"has a field that is not allowed in {what}")
+        if key in allowed:
+            continue
+        if key in _READ_ONLY_FIELDS:
+            raise ValidationError(key, "is read-only")
+        if key == "credential":
+            raise ValidationError(key, f"cannot be changed in {what}; {_ROTATE_HINT}")
+        raise ValidationError(key, f"is not a known field of {what}")
+
+
+def parse_auth_type(value: object, field: str = "authType") -> AuthType:
+    if isinstance(value, str):
+        try:
+            return AuthType(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(t.value for t in AuthType)
+    raise ValidationError(field, f"must be one of: {allowed}")
+
+
+def parse_bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, "must be true or false")
+    return value
+
+
+def parse_credential(value: object, auth_type: AuthType, field: str = "credential") -> bytes:
+    plaintext = validate_secret_text(value, field=field)
+    if auth_type is AuthType.BASIC and b":" not in plaintext:
+        raise ValidationError(field, "must be 'user:password' for authType basic")
+    return plaintext
+
+
+def header_name_for(auth_type: AuthType, value: object) -> str | None:
+    """The header name a connection of ``auth_type`` keeps (``None`` unless header)."""
+    if auth_type is AuthType.HEADER:
+        if value is None:
+            raise ValidationError("headerName", "is required when authType is 'header'")
+        return validate_header_name(value)
+    if value is not None:
+        raise ValidationError("headerName", "is only allowed when authType is 'header'")
+    return None
+
+
+def parse_limit(value: object) -> int:
+    if isinstance(value, str) and value.isdigit() and len(value) <= 6:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_LIMIT:
+        raise ValidationError("limit", f"must be an integer from 1 to {_MAX_LIMIT}")
+    return value
+
+
+def parse_cursor(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 1024:
+        raise ValidationError("cursor", "is not a cursor this server made")
+    return value
+
+
+def parse_scopes(value: object) -> frozenset[Scope]:
+    allowed = ", ".join(s.value for s in Scope)
+    if not isinstance(value, list) or not value:
+        raise ValidationError("scopes", f"must be a non-empty list of: {allowed}")
+    out: set[Scope] = set()
+    for item in value:
+        try:
+            out.add(Scope(item))
+        except ValueError:
+            raise ValidationError("scopes", f"must only contain: {allowed}") from None
+    return frozenset(out)
+
+
+def parse_key_connections(value: object, scopes: frozenset[Scope]) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if Scope.MCP not in scopes or Scope.ADMIN in scopes:
+        # An admin key reaches every connection; a list would only mislead.
+        raise ValidationError("connections", "only applies to keys with just the 'mcp' scope")
+    if not isinstance(value, list) or not value:
+        raise ValidationError(
+            "connections",
+            "must be a non-empty list of slugs (omit it to allow every connection)",
+        )
+    return frozenset(validate_slug(v, field="connections") for v in value)
+
+
+def parse_expires_at(value: object, now: datetime) -> datetime | None:
+    """An API key's optional ``expiresAt``: RFC 3339 and after ``now``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("expiresAt", "must be an RFC 3339 timestamp")
+    expires_at = parse_time(value, field="expiresAt")
+    if expires_at <= now:
+        raise ValidationError("expiresAt", "must be in the future")
+    return expires_at
+
+
+def parse_since(value: object) -> datetime | None:
+    """An audit listing's optional ``since``: a datetime or RFC 3339 text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        return parse_time(value, field="since")
+    raise ValidationError("since", "must be an RFC 3339 timestamp")
