@@ -87,11 +87,19 @@ def _inject_headers(conn: Connection, credential: bytes | None) -> tuple[tuple[s
     return ((conn.header_name, text),)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+_WANTED_HEADERS = frozenset(
+    {b"origin", b"host", b"authorization", b"x-igris-user", b"x-igris-metadata"}
+)
+
+
+def _wanted_headers(scope: Scope) -> dict[bytes, str]:
+    """The first value of each header the gateway reads, in one pass over the list."""
+    found: dict[bytes, str] = {}
     for key, value in scope["headers"]:
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
+        name = key.lower()
+        if name in _WANTED_HEADERS and name not in found:
+            found[name] = bytes(value).decode("latin-1")
+    return found
 
 
 def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -416,12 +424,13 @@ class IgrisGateway:
         api_key: ApiKey | None = None
         resolved: _Resolved | None = None
         try:
-            origin = _header(scope, b"origin")
-            if origin is not None and not self._origin_allowed(origin, _header(scope, b"host")):
+            headers = _wanted_headers(scope)
+            origin = headers.get(b"origin")
+            if origin is not None and not self._origin_allowed(origin, headers.get(b"host")):
                 raise Forbidden(
                     "this Origin is not allowed to use the gateway", code="origin_not_allowed"
                 )
-            auth = _header(scope, b"authorization") or ""
+            auth = headers.get(b"authorization") or ""
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not token:
                 raise Unauthorized("send the gateway key as 'Authorization: Bearer ig_...'")
@@ -442,7 +451,7 @@ class IgrisGateway:
             fields["credential_version"] = found.connection.credential_version
             if not found.connection.enabled:
                 raise Forbidden("this connection is disabled", code="connection_disabled")
-            user, metadata = _attribution(scope)
+            user, metadata = _attribution(headers)
             fields["user"] = user
             fields["metadata"] = metadata
         except IgrisError as exc:
@@ -542,11 +551,11 @@ def _as_unavailable(exc: Exception) -> IgrisError:
     return StoreUnavailable("the store is unavailable", retry_after=1)
 
 
-def _attribution(scope: Scope) -> tuple[str | None, dict[str, Any] | None]:
-    user = _header(scope, b"x-igris-user")
+def _attribution(headers: Mapping[bytes, str]) -> tuple[str | None, dict[str, Any] | None]:
+    user = headers.get(b"x-igris-user")
     if user is not None and (len(user) > _MAX_USER or not user.isprintable()):
         raise BadRequest(f"X-Igris-User must be printable and at most {_MAX_USER} characters")
-    raw = _header(scope, b"x-igris-metadata")
+    raw = headers.get(b"x-igris-metadata")
     if raw is None:
         return user, None
     if len(raw) > _MAX_METADATA:
