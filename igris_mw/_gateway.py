@@ -315,12 +315,12 @@ class IgrisGateway:
             if root and path.startswith(root):
                 path = path[len(root) :]
             if path.startswith(MCP_PREFIX):
-                await self.startup()
-                await self._proxy_request(scope, receive, send, path)
+                if await self._started_or_refused(send):
+                    await self._proxy_request(scope, receive, send, path)
                 return
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
-                await self.startup()
-                await self.api(scope, receive, send)
+                if await self._started_or_refused(send):
+                    await self.api(scope, receive, send)
                 return
             if self._health_path is not None and path == self._health_path:
                 await _send_json(send, 200, {"status": "ok"})
@@ -334,6 +334,28 @@ class IgrisGateway:
             await _send_json(send, 404, NotFound("no such route").to_json())
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1000, "reason": ""})
+
+    async def _started_or_refused(self, send: Send) -> bool:
+        """Start lazily; when the store or crypto cannot start, answer 503."""
+        if self._started:
+            return True
+        try:
+            await self.startup()
+        except IgrisError as exc:
+            log.error("igris-mw cannot start: %s", exc.message)
+            err = (
+                exc
+                if exc.status == 503
+                else StoreUnavailable(
+                    f"the gateway cannot start: {exc.message}", code=exc.code, retry_after=5
+                )
+            )
+            retry_after = getattr(err, "retry_after", None) or 5
+            await _send_json(
+                send, 503, err.to_json(), [(b"retry-after", str(retry_after).encode())]
+            )
+            return False
+        return True
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:

@@ -357,3 +357,22 @@ async def test_no_secret_in_logs(
     text = caplog.text + repr(gw) + repr(gw._conns._entries)
     assert UPSTREAM_TOKEN not in text
     assert admin not in text
+
+
+async def test_store_down_at_first_request_is_a_503() -> None:
+    """Lazy start-up that cannot reach the store answers 503 JSON with Retry-After, not a crash."""
+
+    class DownStore(MemoryStore):
+        async def open(self) -> None:
+            from igris_mw import StoreUnavailable
+
+            raise StoreUnavailable("postgres unreachable at postgresql://u:***@db/x")
+
+    gw = IgrisGateway(None, store=DownStore(), crypto=FixedKeyring())
+    async with _client(gw) as c:
+        r = await c.post("/v1/mcp/conn-a", json=RPC, headers={"Authorization": "Bearer x"})
+        r2 = await c.get("/api/v1/virtual-keys")
+    for resp in (r, r2):
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "store_unavailable"
+        assert int(resp.headers["retry-after"]) > 0
