@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -197,23 +197,26 @@ class Store(Protocol):
         ...
 
 
-def _canonical(event: AuditEvent) -> bytes:
-    body = event.to_json()
-    del body["hash"]
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+def _digest(body: dict[str, Any]) -> str:
+    body.pop("hash", None)
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def audit_chain_hash(event: AuditEvent) -> str:
     """SHA-256 (hex) of the event's canonical JSON, ``prevHash`` and ``seq`` included."""
-    return hashlib.sha256(_canonical(event)).hexdigest()
+    return _digest(event.to_json())
 
 
 def seal_event(event: AuditEvent, previous: AuditEvent | None) -> AuditEvent:
     """Chain ``event`` after ``previous`` (``None``: first of its connection)."""
     seq = 1 if previous is None else previous.seq + 1
     prev_hash = None if previous is None else previous.hash
-    unsealed = attrs.evolve(event, seq=seq, prev_hash=prev_hash, hash=None)
-    return attrs.evolve(unsealed, hash=audit_chain_hash(unsealed))
+    # One to_json and one evolve per event: this runs once per audited request.
+    body = event.to_json()
+    body["seq"] = seq
+    body["prevHash"] = prev_hash
+    return attrs.evolve(event, seq=seq, prev_hash=prev_hash, hash=_digest(body))
 
 
 def verify_chain(events: Sequence[AuditEvent], previous: AuditEvent | None = None) -> list[str]:
