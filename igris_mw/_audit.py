@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import attrs
 
 from ._audit_file import event_from_json
-from .models import AuditEvent, format_time
+from .models import AuditEvent
 
-__all__ = ["AuditWriter", "new_event_id", "peek_jsonrpc"]
+__all__ = ["AuditStats", "AuditWriter", "new_event_id", "peek_jsonrpc"]
 
 log = logging.getLogger("igris_mw.audit")
 
@@ -298,11 +298,3 @@ class AuditWriter:
         # The events are in memory now; an overflow spills them again.
         loading.unlink()
         return events
-
-
-def gateway_event(**fields: Any) -> AuditEvent:
-    """An ``AuditEvent`` for a gateway request, with a fresh id."""
-    return AuditEvent(id=new_event_id(), kind="gateway", **fields)
-
-
-__all__ += ["AuditStats", "format_time", "gateway_event"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -63,11 +62,10 @@ from .models import (
     Page,
     Scope,
 )
-from .storage import Capabilities, Change, ChangeListener, seal_event
+from .storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-log = logging.getLogger("igris_mw.store")
 T = TypeVar("T")
 
 _BUSY_TIMEOUT = 10.0
@@ -255,12 +253,7 @@ class SQLiteStore:
         self._listeners.append(listener)
 
     def _notify(self, change: Change) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:
-                # The write is committed; a failing cache hook must not turn it into an error.
-                log.exception("store change listener failed")
+        notify_listeners(self._listeners, change)
 
     # -- connections -----------------------------------------------------
     async def create_connection(self, connection: Connection) -> Connection:

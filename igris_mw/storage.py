@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -36,6 +37,7 @@ __all__ = [
     "StoreUnavailable",
     "VersionConflict",
     "audit_chain_hash",
+    "notify_listeners",
     "seal_event",
     "verify_chain",
 ]
@@ -70,6 +72,21 @@ class Change:
 
 
 ChangeListener = Callable[[Change], None]
+
+_log = logging.getLogger("igris_mw.storage")
+
+
+def notify_listeners(listeners: Sequence[ChangeListener], change: Change) -> None:
+    """Call each listener with ``change``, for store authors, after a commit.
+
+    The write is committed already: a failing cache hook is logged and must
+    not turn it into an error.
+    """
+    for listener in list(listeners):
+        try:
+            listener(change)
+        except Exception:
+            _log.exception("a store change listener failed")
 
 
 @runtime_checkable

@@ -30,20 +30,3 @@ def test_from_url_refuses_other_schemes() -> None:
     """MemoryStore.from_url refuses a URL that is not memory://."""
     with pytest.raises(ConfigurationError):
         MemoryStore.from_url("sqlite:///x.db")
-
-
-async def test_listener_failure_does_not_fail_the_write() -> None:
-    """A listener that raises neither fails the write nor stops later listeners."""
-    from igris_mw.testing.storage_suite import make_connection
-
-    store = MemoryStore()
-    heard: list[object] = []
-
-    def broken(change: object) -> None:
-        raise RuntimeError("listener bug")
-
-    store.add_listener(broken)
-    store.add_listener(heard.append)
-    created = await store.create_connection(make_connection("still-written"))
-    assert await store.get_connection("still-written") == created
-    assert len(heard) == 1

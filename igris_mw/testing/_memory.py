@@ -8,7 +8,6 @@ tested against it sees what production sees.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -23,11 +22,10 @@ from .._errors import (
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import ApiKey, AuditEvent, Connection, Page
-from ..storage import Capabilities, Change, ChangeListener, seal_event
+from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 __all__ = ["MemoryStore"]
 
-log = logging.getLogger("igris_mw.store")
 
 _CONN_CURSOR = b"mc1:"
 _AUDIT_CURSOR = b"ma1:"
@@ -83,12 +81,7 @@ class MemoryStore:
         self._listeners.append(listener)
 
     def _notify(self, change: Change) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:
-                # The write is committed; a failing cache hook must not turn it into an error.
-                log.exception("store change listener failed")
+        notify_listeners(self._listeners, change)
 
     # -- connections -----------------------------------------------------
     @staticmethod

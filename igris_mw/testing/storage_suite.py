@@ -497,6 +497,19 @@ class StoreSuite:
         assert len(seen) == 1
         assert (await seen[0]).slug == "visible"
 
+    async def test_listener_failure_does_not_fail_the_write(self, store: Store) -> None:
+        """A listener that raises neither fails the committed write nor stops later listeners."""
+        heard: list[Change] = []
+
+        def broken(change: Change) -> None:
+            raise RuntimeError("listener bug")
+
+        store.add_listener(broken)
+        store.add_listener(heard.append)
+        created = await store.create_connection(make_connection("still-written"))
+        assert await store.get_connection("still-written") == created
+        assert len(heard) == 1
+
     async def test_remote_writes_reach_listeners(self, store: Store, peer: Store) -> None:
         """With notifies_remote, a write through another object reaches this one's listeners."""
         if not store.capabilities.notifies_remote:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -40,7 +39,7 @@ from igris_mw._errors import (
 from igris_mw._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from igris_mw._plugins import redact_url
 from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
-from igris_mw.storage import Capabilities, Change, ChangeListener, seal_event
+from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 from ._notify import CHANNEL, Listener, payload
 from ._schema import SCHEMA_VERSION, migrate
@@ -50,7 +49,6 @@ __all__ = ["LISTENER_NAME", "SCHEMA_VERSION", "PostgresStore"]
 #: ``application_name`` of the listening connection, to find it in ``pg_stat_activity``
 LISTENER_NAME = "igris-mw-listener"
 
-log = logging.getLogger("igris_mw_postgres")
 
 # Cursor prefixes: the text "c:<slug>" / "a:<seq>", as before the helpers were shared.
 _CONN_CURSOR = b"c:"
@@ -321,11 +319,7 @@ class PostgresStore:
         self._listeners.append(listener)
 
     def _notify_local(self, change: Change) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:
-                log.exception("a store change listener failed")
+        notify_listeners(self._listeners, change)
 
     async def _send(self, conn: AsyncConnection[Any], kind: str, key: str) -> None:
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(self._origin, kind, key)))

@@ -42,7 +42,7 @@ from igris_mw._errors import (
 )
 from igris_mw._paging import bad_cursor, check_limit
 from igris_mw.models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, Page, Scope
-from igris_mw.storage import Capabilities, Change, ChangeListener
+from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
 
 from ._client import VaultClient, errors_text, json_of
 from ._config import Credentials, parse_store_url
@@ -189,8 +189,7 @@ class VaultKVStore:
             )
 
     def _notify(self, change: Change) -> None:
-        for listener in list(self._listeners):
-            listener(change)
+        notify_listeners(self._listeners, change)
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
