@@ -376,3 +376,44 @@ async def test_store_down_at_first_request_is_a_503() -> None:
         assert resp.status_code == 503
         assert resp.json()["error"]["code"] == "store_unavailable"
         assert int(resp.headers["retry-after"]) > 0
+
+
+async def test_unnotified_change_is_honoured_within_the_cache_ttl(
+    tmp_path: Any, upstream: Upstream
+) -> None:
+    """A disable written by another process (no notification) is honoured after cache_ttl."""
+    from igris_mw._service import Service
+    from igris_mw._sqlite import SQLiteStore
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    gw = IgrisGateway(None, store=url, crypto=FixedKeyring(), cache_ttl=0.2)
+    await gw.startup()
+    other = SQLiteStore.from_url(url)  # e.g. the CLI, in another process
+    await other.open()
+    try:
+        _, key = await gw.service.create_api_key({"name": "m", "scopes": ["mcp"]})
+        await gw.service.create_connection(
+            {
+                "slug": "conn-a",
+                "name": "A",
+                "upstreamUrl": upstream.url,
+                "credential": UPSTREAM_TOKEN,
+            }
+        )
+        headers = {"Authorization": f"Bearer {key}"}
+        async with _client(gw) as c:
+            assert (await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)).status_code == 200
+            await Service(other, FixedKeyring()).set_enabled("conn-a", False)
+            # Within the TTL the cached (enabled) entry may still be served ...
+            assert (await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)).status_code == 200
+            await asyncio.sleep(0.3)
+            # ... past it, the first request triggers a background revalidation,
+            # and the change is honoured one store round trip later.
+            await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+            await asyncio.sleep(0.1)
+            r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+            assert r.status_code == 403
+            assert r.json()["error"]["code"] == "connection_disabled"
+    finally:
+        await other.close()
+        await gw.aclose()
