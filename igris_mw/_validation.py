@@ -94,6 +94,12 @@ def parse_credential(value: object, auth_type: AuthType, field: str = "credentia
     plaintext = validate_secret_text(value, field=field)
     if auth_type is AuthType.BASIC and b":" not in plaintext:
         raise ValidationError(field, "must be 'user:password' for authType basic")
+    if auth_type in (AuthType.BEARER, AuthType.HEADER) and not all(
+        0x20 <= b <= 0x7E or b == 0x09 for b in plaintext
+    ):
+        # It goes out as an HTTP field value as it is: a character that cannot
+        # be sent would only fail later, on every request. (basic is base64.)
+        raise ValidationError(field, "must be printable ASCII for authType bearer or header")
     return plaintext
 
 

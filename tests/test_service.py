@@ -545,8 +545,12 @@ async def test_api_key_lifecycle(clock: Clock) -> None:
     store = CountingStore()
     svc = Service(store, FixedKeyring(), clock=clock)
     record, key = await svc.create_api_key(
-        {"name": "ci", "scopes": ["mcp"], "connections": ["gh-prod"],
-         "expiresAt": "2030-01-02T00:00:00Z"}
+        {
+            "name": "ci",
+            "scopes": ["mcp"],
+            "connections": ["gh-prod"],
+            "expiresAt": "2030-01-02T00:00:00Z",
+        }
     )
     assert _auth.is_well_formed(key)
     assert record.key_hash == hashlib.sha256(key.encode()).digest()
@@ -643,3 +647,30 @@ async def test_canary_never_leaks(svc: Service) -> None:
     events = await svc.store.audit_chain("gh-prod")
     seen += [json.dumps(e.to_json()) for e in events] + list(events)
     assert_no_canary(*seen)
+
+
+@pytest.mark.parametrize("auth_type", ["bearer", "header"])
+async def test_credential_that_cannot_be_sent_as_a_header_is_refused(auth_type: str) -> None:
+    """A non-ASCII bearer/header credential is a 422 at create, never a failure per request."""
+    from igris_mw import ValidationError
+    from igris_mw._service import Service
+    from igris_mw.testing import FixedKeyring, MemoryStore
+
+    svc = Service(MemoryStore(), FixedKeyring())
+    body = {
+        "slug": "conn-x",
+        "name": "X",
+        "upstreamUrl": "https://x.example/mcp",
+        "authType": auth_type,
+        "credential": "tok\u00e9n-\u2603",
+    }
+    if auth_type == "header":
+        body["headerName"] = "X-Api-Key"
+    with pytest.raises(ValidationError) as info:
+        await svc.create_connection(body)
+    assert info.value.field == "credential"
+    assert "\u2603" not in str(info.value)
+    assert (await svc.list_connections()).items == []
+    body["authType"], body["credential"] = "basic", "us\u00e9r:p\u2603ss"
+    body.pop("headerName", None)
+    assert (await svc.create_connection(body)).auth_type.value == "basic"
