@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -551,13 +552,20 @@ class IgrisGateway:
     def _emit(self, fields: dict[str, Any], started: float, **more: Any) -> None:
         event = AuditEvent(
             id=new_event_id(),
-            timestamp=utcnow(),
+            timestamp=_now_ms(),
             kind="gateway",
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             **fields,
             **more,
         )
         self.audit.emit(event)
+
+
+def _now_ms() -> datetime:
+    # Audit times are kept to the millisecond: made so here, stores need not
+    # rewrite each event before sealing it.
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
 
 
 def _safe(exc: BaseException) -> str:

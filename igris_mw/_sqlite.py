@@ -46,7 +46,6 @@ from ._sqlite_schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     body_to_event,
-    event_body,
     from_ms,
     row_to_api_key,
     row_to_connection,
@@ -62,7 +61,7 @@ from .models import (
     Page,
     Scope,
 )
-from .storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
+from .storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -84,6 +83,16 @@ def _transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _stored_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT id FROM audit_events WHERE id IN ({marks})"  # noqa: S608 (only '?'s)
+        found.update(row[0] for row in db.execute(query, chunk))
+    return found
 
 
 class SQLiteStore:
@@ -420,24 +429,24 @@ class SQLiteStore:
 
     # -- audit -----------------------------------------------------------
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
-        # Truncated here, so the stored timestamp is exactly the one the hash covers.
-        pending = [attrs.evolve(e, timestamp=from_ms(to_ms(e.timestamp))) for e in events]
-        if not pending:
+        if not events:
             return
+        pending = list(events)
 
         def append(db: sqlite3.Connection) -> None:
             tails: dict[str, AuditEvent | None] = {}
-            seen: set[str] = set()
             with _transaction(db):
+                # One query for the batch's ids, not one per event: a retried
+                # batch (outcome unknown to the writer) is a no-op.
+                seen = _stored_ids(db, [e.id for e in pending])
+                rows = []
                 for event in pending:
-                    if (
-                        event.id in seen
-                        or db.execute(
-                            "SELECT 1 FROM audit_events WHERE id = ?", (event.id,)
-                        ).fetchone()
-                    ):
+                    if event.id in seen:
                         continue
                     seen.add(event.id)
+                    if event.timestamp.microsecond % 1000:
+                        # Stored and hashed at the same (millisecond) precision.
+                        event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
                     if event.connection not in tails:
                         row = db.execute(
                             "SELECT body FROM audit_events WHERE connection = ?"
@@ -445,19 +454,16 @@ class SQLiteStore:
                             (event.connection,),
                         ).fetchone()
                         tails[event.connection] = None if row is None else body_to_event(row[0])
-                    sealed = seal_event(event, tails[event.connection])
-                    db.execute(
-                        "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (
-                            sealed.connection,
-                            sealed.seq,
-                            sealed.id,
-                            to_ms(sealed.timestamp),
-                            event_body(sealed),
-                        ),
+                    sealed, body = seal_event_json(event, tails[event.connection])
+                    rows.append(
+                        (sealed.connection, sealed.seq, sealed.id, to_ms(sealed.timestamp), body)
                     )
                     tails[event.connection] = sealed
+                db.executemany(
+                    "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
 
         await self._run(append)
 

@@ -17,7 +17,6 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "body_to_event",
-    "event_body",
     "from_ms",
     "row_to_api_key",
     "row_to_connection",
@@ -115,10 +114,6 @@ def row_to_api_key(row: sqlite3.Row) -> ApiKey:
         expires_at=from_ms_opt(row["expires_at"]),
         revoked_at=from_ms_opt(row["revoked_at"]),
     )
-
-
-def event_body(event: AuditEvent) -> str:
-    return json.dumps(event.to_json(), separators=(",", ":"))
 
 
 def body_to_event(body: str) -> AuditEvent:

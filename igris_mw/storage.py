@@ -39,6 +39,7 @@ __all__ = [
     "audit_chain_hash",
     "notify_listeners",
     "seal_event",
+    "seal_event_json",
     "verify_chain",
 ]
 
@@ -227,13 +228,25 @@ def audit_chain_hash(event: AuditEvent) -> str:
 
 def seal_event(event: AuditEvent, previous: AuditEvent | None) -> AuditEvent:
     """Chain ``event`` after ``previous`` (``None``: first of its connection)."""
+    return seal_event_json(event, previous)[0]
+
+
+def seal_event_json(event: AuditEvent, previous: AuditEvent | None) -> tuple[AuditEvent, str]:
+    """``seal_event``, plus the sealed event's JSON text (``to_json()``, keys
+    sorted, compact) for stores that keep events as JSON: it is built once,
+    for the hash, instead of once more to store it."""
     seq = 1 if previous is None else previous.seq + 1
     prev_hash = None if previous is None else previous.hash
-    # One to_json and one evolve per event: this runs once per audited request.
+    # One to_json, one dumps and one evolve per event: this runs once per audited request.
     body = event.to_json()
     body["seq"] = seq
     body["prevHash"] = prev_hash
-    return attrs.evolve(event, seq=seq, prev_hash=prev_hash, hash=_digest(body))
+    del body["hash"]
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    # The hashed text with the hash appended: it parses back to the sealed event.
+    text = canonical[:-1] + f',"hash":"{digest}"}}'
+    return attrs.evolve(event, seq=seq, prev_hash=prev_hash, hash=digest), text
 
 
 def verify_chain(events: Sequence[AuditEvent], previous: AuditEvent | None = None) -> list[str]:
