@@ -399,14 +399,20 @@ class _ClientGone(Exception):
     """The client disconnected while its request body was being streamed."""
 
 
+_NO_QUEUE: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)  # never used: the body is whole
+
+
 class _Exchange:
     """Per-request state shared by ``forward`` and its receive watcher."""
 
     __slots__ = ("body_queue", "disconnected", "request", "response")
 
-    def __init__(self) -> None:
-        # Small and bounded: the body is streamed, never gathered.
-        self.body_queue: asyncio.Queue[bytes | _ClientGone | None] = asyncio.Queue(maxsize=4)
+    def __init__(self, *, streams_body: bool) -> None:
+        # Small and bounded: the body is streamed, never gathered. Only made
+        # when there is a body left to stream (most MCP POSTs fit the peek).
+        self.body_queue: asyncio.Queue[bytes | _ClientGone | None] = (
+            asyncio.Queue(maxsize=4) if streams_body else _NO_QUEUE
+        )
         self.disconnected = asyncio.Event()
         self.request: asyncio.Future[aiohttp.ClientResponse] | None = None
         self.response: aiohttp.ClientResponse | None = None
@@ -604,8 +610,8 @@ class Forwarder:
             result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
             return result
 
-        ex = _Exchange()
         body_done = prefix.complete or (not has_body and not prefix.data)
+        ex = _Exchange(streams_body=not body_done)
         watcher = asyncio.ensure_future(ex.watch(receive, body_done))
         request: asyncio.Future[aiohttp.ClientResponse] | None = None
         try:
