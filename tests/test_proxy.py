@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
-import itertools
 import json
 import logging
 import socket
@@ -19,8 +18,6 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from aiohttp import web
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from igris_mw._errors import BadRequest
 from igris_mw._proxy import (
@@ -28,8 +25,6 @@ from igris_mw._proxy import (
     Forwarder,
     ProxyResult,
     Target,
-    _endpoint_rewrite,
-    _EndpointRewriter,
     read_body_prefix,
     upstream_url,
 )
@@ -671,62 +666,3 @@ async def test_read_body_prefix_stops_at_limit_and_reports_completion() -> None:
     assert (len(whole.data), whole.complete) == (1201, True)
     gone = await read_body_prefix(feeder([{"type": "http.disconnect"}]), 10)
     assert gone == BodyPrefix(b"", complete=False, disconnected=True)
-
-
-_REWRITE = _endpoint_rewrite("/legacy", "/root/v1/mcp/s")
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        (b"/legacy/messages/?session_id=x", b"/root/v1/mcp/s/messages/?session_id=x"),
-        (b"http://up:9/legacy/messages/?session_id=x", b"/root/v1/mcp/s/messages/?session_id=x"),
-        (b"messages/?session_id=x", b"messages/?session_id=x"),
-        (b"/elsewhere/messages", b"/elsewhere/messages"),
-        (b"/legacyish/messages", b"/legacyish/messages"),
-    ],
-)
-def test_endpoint_rewrite_mapping(data: bytes, expected: bytes) -> None:
-    """The upstream base path is replaced by the gateway prefix; other places stay as they are."""
-    assert _REWRITE(data) == expected
-
-
-def test_rewriter_does_not_hold_other_events() -> None:
-    """Outside an endpoint event, an unfinished data line passes at once."""
-    r = _EndpointRewriter(_REWRITE)
-    assert r.feed(b'event: message\ndata: {"partial') == b'event: message\ndata: {"partial'
-    assert r.feed(b'": 1}\n\n') == b'": 1}\n\n'
-    held = r.feed(b"event: endpoint\ndata: /legacy/mess")
-    assert held == b"event: endpoint\n"
-    assert r.feed(b"ages/\n\n") == b"data: /root/v1/mcp/s/messages/\n\n"
-
-
-_events = st.lists(
-    st.one_of(
-        st.tuples(st.just("endpoint"), st.sampled_from(["/legacy/messages/?session_id=1", "/x"])),
-        st.tuples(st.just("message"), st.text("abc{}:/ ", max_size=20)),
-    ),
-    min_size=1,
-    max_size=5,
-)
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    events=_events, eol=st.sampled_from(["\n", "\r\n", "\r"]), cuts=st.lists(st.integers(0, 400))
-)
-def test_rewriter_is_independent_of_chunking(
-    events: list[tuple[str, str]], eol: str, cuts: list[int]
-) -> None:
-    """However the stream is split into chunks, the output is the same rewritten stream."""
-    source = "".join(f"event: {kind}{eol}data: {data}{eol}{eol}" for kind, data in events)
-    expected = "".join(
-        f"event: {kind}{eol}data: "
-        f"{_REWRITE(data.encode()).decode() if kind == 'endpoint' else data}{eol}{eol}"
-        for kind, data in events
-    )
-    raw = source.encode()
-    bounds = sorted({c % (len(raw) + 1) for c in cuts} | {0, len(raw)})
-    r = _EndpointRewriter(_REWRITE)
-    out = b"".join(r.feed(raw[a:b]) for a, b in itertools.pairwise(bounds)) + r.flush()
-    assert out.decode() == expected
