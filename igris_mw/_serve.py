@@ -73,7 +73,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="bound on how long an unnotified change can go unseen (default 5)",
     )
-    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default=os.environ.get("IGRIS_LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log each request line")
     return p
