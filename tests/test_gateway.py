@@ -29,6 +29,8 @@ class Upstream:
         self.requests.append(
             {"headers": dict(request.headers), "body": body, "path": request.path_qs}
         )
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(2)
         if request.headers.get("Authorization") != f"Bearer {UPSTREAM_TOKEN}":
             return web.json_response({"error": "unauthorized"}, status=401)
         return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"ok": True}})
@@ -416,4 +418,40 @@ async def test_unnotified_change_is_honoured_within_the_cache_ttl(
             assert r.json()["error"]["code"] == "connection_disabled"
     finally:
         await other.close()
+        await gw.aclose()
+
+
+async def test_upstream_timeout_is_a_504_and_audited(upstream: Upstream) -> None:
+    """No response headers within upstream_timeout: 504 JSON, audit outcome upstream_timeout."""
+    gw = IgrisGateway(
+        None,
+        store=MemoryStore(),
+        crypto=FixedKeyring(),
+        environ={"IGRIS_UPSTREAM_TIMEOUT": "0.3"},
+    )
+    await gw.startup()
+    try:
+        _, key = await gw.service.create_api_key({"name": "m", "scopes": ["mcp"]})
+        await gw.service.create_connection(
+            {
+                "slug": "conn-a",
+                "name": "A",
+                "upstreamUrl": upstream.url,
+                "credential": UPSTREAM_TOKEN,
+            }
+        )
+        async with _client(gw) as c:
+            started = asyncio.get_running_loop().time()
+            r = await c.post(
+                "/v1/mcp/conn-a/slow", json=RPC, headers={"Authorization": f"Bearer {key}"}
+            )
+            elapsed = asyncio.get_running_loop().time() - started
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "upstream_timeout"
+        assert UPSTREAM_TOKEN not in r.text
+        assert elapsed < 1.5
+        events = await _audit(gw)
+        assert events[0]["outcome"] == "upstream_timeout"
+        assert events[0]["status"] == 504
+    finally:
         await gw.aclose()
