@@ -592,7 +592,7 @@ def _attribution(headers: Mapping[bytes, str]) -> tuple[str | None, dict[str, An
         raise BadRequest(f"X-Igris-Metadata must be at most {_MAX_METADATA} bytes")
     try:
         metadata = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest("X-Igris-Metadata must be a JSON object") from None
     if not isinstance(metadata, dict):
         raise BadRequest("X-Igris-Metadata must be a JSON object")

@@ -211,6 +211,8 @@ async def test_rotate_disable_revoke_take_effect_on_the_next_request(
         ({"Origin": "https://evil.example"}, 403, "origin_not_allowed"),
         ({"X-Igris-Metadata": "[1, 2]"}, 400, "bad_request"),
         ({"X-Igris-Metadata": "{not json"}, 400, "bad_request"),
+        ({"X-Igris-Metadata": "[" * 2000 + "]" * 2000}, 400, "bad_request"),
+        ({"X-Igris-Metadata": "{}" + " " * 5000}, 400, "bad_request"),
     ],
 )
 async def test_refusals_are_json_errors(
