@@ -7,7 +7,7 @@ from pathlib import Path
 from igris_mw_vault import TransitProvider, VaultKVStore, rewrap_all
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._audit_file import JsonlAuditSink
+from igris_mw._audit.jsonl import JsonlAuditSink
 from igris_mw._service import Service
 from igris_mw.crypto import binding
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from igris_mw._audit_file import JsonlAuditSink, audit_sink_from_url, event_from_json
+from igris_mw._audit.jsonl import JsonlAuditSink, audit_sink_from_url, event_from_json
 from igris_mw._errors import ConfigurationError
 from igris_mw.models import AuditEvent, Page
 from igris_mw.storage import Capabilities, Store, verify_chain

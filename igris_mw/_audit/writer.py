@@ -1,4 +1,4 @@
-"""Audit: event ids, the JSON-RPC peek, and the queue + batch writer.
+"""The audit writer: the queue, the batch writer and the spill file.
 
 The request path only calls ``AuditWriter.emit`` (no await, no I/O). A
 background task writes batches to the audit sink (the store, or a separate
@@ -14,101 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import random
-import re
-import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
-from ._audit_file import event_from_json
-from .models import AuditEvent
+from ..models import AuditEvent
+from .events import event_from_line, event_to_line
 
-__all__ = ["AuditStats", "AuditWriter", "new_event_id", "peek_jsonrpc"]
+__all__ = ["AuditStats", "AuditWriter"]
 
 log = logging.getLogger("igris_mw.audit")
-
-PEEK_LIMIT = 64 * 1024
-
-
-def new_event_id() -> str:
-    """Time-ordered, unique: ``evt_`` + 12 hex digits of ms + 16 random hex."""
-    # An id is not a secret: the module PRNG (seeded from os.urandom, and
-    # reseeded in a forked child) saves a getrandom() syscall per request.
-    return f"evt_{int(time.time() * 1000):012x}{random.getrandbits(64):016x}"
-
-
-_METHOD_RE = re.compile(rb'"method"\s*:\s*"([^"\\]{1,200})"')
-_TOOL_RE = re.compile(rb'"params"\s*:\s*\{[^{}]*?"name"\s*:\s*"([^"\\]{1,200})"')
-
-
-def _from_message(msg: Any) -> tuple[str | None, str | None]:
-    if not isinstance(msg, dict):
-        return None, None
-    method = msg.get("method")
-    if not isinstance(method, str):
-        return None, None
-    tool = None
-    if method == "tools/call":
-        params = msg.get("params")
-        if isinstance(params, dict) and isinstance(params.get("name"), str):
-            tool = params["name"]
-    return method[:200], tool[:200] if tool else None
-
-
-def peek_jsonrpc(body: bytes, *, complete: bool) -> tuple[str | None, str | None]:
-    """(rpcMethod, tool) from the first bytes of a request body.
-
-    A batch gives its distinct methods and tools joined by ``,``. A body that
-    is not JSON gives ``(None, None)``; it never raises. When ``complete`` is
-    false (the body was longer than the peek), a bounded regex finds the
-    first method instead.
-    """
-    if not body:
-        return None, None
-    if complete:
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None, None
-        if isinstance(doc, list):
-            methods: list[str] = []
-            tools: list[str] = []
-            for item in doc[:100]:
-                m, t = _from_message(item)
-                if m and m not in methods:
-                    methods.append(m)
-                if t and t not in tools:
-                    tools.append(t)
-            return (",".join(methods) or None), (",".join(tools) or None)
-        return _from_message(doc)
-    found = _METHOD_RE.search(body)
-    if not found:
-        return None, None
-    method = found.group(1).decode("utf-8", "replace")
-    tool = None
-    if method == "tools/call":
-        tool_found = _TOOL_RE.search(body)
-        tool = tool_found.group(1).decode("utf-8", "replace") if tool_found else None
-    return method, tool
 
 
 class _Sink(Protocol):
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
-
-
-def _event_to_line(event: AuditEvent) -> str:
-    return json.dumps(event.to_json(), separators=(",", ":"))
-
-
-def _event_from_line(line: str) -> AuditEvent:
-    return event_from_json(json.loads(line))
 
 
 @attrs.define
@@ -264,7 +188,7 @@ class AuditWriter:
         fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
             for event in events:
-                f.write(_event_to_line(event) + "\n")
+                f.write(event_to_line(event) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.stats.spilled += len(events)
@@ -292,7 +216,7 @@ class AuditWriter:
                 line = line.strip()
                 if line:
                     try:
-                        events.append(_event_from_line(line))
+                        events.append(event_from_line(line))
                     except (ValueError, KeyError):
                         log.error("audit: a corrupt line in the spill file was skipped")
         # The events are in memory now; an overflow spills them again.
