@@ -73,6 +73,13 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="bound on how long an unnotified change can go unseen (default 5)",
     )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="bound on shutdown: open requests, then the audit queue (rest spilled; default 10)",
+    )
     p.add_argument("--log-level", default=os.environ.get("IGRIS_LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log each request line")
     return p
@@ -137,6 +144,10 @@ def run_serve(args: argparse.Namespace) -> int:
         audit_spill=data_dir(environ) / "audit-spill.jsonl",
         environ=environ,
     )
+    # Half the bound for open requests, 3/10 for the audit queue; the rest
+    # is for closing the store and exiting. What the sink has not taken then
+    # is in the spill file.
+    app.audit.close_timeout = args.shutdown_timeout * 0.3
     try:
         import uvloop  # noqa: F401
 
@@ -159,7 +170,7 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=round(args.shutdown_timeout * 0.5),
     )
     return 0
 

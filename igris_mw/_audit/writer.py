@@ -13,9 +13,9 @@ the store, atomically per connection (``igris_mw.storage.seal_event``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import shutil
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +61,8 @@ class AuditWriter:
             6 times the cost per event of a batch of 100 (SQLite, measured).
             Longer lingers make bigger batches, but a bigger batch holds the
             GIL longer in the SQLite thread, which shows in the p99 latency.
+        close_timeout: the bound on ``aclose()`` when it is given none
+            (``serve --shutdown-timeout`` sets it).
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class AuditWriter:
         retry_delay: float = 0.5,
         max_retry_delay: float = 5.0,
         linger: float = 0.01,
+        close_timeout: float = 5.0,
     ) -> None:
         self._sink = sink
+        self.close_timeout = close_timeout
         self._linger = linger
         self._spill = Path(spill_path) if spill_path is not None else None
         self._batch_size = batch_size
@@ -85,6 +89,9 @@ class AuditWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Set when aclose gave up on a task stuck in the sink: if that append
+        # ever returns, the task must not touch the queue, which is spilled.
+        self._abandoned = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = AuditStats()
@@ -103,6 +110,7 @@ class AuditWriter:
     async def start(self) -> None:
         if self._task is None:
             self._closing = False
+            self._abandoned = False
             await self._load_spill()
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="igris-audit-writer"
@@ -118,17 +126,37 @@ class AuditWriter:
             return False
         return True
 
-    async def aclose(self, timeout: float = 5.0) -> None:
-        """Write what is queued (up to ``timeout``), spill the rest, stop."""
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Write what is queued, spill the rest, stop; within ``timeout`` seconds.
+
+        ``timeout`` (default ``close_timeout``) bounds the whole call, however
+        the sink behaves: most of it goes to writing, the rest to stopping the
+        writer task. A task stuck in the sink (an append that neither returns
+        nor gives way to cancellation) is left behind; what it held is spilled,
+        and the sink's skipping of known event ids makes a late append of the
+        same events harmless.
+        """
         if self._task is None:
             return
-        await self.flush(timeout)
+        budget = self.close_timeout if timeout is None else max(0.0, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        # Keep a slice of the budget for stopping the task and writing the spill.
+        await self.flush(budget - min(1.0, budget / 4))
         self._closing = True
         self._wakeup.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+        if not done:
+            self._abandoned = True
+            log.error(
+                "audit: the sink did not stop within the shutdown timeout (%.1fs); "
+                "its events go to the spill file",
+                budget,
+            )
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("audit: the writer task failed: %r", task.exception())
         if self._pending:
             if self._spill is not None:
                 self._spill_pending()
@@ -173,6 +201,8 @@ class AuditWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
+            if self._abandoned:
+                return
             delay = self._retry_delay
             for _ in range(n):
                 self._pending.popleft()
@@ -194,22 +224,38 @@ class AuditWriter:
         self.stats.spilled += len(events)
         log.warning("audit: spilled %d events to %s", len(events), self._spill)
 
+    def _loading_path(self) -> Path:
+        assert self._spill is not None
+        return self._spill.with_suffix(self._spill.suffix + ".loading")
+
     async def _load_spill(self) -> None:
-        if self._spill is None or not self._spill.exists():
+        if self._spill is None or not (self._spill.exists() or self._loading_path().exists()):
             return
         events = await asyncio.to_thread(self._read_spill)
         # Spilled events are older than anything queued: they go first, so
         # each connection's chain keeps its order.
         self._pending.extendleft(reversed(events))
+        # Only now, with the events in the queue, may the file go: a load
+        # cancelled mid-read (a shutdown) leaves it for the next start.
+        self._loading_path().unlink(missing_ok=True)
         if self._pending:
             self._idle.clear()
             self._wakeup.set()
 
     def _read_spill(self) -> list[AuditEvent]:
         assert self._spill is not None
-        loading = self._spill.with_suffix(self._spill.suffix + ".loading")
-        if not loading.exists():
-            os.replace(self._spill, loading)
+        loading = self._loading_path()
+        if self._spill.exists():
+            if loading.exists():
+                # A load cut short: its events are older than the spill's, so
+                # they stay first.
+                with loading.open("ab") as dst, self._spill.open("rb") as src:
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                self._spill.unlink()
+            else:
+                os.replace(self._spill, loading)
         events = []
         with loading.open(encoding="utf-8") as f:
             for line in f:
@@ -219,6 +265,4 @@ class AuditWriter:
                         events.append(event_from_line(line))
                     except (ValueError, KeyError):
                         log.error("audit: a corrupt line in the spill file was skipped")
-        # The events are in memory now; an overflow spills them again.
-        loading.unlink()
         return events
