@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from collections.abc import Sequence
@@ -125,3 +126,73 @@ async def test_writer_close_spills_and_next_start_replays(tmp_path: Path) -> Non
     await writer2.aclose()
     assert [e.id for e in sink.events] == [e.id for e in events]
     assert sink.events[0].metadata == {"n": 0}
+
+
+class StuckSink:
+    """An append that never returns and shrugs off cancellation (a wedged driver)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.events: list[AuditEvent] = []
+
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        self.calls += 1
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                continue
+        self.events.extend(events)
+
+
+async def test_close_is_bounded_when_the_sink_ignores_cancellation(tmp_path: Path) -> None:
+    """aclose(timeout) returns within the bound even if the sink never gives way; all is spilled."""
+    spill = tmp_path / "spill.jsonl"
+    sink = StuckSink()
+    writer = AuditWriter(sink, spill_path=spill, linger=0)
+    await writer.start()
+    events = [_event(i) for i in range(7)]
+    for e in events:
+        writer.emit(e)
+    await asyncio.sleep(0.05)
+    assert sink.calls == 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(writer.aclose(timeout=0.5), 5)
+    assert loop.time() - started < 1.0
+    lines = spill.read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [e.id for e in events]
+    # The abandoned append finishing late must not touch the (spilled) queue.
+    sink.release.set()
+    await asyncio.sleep(0.05)
+    assert writer.pending == 0
+
+
+async def test_close_uses_close_timeout_by_default() -> None:
+    """With no timeout given, aclose is bounded by the writer's close_timeout."""
+    writer = AuditWriter(StuckSink(), close_timeout=0.3, linger=0)
+    await writer.start()
+    writer.emit(_event(1))
+    await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(writer.aclose(), 5)
+    assert loop.time() - started < 0.8
+
+
+async def test_a_spill_load_cut_short_keeps_its_events(tmp_path: Path) -> None:
+    """A spill left half-loaded (shutdown mid-read) is read first at the next start."""
+    spill = tmp_path / "spill.jsonl"
+    loading = tmp_path / "spill.jsonl.loading"
+    older, newer = [_event(i) for i in range(3)], [_event(i) for i in range(3, 5)]
+    loading.write_text("".join(json.dumps(e.to_json()) + "\n" for e in older))
+    spill.write_text("".join(json.dumps(e.to_json()) + "\n" for e in newer))
+    sink = FlakySink()
+    writer = AuditWriter(sink, spill_path=spill)
+    await writer.start()
+    assert await writer.flush(5)
+    await writer.aclose()
+    assert [e.id for e in sink.events] == [e.id for e in older + newer]
+    assert not loading.exists()
+    assert not spill.exists()
