@@ -36,6 +36,7 @@ from ._audit_file import build_audit_sink
 from ._cache import RefreshingCache
 from ._errors import (
     BadRequest,
+    ConfigurationError,
     Forbidden,
     IgrisError,
     NotFound,
@@ -45,6 +46,7 @@ from ._errors import (
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._service import AuditSink, Service
+from ._settings import Settings
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, utcnow
 from .models import Scope as KeyScope
@@ -103,19 +105,6 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
-def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
-    return value
-
-
 class IgrisGateway:
     """The gateway as ASGI middleware (or, with ``app=None``, a standalone app).
 
@@ -161,23 +150,31 @@ class IgrisGateway:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
         self.app = app
         if store is None:
-            store = env.get("IGRIS_STORE")
+            store = settings.store
             if not store:
-                raise ValueError("no store given: pass store=... or set IGRIS_STORE")
+                raise ConfigurationError("no store given: pass store=... or set IGRIS_STORE")
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.crypto: CryptoProvider = (
             crypto
             if crypto is not None and not isinstance(crypto, str)
-            else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
+            else crypto_from_url(crypto or settings.crypto_url, settings.crypto_environ(env))
         )
+        audit = audit if audit is not None else settings.audit
+        if audit is None and not self.store.capabilities.audit:
+            raise ConfigurationError(
+                f"the {type(self.store).__name__} keeps no audit events: pass audit= "
+                "(a jsonl:///path/audit.jsonl URL, or a store URL that keeps them) "
+                "or set IGRIS_AUDIT"
+            )
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
         self.service = Service(self.store, self.crypto, audit=audit)
         if upstream_timeout is None:
-            upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
+            upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
         if cache_ttl <= 0:
