@@ -10,12 +10,15 @@ value that is ``None``.
 Rules that hold for every variable:
 
 * set to the empty string is the same as unset (shells and compose files
-  write ``VAR=`` to mean "nothing");
+  write ``VAR=`` to mean "nothing"), except ``IGRIS_MASTER_KEY``: a master
+  key variable that is present but empty is an error when the key is used
+  (a missing secret in a deployment must stop it, never let ``serve``
+  generate a new key beside an existing store);
 * a value that cannot be used is a ``ConfigurationError`` (a ``ValueError``)
   whose message names the variable and never echoes a secret.
 
 A new setting is one field:
-``name: T = attrs.field(default=..., metadata=_env("IGRIS_NAME", parser))``.
+``name: T = attrs.field(default=..., metadata=_env("IGRIS_...", parser))``.
 """
 
 from __future__ import annotations
@@ -101,9 +104,9 @@ def _master_key(name: str, raw: str) -> str:
     return raw
 
 
-def _env(variable: str, parser: _Parser) -> dict[str, Any]:
+def _env(variable: str, parser: _Parser, *, keep_empty: bool = False) -> dict[str, Any]:
     """The metadata of a settings field read from ``variable`` through ``parser``."""
-    return {"env": variable, "parse": parser}
+    return {"env": variable, "parse": parser, "keep_empty": keep_empty}
 
 
 def _default_home() -> Path:
@@ -135,7 +138,7 @@ class Settings:
     crypto: str | None = attrs.field(default=None, metadata=_env("IGRIS_CRYPTO", _text))
     audit: str | None = attrs.field(default=None, metadata=_env("IGRIS_AUDIT", _text))
     master_key: str | None = attrs.field(
-        default=None, repr=False, metadata=_env(ENV_MASTER_KEY, _master_key)
+        default=None, repr=False, metadata=_env(ENV_MASTER_KEY, _master_key, keep_empty=True)
     )
     master_key_file: Path | None = attrs.field(
         default=None, metadata=_env(ENV_MASTER_KEY_FILE, _path)
@@ -160,7 +163,7 @@ class Settings:
         for field in attrs.fields(cls):
             variable = field.metadata["env"]
             raw = environ.get(variable)
-            if raw:
+            if raw or (raw is not None and field.metadata["keep_empty"]):
                 values[field.name] = field.metadata["parse"](variable, raw)
         return cls(**values)
 
@@ -199,9 +202,10 @@ class Settings:
 
     @property
     def master_key_configured(self) -> bool:
-        """The one rule: a master key is configured when ``IGRIS_MASTER_KEY`` or
-        ``IGRIS_MASTER_KEY_FILE`` is set to a non-empty value. Only then is
-        the default key file neither used nor created."""
+        """The one rule: a master key is configured when ``IGRIS_MASTER_KEY`` is
+        present (even empty, which the keyring then refuses) or
+        ``IGRIS_MASTER_KEY_FILE`` is non-empty. Only when none is configured
+        is the default key file used, or created by ``serve``."""
         return self.master_key is not None or self.master_key_file is not None
 
     def key_file(self) -> Path | None:
