@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._settings import LOG_LEVELS, Settings
-from ._common import add_location_options, audit_url_for, load_crypto, make_data_dir
+from ._common import LazyCrypto, add_location_options, audit_url_for, load_crypto, make_data_dir
 
 if TYPE_CHECKING:
     from ..storage import Store
@@ -109,22 +109,26 @@ def _say(message: str) -> None:
     print(f"igris-mw: {message}", file=sys.stderr, flush=True)
 
 
-async def _bootstrap_admin_key(store: Store, settings: Settings, environ: Mapping[str, str]) -> (
-    str | None
-):
+async def _bootstrap_admin_key(
+    store: Store, settings: Settings, environ: Mapping[str, str]
+) -> str | None:
+    """Issue an admin key when the store has none that is live; ``None`` if it has."""
     from .._service import Service
     from ..models import Scope
-
+    crypto = LazyCrypto(settings, environ)
     await store.open()
     try:
         keys = await store.list_api_keys()
         if any(Scope.ADMIN in k.scopes and k.revoked_at is None for k in keys):
             return None
-        service = Service(store, load_crypto(settings, environ))
+        service = Service(store, crypto)
         _, key = await service.create_api_key({"name": "bootstrap admin", "scopes": ["admin"]})
         return key
     finally:
-        await store.close()
+        try:
+            await crypto.aclose()
+        finally:
+            await store.close()
 
 
 def run_serve(args: argparse.Namespace) -> int:
