@@ -199,3 +199,30 @@ def test_gateway_on_a_store_without_audit_fails_at_construction(
     store = f"vault://{bao.hostport}/secret/m{uuid.uuid4().hex[:12]}?tls=false"
     with pytest.raises(ConfigurationError, match="audit="):
         IgrisGateway(None, store=store, crypto=FixedKeyring(), environ={})
+
+
+def test_cli_on_a_vault_store_shares_serves_default_audit_sink(tmp_path: Path, bao: Any) -> None:
+    """With no --audit, the CLI writes and reads a vault store's trail in <home>/audit.jsonl,
+    the file serve uses, so `igris-mw audit` shows what serve recorded."""
+    home = tmp_path / "data"
+    store = f"vault://{bao.hostport}/secret/c{uuid.uuid4().hex[:12]}?tls=false"
+    extra = {"VAULT_TOKEN": bao.root_token, **FixedKeyring.environ()}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "igris_mw.cli", *argv, "--store", store, "--json"],
+            env=_env(home, extra), cwd=tmp_path, input="cli-canary-Vb72",
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    made = cli("connections", "create", "--slug", "by-cli", "--name", "n",
+               "--upstream-url", "http://127.0.0.1:9/mcp")
+    assert made.returncode == 0, made.stderr
+    with _serve(home, "--store", store, env=extra) as (url, output):
+        r = _create_connection(url, _admin_key(output[0]), "by-serve")
+        assert r.status_code == 201, r.text
+    for slug in ("by-cli", "by-serve"):
+        shown = cli("audit", slug)
+        assert shown.returncode == 0, shown.stderr
+        assert [e["action"] for e in json.loads(shown.stdout)["data"]] == ["create"]
+    assert "cli-canary-Vb72" not in (home / "audit.jsonl").read_text()

@@ -2,7 +2,9 @@
 ``api-keys``, ``connections``, ``audit`` and ``crypto``.
 
 Each handler takes the parsed arguments and a ``Service`` on the opened
-store; ``store_command`` opens and closes everything around it.
+store; ``_store_command`` opens and closes everything around it. A little
+over 400 lines: each group's handlers and its parser stay side by side, so
+an option and the code that reads it are read together.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def _port(text: str) -> int:
     try:
         return int(Settings.from_env({"IGRIS_PORT": text}).port)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_PORT", "--port")) from None
+        raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_PORT ", "")) from None
 
 
 def _positive(text: str) -> float:
