@@ -504,3 +504,53 @@ async def test_undecryptable_credential_is_a_503_and_nothing_goes_upstream(
         assert all(e["status"] == 503 for e in events)
     finally:
         await gw.aclose()
+
+
+async def _run_lifespan(gw: IgrisGateway) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    task = asyncio.create_task(gw({"type": "lifespan"}, inbox.get, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.sleep(0.05)
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, 5)
+    return sent
+
+
+async def test_standalone_lifespan_starts_and_stops_the_gateway() -> None:
+    """Standalone, the gateway alone speaks the lifespan protocol and closes on shutdown."""
+    gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring())
+    sent = await _run_lifespan(gw)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not gw._started
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+async def test_lifespan_start_failure_is_reported(wrapped: bool) -> None:
+    """A store that cannot open: lifespan.startup.failed with the store's own message."""
+
+    class DownStore(MemoryStore):
+        async def open(self) -> None:
+            from igris_mw import StoreUnavailable
+
+            raise StoreUnavailable("postgres unreachable at postgresql://u:***@db/x")
+
+    async def no_lifespan(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("no lifespan here")
+
+    gw = IgrisGateway(no_lifespan if wrapped else None, store=DownStore(), crypto=FixedKeyring())
+    sent: list[dict[str, Any]] = []
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.wait_for(gw({"type": "lifespan"}, inbox.get, send), 5)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "postgres unreachable" in sent[0]["message"]
+    assert not gw._started
