@@ -139,10 +139,9 @@ async def _bootstrap_admin_key(
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .._gateway import IgrisGateway
     from .._plugins import redact_url, store_from_url
+    from ._shutdown import run_bounded
 
     environ = dict(os.environ)
     settings = Settings.from_env(environ).override(
@@ -206,8 +205,9 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving on http://{settings.host}:{settings.port} "
         f"(store {redact_url(settings.store_url)})"
     )
-    uvicorn.run(
+    run_bounded(
         app,
+        shutdown_timeout=args.shutdown_timeout,
         host=settings.host,
         port=settings.port,
         loop=loop,
@@ -217,6 +217,5 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=round(args.shutdown_timeout * 0.5),
     )
     return 0
