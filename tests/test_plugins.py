@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from igris_mw import ConfigurationError
-from igris_mw._plugins import installed_schemes, redact_url, store_from_url
 from igris_mw._sqlite import SQLiteStore
+from igris_mw.plugins import installed_schemes, redact_url, store_from_url
 from igris_mw.testing import MemoryStore
 
 
@@ -42,7 +42,7 @@ def test_unknown_scheme_error_hides_password() -> None:
 
 def test_missing_adapter_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     """A postgresql:// or vault:// URL without its adapter suggests the package to install."""
-    from igris_mw import _plugins
+    from igris_mw import plugins as _plugins
 
     core_only = {
         k: v
