@@ -10,9 +10,7 @@ release; a store or crypto plug-in needs none of them (``docs/backends.md``).
 
 from __future__ import annotations
 
-from ._version import __version__
-from .crypto import CryptoProvider
-from .errors import (
+from ._errors import (
     BadRequest,
     ConfigurationError,
     Conflict,
@@ -32,6 +30,8 @@ from .errors import (
     ValidationError,
     VersionConflict,
 )
+from ._version import __version__
+from .crypto import CryptoProvider
 from .models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope, Secret
 from .storage import Capabilities, Change, Store
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from .errors import InvalidCiphertext, NotFound, UnknownKeyId, VersionConflict
+from ._errors import InvalidCiphertext, NotFound, UnknownKeyId, VersionConflict
 from .models import Connection
 from .storage import Store
 

@@ -42,7 +42,7 @@ def test_unknown_scheme_error_hides_password() -> None:
 
 def test_missing_adapter_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     """A postgresql:// or vault:// URL without its adapter suggests the package to install."""
-    from igris_mw import plugins as _plugins
+    from igris_mw import _plugins
 
     core_only = {
         k: v

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ..errors import (
+from .._errors import (
     ConfigurationError,
     Conflict,
     IgrisError,
@@ -45,6 +45,7 @@ from ..errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import (
     ApiKey,
     AuditEvent,
@@ -53,7 +54,6 @@ from ..models import (
     Page,
     Scope,
 )
-from ..paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 from .schema import (
     MIGRATIONS,

@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 
 import attrs
 
-from ..errors import (
+from .._errors import (
     ConfigurationError,
     Conflict,
     NotFound,
     SlugTaken,
     VersionConflict,
 )
+from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import ApiKey, AuditEvent, Connection, Page
-from ..paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 __all__ = ["MemoryStore"]

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from ..errors import ValidationError
+from .._errors import ValidationError
 from ..models import AuditEvent
 from ..storage import Store, verify_chain
 from ._suite_base import SuiteBase

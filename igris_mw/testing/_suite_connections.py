@@ -9,7 +9,7 @@ import base64
 import attrs
 import pytest
 
-from ..errors import NotFound, SlugTaken, ValidationError, VersionConflict
+from .._errors import NotFound, SlugTaken, ValidationError, VersionConflict
 from ..models import AuthType, Connection
 from ..storage import Capabilities, Change, Store
 from ._suite_base import SuiteBase

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from ..errors import Conflict, NotFound
+from .._errors import Conflict, NotFound
 from ..models import Scope
 from ..storage import Store
 from ._suite_base import SuiteBase

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from ..errors import Conflict, NotFound, SlugTaken, VersionConflict
+from .._errors import Conflict, NotFound, SlugTaken, VersionConflict
 from ..models import ApiKey, AuditEvent, Connection, Scope
 from ..storage import Store, verify_chain
 from ._suite_data import all_connections, at, make_api_key, make_connection, make_event, unsealed
