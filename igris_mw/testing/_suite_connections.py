@@ -1,5 +1,4 @@
-"""The storage suite: lifecycle, connections and change listeners.
-"""
+"""The storage suite: lifecycle, connections and change listeners."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The storage suite: gateway API key records.
-"""
+"""The storage suite: gateway API key records."""
 
 from __future__ import annotations
 
