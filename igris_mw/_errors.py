@@ -24,7 +24,9 @@ IgrisError
 ├── UpstreamError                 502      upstream unreachable or broken
 ├── ServiceUnavailable            503
 │   ├── StoreUnavailable                   the store cannot be reached
-│   └── CryptoUnavailable                  the crypto provider cannot be reached
+│   ├── CryptoUnavailable                  the crypto provider cannot be reached
+│   └── AuditUnavailable                   fail-closed: the audit can record nothing more
+├── AuditRejected                          an audit sink refuses an event's data (not an outage)
 ├── UpstreamTimeout               504
 └── InvalidCiphertext                      (``igris_mw.crypto``) any failure of an envelope
     └── UnknownKeyId                        its key-encryption key is not configured
@@ -34,6 +36,8 @@ IgrisError
 from __future__ import annotations
 
 __all__ = [
+    "AuditRejected",
+    "AuditUnavailable",
     "BadRequest",
     "ConfigurationError",
     "Conflict",
@@ -150,6 +154,22 @@ class StoreUnavailable(ServiceUnavailable):
 
 class CryptoUnavailable(ServiceUnavailable):
     code = "crypto_unavailable"
+
+
+class AuditUnavailable(ServiceUnavailable):
+    """The audit sink is down and the spill cannot take more: the gateway
+    refuses new requests rather than serve them unrecorded."""
+
+    code = "audit_unavailable"
+
+
+class AuditRejected(IgrisError):
+    """An audit sink refuses the data of a batch (a value it cannot store),
+    as opposed to being unreachable (``StoreUnavailable``): retrying the same
+    batch would fail for ever, so the audit writer isolates the event."""
+
+    status = 500
+    code = "audit_rejected"
 
 
 class UpstreamTimeout(IgrisError):

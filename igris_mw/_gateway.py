@@ -28,6 +28,7 @@ from . import _auth
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
+from ._audit.events import safe_fields
 from ._audit_file import build_audit_sink
 from ._errors import (
     BadRequest,
@@ -281,6 +282,8 @@ class IgrisGateway:
                 raise NotFound("no such connection")
             resolved = found
             target = _usable_target(found, fields)
+            # Kept (made safe in _emit) even when _attribution refuses it.
+            fields["user"] = headers.get(b"x-igris-user")
             fields["user"], fields["metadata"] = _attribution(headers)
         except IgrisError as exc:
             await self._refuse(send, exc, fields, started, known=resolved is not None)
@@ -354,7 +357,7 @@ class IgrisGateway:
             timestamp=_now_ms(),
             kind="gateway",
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            **fields,
+            **safe_fields(fields),
             **more,
         )
         self.audit.emit(event)

@@ -11,6 +11,8 @@ from exc``, and never puts a password, token or key in a message.
 from __future__ import annotations
 
 from ._errors import (
+    AuditRejected,
+    AuditUnavailable,
     BadRequest,
     ConfigurationError,
     Conflict,
@@ -32,6 +34,8 @@ from ._errors import (
 )
 
 __all__ = [
+    "AuditRejected",
+    "AuditUnavailable",
     "BadRequest",
     "ConfigurationError",
     "Conflict",

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from .._errors import ConfigurationError, StoreUnavailable
+from .._errors import AuditRejected, ConfigurationError, StoreUnavailable
 from .._paging import bad_cursor, check_limit, decode_seq_cursor, encode_cursor
 from ..models import AuditEvent, Page
 from .chain import seal_event
@@ -192,7 +192,14 @@ class JsonlAuditSink:
                     sealed.append(event)
                 if not sealed:
                     return
-                payload = (b"\n" if torn else b"") + b"".join(_line(e) for e in sealed)
+                try:
+                    lines = [_line(e) for e in sealed]
+                except (ValueError, TypeError) as exc:
+                    # A lone surrogate (no UTF-8 form) or a value JSON cannot hold.
+                    raise AuditRejected(
+                        f"the audit file cannot hold an event: {type(exc).__name__}"
+                    ) from exc
+                payload = (b"\n" if torn else b"") + b"".join(lines)
                 fh.write(payload)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._errors import (
+    AuditRejected,
     ConfigurationError,
     Conflict,
     IgrisError,
@@ -469,7 +470,19 @@ class SQLiteStore:
                     rows,
                 )
 
-        await self._run(append)
+        try:
+            await self._run(append)
+        except StoreUnavailable as exc:
+            # A value sqlite3 cannot bind or store is the data's fault, not an outage.
+            if isinstance(exc.__cause__, sqlite3.DataError | sqlite3.InterfaceError):
+                raise AuditRejected(f"the SQLite store refuses an audit event: {exc}") from exc
+            raise
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, IgrisError):
+                raise
+            raise AuditRejected(
+                f"the SQLite store refuses an audit event: {type(exc).__name__}"
+            ) from exc
 
     async def list_audit_events(
         self,

@@ -29,8 +29,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from igris_mw.errors import (
+    AuditRejected,
     ConfigurationError,
     Conflict,
+    IgrisError,
     NotFound,
     SlugTaken,
     StoreUnavailable,
@@ -466,6 +468,28 @@ class PostgresStore:
 
     # -- audit -----------------------------------------------------------
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        """``_append_audit_events``, with a refused value told apart from an outage.
+
+        Raises:
+            AuditRejected: postgres (or psycopg, before sending) refuses a
+                value of the batch, e.g. a NUL in a text field: retrying the
+                same batch can never succeed.
+            StoreUnavailable: the server cannot be reached, or any other error.
+        """
+        try:
+            await self._append_audit_events(events)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, psycopg.DataError):
+                raise AuditRejected(f"postgres refuses an audit event: {exc.message}") from exc
+            raise
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, IgrisError):
+                raise
+            raise AuditRejected(
+                f"postgres refuses an audit event: {type(exc).__name__}"
+            ) from exc
+
+    async def _append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         """Append a batch in one transaction, chaining per connection.
 
         Several replicas write at once, so each connection's chain has a
