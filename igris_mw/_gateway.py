@@ -31,6 +31,7 @@ from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit.events import safe_fields
 from ._audit_file import build_audit_sink
 from ._errors import (
+    AuditUnavailable,
     BadRequest,
     ConfigurationError,
     Forbidden,
@@ -99,6 +100,13 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        audit_failure: ``"closed"`` (default ``IGRIS_AUDIT_FAILURE`` or
+            closed): when the audit sink is down and the spill can take
+            nothing more, gateway requests get 503 ``audit_unavailable`` and
+            nothing goes upstream; ``"open"``: they are served and their
+            events dropped (counted, logged). See ``docs/audit-delivery.md``.
+        audit_spill_max: bound on the spill file, bytes (default
+            ``IGRIS_AUDIT_SPILL_MAX`` or 1 GiB).
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -119,6 +127,8 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        audit_failure: str | None = None,
+        audit_spill_max: int | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         settings = Settings.from_env(env)
@@ -156,7 +166,15 @@ class IgrisGateway:
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
         self.forwarder = Forwarder(timeout=upstream_timeout)
-        self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
+        failure = audit_failure or settings.audit_failure
+        if failure not in ("closed", "open"):
+            raise ConfigurationError(f"audit_failure must be 'closed' or 'open', got {failure!r}")
+        self.audit = AuditWriter(
+            self.service.audit,
+            spill_path=audit_spill,
+            failure="closed" if failure == "closed" else "open",
+            max_spill_bytes=audit_spill_max or settings.audit_spill_max,
+        )
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -265,6 +283,11 @@ class IgrisGateway:
         # Admission: each step raises the refusal it stands for. The two lookups
         # are awaited here, not in a helper, to keep the warm path at two awaits.
         try:
+            if self.audit.failing_closed:
+                raise AuditUnavailable(
+                    "the audit trail cannot record requests now; nothing was sent upstream",
+                    retry_after=5,
+                )
             headers = _wanted_headers(scope)
             origin = headers.get(b"origin")
             if origin is not None and not self._origin_allowed(origin, headers.get(b"host")):
@@ -332,6 +355,8 @@ class IgrisGateway:
         known: bool,
     ) -> None:
         await send_error(send, exc)
+        if isinstance(exc, AuditUnavailable):
+            return  # its event would only grow the queue that cannot drain
         outcome = "denied" if exc.status in (401, 403) else exc.code
         if exc.status == 404:
             outcome = "not_found"

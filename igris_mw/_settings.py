@@ -34,6 +34,7 @@ import attrs
 from ._errors import ConfigurationError
 
 __all__ = [
+    "AUDIT_FAILURE_MODES",
     "DEFAULT_CRYPTO",
     "DEFAULT_HOME",
     "ENV_MASTER_KEY",
@@ -98,6 +99,34 @@ def _http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+AUDIT_FAILURE_MODES = ("closed", "open")
+_SIZE_UNITS = {
+    "": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+}  # fmt: skip
+
+
+def _audit_failure(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in AUDIT_FAILURE_MODES:
+        raise ConfigurationError(f"{name} must be 'closed' or 'open', got {raw!r}")
+    return value
+
+
+def _size(name: str, raw: str) -> int:
+    text = raw.strip().lower()
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :].strip()
+    try:
+        value = int(digits.strip()) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise ConfigurationError(
+            f"{name} must be a size in bytes such as 1073741824, 512MiB or 1GiB, got {raw!r}"
+        ) from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be a positive size, got {raw!r}")
+    return value
+
+
 def _master_key(name: str, raw: str) -> str:
     # Validated by the keyring when it is used, which names the bad entry
     # by position; a message here could only leak the value.
@@ -131,6 +160,11 @@ class Settings:
         host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
         public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
         log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
+        audit_failure: ``IGRIS_AUDIT_FAILURE``, ``closed`` (default: refuse
+            gateway requests with 503 ``audit_unavailable`` when the audit can
+            record nothing more) or ``open`` (serve them, drop their events).
+        audit_spill_max: ``IGRIS_AUDIT_SPILL_MAX``, the bound on the audit
+            spill file in bytes (default 1 GiB; ``512MiB`` style accepted).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -150,6 +184,12 @@ class Settings:
     port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))
     public_url: str | None = attrs.field(default=None, metadata=_env("IGRIS_PUBLIC_URL", _http_url))
     log_level: str = attrs.field(default="info", metadata=_env("IGRIS_LOG_LEVEL", _log_level))
+    audit_failure: str = attrs.field(
+        default="closed", metadata=_env("IGRIS_AUDIT_FAILURE", _audit_failure)
+    )
+    audit_spill_max: int = attrs.field(
+        default=1 << 30, metadata=_env("IGRIS_AUDIT_SPILL_MAX", _size)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

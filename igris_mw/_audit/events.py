@@ -143,7 +143,9 @@ def _safe_json(value: Any, depth: int) -> Any:
     if depth >= _MAX_DEPTH:
         return "[nested too deep]"
     if isinstance(value, Mapping):
-        return {safe_text(str(k), METADATA_LIMIT): _safe_json(v, depth + 1) for k, v in value.items()}
+        return {
+            safe_text(str(k), METADATA_LIMIT): _safe_json(v, depth + 1) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_safe_json(v, depth + 1) for v in value]
     return safe_text(repr(value), METADATA_LIMIT)
@@ -186,7 +188,7 @@ def safe_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 def safe_event(event: AuditEvent) -> AuditEvent:
     """``event`` with every string made safe; the same object when it already was."""
-    fields = {
+    fields: dict[str, Any] = {
         "connection": event.connection,
         "action": event.action,
         "api_key_id": event.api_key_id,
@@ -199,7 +201,7 @@ def safe_event(event: AuditEvent) -> AuditEvent:
     }
     before = dict(fields)
     safe_fields(fields)
-    changed = {k: v for k, v in fields.items() if v is not before[k]}
+    changed: dict[str, Any] = {k: v for k, v in fields.items() if v is not before[k]}
     if event.metadata is not None:
         metadata = safe_metadata(event.metadata)
         if metadata != event.metadata:

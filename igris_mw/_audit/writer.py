@@ -34,6 +34,7 @@ Hash chaining happens in the store, atomically per connection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -393,7 +394,11 @@ class AuditWriter:
         if self.quarantine_path is None:
             log.error("audit: event %s refused by the sink and not kept: %s", event.id, reason)
             return
-        record = {"quarantinedAt": format_time(utcnow()), "reason": reason, "event": event.to_json()}
+        record = {
+            "quarantinedAt": format_time(utcnow()),
+            "reason": reason,
+            "event": event.to_json(),
+        }
         # ensure_ascii: whatever the event holds (it was refused for it), the line is ASCII.
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=True, default=repr) + "\n"
         self.quarantine_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -521,10 +526,8 @@ class AuditWriter:
                 os.fsync(fd)
             except OSError:
                 # All or none: a half-written batch would be written twice.
-                try:
+                with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
-                except OSError:
-                    pass
                 raise
         finally:
             os.close(fd)

@@ -102,6 +102,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="bound on shutdown: open requests, then the audit queue (rest spilled; default 10)",
     )
     p.add_argument(
+        "--audit-failure",
+        choices=("closed", "open"),
+        help="when the audit sink is down and the spill is full: refuse gateway requests "
+        "with 503 audit_unavailable (closed) or serve them unrecorded (open); "
+        "default: $IGRIS_AUDIT_FAILURE, else closed",
+    )
+    p.add_argument(
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
@@ -190,6 +197,7 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_ttl=args.cache_ttl,
         audit_spill=settings.audit_spill_path,
         environ=environ,
+        audit_failure=args.audit_failure or settings.audit_failure,
     )
     # Half the bound for open requests, 3/10 for the audit queue; the rest
     # is for closing the store and exiting. What the sink has not taken then
