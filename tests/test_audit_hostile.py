@@ -34,9 +34,7 @@ def _gateway(kind: str, tmp: Path) -> IgrisGateway:
         store = MemoryStore()
         if kind == "jsonl":
             audit = f"jsonl://{tmp / 'audit.jsonl'}"
-    return IgrisGateway(
-        None, store=store, crypto=FixedKeyring("hostile"), audit=audit, environ={}
-    )
+    return IgrisGateway(None, store=store, crypto=FixedKeyring("hostile"), audit=audit, environ={})
 
 
 async def _setup(gw: IgrisGateway, url: str) -> str:
@@ -79,7 +77,8 @@ async def test_a_nul_request_blocks_nothing_on_any_core_sink(tmp_path: Path) -> 
                 await assert_all_stored(gw)
                 page = await gw.service.list_audit("conn-a", limit=200)
                 paths = [e.path for e in page.items if e.kind == "gateway"]
-                assert "/v1/mcp/conn-a/\\x00" in [*paths, *(
-                    e.path for e in await gw.service.audit.audit_chain("conn-a")
-                )]
+                assert "/v1/mcp/conn-a/\\x00" in [
+                    *paths,
+                    *(e.path for e in await gw.service.audit.audit_chain("conn-a")),
+                ]
         assert elapsed < 2.0, (kind, elapsed)

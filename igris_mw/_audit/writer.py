@@ -270,11 +270,7 @@ class AuditWriter:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                if (
-                    self._linger > 0
-                    and len(self._pending) < self._batch_size
-                    and not self._closing
-                ):
+                if self._linger > 0 and len(self._pending) < self._batch_size and not self._closing:
                     await asyncio.sleep(self._linger)
                 n = min(self._batch_size, len(self._pending))
                 batch = [self._pending[i] for i in range(n)]

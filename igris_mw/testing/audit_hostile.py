@@ -100,9 +100,7 @@ def hostile_requests() -> st.SearchStrategy[HostileRequest]:
     )
 
 
-async def send_hostile(
-    gateway: IgrisGateway, slug: str, key: str, request: HostileRequest
-) -> int:
+async def send_hostile(gateway: IgrisGateway, slug: str, key: str, request: HostileRequest) -> int:
     """Send ``request`` to ``gateway`` as a raw ASGI call; the response status."""
     # The decoded path as a server may hand it over (with lone surrogates for
     # bytes that are not UTF-8), the raw path percent-encoded.
