@@ -142,6 +142,7 @@ class AuditWriter:
         self._spill_cursor = 0
         self._spill_size = 0
         self._spill_lines = 0  # lines in [cursor, size)
+        self._stale_spill = False
         self._wakeup = asyncio.Event()
         self._pressure = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -185,7 +186,11 @@ class AuditWriter:
         if self._task is None:
             self._closing = False
             self._abandoned = False
-            await asyncio.to_thread(self._open_spill)
+            try:
+                await asyncio.to_thread(self._open_spill)
+            except OSError as exc:
+                # Its events stay in the file for a later start; new ones are kept apart.
+                log.error("audit: the spill file %s cannot be read (%s)", self._spill, exc)
             if self.spill_bytes:
                 self._idle.clear()
             self._task = asyncio.get_running_loop().create_task(
@@ -260,7 +265,21 @@ class AuditWriter:
             from_spill = self._spill_size > self._spill_cursor
             if from_spill:
                 # Spilled events are the oldest: nothing newer is written before them.
-                batch, end, lines = await asyncio.to_thread(self._read_spill_chunk)
+                try:
+                    batch, end, lines = await asyncio.to_thread(self._read_spill_chunk)
+                except FileNotFoundError:
+                    log.error(
+                        "audit: the spill file %s was removed; %d events in it are lost",
+                        self._spill,
+                        self._spill_lines,
+                    )
+                    self._spill_size = self._spill_cursor = self._spill_lines = 0
+                    continue
+                except OSError as exc:
+                    log.error("audit: the spill file %s cannot be read (%s)", self._spill, exc)
+                    await self._wait_retry(delay)
+                    delay = min(delay * 2, self._max_retry_delay)
+                    continue
                 if not batch and end == self._spill_cursor:
                     await asyncio.to_thread(self._drop_spill)
                     continue
@@ -343,7 +362,7 @@ class AuditWriter:
         if self._spill is not None:
             events = list(self._pending)
             try:
-                await asyncio.to_thread(self._write_spill, events, bounded=True)
+                count = await asyncio.to_thread(self._write_spill, events, bounded=True)
             except OSError as exc:
                 log.error(
                     "audit: the spill file %s cannot take %d events (%s)",
@@ -354,10 +373,11 @@ class AuditWriter:
             else:
                 # Only now, with the events on disk, may they leave memory
                 # (emit may have added more on the right meanwhile).
-                for _ in range(len(events)):
+                for _ in range(count):
                     self._pending.popleft()
-                self._set_saturated(False)
-                return
+                if len(self._pending) <= self._max_pending:
+                    self._set_saturated(False)
+                    return
         self._set_saturated(True)
         if self.failure == "open":
             extra = len(self._pending) - self._max_pending
@@ -437,7 +457,8 @@ class AuditWriter:
             self._spill_size = self._spill.stat().st_size
         except FileNotFoundError:
             self._spill_size = self._spill_cursor = self._spill_lines = 0
-            self._cursor_path().unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._cursor_path().unlink(missing_ok=True)
             return
         try:
             cursor = int(self._cursor_path().read_text().strip() or 0)
@@ -487,32 +508,56 @@ class AuditWriter:
             return
         cursor = self._cursor_path()
         tmp = cursor.with_name(cursor.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(offset))
-        # A cursor lost in a crash only replays events the sink skips by id.
-        os.replace(tmp, cursor)
+        # A cursor not saved (or lost in a crash) only replays events the
+        # sink skips by id; the one in memory is what counts while running.
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(str(offset))
+            os.replace(tmp, cursor)
+        except OSError as exc:
+            log.warning("audit: the spill cursor %s cannot be saved (%s)", cursor, exc.strerror)
 
     def _drop_spill(self) -> None:
         assert self._spill is not None
-        self._spill.unlink(missing_ok=True)
-        self._cursor_path().unlink(missing_ok=True)
         self._spill_size = self._spill_cursor = self._spill_lines = 0
+        try:
+            self._spill.unlink(missing_ok=True)
+            self._cursor_path().unlink(missing_ok=True)
+        except OSError as exc:
+            # Written in full: the next write truncates it (see _write_spill).
+            log.warning("audit: the spill file %s cannot be removed (%s)", self._spill, exc)
+            self._stale_spill = True
 
-    def _write_spill(self, events: list[AuditEvent], *, bounded: bool) -> None:
-        """Append ``events`` (all or none) to the spill file, fsynced.
+    def _write_spill(self, events: list[AuditEvent], *, bounded: bool) -> int:
+        """Append ``events`` to the spill file, fsynced: all of them, or
+        (``bounded``) the first ones that fit under ``max_spill_bytes``.
+        Returns how many; a failed write leaves the file as it was.
 
         Raises:
-            OSError: the file cannot be written, or (``bounded``) it would
-                grow past ``max_spill_bytes`` (``ENOSPC``).
+            OSError: the file cannot be written, or not one event fits (``ENOSPC``).
         """
         assert self._spill is not None
-        payload = "".join(event_to_line(e) + "\n" for e in events).encode("utf-8", "replace")
-        if bounded and self._spill_size + len(payload) > self.max_spill_bytes:
-            raise OSError(28, "the spill file is at its size bound")
+        lines = [(event_to_line(e) + "\n").encode("utf-8", "replace") for e in events]
+        if bounded:
+            room = self.max_spill_bytes - self._spill_size
+            count = 0
+            for line in lines:
+                room -= len(line)
+                if room < 0:
+                    break
+                count += 1
+            if count == 0:
+                raise OSError(28, "the spill file is at its size bound")
+            lines = lines[:count]
+        payload = b"".join(lines)
         # The data directory may not exist yet (serve on a shared store makes none).
         self._spill.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        if self._stale_spill:
+            flags |= os.O_TRUNC  # all of it was written already, but it could not go
+        fd = os.open(self._spill, flags, 0o600)
+        self._stale_spill = False
         try:
             size = os.fstat(fd).st_size
             try:
@@ -528,6 +573,7 @@ class AuditWriter:
         finally:
             os.close(fd)
         self._spill_size = size + len(payload)
-        self._spill_lines += len(events)
-        self.stats.spilled += len(events)
-        log.warning("audit: spilled %d events to %s", len(events), self._spill)
+        self._spill_lines += len(lines)
+        self.stats.spilled += len(lines)
+        log.warning("audit: spilled %d events to %s", len(lines), self._spill)
+        return len(lines)

@@ -14,7 +14,10 @@ on their sink with:
   ordinary ones; returns the seconds until all 201 events were stored;
 * ``upstream()``: a loopback MCP upstream to point the connection at;
 * ``assert_all_stored(gateway)``: every emitted event written, none
-  quarantined, every chain verifies.
+  quarantined, every chain verifies;
+* ``unwritable_directory(path)``: a directory nothing can be written in
+  (a read-only tmpfs when run as root, mode 0500 otherwise), for spill
+  failures.
 
 Needs hypothesis and aiohttp (both test dependencies).
 """
@@ -24,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+import os
+import subprocess
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_from_bytes
 
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostileRequest",
+    "unwritable_directory",
     "assert_all_stored",
     "hostile_requests",
     "nul_then_normal",
@@ -205,3 +212,36 @@ async def upstream() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def unwritable_directory(path: Path) -> Iterator[Callable[[], None]]:
+    """Make ``path`` a directory in which no file can be created or written,
+    even by root; yields a function that makes it writable again.
+
+    As root (whom file modes do not stop): a tmpfs mounted there and
+    remounted read-only; otherwise mode 0500.
+
+    Raises:
+        OSError: running as root without the right to mount.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        try:
+            yield lambda: path.chmod(0o700)
+        finally:
+            path.chmod(0o700)
+        return
+
+    def mount(*args: str) -> None:
+        done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"mount {' '.join(args)}: {done.stderr.strip()}")
+
+    mount("-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(path))
+    try:
+        mount("-o", "remount,ro", str(path))
+        yield lambda: mount("-o", "remount,rw", str(path))
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
