@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 import os
 import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,11 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostileRequest",
-    "unwritable_directory",
     "assert_all_stored",
     "hostile_requests",
     "nul_then_normal",
     "send_hostile",
+    "unwritable_directory",
     "upstream",
 ]
 
@@ -235,7 +235,13 @@ def unwritable_directory(path: Path) -> Iterator[Callable[[], None]]:
         return
 
     def mount(*args: str) -> None:
-        done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+        # A fixed command on a path the test chose; tests only.
+        done = subprocess.run(  # noqa: S603
+            ["mount", *args],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise OSError(f"mount {' '.join(args)}: {done.stderr.strip()}")
 
@@ -244,4 +250,4 @@ def unwritable_directory(path: Path) -> Iterator[Callable[[], None]]:
         mount("-o", "remount,ro", str(path))
         yield lambda: mount("-o", "remount,rw", str(path))
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)  # noqa: S603, S607
