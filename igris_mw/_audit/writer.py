@@ -101,6 +101,9 @@ class AuditWriter:
         close_timeout: the bound on ``aclose()`` when it is given none
             (``serve --shutdown-timeout`` sets it).
 
+    ``max_pending``, ``max_spill_bytes``, ``retry_delay`` and
+    ``max_retry_delay`` stay settable attributes.
+
     Attributes:
         failing_closed: true while the gateway must refuse requests (see above).
         saturated: true while memory is full and the spill takes nothing,
@@ -132,11 +135,11 @@ class AuditWriter:
             quarantine_path = self._spill.parent / "audit-quarantine.jsonl"
         self.quarantine_path = Path(quarantine_path) if quarantine_path is not None else None
         self._batch_size = batch_size
-        self._max_pending = max_pending
+        self.max_pending = max_pending
         self.max_spill_bytes = max_spill_bytes
         self.failure: FailureMode = failure
-        self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self._pending: deque[AuditEvent] = deque()
         # The spill: bytes [cursor, size) of the file are events not yet written.
         self._spill_cursor = 0
@@ -162,7 +165,7 @@ class AuditWriter:
         self.stats.emitted += 1
         pending = self._pending
         pending.append(event)
-        if len(pending) > self._max_pending and self._sink_down:
+        if len(pending) > self.max_pending and self._sink_down:
             # Wake the writer from its retry delay: the queue must move to disk now.
             self._pressure.set()
         self._idle.clear()
@@ -260,7 +263,7 @@ class AuditWriter:
 
     # -- the writer task -------------------------------------------------------
     async def _run(self) -> None:
-        delay = self._retry_delay
+        delay = self.retry_delay
         while True:
             from_spill = self._spill_size > self._spill_cursor
             if from_spill:
@@ -278,7 +281,7 @@ class AuditWriter:
                 except OSError as exc:
                     log.error("audit: the spill file %s cannot be read (%s)", self._spill, exc)
                     await self._wait_retry(delay)
-                    delay = min(delay * 2, self._max_retry_delay)
+                    delay = min(delay * 2, self.max_retry_delay)
                     continue
                 if not batch and end == self._spill_cursor:
                     await asyncio.to_thread(self._drop_spill)
@@ -310,11 +313,11 @@ class AuditWriter:
                 )
                 await self._relieve_memory()
                 await self._wait_retry(delay)
-                delay = min(delay * 2, self._max_retry_delay)
+                delay = min(delay * 2, self.max_retry_delay)
                 continue
             if self._abandoned:
                 return
-            delay = self._retry_delay
+            delay = self.retry_delay
             self._sink_down = False
             self.stats.written += written
             if from_spill:
@@ -322,7 +325,7 @@ class AuditWriter:
             else:
                 for _ in range(len(batch)):
                     self._pending.popleft()
-            if len(self._pending) > self._max_pending:
+            if len(self._pending) > self.max_pending:
                 # The sink keeps up more slowly than requests come: to disk.
                 await self._relieve_memory()
             elif self.saturated:
@@ -357,7 +360,7 @@ class AuditWriter:
 
     async def _relieve_memory(self) -> None:
         """Past ``max_pending``: the queue to the spill file, else fail closed (or drop)."""
-        if len(self._pending) <= self._max_pending:
+        if len(self._pending) <= self.max_pending:
             return
         if self._spill is not None:
             events = list(self._pending)
@@ -375,12 +378,12 @@ class AuditWriter:
                 # (emit may have added more on the right meanwhile).
                 for _ in range(count):
                     self._pending.popleft()
-                if len(self._pending) <= self._max_pending:
+                if len(self._pending) <= self.max_pending:
                     self._set_saturated(False)
                     return
         self._set_saturated(True)
         if self.failure == "open":
-            extra = len(self._pending) - self._max_pending
+            extra = len(self._pending) - self.max_pending
             for _ in range(extra):
                 self._pending.pop()
             self.stats.dropped += extra
