@@ -521,3 +521,43 @@ def test_igris_audit_environment_is_the_cli_audit_sink(
     monkeypatch.setenv("IGRIS_AUDIT", f"jsonl://{sink}")
     assert run(*create_args("gh-prod", "--credential-file", "cred.txt"))[0] == 0
     assert [json.loads(line)["action"] for line in sink.read_text().splitlines()] == ["create"]
+
+
+def test_audit_output_escapes_terminal_control_sequences(home: Path, run: Run) -> None:
+    """ESC sequences in an event's user, path and metadata never reach the terminal raw."""
+    from datetime import UTC, datetime
+
+    from igris_mw.models import AuditEvent
+
+    run.json(*create_args("gh-prod", "--credential-file", "cred.txt"))
+    hostile = AuditEvent(
+        id="evt_0000000000010000000000000001",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        connection="gh-prod",
+        user="\x1b]0;owned\x07alice",
+        path="/v1/mcp/gh-prod/\x1b[2J\x1b[31m",
+        metadata={"note": "\x1b[1;31mred\u202e"},
+        method="GET",
+        status=401,
+        outcome="denied",
+    )
+
+    async def plant() -> None:
+        # Straight into the store, as an event written before escaping existed.
+        store = SQLiteStore(str(db_path(home)))
+        await store.open()
+        try:
+            await store.append_audit_events([hostile])
+        finally:
+            await store.close()
+
+    asyncio.run(plant())
+    for argv in (("audit", "gh-prod"), ("audit", "gh-prod", "--json")):
+        code, out, err = run(*argv)
+        assert code == 0, err
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    code, out, _ = run("audit", "gh-prod")
+    assert "\\x1b]0;owned\\x07alice" in out
+    assert "\\x1b[2J" in out
+    _, out, _ = run("audit", "gh-prod", "--json")
+    assert json.loads(out)["data"][0]["metadata"] == {"note": "\x1b[1;31mred\u202e"}

@@ -41,6 +41,7 @@ from .output import (
     show_api_key,
     show_connection,
     table,
+    terminal_safe,
 )
 
 __all__ = ["FOLLOW_INTERVAL", "REGISTRARS"]
@@ -259,7 +260,7 @@ async def _audit_verify(args: argparse.Namespace, svc: Service) -> int:
     else:
         for slug, problems in broken.items():
             for problem in problems:
-                out(f"{slug}: {problem}")
+                out(terminal_safe(f"{slug}: {problem}"))
     if broken:
         sys.stderr.write(
             f"igris-mw: error: the audit trail of {len(broken)} connection(s) "

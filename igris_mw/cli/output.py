@@ -24,6 +24,7 @@ __all__ = [
     "show_api_key",
     "show_connection",
     "table",
+    "terminal_safe",
 ]
 
 
@@ -47,7 +48,28 @@ def cell(value: object) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return terminal_safe(str(value))
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch.isprintable() and not 0xD800 <= code <= 0xDFFF:
+        return ch
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control or other non-printable character escaped
+    (``\\x1b``, ``\\u202e``), so that what a client put in an audit event
+    (an escape sequence in ``X-Igris-User``, a path) cannot drive the
+    operator's terminal. Plain text comes back as is."""
+    if text.isprintable():
+        return text
+    return "".join(map(_escape, text))
 
 
 def show_fields(pairs: Mapping[str, Any]) -> None:
