@@ -555,7 +555,7 @@ def test_audit_output_escapes_terminal_control_sequences(home: Path, run: Run) -
     for argv in (("audit", "gh-prod"), ("audit", "gh-prod", "--json")):
         code, out, err = run(*argv)
         assert code == 0, err
-        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert not {"\x1b", "\x07", "\u202e"} & set(out)
     code, out, _ = run("audit", "gh-prod")
     assert "\\x1b]0;owned\\x07alice" in out
     assert "\\x1b[2J" in out
