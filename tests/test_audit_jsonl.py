@@ -172,3 +172,75 @@ async def test_append_waits_for_a_foreign_lock_only_so_long(tmp_path: Path) -> N
         fcntl.flock(other.fileno(), fcntl.LOCK_UN)
     await sink.append_audit_events([make_event("locked", 1)])
     assert len(await sink.audit_chain("locked")) == 1
+
+
+async def _fill(sink: JsonlAuditSink, per_connection: int, connections: Sequence[str]) -> None:
+    for start in range(0, per_connection, 1000):
+        batch = [
+            make_event(conn, i)
+            for i in range(start, min(start + 1000, per_connection))
+            for conn in connections
+        ]
+        await sink.append_audit_events(batch)
+
+
+async def test_a_large_file_costs_bounded_memory_and_reads_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening and reading a file of 30,000 events keeps none of them in memory."""
+    import tracemalloc
+
+    from igris_mw._audit import jsonl
+
+    monkeypatch.setattr(jsonl, "_RECENT_IDS", 500)
+    path = tmp_path / "audit.jsonl"
+    writer = await _sink(path)
+    await _fill(writer, 10_000, ["a", "b", "c"])
+    size = path.stat().st_size
+    assert size > 8_000_000
+    tracemalloc.start()
+    try:
+        sink = await _sink(path)
+        newest = await sink.list_audit_events("b", limit=50)
+        middle = await sink.audit_chain("c", after_seq=5_000, limit=100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 4, (peak, size)
+    assert [e.seq for e in newest.items] == list(range(10_000, 9_950, -1))
+    assert [e.seq for e in middle] == list(range(5_001, 5_101))
+    assert {e.connection for e in middle} == {"c"}
+    page2 = await sink.list_audit_events("b", limit=50, cursor=newest.next_cursor)
+    assert [e.seq for e in page2.items] == list(range(9_950, 9_900, -1))
+    assert sorted(await sink.audit_connections()) == ["a", "b", "c"]
+    previous = None
+    seen = 0
+    while chunk := await sink.audit_chain("a", after_seq=previous.seq if previous else 0):
+        assert verify_chain(chunk, previous) == []
+        previous = chunk[-1]
+        seen += len(chunk)
+    assert seen == 10_000
+
+
+async def test_a_batch_sent_again_long_after_is_still_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event re-sent after its id left the recent window is found in the file, not re-added."""
+    from igris_mw._audit import jsonl
+    from igris_mw._audit.events import new_event_id
+
+    monkeypatch.setattr(jsonl, "_RECENT_IDS", 10)
+    sink = await _sink(tmp_path / "audit.jsonl")
+    old = [make_event("again", i, id=new_event_id()) for i in range(5)]
+    await sink.append_audit_events(old)
+    await asyncio.sleep(0.01)  # later ids: a later millisecond
+    await sink.append_audit_events(
+        [make_event("again", 10 + i, id=new_event_id()) for i in range(40)]
+    )
+    foreign = [make_event("again", 100 + i) for i in range(3)]  # uuid ids, not evt_
+    await sink.append_audit_events(foreign)
+    await sink.append_audit_events([make_event("again", 200 + i) for i in range(20)])
+    await sink.append_audit_events([*old, *foreign])
+    chain = await sink.audit_chain("again")
+    assert len(chain) == 5 + 40 + 3 + 20
+    assert len({e.id for e in chain}) == len(chain)

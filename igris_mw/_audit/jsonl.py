@@ -14,7 +14,12 @@ a hash chain made by ``seal_event``, exactly as a store's audit methods.
   thread blocked for ever on another process's lock would make shutdown
   hang. Readers pick up lines appended by others on every call.
 * File I/O runs in a worker thread (``asyncio.to_thread``), never on the loop.
-* An in-memory index (events per connection, ids) is rebuilt on ``open()``.
+* Events are read from the file, never kept: the index rebuilt on
+  ``open()`` holds per connection the last event (to chain the next) and
+  the offset of every 256th event, plus the ids of the latest 100,000
+  events (to skip a batch sent again), so a year of events costs a few
+  megabytes. Listing newest first reads the file backwards in 64 KiB
+  chunks; ``audit_chain`` reads forward from the nearest offset.
   A torn last line (a crash mid-write) is skipped and counted in
   ``skipped_lines``; ``audit verify`` then shows whatever is missing.
 
@@ -25,12 +30,14 @@ here, any other URL is a store whose ``capabilities.audit`` is true.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,13 +75,15 @@ class JsonlAuditSink:
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
-        self._chains: dict[str, list[AuditEvent]] = {}
-        self._ids: set[str] = set()
-        self._offset = 0  # bytes of the file already indexed
+        self._index = _Index()
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
-        self.skipped_lines = 0
         self._opened = False
+
+    @property
+    def skipped_lines(self) -> int:
+        """Lines that are not events (a torn last line after a crash)."""
+        return self._index.skipped
 
     @classmethod
     def from_url(cls, url: str) -> JsonlAuditSink:
@@ -120,41 +129,19 @@ class JsonlAuditSink:
                 raise ConfigurationError(
                     f"cannot open the audit file {str(self.path)!r}: {exc.strerror}"
                 ) from exc
-            self._chains, self._ids, self._offset, self.skipped_lines = {}, set(), 0, 0
+            self._index = _Index()
             with self.path.open("rb") as fh:
-                self._catch_up(fh)
+                self._index.catch_up(fh)
 
     async def close(self) -> None:
         self._opened = False
 
     # -- reading the file --------------------------------------------------------
-    def _catch_up(self, fh: Any) -> None:
-        """Index complete lines past ``_offset`` (written by us or another process)."""
-        fh.seek(self._offset)
-        data = fh.read()
-        end = data.rfind(b"\n") + 1
-        for raw in data[:end].splitlines():
-            if not raw.strip():
-                continue
-            try:
-                event = AuditEvent.from_json(json.loads(raw))
-            except ValueError:
-                self.skipped_lines += 1
-                continue
-            self._index(event)
-        self._offset += end
-
-    def _index(self, event: AuditEvent) -> None:
-        if event.id in self._ids:
-            return
-        self._ids.add(event.id)
-        self._chains.setdefault(event.connection, []).append(event)
-
     def _refresh_sync(self) -> None:
         with self._thread_lock, self.path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
-            if fh.tell() > self._offset:
-                self._catch_up(fh)
+            if fh.tell() > self._index.offset:
+                self._index.catch_up(fh)
 
     async def _refresh(self) -> None:
         if not self._opened:
@@ -163,30 +150,35 @@ class JsonlAuditSink:
 
     # -- the audit protocol --------------------------------------------------------
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
-        """Seal and append a batch; fsynced before returning. Known ids are skipped."""
+        """Seal and append a batch; fsynced before returning. Known ids are skipped.
+
+        Raises:
+            AuditRejected: an event the file cannot hold (no UTF-8 form).
+            StoreUnavailable: another process held the file's lock too long.
+        """
         if not self._opened:
             raise ConfigurationError("the audit sink is not open; call await sink.open() first")
         async with self._lock:
             await asyncio.to_thread(self._append_sync, list(events))
 
     def _append_sync(self, events: list[AuditEvent]) -> None:
+        index = self._index
         with self._thread_lock, self.path.open("a+b") as fh:
             self._lock_file(fh.fileno())
             try:
-                self._catch_up(fh)
+                index.catch_up(fh)
                 fh.seek(0, os.SEEK_END)
                 size = fh.tell()
-                torn = size > self._offset  # a partial last line: start ours on a new one
+                torn = size > index.offset  # a partial last line: start ours on a new one
+                known = index.known_ids(fh, [e.id for e in events])
                 sealed: list[AuditEvent] = []
-                seen = set(self._ids)
                 last: dict[str, AuditEvent | None] = {}
                 for event in events:
-                    if event.id in seen:
+                    if event.id in known:
                         continue
-                    seen.add(event.id)
+                    known.add(event.id)
                     if event.connection not in last:
-                        chain = self._chains.get(event.connection)
-                        last[event.connection] = chain[-1] if chain else None
+                        last[event.connection] = index.heads.get(event.connection)
                     event = seal_event(event, last[event.connection])
                     last[event.connection] = event
                     sealed.append(event)
@@ -204,10 +196,12 @@ class JsonlAuditSink:
                 fh.flush()
                 os.fsync(fh.fileno())
                 if torn:
-                    self.skipped_lines += 1
-                for event in sealed:
-                    self._index(event)
-                self._offset = size + len(payload)
+                    index.skipped += 1
+                at = size + (1 if torn else 0)
+                for event, line in zip(sealed, lines, strict=True):
+                    index.add(event, at)
+                    at += len(line)
+                index.offset = size + len(payload)
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -235,6 +229,9 @@ class JsonlAuditSink:
     ) -> Page[AuditEvent]:
         """Newest first; ``cursor`` from the previous page; ``since`` inclusive.
 
+        Reads the file backwards in bounded chunks from the newest event
+        (or, after a cursor, from the nearest indexed offset).
+
         Raises:
             ValidationError: ``limit`` below 1, or a cursor this sink did not make.
         """
@@ -242,34 +239,246 @@ class JsonlAuditSink:
         before = _decode_cursor(cursor) if cursor is not None else None
         async with self._lock:
             await self._refresh()
-            chain = list(self._chains.get(connection, ()))
-        picked: list[AuditEvent] = []
-        for event in reversed(chain):
-            if before is not None and event.seq >= before:
-                continue
-            if since is not None and event.timestamp < since:
-                continue
-            picked.append(event)
-            if len(picked) > limit:
-                break
+            picked = await asyncio.to_thread(self._newest_sync, connection, limit, before, since)
         more = len(picked) > limit
         items = picked[:limit]
         return Page(items, encode_cursor(_CURSOR, str(items[-1].seq)) if more else None)
 
+    def _newest_sync(
+        self, connection: str, limit: int, before: int | None, since: datetime | None
+    ) -> list[AuditEvent]:
+        with self._thread_lock:
+            end = self._index.offset_before(connection, before)
+        if end is None:
+            return []
+        picked: list[AuditEvent] = []
+        with self.path.open("rb") as fh:
+            for raw in _lines_backward(fh, end):
+                event = _event_of(raw, connection)
+                if event is None:
+                    continue
+                if before is not None and event.seq >= before:
+                    continue
+                if since is None or event.timestamp >= since:
+                    picked.append(event)
+                    if len(picked) > limit:
+                        break
+                if event.seq <= 1:
+                    break  # the first of its chain: nothing older
+        return picked
+
     async def audit_chain(
         self, connection: str, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
-        """Events with ``seq > after_seq``, oldest first, at most ``limit``."""
+        """Events with ``seq > after_seq``, oldest first, at most ``limit``;
+        read from the nearest indexed offset on, in bounded chunks."""
         async with self._lock:
             await self._refresh()
-            chain = self._chains.get(connection, [])
-            return [e for e in chain if e.seq > after_seq][:limit]
+            return await asyncio.to_thread(self._chain_sync, connection, after_seq, limit)
+
+    def _chain_sync(self, connection: str, after_seq: int, limit: int) -> list[AuditEvent]:
+        with self._thread_lock:
+            start = self._index.offset_from(connection, after_seq + 1)
+            end = self._index.offset
+        if start is None or limit < 1:
+            return []
+        found: list[AuditEvent] = []
+        with self.path.open("rb") as fh:
+            for _, raw in _lines_forward(fh, start, end):
+                event = _event_of(raw, connection)
+                if event is not None and event.seq > after_seq:
+                    found.append(event)
+                    if len(found) >= limit:
+                        break
+        return found
 
     async def audit_connections(self) -> list[str]:
         """Every slug with audit events, sorted."""
         async with self._lock:
             await self._refresh()
-            return sorted(self._chains)
+            return sorted(self._index.heads)
+
+
+# -- the index: what is kept in memory, whatever the file's size ----------------------
+
+_MARK_EVERY = 256
+"""A file offset is kept for every 256th event of a connection."""
+_RECENT_IDS = 100_000
+"""Ids of the latest events appended, to skip a batch sent again."""
+_CHUNK = 1 << 20
+_BACK_CHUNK = 64 << 10
+
+
+def _id_ms(event_id: str) -> int:
+    """The creation time (ms) in an ``evt_`` id; -1 for an id of another form."""
+    try:
+        return int(event_id[4:16], 16) if event_id.startswith("evt_") else -1
+    except ValueError:
+        return -1
+
+
+class _Index:
+    """Per connection: the last event (to chain the next one) and the file
+    offsets of every ``_MARK_EVERY``-th event (to start reading near a seq);
+    the ids of the latest events. Memory grows with the number of
+    connections and with events / 256, not with the events themselves.
+
+    Skipping a re-sent event: an id among the latest ``_RECENT_IDS`` is known
+    at once. An id no longer there was created no later than ``floor_ms``
+    (the newest creation time of an id that left the window); an event
+    created after that, and not in the window, was never appended. Only an
+    event created earlier (a spill replayed long after) makes the file be
+    scanned for its id.
+    """
+
+    def __init__(self) -> None:
+        self.heads: dict[str, AuditEvent] = {}
+        self.mark_seqs: dict[str, list[int]] = {}
+        self.mark_offsets: dict[str, list[int]] = {}
+        self.recent: deque[str] = deque()
+        self.recent_set: set[str] = set()
+        self.floor_ms = -1
+        self.evicted_foreign = False
+        self.offset = 0  # bytes of the file indexed: up to the end of its last whole line
+        self.skipped = 0
+
+    def add(self, event: AuditEvent, offset: int) -> None:
+        if event.id in self.recent_set:
+            return
+        self._remember(event.id)
+        conn = event.connection
+        head = self.heads.get(conn)
+        if head is None or event.seq > head.seq:
+            self.heads[conn] = event
+        seqs = self.mark_seqs.setdefault(conn, [])
+        if not seqs or event.seq >= seqs[-1] + _MARK_EVERY:
+            seqs.append(event.seq)
+            self.mark_offsets.setdefault(conn, []).append(offset)
+
+    def _remember(self, event_id: str) -> None:
+        self.recent.append(event_id)
+        self.recent_set.add(event_id)
+        if len(self.recent) > _RECENT_IDS:
+            old = self.recent.popleft()
+            self.recent_set.discard(old)
+            ms = _id_ms(old)
+            if ms < 0:
+                self.evicted_foreign = True
+            self.floor_ms = max(self.floor_ms, ms)
+
+    def _maybe_evicted(self, event_id: str) -> bool:
+        """Could ``event_id`` (not in the window) have left it? Then look in the file."""
+        ms = _id_ms(event_id)
+        if ms < 0:  # an id of another form: no time to compare
+            return self.evicted_foreign or self.floor_ms >= 0
+        return ms <= self.floor_ms
+
+    def catch_up(self, fh: Any) -> None:
+        """Index the whole lines past ``offset`` (ours or another process's)."""
+        for at, raw in _lines_forward(fh, self.offset, None):
+            if not raw.strip():
+                self.offset = at + len(raw) + 1
+                continue
+            try:
+                event = AuditEvent.from_json(json.loads(raw))
+            except (ValueError, KeyError, TypeError):
+                self.skipped += 1
+            else:
+                self.add(event, at)
+            self.offset = at + len(raw) + 1
+
+    def known_ids(self, fh: Any, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are in the file already."""
+        known = {i for i in ids if i in self.recent_set}
+        old = {i for i in ids if i not in known and self._maybe_evicted(i)}
+        if old:
+            for _, raw in _lines_forward(fh, 0, self.offset):
+                found = _id_of(raw)
+                if found in old:
+                    known.add(found)
+                    old.discard(found)
+                    if not old:
+                        break
+        return known
+
+    def offset_from(self, connection: str, seq: int) -> int | None:
+        """An offset at or before the event ``seq`` of ``connection``; None: no events."""
+        seqs = self.mark_seqs.get(connection)
+        if not seqs:
+            return None
+        i = bisect.bisect_right(seqs, seq) - 1
+        return self.mark_offsets[connection][max(i, 0)]
+
+    def offset_before(self, connection: str, before: int | None) -> int | None:
+        """An offset after every event of ``connection`` with ``seq < before``."""
+        seqs = self.mark_seqs.get(connection)
+        if not seqs:
+            return None
+        if before is not None:
+            i = bisect.bisect_left(seqs, before)
+            if i < len(seqs):
+                return self.mark_offsets[connection][i]
+        return self.offset
+
+
+def _lines_forward(fh: Any, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """(offset, line without newline) of each whole line in [start, end), blank ones too."""
+    fh.seek(start)
+    base = start
+    carry = b""
+    while end is None or base + len(carry) < end:
+        want = _CHUNK if end is None else min(_CHUNK, end - base - len(carry))
+        chunk = fh.read(want)
+        if not chunk:
+            return
+        data = carry + chunk
+        i = 0
+        while (j := data.find(b"\n", i)) >= 0:
+            yield base + i, data[i:j]
+            i = j + 1
+        carry = data[i:]
+        base += i
+
+
+def _lines_backward(fh: Any, end: int) -> Iterator[bytes]:
+    """The non-blank lines before ``end`` (a line boundary), newest first."""
+    pos = end
+    carry = b""
+    while pos > 0:
+        size = min(_BACK_CHUNK, pos)
+        pos -= size
+        fh.seek(pos)
+        lines = (fh.read(size) + carry).split(b"\n")
+        carry = lines[0]
+        for raw in reversed(lines[1:]):
+            if raw.strip():
+                yield raw
+    if carry.strip():
+        yield carry
+
+
+def _event_of(raw: bytes, connection: str) -> AuditEvent | None:
+    """The event on ``raw`` if it belongs to ``connection``, parsing only candidates."""
+    needle = b'"connection":' + json.dumps(connection, ensure_ascii=False).encode()
+    if needle not in raw and b'"connection":' in raw:
+        return None  # written compactly (as this sink does) for another connection
+    try:
+        event = AuditEvent.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return event if event.connection == connection else None
+
+
+def _id_of(raw: bytes) -> str | None:
+    if raw.startswith(b'{"id":"'):
+        end = raw.find(b'"', 7)
+        if end > 0:
+            return raw[7:end].decode("utf-8", "replace")
+    try:
+        found = json.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _decode_cursor(cursor: str) -> int:
