@@ -1,0 +1,419 @@
+"""TLS to upstreams: SSL contexts, PEM validation, and the TLS error mapping.
+
+Every ``https://`` upstream is verified (chain and host name) against the
+system CAs, plus the operator's CA file (``IGRIS_UPSTREAM_CA_FILE``), plus a
+connection's own ``caCertificate``: trust is only ever added, never replaced,
+so a connection cannot turn verification off. A connection may also carry a
+client certificate chain (public) and its private key (a secret).
+
+``ssl.SSLContext.load_cert_chain`` only takes file paths, so the private key
+has to be handed to OpenSSL through a file. It is never written as plaintext:
+1. the key is re-encrypted (PKCS#8 PBES2: AES-256-CBC, PBKDF2-SHA256, via
+   ``cryptography``'s ``BestAvailableEncryption``) under a one-time random password
+   that lives only in this process's memory and is given to
+   ``load_cert_chain(password=...)``;
+2. that ciphertext goes to an anonymous memory file (``os.memfd_create`` on
+   Linux: no name in any file system, never on disk unless the machine swaps,
+   gone when its descriptor is closed right after loading); elsewhere, to a
+   0600 file in a fresh 0700 directory, removed before this function returns.
+So even the fallback file holds only ciphertext whose password died with the
+call.
+
+Contexts are built once per connection version (a context is a few hundred
+microseconds of OpenSSL work and, more to the point, aiohttp pools
+connections per context object: a new context per request would defeat the
+pool) and kept in a small LRU keyed by ``(slug, version)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import secrets
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import attrs
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dh, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from ._errors import UpstreamError, ValidationError
+from .models import Secret
+
+__all__ = [
+    "MAX_CA_PEM",
+    "MAX_CERT_PEM",
+    "MAX_KEY_PEM",
+    "ContextCache",
+    "TlsMaterial",
+    "base_context",
+    "build_context",
+    "is_tls_error",
+    "load_ca_file",
+    "tls_error_for",
+    "validate_ca_certificate",
+    "validate_client_identity",
+]
+
+# Generous for a chain or a bundle, small enough that a hostile body cannot
+# make OpenSSL chew on megabytes per request... or per create.
+MAX_CA_PEM = 256 * 1024
+MAX_CERT_PEM = 64 * 1024
+MAX_KEY_PEM = 16 * 1024
+
+_PEM_CERT_BEGIN = "-----BEGIN CERTIFICATE-----"
+
+
+@attrs.frozen
+class TlsMaterial:
+    """What one connection adds to the base context (all optional).
+
+    ``ca_pem`` and ``client_cert_pem`` are public; ``client_key`` is the
+    unsealed private key, shown as ``Secret('**********')`` everywhere.
+    """
+
+    ca_pem: str | None = None
+    client_cert_pem: str | None = None
+    client_key: Secret | None = attrs.field(default=None, repr=False)
+
+    @property
+    def is_default(self) -> bool:
+        return self.ca_pem is None and self.client_cert_pem is None
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def _pem_text(value: object, field: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a PEM string")
+    if len(value) > limit:
+        raise ValidationError(field, f"is longer than {limit} characters")
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters")
+    try:
+        value.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "must be ASCII PEM text") from None
+    return value
+
+
+def _certificates(pem: str, field: str) -> list[x509.Certificate]:
+    if _PEM_CERT_BEGIN not in pem:
+        raise ValidationError(field, "is not a PEM certificate (no BEGIN CERTIFICATE block)")
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
+    except ValueError:
+        raise ValidationError(field, "is not a valid PEM certificate") from None
+    if not certs:  # pragma: no cover - cryptography raises on an empty list
+        raise ValidationError(field, "holds no certificate")
+    return certs
+
+
+def validate_ca_certificate(value: object, field: str = "caCertificate") -> str:
+    """Check a connection's CA certificate(s) and return the PEM text.
+
+    Raises:
+        ValidationError: not a string, too long, not parseable, or OpenSSL
+            refuses it as a trust anchor.
+    """
+    pem = _pem_text(value, field, MAX_CA_PEM)
+    _certificates(pem, field)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        raise ValidationError(field, "cannot be used as a CA certificate") from None
+    return pem
+
+
+def _load_private_key(key_pem: str, field: str) -> PrivateKeyTypes:
+    if "PRIVATE KEY-----" not in key_pem:
+        raise ValidationError(field, "is not a PEM private key (no BEGIN ... PRIVATE KEY block)")
+    try:
+        return serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+    except TypeError:
+        raise ValidationError(
+            field, "is encrypted; give the key without a passphrase (it is sealed at rest)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValidationError(field, "is not a valid PEM private key") from None
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def validate_client_identity(
+    cert_value: object,
+    key_value: object,
+    *,
+    now: datetime | None = None,
+    cert_field: str = "clientCertificate",
+    key_field: str = "clientKey",
+) -> tuple[str, Secret]:
+    """Check a client certificate chain and its private key; return (chain PEM, key).
+
+    The first certificate is the leaf: its public key must match the key, and
+    it must not have expired (an expired client certificate is refused, not
+    warned about: every handshake with it would fail anyway, and a 422 at
+    create time is easier to act on than a 502 on the first request).
+    Error messages never contain the key.
+
+    Raises:
+        ValidationError: a PEM that does not parse, an encrypted key, a key
+            that does not match the certificate, an expired certificate.
+    """
+    cert_pem = _pem_text(cert_value, cert_field, MAX_CERT_PEM)
+    if isinstance(key_value, Secret):
+        try:
+            key_text = key_value.reveal().decode("ascii")
+        except UnicodeDecodeError:
+            raise ValidationError(key_field, "must be ASCII PEM text") from None
+    else:
+        key_text = key_value  # type: ignore[assignment]
+    key_pem = _pem_text(key_text, key_field, MAX_KEY_PEM)
+    certs = _certificates(cert_pem, cert_field)
+    leaf = certs[0]
+    key = _load_private_key(key_pem, key_field)
+    if isinstance(key, dh.DHPrivateKey) or not isinstance(
+        key,
+        rsa.RSAPrivateKey
+        | ec.EllipticCurvePrivateKey
+        | ed25519.Ed25519PrivateKey
+        | ed448.Ed448PrivateKey,
+    ):
+        raise ValidationError(key_field, "is not an RSA, EC or EdDSA private key")
+    if _spki(key.public_key()) != _spki(leaf.public_key()):
+        raise ValidationError(key_field, "does not match the client certificate's public key")
+    moment = now or datetime.now(UTC)
+    if leaf.not_valid_after_utc <= moment:
+        raise ValidationError(
+            cert_field,
+            f"expired on {leaf.not_valid_after_utc.isoformat()}; issue a new one",
+        )
+    return cert_pem, Secret(key_pem.encode("ascii"))
+
+
+def load_ca_file(path: str | os.PathLike[str], field: str = "upstreamCaFile") -> str:
+    """Read and check the operator's CA file (``IGRIS_UPSTREAM_CA_FILE``)."""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(field, f"cannot read the CA file {os.fspath(path)!r}") from exc
+    return validate_ca_certificate(text, field)
+
+
+# --- contexts ------------------------------------------------------------------
+
+
+def base_context(ca_pem: str | None = None) -> ssl.SSLContext:
+    """A verifying client context: system CAs (+ ``ca_pem``), host names checked."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_pem:
+        context.load_verify_locations(cadata=ca_pem)
+    return context
+
+
+@contextlib.contextmanager
+def _key_file(data: bytes) -> Iterator[str]:
+    """A path OpenSSL can open that holds ``data`` and disappears on exit."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        fd = memfd_create("igris-client-key", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="igris-tls-") as directory:  # 0700
+        path = os.path.join(directory, "key.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            yield path
+        finally:
+            os.unlink(path)
+
+
+def _load_client_identity(context: ssl.SSLContext, cert_pem: str, key: Secret) -> None:
+    private = serialization.load_pem_private_key(key.reveal(), password=None)
+    password = secrets.token_bytes(32)
+    encrypted = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    with _key_file(cert_pem.encode("ascii") + b"\n" + encrypted) as path:
+        context.load_cert_chain(path, password=password)
+
+
+def build_context(material: TlsMaterial, ca_file_pem: str | None = None) -> ssl.SSLContext:
+    """The context for one connection: base trust + its CA + its client identity.
+
+    Raises:
+        ValidationError: the material is unusable (it was checked on write, so
+            this means the stored record is broken).
+    """
+    context = base_context(ca_file_pem)
+    if material.ca_pem:
+        try:
+            context.load_verify_locations(cadata=material.ca_pem)
+        except (ssl.SSLError, ValueError):
+            raise ValidationError("caCertificate", "cannot be used as a CA certificate") from None
+    if material.client_cert_pem is not None:
+        if material.client_key is None:
+            raise ValidationError("clientKey", "is required with clientCertificate")
+        try:
+            _load_client_identity(context, material.client_cert_pem, material.client_key)
+        except (ssl.SSLError, ValueError, TypeError):
+            raise ValidationError(
+                "clientKey", "cannot be loaded with the client certificate"
+            ) from None
+    return context
+
+
+class ContextCache:
+    """SSL contexts per (connection slug, version), least recently used dropped.
+
+    One context object per connection version keeps aiohttp's pool keyed on
+    it stable, so warm requests reuse their TLS connections. A new version
+    (rotate, PATCH) gets a new key; the old entry simply ages out, and
+    ``discard(slug)`` drops it at once when a connection changes or goes.
+    """
+
+    def __init__(self, ca_file_pem: str | None = None, maxsize: int = 256) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self._ca_file_pem = ca_file_pem
+        self._maxsize = maxsize
+        self._entries: collections.OrderedDict[tuple[str, int], ssl.SSLContext] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self.default: ssl.SSLContext = base_context(ca_file_pem)
+
+    def get(
+        self,
+        slug: str,
+        version: int,
+        material: TlsMaterial | Callable[[], TlsMaterial],
+    ) -> ssl.SSLContext:
+        """The context for this connection version, built on first use.
+
+        ``material`` may be a callable so that a warm hit never unseals the key.
+        """
+        key = (slug, version)
+        with self._lock:
+            context = self._entries.get(key)
+            if context is not None:
+                self._entries.move_to_end(key)
+                return context
+        resolved = material() if callable(material) else material
+        context = (
+            self.default if resolved.is_default else build_context(resolved, self._ca_file_pem)
+        )
+        with self._lock:
+            self._entries[key] = context
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+        return context
+
+    def discard(self, slug: str) -> None:
+        """Forget every version of one connection."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == slug]:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# --- errors --------------------------------------------------------------------
+
+# OpenSSL X509_V_ERR_* codes an operator can act on; anything else is "not verified".
+_VERIFY_REASONS = {
+    9: "the certificate is not valid yet",
+    10: "the certificate has expired",
+    18: "the certificate is self-signed and not trusted",
+    19: "the chain ends in a CA that is not trusted",
+    20: "the certificate's issuer is not trusted (configure its CA)",
+    21: "the certificate's issuer is not trusted (configure its CA)",
+    62: "the certificate is not valid for this host name",
+    64: "the certificate is not valid for this IP address",
+}
+
+# OpenSSL alert reasons seen when the server refuses the client's certificate.
+_CLIENT_CERT_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "HANDSHAKE_FAILURE",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+    "CERTIFICATE_EXPIRED",
+)
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        if isinstance(current, aiohttp.ClientConnectorCertificateError):
+            cert_error = current.certificate_error
+            if isinstance(cert_error, ssl.SSLError):
+                return cert_error
+        if isinstance(current, aiohttp.ClientSSLError | aiohttp.ClientConnectorError):
+            os_error = getattr(current, "os_error", None)
+            if isinstance(os_error, ssl.SSLError):
+                return os_error
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    """Whether an upstream failure was TLS (handshake, verification, client cert)."""
+    return isinstance(
+        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
+    ) or _ssl_cause(exc) is not None
+
+
+def tls_error_for(exc: BaseException, host: str) -> UpstreamError | None:
+    """502 ``upstream_tls_error`` naming only ``host``, or None if ``exc`` is not TLS.
+
+    Never uses ``str(exc)``: aiohttp's messages carry the URL, and a proxy's
+    connection key carries its credentials.
+    """
+    if not is_tls_error(exc):
+        return None
+    cause = _ssl_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        why = _VERIFY_REASONS.get(cause.verify_code, "its certificate was not verified")
+    elif cause is not None and any(
+        alert in (cause.reason or "").upper() for alert in _CLIENT_CERT_ALERTS
+    ):
+        why = "the upstream refused the handshake (does it require a client certificate?)"
+    else:
+        why = "the TLS handshake failed"
+    return UpstreamError(f"TLS to upstream {host} failed: {why}", code="upstream_tls_error")
