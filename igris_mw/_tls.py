@@ -43,7 +43,7 @@ import attrs
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ._errors import UpstreamError, ValidationError
@@ -187,7 +187,7 @@ def validate_client_identity(
     certs = _certificates(cert_pem, cert_field)
     leaf = certs[0]
     key = _load_private_key(key_pem, key_field)
-    if isinstance(key, dh.DHPrivateKey) or not isinstance(
+    if not isinstance(
         key,
         rsa.RSAPrivateKey
         | ec.EllipticCurvePrivateKey
@@ -362,14 +362,17 @@ _VERIFY_REASONS = {
     64: "the certificate is not valid for this IP address",
 }
 
-# OpenSSL alert reasons seen when the server refuses the client's certificate.
-_CLIENT_CERT_ALERTS = (
-    "CERTIFICATE_REQUIRED",
+# OpenSSL alert reasons (``SSLError.reason``) from an upstream that refuses
+# the client's certificate: none sent, or one it does not accept.
+_CLIENT_CERT_REQUIRED = ("CERTIFICATE_REQUIRED",)
+_CLIENT_CERT_REFUSED = (
     "HANDSHAKE_FAILURE",
     "BAD_CERTIFICATE",
     "UNKNOWN_CA",
     "CERTIFICATE_UNKNOWN",
     "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "ACCESS_DENIED",
 )
 
 
@@ -378,18 +381,25 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return current
+        # Before the ssl.SSLError check: aiohttp's certificate error is itself an
+        # ssl.CertificateError, without OpenSSL's verify_code; the original has it.
         if isinstance(current, aiohttp.ClientConnectorCertificateError):
             cert_error = current.certificate_error
             if isinstance(cert_error, ssl.SSLError):
                 return cert_error
+        if isinstance(current, ssl.SSLError):
+            return current
         if isinstance(current, aiohttp.ClientSSLError | aiohttp.ClientConnectorError):
             os_error = getattr(current, "os_error", None)
             if isinstance(os_error, ssl.SSLError):
                 return os_error
         current = current.__cause__ or current.__context__
     return None
+
+
+def _alert_in(error: ssl.SSLError, alerts: tuple[str, ...]) -> bool:
+    reason = (error.reason or "").upper()
+    return any(alert in reason for alert in alerts)
 
 
 def is_tls_error(exc: BaseException) -> bool:
@@ -410,10 +420,10 @@ def tls_error_for(exc: BaseException, host: str) -> UpstreamError | None:
     cause = _ssl_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         why = _VERIFY_REASONS.get(cause.verify_code, "its certificate was not verified")
-    elif cause is not None and any(
-        alert in (cause.reason or "").upper() for alert in _CLIENT_CERT_ALERTS
-    ):
-        why = "the upstream refused the handshake (does it require a client certificate?)"
+    elif cause is not None and _alert_in(cause, _CLIENT_CERT_REQUIRED):
+        why = "the upstream requires a client certificate"
+    elif cause is not None and _alert_in(cause, _CLIENT_CERT_REFUSED):
+        why = "the upstream refused the handshake (is the client certificate accepted there?)"
     else:
         why = "the TLS handshake failed"
     return UpstreamError(f"TLS to upstream {host} failed: {why}", code="upstream_tls_error")

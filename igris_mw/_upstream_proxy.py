@@ -12,16 +12,18 @@ proxy. The proxy resolves the upstream's name, so the egress policy can only
 check names and literals in that mode.
 
 The proxy password is a ``Secret``: the object's repr and str show the URL
-without it, and the ``aiohttp.BasicAuth`` (a namedtuple that would print it)
-is made only inside ``request_options()``.
+without it. The credentials travel as a ``Proxy-Authorization`` header in
+``proxy_headers`` (aiohttp sends it on the CONNECT, or with each absolute-form
+request), made once and kept out of repr; ``aiohttp.BasicAuth`` is deprecated
+and, being a namedtuple, would print the password.
 """
 
 from __future__ import annotations
 
+import base64
 import urllib.parse
 from typing import Any
 
-import aiohttp
 import attrs
 
 from ._errors import ValidationError
@@ -40,13 +42,22 @@ class UpstreamProxy:
     username: str | None = None
     password: Secret | None = None
 
+    _authorization: Secret | None = attrs.field(init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        value = None
+        if self.username is not None:
+            password = self.password.reveal() if self.password is not None else b""
+            token = base64.b64encode(self.username.encode() + b":" + password)
+            value = Secret(b"Basic " + token)
+        object.__setattr__(self, "_authorization", value)
+
     def request_options(self) -> dict[str, Any]:
         """The keyword arguments for ``aiohttp.ClientSession.request``."""
-        auth = None
-        if self.username is not None:
-            password = self.password.reveal().decode() if self.password is not None else ""
-            auth = aiohttp.BasicAuth(self.username, password)
-        return {"proxy": self.url, "proxy_auth": auth}
+        if self._authorization is None:
+            return {"proxy": self.url}
+        header = self._authorization.reveal().decode("latin-1")
+        return {"proxy": self.url, "proxy_headers": {"Proxy-Authorization": header}}
 
     @property
     def has_credentials(self) -> bool:
