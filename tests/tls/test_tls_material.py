@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from igris_mw import _tls
 from igris_mw._errors import UpstreamError, ValidationError
-from igris_mw._tls import (
+from igris_mw._proxy import tls as _tls
+from igris_mw._proxy.tls import (
     ContextCache,
     TlsMaterial,
     build_context,

@@ -19,7 +19,8 @@ import trustme
 from tls_harness import INTERNAL_NAME, ForwardProxy, StaticResolver, TlsFront, TlsUpstreamServer
 
 from igris_mw._errors import UpstreamError
-from igris_mw._tls import (
+from igris_mw._proxy.outbound import parse_upstream_proxy
+from igris_mw._proxy.tls import (
     ContextCache,
     TlsMaterial,
     base_context,
@@ -27,7 +28,6 @@ from igris_mw._tls import (
     load_ca_file,
     tls_error_for,
 )
-from igris_mw._upstream_proxy import parse_upstream_proxy
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from igris_mw._errors import ValidationError
-from igris_mw._upstream_proxy import UpstreamProxy, parse_upstream_proxy
+from igris_mw._proxy.outbound import UpstreamProxy, parse_upstream_proxy
 
 CANARY = "pr0xy-canary-S3cret"
 

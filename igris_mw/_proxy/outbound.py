@@ -26,8 +26,8 @@ from typing import Any
 
 import attrs
 
-from ._errors import ValidationError
-from .models import Secret
+from .._errors import ValidationError
+from ..models import Secret
 
 __all__ = ["UpstreamProxy", "parse_upstream_proxy"]
 

@@ -46,8 +46,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from ._errors import UpstreamError, ValidationError
-from .models import Secret
+from .._errors import UpstreamError, ValidationError
+from ..models import Secret
 
 __all__ = [
     "MAX_CA_PEM",
