@@ -17,9 +17,13 @@ from typing import Protocol, runtime_checkable
 
 from ._errors import InvalidCiphertext, UnknownKeyId
 
-__all__ = ["CryptoProvider", "InvalidCiphertext", "UnknownKeyId", "binding"]
+__all__ = ["CLIENT_KEY_LABEL", "CryptoProvider", "InvalidCiphertext", "UnknownKeyId", "binding"]
 
 _BINDING_PREFIX = b"igris-mw/credential/v1"
+
+#: Appended to a connection's ``binding`` for its TLS client key's envelope, so
+#: the key's and the credential's envelopes (same record) can never be swapped.
+CLIENT_KEY_LABEL = len(b"clientKey").to_bytes(4, "big") + b"clientKey"
 
 
 def binding(slug: str, credential_version: int, upstream_url: str, auth_type: str) -> bytes:

@@ -17,12 +17,11 @@ from hypothesis import strategies as st
 
 from igris_mw._errors import UpstreamError, ValidationError
 from igris_mw._proxy import tls as _tls
-from igris_mw._proxy.tls import (
-    ContextCache,
-    TlsMaterial,
-    build_context,
+from igris_mw._proxy.tls import ContextCache, TlsMaterial, build_context, tls_error_for
+from igris_mw._tls_material import (
+    MAX_CA_PEM,
+    MAX_KEY_PEM,
     load_ca_file,
-    tls_error_for,
     validate_ca_certificate,
     validate_client_identity,
 )
@@ -51,7 +50,7 @@ def test_ca_certificate_round_trips(tls_ca: trustme.CA) -> None:
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         "-----BEGIN CERTIFICATE-----\n\x00\n-----END CERTIFICATE-----\n",
         "-----BEGIN CERTIFICATE-----\n\ud800\n-----END CERTIFICATE-----\n",
-        "A" * (_tls.MAX_CA_PEM + 1),
+        "A" * (MAX_CA_PEM + 1),
         42,
         None,
     ],
@@ -126,7 +125,7 @@ def test_encrypted_client_key_is_refused(client_identity: trustme.LeafCert) -> N
         "",
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         "-----BEGIN PRIVATE KEY-----\x00-----END PRIVATE KEY-----",
-        "x" * (_tls.MAX_KEY_PEM + 1),
+        "x" * (MAX_KEY_PEM + 1),
         b"-----BEGIN PRIVATE KEY-----",
     ],
 )

@@ -25,9 +25,9 @@ from igris_mw._proxy.tls import (
     TlsMaterial,
     base_context,
     build_context,
-    load_ca_file,
     tls_error_for,
 )
+from igris_mw._tls_material import load_ca_file
 
 
 @pytest.fixture
