@@ -203,6 +203,11 @@ class ContextCache:
             for key in [k for k in self._entries if k[0] == slug]:
                 del self._entries[key]
 
+    def clear(self) -> None:
+        """Forget every connection's context (the default one stays)."""
+        with self._lock:
+            self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 
