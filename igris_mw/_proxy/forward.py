@@ -217,6 +217,9 @@ class Forwarder:
             context (a connection's CA or client certificate) uses that one.
         proxy: send every upstream request through this forward proxy
             (``CONNECT`` for https); never taken from the environment.
+        resolver: the aiohttp resolver of the session's connector (the egress
+            policy's pins the checked address); TLS SNI and host-name checks
+            stay on the URL's name whatever address it returns.
 
     Raises:
         ValueError: a timeout is not positive.
@@ -232,6 +235,7 @@ class Forwarder:
         keepalive_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | bool = True,
         proxy: UpstreamProxy | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         if not timeout > 0 or (connect_timeout is not None and not connect_timeout > 0):
             raise ValueError("timeouts must be positive numbers of seconds")
@@ -242,6 +246,7 @@ class Forwarder:
         self._keepalive = keepalive_timeout
         self._ssl = ssl
         self.proxy = proxy
+        self._resolver = resolver
         # Built once: the Proxy-Authorization header is not re-encoded per request.
         self._proxy_options: dict[str, Any] = proxy.request_options() if proxy else {}
         self._session: aiohttp.ClientSession | None = None
@@ -270,6 +275,7 @@ class Forwarder:
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
             ssl=self._ssl,
+            resolver=self._resolver,
         )
         return aiohttp.ClientSession(
             connector=connector,

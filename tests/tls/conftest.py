@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,16 @@ import trustme
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
 
-from tls_harness import INTERNAL_NAME, ForwardProxy, TlsFront, TlsUpstreamServer, running
+from e2e_harness import Gateway
+from tls_harness import (
+    INTERNAL_NAME,
+    ForwardProxy,
+    StaticResolver,
+    TlsFront,
+    TlsUpstreamServer,
+    running,
+    tls_gateway,
+)
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +93,42 @@ def forward_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForwardP
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="session")
+async def gw_plain(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """A gateway with no CA file: only the system CAs and connections' own CAs."""
+    async with tls_gateway(tmp_path_factory.mktemp("gw-plain")) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="session")
+async def gw_ca_file(
+    tmp_path_factory: pytest.TempPathFactory, tls_ca_file: Path
+) -> AsyncIterator[Gateway]:
+    """A gateway started with upstream_ca_file (IGRIS_UPSTREAM_CA_FILE) = the test CA."""
+    async with tls_gateway(
+        tmp_path_factory.mktemp("gw-ca"), upstream_ca_file=tls_ca_file
+    ) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="session")
+async def gw_internal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """A gateway whose connector resolves mcp.internal.test to 127.0.0.1 (a pinned address)."""
+    resolver = StaticResolver({INTERNAL_NAME: "127.0.0.1", "localhost": "127.0.0.1"})
+    async with tls_gateway(tmp_path_factory.mktemp("gw-internal"), resolver=resolver) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="session")
+async def gw_proxy(
+    tmp_path_factory: pytest.TempPathFactory, tls_ca_file: Path, forward_proxy: ForwardProxy
+) -> AsyncIterator[Gateway]:
+    """A gateway sending all upstream traffic through the forward proxy (with its password)."""
+    async with tls_gateway(
+        tmp_path_factory.mktemp("gw-proxy"),
+        upstream_ca_file=tls_ca_file,
+        upstream_proxy=forward_proxy.url_with(),
+    ) as gateway:
+        yield gateway

@@ -113,7 +113,7 @@ async def test_wrong_host_name_is_refused_though_ca_trusted(
     error = await tls_failure(session, wrong_name_upstream.url(), context, "localhost")
     assert error.code == "upstream_tls_error"
     assert "not valid for this host name" in error.message
-    assert wrong_name_upstream.requests() == []
+    assert len(wrong_name_upstream.requests()) == 0
 
 
 async def test_sni_and_verification_use_the_url_name_while_the_socket_goes_to_the_address(
@@ -142,6 +142,7 @@ async def test_mtls_upstream_refuses_without_client_certificate(
     session: aiohttp.ClientSession, mtls_upstream: TlsFront, tls_ca: trustme.CA
 ) -> None:
     """An upstream that requires a client certificate refuses a context without one."""
+    before = len(mtls_upstream.requests())
     context = build_context(material_for(tls_ca))
     with pytest.raises((aiohttp.ClientError, ssl.SSLError)) as caught:
         await fetch(session, mtls_upstream.url(), context)
@@ -151,7 +152,7 @@ async def test_mtls_upstream_refuses_without_client_certificate(
     assert error.message == (
         "TLS to upstream localhost failed: the upstream requires a client certificate"
     )
-    assert mtls_upstream.requests() == []
+    assert len(mtls_upstream.requests()) == before
 
 
 async def test_mtls_upstream_refuses_a_certificate_from_another_ca(
@@ -161,12 +162,13 @@ async def test_mtls_upstream_refuses_a_certificate_from_another_ca(
     stranger = trustme.CA().issue_cert(common_name="stranger")
     material = material_for(tls_ca, stranger)
     context = build_context(material)
+    before = len(mtls_upstream.requests())
     with pytest.raises((aiohttp.ClientError, ssl.SSLError)) as caught:
         await fetch(session, mtls_upstream.url(), context)
     error = tls_error_for(caught.value, "localhost")
     assert error is not None, repr(caught.value)
     assert "refused the handshake" in error.message
-    assert mtls_upstream.requests() == []
+    assert len(mtls_upstream.requests()) == before
 
 
 async def test_mtls_upstream_accepts_the_connection_identity(

@@ -23,14 +23,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import trustme
 import uvicorn
 from aiohttp.abc import AbstractResolver, ResolveResult
+from e2e_harness import Gateway, make_gateway, serve
 from upstream import QuietServer, UpstreamServer
+
+from igris_mw._proxy import Forwarder
 
 __all__ = [
     "INTERNAL_NAME",
@@ -39,6 +42,7 @@ __all__ = [
     "TlsFront",
     "TlsUpstreamServer",
     "running",
+    "tls_gateway",
 ]
 
 # A made-up internal name that only StaticResolver knows (the .test TLD is reserved).
@@ -52,7 +56,7 @@ class TlsUpstreamServer(UpstreamServer):
     """
 
     def __init__(self, cert: trustme.LeafCert, *, host: str = "localhost") -> None:
-        super().__init__()
+        super().__init__(extra_hosts=(f"{INTERNAL_NAME}:*",))
         self.sni_names: list[str | None] = []
         self._sni_lock = threading.Lock()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -101,6 +105,7 @@ class TlsFront:
         self.ssl_context = context
         self.sni_names: list[str | None] = []
         self.handshake_errors: list[str] = []
+        self.client_names: list[str] = []  # the CN of each accepted client certificate
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -160,6 +165,11 @@ class TlsFront:
                     pass
             tls.close()
             return
+        peer = tls.getpeercert() or {}
+        for rdn in peer.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    self.client_names.append(value)
         with (
             tls,
             socket.create_connection(("127.0.0.1", self.backend.port)) as backend,
@@ -314,3 +324,23 @@ def running(server: Any) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def tls_gateway(
+    store_dir: Path, *, resolver: AbstractResolver | None = None, **options: Any
+) -> AsyncIterator[Gateway]:
+    """A running gateway on a fresh store with the given options (and its keys)."""
+    gw = make_gateway(store_dir, **options)
+    if resolver is not None:
+        # What the egress policy's connector does: the socket goes where the resolver says.
+        fwd = gw.forwarder
+        gw.forwarder = Forwarder(
+            timeout=fwd.timeout, ssl=fwd._ssl, proxy=fwd.proxy, resolver=resolver
+        )
+    async with serve(gw) as base_url:
+        mcp_record, mcp_key = await gw.service.create_api_key(
+            {"name": "tls mcp", "scopes": ["mcp"]}
+        )
+        _, admin_key = await gw.service.create_api_key({"name": "tls admin", "scopes": ["admin"]})
+        yield Gateway(gw, base_url, store_dir / "igris.db", mcp_key, mcp_record.id, admin_key)
