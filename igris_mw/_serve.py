@@ -55,6 +55,21 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="wait for upstream response headers (default IGRIS_UPSTREAM_TIMEOUT or 60)",
     )
     p.add_argument(
+        "--upstream-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA certificates trusted for every https upstream, besides the system's "
+        "(default IGRIS_UPSTREAM_CA_FILE)",
+    )
+    p.add_argument(
+        "--upstream-proxy",
+        default=None,
+        metavar="URL",
+        help="forward proxy http://[user:pass@]host:port for all upstream traffic, CONNECT "
+        "for https (default IGRIS_UPSTREAM_PROXY; prefer the variable for a password, "
+        "which other local users can see in a command line)",
+    )
+    p.add_argument(
         "--allowed-origin",
         action="append",
         default=None,
@@ -136,6 +151,8 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_ttl=args.cache_ttl,
         audit_spill=data_dir(environ) / "audit-spill.jsonl",
         environ=environ,
+        upstream_ca_file=args.upstream_ca_file,
+        upstream_proxy=args.upstream_proxy,
     )
     try:
         import uvloop  # noqa: F401
