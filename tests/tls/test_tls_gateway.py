@@ -408,3 +408,34 @@ async def test_warm_requests_reuse_one_context(
         await post(gw_plain, slug)
     again = await gw_plain.gw.resolver.connection(slug)
     assert again.target.ssl is first  # type: ignore[union-attr]
+
+
+async def test_sdk_client_sets_tls_fields_and_rotates_the_identity(
+    gw_plain: Gateway, mtls_upstream: TlsFront, tls_ca: trustme.CA
+) -> None:
+    """AsyncIgrisClient creates, reads, rotates and removes the TLS fields; MCP works over mTLS."""
+    from igris_mw.client import AsyncIgrisClient
+
+    first = identity_fields(tls_ca.issue_cert(common_name="sdk-one"))
+    second = identity_fields(tls_ca.issue_cert(common_name="sdk-two"))
+    credential = new_credential("sdk")
+    mtls_upstream.accept(credential)
+    slug = new_slug("sdk-tls")
+    async with AsyncIgrisClient(gw_plain.base_url, gw_plain.admin_key) as client:
+        created = await client.create_connection(
+            slug, "sdk", mtls_upstream.url(), credential=credential,
+            ca_certificate=ca_pem(tls_ca), client_certificate=first["clientCertificate"],
+            client_key=first["clientKey"],
+        )
+        assert created["clientCertificate"] == first["clientCertificate"]
+        assert "clientKey" not in created
+        assert await whoami(gw_plain, slug) == fingerprint(credential)
+        rotated = await client.rotate_credential(
+            slug, client_certificate=second["clientCertificate"], client_key=second["clientKey"]
+        )
+        assert rotated["credentialVersion"] == 2
+        assert await whoami(gw_plain, slug) == fingerprint(credential)
+        assert mtls_upstream.client_names[-1] == "sdk-two"
+        removed = await client.update_connection(slug, client_certificate=None)
+        assert removed["clientCertificate"] is None
+    assert (await post(gw_plain, slug)).json()["error"]["code"] == "upstream_tls_error"
