@@ -47,6 +47,7 @@ from ._proxy.tls import ContextCache
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
+from ._settings import Settings
 from ._tls_material import load_ca_file
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
@@ -78,32 +79,19 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
-def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
-    return value
-
-
 def _egress_settings(
-    env: Mapping[str, str],
+    settings: Settings,
     ca_file: str | os.PathLike[str] | None,
     proxy: str | None,
 ) -> tuple[ContextCache, UpstreamProxy | None]:
-    """The TLS contexts and the forward proxy from the arguments, else the environment.
+    """The TLS contexts and the forward proxy from the arguments, else the settings.
 
     Raises:
         ConfigurationError: the CA file cannot be read or used, or the proxy
             URL is not ``http://host:port`` (the message never shows its password).
     """
-    ca_file = ca_file if ca_file is not None else (env.get("IGRIS_UPSTREAM_CA_FILE") or None)
-    proxy = proxy if proxy is not None else (env.get("IGRIS_UPSTREAM_PROXY") or None)
+    ca_file = ca_file if ca_file is not None else settings.upstream_ca_file
+    proxy = proxy if proxy is not None else settings.upstream_proxy
     try:
         ca_pem = load_ca_file(ca_file, "IGRIS_UPSTREAM_CA_FILE") if ca_file else None
         parsed = parse_upstream_proxy(proxy, "IGRIS_UPSTREAM_PROXY") if proxy else None
@@ -165,26 +153,34 @@ class IgrisGateway:
         upstream_proxy: str | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
         self.app = app
         if store is None:
-            store = env.get("IGRIS_STORE")
+            store = settings.store
             if not store:
-                raise ValueError("no store given: pass store=... or set IGRIS_STORE")
+                raise ConfigurationError("no store given: pass store=... or set IGRIS_STORE")
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.crypto: CryptoProvider = (
             crypto
             if crypto is not None and not isinstance(crypto, str)
-            else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
+            else crypto_from_url(crypto or settings.crypto_url, settings.crypto_environ(env))
         )
+        audit = audit if audit is not None else settings.audit
+        if audit is None and not self.store.capabilities.audit:
+            raise ConfigurationError(
+                f"the {type(self.store).__name__} keeps no audit events: pass audit= "
+                "(a jsonl:///path/audit.jsonl URL, or a store URL that keeps them) "
+                "or set IGRIS_AUDIT"
+            )
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
         self.service = Service(self.store, self.crypto, audit=audit)
         if upstream_timeout is None:
-            upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
+            upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
-        tls_contexts, proxy = _egress_settings(env, upstream_ca_file, upstream_proxy)
+        tls_contexts, proxy = _egress_settings(settings, upstream_ca_file, upstream_proxy)
         self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, tls=tls_contexts)
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
