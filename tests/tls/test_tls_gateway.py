@@ -31,6 +31,7 @@ from upstream import fingerprint
 
 from igris_mw import IgrisGateway
 from igris_mw._errors import ConfigurationError
+from igris_mw._settings import Settings
 from igris_mw.models import AuditEvent
 
 
@@ -318,6 +319,9 @@ def test_bad_settings_are_configuration_errors_without_the_password(tmp_path: An
         )
     assert "IGRIS_UPSTREAM_PROXY" in str(caught.value)
     assert secret not in str(caught.value)
+    settings = Settings.from_env({"IGRIS_UPSTREAM_PROXY": f"http://u:{secret}@proxy:3128"})
+    assert settings.upstream_proxy is not None
+    assert secret not in repr(settings)
     with pytest.raises(ConfigurationError) as caught:
         IgrisGateway(
             store="memory://",
