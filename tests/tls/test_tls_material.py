@@ -320,3 +320,14 @@ def test_non_signing_key_is_refused(client_identity: trustme.LeafCert) -> None:
     with pytest.raises(ValidationError) as caught:
         validate_client_identity(chain_pem(client_identity), other.decode())
     assert caught.value.field == "clientKey"
+
+
+@given(st.text(max_size=200), st.binary(max_size=200))
+def test_client_identity_never_fails_otherwise(certificate: str, key: bytes) -> None:
+    """Any text as certificate and any bytes as key: a 422 naming one of the two fields."""
+    with pytest.raises(ValidationError) as caught:
+        validate_client_identity(
+            "-----BEGIN CERTIFICATE-----\n" + certificate,
+            Secret(b"-----BEGIN PRIVATE KEY-----\n" + key),
+        )
+    assert caught.value.field in ("clientCertificate", "clientKey")
