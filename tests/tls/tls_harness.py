@@ -264,6 +264,9 @@ class ForwardProxy:
             str(self.log_path),
             "--log-level",
             "INFO",
+            # Its default data directory is ~/.proxy: keep everything in the session's tmp.
+            "--data-dir",
+            str(self.directory / "data"),
         ]
         stderr = (self.directory / "proxy.stderr").open("wb")
         with stderr:
