@@ -244,6 +244,8 @@ class ForwardProxy:
 
     def start(self, timeout: float = 30.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        # proxy.py makes ~/.proxy/cache on import: give it the session's tmp as home.
+        env["HOME"] = str(self.directory)
         command = [
             sys.executable,
             "-m",
@@ -264,7 +266,6 @@ class ForwardProxy:
             str(self.log_path),
             "--log-level",
             "INFO",
-            # Its default data directory is ~/.proxy: keep everything in the session's tmp.
             "--data-dir",
             str(self.directory / "data"),
         ]
