@@ -28,7 +28,7 @@ from . import _auth
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
-from ._audit_file import build_audit_sink
+from ._audit import build_audit_sink
 from ._errors import (
     BadRequest,
     ConfigurationError,
