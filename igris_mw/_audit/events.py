@@ -99,6 +99,21 @@ def _escape_char(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
+class _EscapeTable(dict[int, str]):
+    """``str.translate`` table escaping what ``_escape_char`` escapes, filled
+    on first use. Only code points below U+3000 are kept, so a client
+    sending every code point cannot grow it past a few hundred kilobytes."""
+
+    def __missing__(self, code: int) -> str:
+        escaped = _escape_char(chr(code))
+        if code < 0x3000:
+            self[code] = escaped
+        return escaped
+
+
+_ESCAPES = _EscapeTable()
+
+
 def safe_text(value: str, limit: int = TEXT_LIMIT, *, in_bytes: bool = True) -> str:
     """``value`` with control and other non-printable characters escaped
     (``\\x00``, ``\\u202e``), lone surrogates replaced by U+FFFD, and cut to
@@ -115,7 +130,7 @@ def safe_text(value: str, limit: int = TEXT_LIMIT, *, in_bytes: bool = True) -> 
         # Printable non-ASCII may still hold lone surrogates (isprintable is
         # false for them, so not here) and is short enough in any encoding.
         return value
-    text = value if value.isprintable() else "".join(map(_escape_char, value))
+    text = value if value.isprintable() else value.translate(_ESCAPES)
     return _cut(text, limit, in_bytes)
 
 
@@ -177,13 +192,54 @@ def safe_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def safe_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Make every string of an event's keyword arguments safe, in place
     (``metadata`` with ``safe_metadata``); returns ``fields``."""
-    for name, value in fields.items():
-        if type(value) is str:
-            limit, in_bytes = _FIELD_LIMITS.get(name, (TEXT_LIMIT, True))
-            fields[name] = safe_text(value, limit, in_bytes=in_bytes)
-        elif name == "metadata" and value is not None:
-            fields[name] = safe_metadata(value)
+    # The common case (every string printable ASCII, together under 256
+    # characters, the smallest limit) in a few C-level calls, no Python loop.
+    joined = "".join([v for v in fields.values() if type(v) is str])
+    if not (len(joined) <= 256 and joined.isascii() and joined.isprintable()):
+        for name, value in fields.items():
+            if type(value) is str:
+                limit, in_bytes = _FIELD_LIMITS.get(name, (TEXT_LIMIT, True))
+                fields[name] = safe_text(value, limit, in_bytes=in_bytes)
+    metadata = fields.get("metadata")
+    if metadata is not None and not _plain_and_small(metadata):
+        fields["metadata"] = safe_metadata(metadata)
     return fields
+
+
+def _plain_and_small(metadata: Any) -> bool:
+    """True for the usual metadata, which ``safe_metadata`` would leave as it is:
+    a flat mapping of printable ASCII keys to printable ASCII strings, ints,
+    booleans or None, certainly under ``METADATA_LIMIT`` serialised."""
+    if type(metadata) is not dict or len(metadata) > 64:
+        return False
+    try:
+        # All strings (the usual case): checked in C, no Python loop.
+        text = "".join(metadata) + "".join(metadata.values())
+    except TypeError:
+        pass
+    else:
+        # Each character at most doubles when serialised ('"' and '\\' escaped).
+        return (
+            text.isascii()
+            and text.isprintable()
+            and 2 * len(text) + 6 * len(metadata) + 2 <= METADATA_LIMIT
+        )
+    size = 2
+    for key, value in metadata.items():
+        if type(key) is not str or not (key.isascii() and key.isprintable()):
+            return False
+        if type(value) is str:
+            if not (value.isascii() and value.isprintable()):
+                return False
+            size += 2 * len(value) + 2
+        elif value is None or type(value) is bool:
+            size += 5
+        elif type(value) is int and -(10**18) < value < 10**18:
+            size += 20
+        else:
+            return False
+        size += 2 * len(key) + 4
+    return size <= METADATA_LIMIT
 
 
 def safe_event(event: AuditEvent) -> AuditEvent:
