@@ -252,9 +252,10 @@ class JsonlAuditSink:
         if end is None:
             return []
         picked: list[AuditEvent] = []
+        needle = _needle(connection)
         with self.path.open("rb") as fh:
             for raw in _lines_backward(fh, end):
-                event = _event_of(raw, connection)
+                event = _event_of(raw, connection, needle)
                 if event is None:
                     continue
                 if before is not None and event.seq >= before:
@@ -283,9 +284,10 @@ class JsonlAuditSink:
         if start is None or limit < 1:
             return []
         found: list[AuditEvent] = []
+        needle = _needle(connection)
         with self.path.open("rb") as fh:
             for _, raw in _lines_forward(fh, start, end):
-                event = _event_of(raw, connection)
+                event = _event_of(raw, connection, needle)
                 if event is not None and event.seq > after_seq:
                     found.append(event)
                     if len(found) >= limit:
@@ -457,9 +459,12 @@ def _lines_backward(fh: Any, end: int) -> Iterator[bytes]:
         yield carry
 
 
-def _event_of(raw: bytes, connection: str) -> AuditEvent | None:
+def _needle(connection: str) -> bytes:
+    return b'"connection":' + json.dumps(connection, ensure_ascii=False).encode()
+
+
+def _event_of(raw: bytes, connection: str, needle: bytes) -> AuditEvent | None:
     """The event on ``raw`` if it belongs to ``connection``, parsing only candidates."""
-    needle = b'"connection":' + json.dumps(connection, ensure_ascii=False).encode()
     if needle not in raw and b'"connection":' in raw:
         return None  # written compactly (as this sink does) for another connection
     try:
