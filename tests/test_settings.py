@@ -52,8 +52,11 @@ def test_every_variable_is_read() -> None:
             "IGRIS_PORT": "9000",
             "IGRIS_PUBLIC_URL": "https://gw.example/",
             "IGRIS_LOG_LEVEL": "DEBUG",
+            "IGRIS_AUDIT_FAILURE": "Open",
+            "IGRIS_AUDIT_SPILL_MAX": "512MiB",
         }
     )
+    assert (s.audit_failure, s.audit_spill_max) == ("open", 512 << 20)
     assert s.home == Path("/srv/igris")
     assert s.store_url == "postgresql://db/igris"
     assert s.crypto_url == "transit://vault:8200/igris"
@@ -84,6 +87,10 @@ BAD = [
     ("IGRIS_LOG_LEVEL", "loud"),
     ("IGRIS_PUBLIC_URL", "gw.example"),
     ("IGRIS_PUBLIC_URL", "ftp://gw.example"),
+    ("IGRIS_AUDIT_FAILURE", "maybe"),
+    ("IGRIS_AUDIT_SPILL_MAX", "lots"),
+    ("IGRIS_AUDIT_SPILL_MAX", "0"),
+    ("IGRIS_AUDIT_SPILL_MAX", "5TiB"),
 ]
 
 
