@@ -57,6 +57,7 @@ log = logging.getLogger("igris_mw.audit")
 DEFAULT_MAX_SPILL_BYTES = 1 << 30
 """The spill file's default bound: 1 GiB, about 2.5 million events."""
 _CHUNK_BYTES = 4 << 20  # most bytes read from the spill at once
+_PIECE_BYTES = 1 << 20  # bytes per write() when spilling
 
 FailureMode = Literal["closed", "open"]
 
@@ -535,25 +536,13 @@ class AuditWriter:
     def _write_spill(self, events: list[AuditEvent], *, bounded: bool) -> int:
         """Append ``events`` to the spill file, fsynced: all of them, or
         (``bounded``) the first ones that fit under ``max_spill_bytes``.
-        Returns how many; a failed write leaves the file as it was.
+        Returns how many; a failed write leaves the file as it was. Written
+        in pieces of about 1 MiB, so a spill costs no second copy of the queue.
 
         Raises:
             OSError: the file cannot be written, or not one event fits (``ENOSPC``).
         """
         assert self._spill is not None
-        lines = [(event_to_line(e) + "\n").encode("utf-8", "replace") for e in events]
-        if bounded:
-            room = self.max_spill_bytes - self._spill_size
-            count = 0
-            for line in lines:
-                room -= len(line)
-                if room < 0:
-                    break
-                count += 1
-            if count == 0:
-                raise OSError(28, "the spill file is at its size bound")
-            lines = lines[:count]
-        payload = b"".join(lines)
         # The data directory may not exist yet (serve on a shared store makes none).
         self._spill.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -561,12 +550,28 @@ class AuditWriter:
             flags |= os.O_TRUNC  # all of it was written already, but it could not go
         fd = os.open(self._spill, flags, 0o600)
         self._stale_spill = False
+        count = written = 0
         try:
             size = os.fstat(fd).st_size
+            room = self.max_spill_bytes - size if bounded else None
             try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
+                piece: list[bytes] = []
+                piece_bytes = 0
+                for event in events:
+                    line = (event_to_line(event) + "\n").encode("utf-8", "replace")
+                    if room is not None and written + piece_bytes + len(line) > room:
+                        break
+                    piece.append(line)
+                    piece_bytes += len(line)
+                    if piece_bytes >= _PIECE_BYTES:
+                        _write_all(fd, b"".join(piece))
+                        count, written = count + len(piece), written + piece_bytes
+                        piece, piece_bytes = [], 0
+                if piece:
+                    _write_all(fd, b"".join(piece))
+                    count, written = count + len(piece), written + piece_bytes
+                if count == 0 and events:
+                    raise OSError(28, "the spill file is at its size bound")
                 os.fsync(fd)
             except OSError:
                 # All or none: a half-written batch would be written twice.
@@ -575,8 +580,14 @@ class AuditWriter:
                 raise
         finally:
             os.close(fd)
-        self._spill_size = size + len(payload)
-        self._spill_lines += len(lines)
-        self.stats.spilled += len(lines)
-        log.warning("audit: spilled %d events to %s", len(lines), self._spill)
-        return len(lines)
+        self._spill_size = size + written
+        self._spill_lines += count
+        self.stats.spilled += count
+        log.warning("audit: spilled %d events to %s", count, self._spill)
+        return count
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
