@@ -105,3 +105,28 @@ def test_safe_event_returns_the_same_event_when_nothing_changes() -> None:
     fixed = safe_event(hostile)
     assert fixed.user == "\\x00"
     assert fixed.metadata == {"k": "\ufffd"}
+
+
+async def test_core_sinks_tell_a_refused_value_from_an_outage(tmp_path: Any) -> None:
+    """SQLite and the JSON-lines sink raise AuditRejected for a value they cannot store."""
+    import pytest
+
+    from igris_mw._audit import JsonlAuditSink
+    from igris_mw._sqlite import SQLiteStore
+    from igris_mw.errors import AuditRejected
+    from igris_mw.testing.storage_suite import make_event
+
+    sqlite = SQLiteStore(str(tmp_path / "igris.db"))
+    await sqlite.open()
+    jsonl = JsonlAuditSink(tmp_path / "audit.jsonl")
+    await jsonl.open()
+    try:
+        with pytest.raises(AuditRejected):
+            await sqlite.append_audit_events([make_event("bad\ud800", 0)])
+        with pytest.raises(AuditRejected):
+            await jsonl.append_audit_events([make_event("c", 0, user="\ud800")])
+        await jsonl.append_audit_events([make_event("c", 1)])
+        assert len(await jsonl.audit_chain("c")) == 1
+    finally:
+        await sqlite.close()
+        await jsonl.close()

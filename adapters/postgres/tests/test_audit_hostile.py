@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,3 +68,23 @@ async def test_a_nul_request_does_not_block_the_postgres_audit(pg_dsn: str) -> N
             assert chain[0].outcome == "denied"
             assert len(chain) == 201
     assert elapsed < 2.0, elapsed
+
+
+async def test_postgres_tells_a_refused_value_from_an_outage(pg_dsn: str) -> None:
+    """A NUL or a lone surrogate in an event is AuditRejected (data), not StoreUnavailable."""
+    from igris_mw_postgres import PostgresStore
+
+    from igris_mw.errors import AuditRejected, StoreUnavailable
+    from igris_mw.testing.storage_suite import make_event
+
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        for bad in ({"path": "/a\x00b"}, {"user": "\ud800"}):
+            with pytest.raises(AuditRejected) as info:
+                await store.append_audit_events([make_event("refused", 0, **bad)])
+            assert not isinstance(info.value, StoreUnavailable)
+        await store.append_audit_events([make_event("refused", 1)])
+        assert len(await store.audit_chain("refused")) == 1
+    finally:
+        await store.close()
