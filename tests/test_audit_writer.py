@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
+
 from igris_mw._audit import AuditWriter, new_event_id
 from igris_mw.errors import AuditRejected
 from igris_mw.models import AuditEvent
@@ -437,3 +439,26 @@ async def test_fail_open_drops_and_counts_past_the_bound() -> None:
     assert await writer.flush(5)
     await writer.aclose()
     assert len(sink.events) == 5
+
+
+async def test_an_unsafe_event_from_elsewhere_is_stored_in_its_safe_form() -> None:
+    """An event emitted without being made safe, refused for it, is stored escaped, not lost."""
+
+    class NoNul(RecordingSink):
+        async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+            if any("\x00" in (e.path or "") for e in events):
+                raise AuditRejected("text fields cannot contain NUL (0x00) bytes")
+            await super().append_audit_events(events)
+
+    sink = NoNul()
+    writer = AuditWriter(sink)
+    events = [_event(i) for i in range(10)]
+    events[4] = attrs.evolve(events[4], path="/v1/mcp/conn-a/\x00")
+    for e in events:
+        writer.emit(e)
+    await writer.start()
+    assert await writer.flush(5)
+    await writer.aclose()
+    assert [e.id for e in sink.events] == [e.id for e in events]
+    assert sink.events[4].path == "/v1/mcp/conn-a/\\x00"
+    assert writer.stats.quarantined == 0

@@ -48,7 +48,7 @@ import attrs
 
 from .._errors import AuditRejected
 from ..models import AuditEvent, format_time, utcnow
-from .events import event_from_line, event_to_line
+from .events import event_from_line, event_to_line, safe_event
 
 __all__ = ["DEFAULT_MAX_SPILL_BYTES", "AuditStats", "AuditWriter"]
 
@@ -340,6 +340,17 @@ class AuditWriter:
             await self._sink.append_audit_events(batch)
         except AuditRejected as exc:
             if len(batch) == 1:
+                # An event built elsewhere than the gateway may not have been
+                # made safe yet: its safe form is stored if the sink takes it.
+                safe = safe_event(batch[0])
+                if safe is not batch[0]:
+                    try:
+                        await self._sink.append_audit_events([safe])
+                    except AuditRejected:
+                        pass
+                    else:
+                        log.warning("audit: event %s stored in its escaped form", safe.id)
+                        return 1
                 await asyncio.to_thread(self._quarantine, batch[0], exc.message)
                 return 0
             mid = len(batch) // 2
