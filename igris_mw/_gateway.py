@@ -15,11 +15,13 @@ never on ``self``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -32,7 +34,7 @@ from ._audit_file import build_audit_sink
 from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
-from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._proxy import BodyPrefix, Forwarder, ProxyResult, Target, read_body_prefix
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
@@ -98,6 +100,9 @@ class IgrisGateway:
         public_url: base URL for ``gatewayUrl`` (default: from each request).
         cache_ttl: the backstop bound, in seconds, on how long a change made
             elsewhere without a notification can go unseen.
+        max_stale: seconds a cached key or connection is served after its
+            last successful check while the store cannot be reached (default
+            ``IGRIS_MAX_STALE`` or 60); past it, 503 ``store_unavailable``.
         max_body: largest management API request body, in bytes.
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
@@ -122,6 +127,7 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        max_stale: float | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.app = app
@@ -143,7 +149,12 @@ class IgrisGateway:
             upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
-        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl)
+        if max_stale is None:
+            max_stale = _env_float(env, "IGRIS_MAX_STALE", 60.0)
+        if not max_stale > 0:
+            raise ValueError("max_stale must be positive")
+        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, max_stale=max_stale)
+        self._work = self.resolver.open_work
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
@@ -286,26 +297,43 @@ class IgrisGateway:
             await self._refuse(send, err, fields, started, known=resolved is not None)
             return
 
-        prefix: BodyPrefix | None = None
-        if method in ("POST", "PUT", "PATCH"):
-            prefix = await read_body_prefix(receive, PEEK_LIMIT)
-            if prefix.disconnected:
-                self._emit(
-                    fields, started, status=499, outcome="client_closed", bytes_in=len(prefix.data)
+        # From here on the request is open work: a revocation ends it (_openwork).
+        ticket = self._work.open(api_key.id, slug, found.connection.created_at, api_key.expires_at)
+        tracked = _TrackedSend(send)
+        result: ProxyResult | None = None
+        try:
+            prefix: BodyPrefix | None = None
+            if method in ("POST", "PUT", "PATCH"):
+                prefix = await read_body_prefix(receive, PEEK_LIMIT)
+                if prefix.disconnected:
+                    self._emit(
+                        fields,
+                        started,
+                        status=499,
+                        outcome="client_closed",
+                        bytes_in=len(prefix.data),
+                    )
+                    return
+                fields["rpc_method"], fields["tool"] = peek_jsonrpc(
+                    prefix.data, complete=prefix.complete
                 )
-                return
-            fields["rpc_method"], fields["tool"] = peek_jsonrpc(
-                prefix.data, complete=prefix.complete
+            result = await self.forwarder.forward(
+                scope,
+                receive,
+                tracked,
+                target,
+                _raw_subpath(scope, slug),
+                gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
+                prefix=prefix,
             )
-        result = await self.forwarder.forward(
-            scope,
-            receive,
-            send,
-            target,
-            _raw_subpath(scope, slug),
-            gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
-            prefix=prefix,
-        )
+        except asyncio.CancelledError:
+            if not ticket.revoked:
+                raise
+        finally:
+            self._work.close(ticket)
+        if ticket.revoked:
+            result = await _end_revoked(tracked, result)
+        assert result is not None
         self._emit(
             fields,
             started,
@@ -354,6 +382,49 @@ class IgrisGateway:
             **more,
         )
         self.audit.emit(event)
+
+
+class _TrackedSend:
+    """``send`` that remembers how far the response got, so a revoked request
+    can be ended properly whatever point it was cut at."""
+
+    __slots__ = ("ended", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.ended = False
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif not message.get("more_body", False):
+            self.ended = True
+        await self.send(message)
+
+
+async def _end_revoked(tracked: _TrackedSend, result: ProxyResult | None) -> ProxyResult:
+    """Finish the client's response of a request whose key or connection was
+    revoked while it was open (its upstream request is closed already)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
+    if tracked.ended and result is not None:
+        return result  # it completed before the revocation could cut it
+    out = result if result is not None else ProxyResult()
+    out.outcome = "revoked"
+    if tracked.status == 0:
+        out.status = 403
+        await send_error(
+            tracked.send,
+            Forbidden("access was revoked while the request was open", code="revoked"),
+        )
+        return out
+    out.status = tracked.status
+    with contextlib.suppress(OSError, RuntimeError):
+        # Ends the stream: the client sees its response close.
+        await tracked.send({"type": "http.response.body", "body": b"", "more_body": False})
+    return out
 
 
 def _now_ms() -> datetime:

@@ -1,0 +1,179 @@
+"""End to end: disabling, deleting or revoking ends the requests and streams already open.
+
+The official MCP client holds a legacy SSE stream or a Streamable HTTP call to
+a slow tool through the gateway; the change is made through the service (the
+same process, as the management API would): the client's stream must end
+within 1 s and the upstream must see its request closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+from e2e_harness import (
+    Gateway,
+    client_headers,
+    legacy_session,
+    new_credential,
+    streamable_session,
+)
+from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
+from upstream import UpstreamServer
+
+Opener = Callable[[str, dict[str, str]], AbstractAsyncContextManager[ClientSession]]
+
+
+async def _slow_call_then(
+    session: ClientSession, change: Callable[[], Awaitable[Any]]
+) -> float:
+    """Start a long tool call, make ``change`` once it streams, return how long
+    the call took to fail after the change."""
+    progressed = asyncio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        progressed.set()
+
+    call = asyncio.ensure_future(
+        session.call_tool(
+            "slow_progress", {"steps": 100, "delay": 0.2}, progress_callback=on_progress
+        )
+    )
+    try:
+        await asyncio.wait_for(progressed.wait(), 10)
+        changed_at = time.monotonic()
+        await change()
+        with pytest.raises(MCPError):  # the SDK's error for a closed stream
+            await asyncio.wait_for(call, 5)
+        return time.monotonic() - changed_at
+    finally:
+        call.cancel()
+
+
+async def _upstream_closes(upstream: UpstreamServer, credential: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        still = [
+            r
+            for r in upstream.guard.open_requests()
+            if r.header("authorization") == f"Bearer {credential}"
+        ]
+        if not still:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def _revoked_events(gateway: Gateway, slug: str) -> list[Any]:
+    await gateway.gw.audit.flush()
+    page = await gateway.gw.service.list_audit(slug, limit=200)
+    return [e for e in page.items if e.outcome == "revoked"]
+
+
+@pytest.mark.parametrize(
+    ("opener", "path", "suffix"),
+    [(legacy_session, "/legacy", "/sse"), (streamable_session, "/mcp", "")],
+    ids=["legacy-sse", "streamable-http"],
+)
+@pytest.mark.parametrize("how", ["disable", "delete"])
+async def test_connection_change_ends_open_streams(
+    gateway: Gateway,
+    upstream: UpstreamServer,
+    opener: Opener,
+    path: str,
+    suffix: str,
+    how: str,
+) -> None:
+    """Disabling or deleting a connection ends its open stream within 1 s, upstream too."""
+    credential = new_credential()
+    slug = await gateway.connection(upstream, credential, path=path)
+    service = gateway.gw.service
+
+    async def change() -> None:
+        if how == "disable":
+            await service.set_enabled(slug, False)
+        else:
+            await service.delete_connection(slug)
+
+    async with opener(gateway.url(slug, suffix), client_headers(gateway.mcp_key)) as session:
+        took = await _slow_call_then(session, change)
+        assert took < 1.0
+        assert await _upstream_closes(upstream, credential, 1.0)
+    assert await _revoked_events(gateway, slug)
+
+
+@pytest.mark.parametrize(
+    ("opener", "path", "suffix"),
+    [(legacy_session, "/legacy", "/sse"), (streamable_session, "/mcp", "")],
+    ids=["legacy-sse", "streamable-http"],
+)
+async def test_revoked_key_ends_open_streams(
+    gateway: Gateway, upstream: UpstreamServer, opener: Opener, path: str, suffix: str
+) -> None:
+    """Revoking the key ends the streams open under it within 1 s; other keys keep theirs."""
+    credential = new_credential()
+    slug = await gateway.connection(upstream, credential, path=path)
+    service = gateway.gw.service
+    record, key = await service.create_api_key({"name": "to revoke", "scopes": ["mcp"]})
+
+    async with (
+        opener(gateway.url(slug, suffix), client_headers(gateway.mcp_key)) as other,
+        opener(gateway.url(slug, suffix), client_headers(key)) as session,
+    ):
+        took = await _slow_call_then(session, lambda: service.revoke_api_key(record.id))
+        assert took < 1.0
+        # The other key's session is untouched.
+        result = await other.call_tool("echo", {"text": "still here"})
+        assert not result.is_error
+    revoked = await _revoked_events(gateway, slug)
+    assert revoked
+    assert {e.api_key_id for e in revoked} == {record.id}
+
+
+async def test_rotation_lets_open_streams_finish(
+    gateway: Gateway, upstream: UpstreamServer
+) -> None:
+    """A rotation does not end the call in flight: it finishes on the old credential."""
+    credential = new_credential()
+    slug = await gateway.connection(upstream, credential, path="/mcp")
+    new = new_credential()
+    upstream.accept(new)
+    async with streamable_session(gateway.url(slug), client_headers(gateway.mcp_key)) as s:
+        progressed = asyncio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            progressed.set()
+
+        call = asyncio.ensure_future(
+            s.call_tool("slow_progress", {"steps": 4, "delay": 0.2}, progress_callback=on_progress)
+        )
+        await asyncio.wait_for(progressed.wait(), 10)
+        await gateway.gw.service.rotate_credential(slug, new)
+        result = await asyncio.wait_for(call, 10)
+        assert not result.is_error
+    assert not await _revoked_events(gateway, slug)
+
+
+async def test_key_expiry_ends_open_streams(gateway: Gateway, upstream: UpstreamServer) -> None:
+    """A key whose expiresAt passes while its stream is open: the stream ends then."""
+    from datetime import timedelta
+
+    from igris_mw.models import format_time, utcnow
+
+    credential = new_credential()
+    slug = await gateway.connection(upstream, credential, path="/legacy")
+    expires = utcnow() + timedelta(seconds=2)
+    _, key = await gateway.gw.service.create_api_key(
+        {"name": "short", "scopes": ["mcp"], "expiresAt": format_time(expires)}
+    )
+    async with legacy_session(gateway.url(slug, "/sse"), client_headers(key)) as session:
+        took = await _slow_call_then(session, lambda: asyncio.sleep(0))
+        # The change is the clock: the call ends about when the key expires.
+        assert took < (expires - utcnow()).total_seconds() + 3.0
+    assert (utcnow() - expires).total_seconds() < 1.5
+    assert await _revoked_events(gateway, slug)
