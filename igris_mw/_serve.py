@@ -73,6 +73,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="bound on how long an unnotified change can go unseen (default 5)",
     )
+    p.add_argument(
+        "--max-stale",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="serve a cached key or connection at most this long after its last "
+        "successful check while the store is unreachable (default IGRIS_MAX_STALE or 60)",
+    )
     p.add_argument("--log-level", default=os.environ.get("IGRIS_LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log each request line")
     return p
@@ -134,6 +142,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allowed_origins=args.allowed_origin or (),
         public_url=args.public_url,
         cache_ttl=args.cache_ttl,
+        max_stale=args.max_stale,
         audit_spill=data_dir(environ) / "audit-spill.jsonl",
         environ=environ,
     )
