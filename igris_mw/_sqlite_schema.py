@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from .models import ApiKey, AuditEvent, AuthType, Connection, Scope
+from .models import ApiKey, AuditEvent, AuthType, Connection, Scope, policy_from_json
 
 __all__ = [
     "MIGRATIONS",
@@ -64,6 +64,11 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
     ],
+    [
+        # Access policy (rateLimit, tools, maxConcurrent) as one JSON text; NULL: none.
+        "ALTER TABLE connections ADD COLUMN policy TEXT",
+        "ALTER TABLE api_keys ADD COLUMN policy TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -99,6 +104,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         updated_at=from_ms(row["updated_at"]),
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
+        **policy_from_json(row["policy"]),
     )
 
 
@@ -113,6 +119,7 @@ def row_to_api_key(row: sqlite3.Row) -> ApiKey:
         created_at=from_ms(row["created_at"]),
         expires_at=from_ms_opt(row["expires_at"]),
         revoked_at=from_ms_opt(row["revoked_at"]),
+        **policy_from_json(row["policy"]),
     )
 
 

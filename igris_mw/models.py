@@ -8,6 +8,7 @@ with ``repr=False``.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import ValidationError
+from ._policy.ratelimit import RateLimit
+from ._policy.tools import ToolPolicy
 
 __all__ = [
     "SLUG_RE",
@@ -25,10 +28,14 @@ __all__ = [
     "AuthType",
     "Connection",
     "Page",
+    "RateLimit",
     "Scope",
     "Secret",
+    "ToolPolicy",
     "format_time",
     "parse_time",
+    "policy_from_json",
+    "policy_to_json",
     "utcnow",
     "validate_header_name",
     "validate_name",
@@ -198,6 +205,8 @@ class Connection:
     updated_at: datetime
     rotated_at: datetime | None = None
     version: int = 1
+    rate_limit: RateLimit | None = None
+    tools: ToolPolicy | None = None
 
     def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
         """The contract's JSON (never the credential)."""
@@ -212,6 +221,8 @@ class Connection:
             "createdAt": format_time(self.created_at),
             "updatedAt": format_time(self.updated_at),
             "rotatedAt": format_time(self.rotated_at) if self.rotated_at else None,
+            "rateLimit": self.rate_limit.to_json() if self.rate_limit else None,
+            "tools": self.tools.to_json() if self.tools else None,
         }
         if base_url is not None:
             out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"
@@ -230,6 +241,9 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    rate_limit: RateLimit | None = None
+    tools: ToolPolicy | None = None
+    max_concurrent: int | None = None
 
     def is_usable(self, now: datetime) -> bool:
         if self.revoked_at is not None:
@@ -253,7 +267,39 @@ class ApiKey:
             "createdAt": format_time(self.created_at),
             "expiresAt": format_time(self.expires_at) if self.expires_at else None,
             "revokedAt": format_time(self.revoked_at) if self.revoked_at else None,
+            "rateLimit": self.rate_limit.to_json() if self.rate_limit else None,
+            "tools": self.tools.to_json() if self.tools else None,
+            "maxConcurrent": self.max_concurrent,
         }
+
+
+def policy_to_json(record: Connection | ApiKey) -> str | None:
+    """A record's access policy (rateLimit, tools, maxConcurrent) as one JSON text,
+    for stores that keep it in one column; ``None`` when it has none."""
+    out: dict[str, Any] = {}
+    if record.rate_limit is not None:
+        out["rateLimit"] = record.rate_limit.to_json()
+    if record.tools is not None:
+        out["tools"] = record.tools.to_json()
+    if isinstance(record, ApiKey) and record.max_concurrent is not None:
+        out["maxConcurrent"] = record.max_concurrent
+    return json.dumps(out, sort_keys=True, separators=(",", ":")) if out else None
+
+
+def policy_from_json(text: str | None) -> dict[str, Any]:
+    """The keyword arguments ``policy_to_json``'s text stands for
+    (``attrs.evolve(record, **policy_from_json(text))``; ``max_concurrent`` is
+    only there for a key's text)."""
+    if not text:
+        return {}
+    raw = json.loads(text)
+    out: dict[str, Any] = {
+        "rate_limit": RateLimit.from_json(raw.get("rateLimit")),
+        "tools": ToolPolicy.from_json(raw.get("tools")),
+    }
+    if "maxConcurrent" in raw:
+        out["max_concurrent"] = raw["maxConcurrent"]
+    return out
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -80,6 +80,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
+    # 2: access policy (rateLimit, tools, maxConcurrent) as one JSON text; NULL: none
+    """
+    ALTER TABLE igris_connections ADD COLUMN policy text;
+    ALTER TABLE igris_api_keys ADD COLUMN policy text;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

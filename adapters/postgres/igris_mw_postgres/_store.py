@@ -38,7 +38,16 @@ from igris_mw._errors import (
 )
 from igris_mw._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from igris_mw._plugins import redact_url
-from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.models import (
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    Page,
+    Scope,
+    policy_from_json,
+    policy_to_json,
+)
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 from ._notify import CHANNEL, Listener, payload
@@ -58,9 +67,11 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version"
+    "ciphertext, created_at, updated_at, rotated_at, version, policy"
 )
-_API_KEY_COLS = "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at"
+_API_KEY_COLS = (
+    "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy"
+)
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
@@ -107,6 +118,7 @@ def _connection_from_row(row: Row) -> Connection:
         updated_at=row["updated_at"].astimezone(UTC),
         rotated_at=_utc(row["rotated_at"]),
         version=row["version"],
+        **policy_from_json(row["policy"]),
     )
 
 
@@ -120,6 +132,7 @@ def _api_key_from_row(row: Row) -> ApiKey:
         created_at=row["created_at"].astimezone(UTC),
         expires_at=_utc(row["expires_at"]),
         revoked_at=_utc(row["revoked_at"]),
+        **policy_from_json(row["policy"]),
     )
 
 
@@ -332,11 +345,11 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at),
+                         c.updated_at, c.rotated_at, policy_to_json(c)),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "connection", c.slug)
@@ -383,11 +396,11 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, version = version + 1 "
+                "updated_at = %s, rotated_at = %s, policy = %s, version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
-                 c.credential_version, c.ciphertext, c.updated_at, c.rotated_at, c.slug,
-                 expected_version),
+                 c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
+                 policy_to_json(c), c.slug, expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:
@@ -421,10 +434,10 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_api_keys ({_API_KEY_COLS}) "  # noqa: S608
-                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
+                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
                         (k.id, k.name, k.key_hash, sorted(s.value for s in k.scopes),
                          sorted(k.connections) if k.connections is not None else None,
-                         k.created_at, k.expires_at, k.revoked_at),
+                         k.created_at, k.expires_at, k.revoked_at, policy_to_json(k)),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "api_key", k.id)
@@ -449,6 +462,22 @@ class PostgresStore:
             )
             rows = await cur.fetchall()
         return [_api_key_from_row(r) for r in rows]
+
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        k = key
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "UPDATE igris_api_keys SET name = %s, connections = %s, expires_at = %s, "  # noqa: S608
+                f"policy = %s WHERE id = %s RETURNING {_API_KEY_COLS}",
+                (k.name, sorted(k.connections) if k.connections is not None else None,
+                 k.expires_at, policy_to_json(k), k.id),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no API key {k.id!r}")
+            await self._send(conn, "api_key", k.id)
+        self._notify_local(Change("api_key", k.id))
+        return _api_key_from_row(row)
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         async with self._connection() as conn, conn.transaction():
