@@ -58,6 +58,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from .._errors import Conflict, NotFound, SlugTaken, ValidationError, VersionConflict
 from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope
 from ..storage import Capabilities, Change, Store, verify_chain
+from ._suite_policy import PolicySuite
 
 __all__ = [
     "T0",
@@ -145,7 +146,7 @@ async def _all_connections(store: Store, limit: int) -> list[Connection]:
     raise AssertionError("paging never ended")
 
 
-class StoreSuite:
+class StoreSuite(PolicySuite):
     """Inherit under a ``Test*`` name and implement ``make_store``."""
 
     #: how many concurrent appenders the audit concurrency tests start
