@@ -31,13 +31,23 @@ from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit_file import build_audit_sink
-from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
+from ._errors import (
+    BadRequest,
+    ConfigurationError,
+    Forbidden,
+    IgrisError,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
+from ._policy.ratelimit import AuthFailureThrottle, RateLimitStore, open_rate_limit_store
 from ._proxy import BodyPrefix, Forwarder, ProxyResult, Target, read_body_prefix
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
+from ._settings import Settings
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
 from .models import Scope as KeyScope
@@ -68,19 +78,6 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
-def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
-    return value
-
-
 class IgrisGateway:
     """The gateway as ASGI middleware (or, with ``app=None``, a standalone app).
 
@@ -103,6 +100,12 @@ class IgrisGateway:
         max_stale: seconds a cached key or connection is served after its
             last successful check while the store cannot be reached (default
             ``IGRIS_MAX_STALE`` or 60); past it, 503 ``store_unavailable``.
+        rate_limit_store: where rate-limit buckets live: ``None`` (default
+            ``IGRIS_RATE_LIMIT_STORE``, else this process) or a
+            ``redis://host:port/db`` URL shared by every replica.
+        auth_failures_per_minute: failed authentications one client address
+            may make in a minute before it gets 429 (default
+            ``IGRIS_AUTH_FAILURES_PER_MINUTE`` or 30).
         max_body: largest management API request body, in bytes.
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
@@ -128,29 +131,39 @@ class IgrisGateway:
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
         max_stale: float | None = None,
+        rate_limit_store: str | RateLimitStore | None = None,
+        auth_failures_per_minute: int | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
         self.app = app
         if store is None:
-            store = env.get("IGRIS_STORE")
+            store = settings.store
             if not store:
-                raise ValueError("no store given: pass store=... or set IGRIS_STORE")
+                raise ConfigurationError("no store given: pass store=... or set IGRIS_STORE")
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.crypto: CryptoProvider = (
             crypto
             if crypto is not None and not isinstance(crypto, str)
-            else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
+            else crypto_from_url(crypto or settings.crypto_url, settings.crypto_environ(env))
         )
+        audit = audit if audit is not None else settings.audit
+        if audit is None and not self.store.capabilities.audit:
+            raise ConfigurationError(
+                f"the {type(self.store).__name__} keeps no audit events: pass audit= "
+                "(a jsonl:///path/audit.jsonl URL, or a store URL that keeps them) "
+                "or set IGRIS_AUDIT"
+            )
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
         self.service = Service(self.store, self.crypto, audit=audit)
         if upstream_timeout is None:
-            upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
+            upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
         if max_stale is None:
-            max_stale = _env_float(env, "IGRIS_MAX_STALE", 60.0)
+            max_stale = settings.max_stale
         if not max_stale > 0:
             raise ValueError("max_stale must be positive")
         self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, max_stale=max_stale)
@@ -162,6 +175,12 @@ class IgrisGateway:
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
         self.forwarder = Forwarder(timeout=upstream_timeout)
+        if rate_limit_store is None or isinstance(rate_limit_store, str):
+            rate_limit_store = open_rate_limit_store(rate_limit_store or settings.rate_limit_store)
+        self.rate_limits: RateLimitStore = rate_limit_store
+        self.auth_throttle = AuthFailureThrottle(
+            auth_failures_per_minute or settings.auth_failures_per_minute
+        )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.api = ManagementAPI(
             self.service,
