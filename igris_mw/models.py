@@ -314,7 +314,9 @@ class AuditEvent:
     ``action`` says which (``create``, ``update``, ``rotate``, ``disable``,
     ``enable``, ``delete``). ``seq``, ``prev_hash`` and ``hash`` are set by
     the store when it appends the event to the connection's hash chain;
-    they are ``None``/``0`` before that.
+    they are ``None``/``0`` before that. ``count`` is set on an event that
+    stands for several repeated refusals (``None``: one request); it appears
+    in the JSON only when set, so events without it hash as before.
     """
 
     id: str
@@ -338,9 +340,10 @@ class AuditEvent:
     seq: int = 0
     prev_hash: str | None = None
     hash: str | None = None
+    count: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "timestamp": format_time(self.timestamp),
             "connection": self.connection,
@@ -363,6 +366,9 @@ class AuditEvent:
             "prevHash": self.prev_hash,
             "hash": self.hash,
         }
+        if self.count is not None:
+            out["count"] = self.count
+        return out
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> AuditEvent:
@@ -397,6 +403,7 @@ class AuditEvent:
                 seq=int(body["seq"]),
                 prev_hash=body.get("prevHash"),
                 hash=body.get("hash"),
+                count=body.get("count"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an audit event: {exc}") from exc

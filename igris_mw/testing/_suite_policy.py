@@ -136,3 +136,28 @@ class PolicySuite:
         assert found is not None
         assert found.connections == frozenset()
         assert not found.allows("gone-conn")
+
+    async def test_aggregated_event_count_round_trips(self, audit_store: Store) -> None:
+        """An event standing for repeated refusals keeps its count, and its chain verifies."""
+        import uuid
+
+        from ..models import AuditEvent
+        from ..storage import verify_chain
+
+        events = [
+            AuditEvent(
+                id=uuid.uuid4().hex,
+                timestamp=_T0 + timedelta(milliseconds=i),
+                connection="counted",
+                api_key_id="key1",
+                status=429,
+                outcome="rate_limited",
+                count=count,
+            )
+            for i, count in enumerate((1, 57, None))
+        ]
+        await audit_store.append_audit_events(events)
+        chain = await audit_store.audit_chain("counted")
+        assert [e.count for e in chain] == [1, 57, None]
+        assert verify_chain(chain) == []
+        assert "count" not in chain[2].to_json()

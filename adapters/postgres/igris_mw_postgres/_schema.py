@@ -80,10 +80,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
-    # 2: access policy (rateLimit, tools, maxConcurrent) as one JSON text; NULL: none
+    # 2: access policy (rateLimit, tools, maxConcurrent) as one JSON text (NULL: none);
+    # the count of an audit event that stands for several repeated refusals
     """
     ALTER TABLE igris_connections ADD COLUMN policy text;
     ALTER TABLE igris_api_keys ADD COLUMN policy text;
+    ALTER TABLE igris_audit_events ADD COLUMN count integer;
     """,
 )
 

@@ -75,10 +75,10 @@ _API_KEY_COLS = (
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
-    "prev_hash, hash"
+    "prev_hash, hash, count"
 )
 _INSERT_EVENT = (
-    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 21)})"  # noqa: S608
+    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 22)})"  # noqa: S608
 )
 
 
@@ -159,6 +159,7 @@ def _event_from_row(row: Row) -> AuditEvent:
         seq=row["seq"],
         prev_hash=row["prev_hash"],
         hash=row["hash"],
+        count=row["count"],
     )
 
 
@@ -167,7 +168,7 @@ def _event_params(e: AuditEvent) -> tuple[Any, ...]:
         e.id, e.connection, e.seq, e.timestamp, e.kind, e.action, e.api_key_id, e.user,
         _metadata_text(e.metadata), e.method, e.path, e.rpc_method, e.tool, e.status,
         e.outcome, e.latency_ms, e.bytes_in, e.bytes_out, e.credential_version,
-        e.prev_hash, e.hash,
+        e.prev_hash, e.hash, e.count,
     )  # fmt: skip
 
 
