@@ -27,6 +27,13 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from . import _auth
+from ._access import (
+    AccessPolicy,
+    DenialAggregator,
+    TooManyRequests,
+    client_address,
+    tools_response_filter,
+)
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
@@ -37,13 +44,22 @@ from ._errors import (
     Forbidden,
     IgrisError,
     NotFound,
+    PayloadTooLarge,
     StoreUnavailable,
     Unauthorized,
 )
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.ratelimit import AuthFailureThrottle, RateLimitStore, open_rate_limit_store
-from ._proxy import BodyPrefix, Forwarder, ProxyResult, Target, read_body_prefix
+from ._policy.tools import ToolCheck, check_mcp_headers, check_request, combine
+from ._proxy import (
+    BodyFilterFactory,
+    BodyPrefix,
+    Forwarder,
+    ProxyResult,
+    Target,
+    read_body_prefix,
+)
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
@@ -64,7 +80,15 @@ _MAX_METADATA = 4096
 
 
 _WANTED_HEADERS = frozenset(
-    {b"origin", b"host", b"authorization", b"x-igris-user", b"x-igris-metadata"}
+    {
+        b"origin",
+        b"host",
+        b"authorization",
+        b"x-igris-user",
+        b"x-igris-metadata",
+        b"mcp-method",
+        b"mcp-name",
+    }
 )
 
 
@@ -178,10 +202,12 @@ class IgrisGateway:
         if rate_limit_store is None or isinstance(rate_limit_store, str):
             rate_limit_store = open_rate_limit_store(rate_limit_store or settings.rate_limit_store)
         self.rate_limits: RateLimitStore = rate_limit_store
-        self.auth_throttle = AuthFailureThrottle(
-            auth_failures_per_minute or settings.auth_failures_per_minute
+        self.access = AccessPolicy(
+            rate_limit_store,
+            AuthFailureThrottle(auth_failures_per_minute or settings.auth_failures_per_minute),
         )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
+        self._denials = DenialAggregator(self.audit.emit)
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -227,7 +253,9 @@ class IgrisGateway:
         await self.audit.start()
 
     async def _close(self) -> None:
+        self._denials.flush()
         await self.audit.aclose()
+        await self.access.close()
         await self.forwarder.close()
         await self.resolver.aclose()
         if self._audit_store is not None and self._audit_store is not self.store:
@@ -287,6 +315,7 @@ class IgrisGateway:
             "path": path,
         }
         resolved: _Resolved | None = None
+        access = self.access
         # Admission: each step raises the refusal it stands for. The two lookups
         # are awaited here, not in a helper, to keep the warm path at two awaits.
         try:
@@ -296,6 +325,9 @@ class IgrisGateway:
                 raise Forbidden(
                     "this Origin is not allowed to use the gateway", code="origin_not_allowed"
                 )
+            throttled = access.blocked(client_address(scope))
+            if throttled is not None:
+                raise throttled
             token = _auth.bearer_token(headers.get(b"authorization"))
             if token is None:
                 raise Unauthorized("send the gateway key as 'Authorization: Bearer ig_...'")
@@ -308,7 +340,20 @@ class IgrisGateway:
             resolved = found
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
+            conn = found.connection
+            if api_key.rate_limit is not None or conn.rate_limit is not None:
+                await access.check_rate(api_key, conn)
+            if (
+                api_key.max_concurrent is not None
+                and self._work.count_for_key(api_key.id) >= api_key.max_concurrent
+            ):
+                raise TooManyRequests(
+                    f"this API key has {api_key.max_concurrent} requests open already",
+                    code="too_many_concurrent",
+                )
         except IgrisError as exc:
+            if exc.status == 401:
+                exc = access.auth_failed(client_address(scope), exc)
             await self._refuse(send, exc, fields, started, known=resolved is not None)
             return
         except Exception as exc:  # a store or crypto failure on the cold path
@@ -317,11 +362,17 @@ class IgrisGateway:
             return
 
         # From here on the request is open work: a revocation ends it (_openwork).
-        ticket = self._work.open(api_key.id, slug, found.connection.created_at, api_key.expires_at)
+        ticket = self._work.open(api_key.id, slug, conn.created_at, api_key.expires_at)
         tracked = _TrackedSend(send)
         result: ProxyResult | None = None
+        tools = (
+            combine(conn.tools, api_key.tools)
+            if conn.tools is not None or api_key.tools is not None
+            else None
+        )
         try:
             prefix: BodyPrefix | None = None
+            body_filter: BodyFilterFactory | None = None
             if method in ("POST", "PUT", "PATCH"):
                 prefix = await read_body_prefix(receive, PEEK_LIMIT)
                 if prefix.disconnected:
@@ -336,6 +387,18 @@ class IgrisGateway:
                 fields["rpc_method"], fields["tool"] = peek_jsonrpc(
                     prefix.data, complete=prefix.complete
                 )
+                mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
+                if tools is not None or mcp_headers != (None, None):
+                    answered, body_filter = await self._judge_body(
+                        send, prefix, tools, mcp_headers, fields, started
+                    )
+                    if answered:
+                        return
+            elif tools is not None and method == "GET":
+                # A legacy SSE stream carries the answers to POSTed requests.
+                body_filter = tools_response_filter(None, tools)
+            if body_filter is not None:
+                scope = _without_accept_encoding(scope)
             result = await self.forwarder.forward(
                 scope,
                 receive,
@@ -344,6 +407,7 @@ class IgrisGateway:
                 _raw_subpath(scope, slug),
                 gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
                 prefix=prefix,
+                body_filter=body_filter,
             )
         except asyncio.CancelledError:
             if not ticket.revoked:
@@ -361,6 +425,54 @@ class IgrisGateway:
             bytes_in=result.bytes_in,
             bytes_out=result.bytes_out,
         )
+
+    async def _judge_body(
+        self,
+        send: Send,
+        prefix: BodyPrefix,
+        tools: ToolCheck | None,
+        mcp_headers: tuple[str | None, str | None],
+        fields: dict[str, Any],
+        started: float,
+    ) -> tuple[bool, BodyFilterFactory | None]:
+        """Mcp-Method/Mcp-Name agreement and the tool policy on a request body.
+
+        Returns ``(True, None)`` when the gateway answered the request itself
+        (nothing goes upstream), else ``(False, the response filter or None)``.
+        """
+        try:
+            if not prefix.complete:
+                raise PayloadTooLarge(
+                    f"a request under a tool policy or with Mcp-* headers must fit in "
+                    f"{PEEK_LIMIT} bytes"
+                )
+            if mcp_headers != (None, None):
+                check_mcp_headers(mcp_headers[0], mcp_headers[1], prefix.data)
+        except IgrisError as exc:
+            await send_error(send, exc)
+            self._emit(fields, started, status=exc.status, outcome=exc.code)
+            return True, None
+        if tools is None:
+            return False, None
+        verdict = check_request(prefix.data, tools)
+        if verdict.reply is None:
+            if verdict.list_ids:
+                return False, tools_response_filter(verdict.list_ids, tools)
+            return False, None
+        outcome = "tool_denied" if verdict.denied else "bad_request"
+        if verdict.status == 202:
+            await send_json(send, 202, None)
+        else:
+            await send_json(send, verdict.status, verdict.reply)
+        self._emit(
+            fields,
+            started,
+            status=verdict.status,
+            outcome=outcome,
+            bytes_in=len(prefix.data),
+            bytes_out=len(verdict.reply),
+        )
+        return True, None
 
     async def _refuse(
         self,
@@ -380,7 +492,11 @@ class IgrisGateway:
         if not known:
             known = await self._connection_exists(fields["connection"])
         if known:
-            self._emit(fields, started, status=exc.status, outcome=outcome)
+            if exc.status in (401, 429):
+                # Floods of these are counted, not written one by one.
+                self._denials.refused(self._event(fields, started, exc.status, outcome))
+            else:
+                self._emit(fields, started, status=exc.status, outcome=outcome)
 
     async def _connection_exists(self, slug: str) -> bool:
         if not SLUG_RE.match(slug):
@@ -390,6 +506,19 @@ class IgrisGateway:
         except Exception:
             # Cannot tell (store down): keep the event rather than lose it.
             return True
+
+    def _event(
+        self, fields: dict[str, Any], started: float, status: int, outcome: str
+    ) -> AuditEvent:
+        return AuditEvent(
+            id=new_event_id(),
+            timestamp=_now_ms(),
+            kind="gateway",
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            status=status,
+            outcome=outcome,
+            **fields,
+        )
 
     def _emit(self, fields: dict[str, Any], started: float, **more: Any) -> None:
         event = AuditEvent(
@@ -444,6 +573,13 @@ async def _end_revoked(tracked: _TrackedSend, result: ProxyResult | None) -> Pro
         # Ends the stream: the client sees its response close.
         await tracked.send({"type": "http.response.body", "body": b"", "more_body": False})
     return out
+
+
+def _without_accept_encoding(scope: Scope) -> Scope:
+    """The scope without ``Accept-Encoding``: an answer to be filtered must come
+    uncompressed (the gateway does not decompress)."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+    return {**scope, "headers": headers}
 
 
 def _now_ms() -> datetime:
