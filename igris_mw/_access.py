@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -44,6 +45,7 @@ from .models import ApiKey, AuditEvent, Connection
 __all__ = [
     "AccessPolicy",
     "DenialAggregator",
+    "LegacyStreams",
     "TooManyRequests",
     "tools_response_filter",
 ]
@@ -303,3 +305,93 @@ class DenialAggregator:
         """Emit every open window's count now (shutdown)."""
         for key in list(self._open):
             self._close(key)
+
+
+# ------------------------------------------------------------ legacy SSE sessions
+
+_SESSION_ID = re.compile(rb"[?&]session_id=([A-Za-z0-9_.~-]{1,200})")
+_QUERY_SESSION_ID = re.compile(r"(?:^|&)session_id=([A-Za-z0-9_.~-]{1,200})")
+
+Inject = Callable[[bytes], Awaitable[bool]]
+
+
+class LegacyStreams:
+    """Open legacy (HTTP+SSE) streams under a tool policy, by connection and session.
+
+    On the legacy transport the answer to a POSTed request travels on the GET
+    stream, not in the POST's response. So that a denied ``tools/call`` POSTed
+    to ``.../messages/?session_id=X`` reaches the client as its JSON-RPC error,
+    the stream whose ``endpoint`` event named session X is remembered here,
+    and the gateway writes the error onto it (between whole events: under a
+    tool policy the stream is relayed event by event) and answers the POST 202.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[tuple[str, str], Inject] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def session_of(self, query_string: bytes) -> str | None:
+        found = _QUERY_SESSION_ID.search(query_string.decode("latin-1"))
+        return found.group(1) if found else None
+
+    def watch(self, slug: str, inject: Inject, inner: BodyFilterFactory) -> _StreamWatch:
+        """A stream to watch for its session id (``close`` it when the stream ends)."""
+        return _StreamWatch(self, slug, inject, inner)
+
+    async def answer(self, slug: str, session_id: str, reply: bytes) -> bool:
+        """Write ``reply`` as a ``message`` event on that session's stream; False if none."""
+        inject = self._streams.get((slug, session_id))
+        if inject is None:
+            return False
+        return await inject(b"event: message\r\ndata: " + reply + b"\r\n\r\n")
+
+
+class _StreamWatch:
+    def __init__(
+        self, registry: LegacyStreams, slug: str, inject: Inject, inner: BodyFilterFactory
+    ) -> None:
+        self._registry = registry
+        self._slug = slug
+        self._inject = inject
+        self._inner = inner
+        self._key: tuple[str, str] | None = None
+
+    def factory(self, resp: aiohttp.ClientResponse) -> BodyFilter | None:
+        inner = self._inner(resp)
+        if inner is None or resp.content_type != "text/event-stream":
+            return inner
+        return _Sniffer(inner, self._found)
+
+    def _found(self, session_id: str) -> None:
+        if self._key is None:
+            self._key = (self._slug, session_id)
+            self._registry._streams[self._key] = self._inject
+
+    def close(self) -> None:
+        if self._key is not None:
+            if self._registry._streams.get(self._key) is self._inject:
+                del self._registry._streams[self._key]
+            self._key = None
+
+
+class _Sniffer:
+    """Passes a filter's output on, noting the session id of the first ``endpoint`` event."""
+
+    def __init__(self, inner: BodyFilter, found: Callable[[str], None]) -> None:
+        self._inner = inner
+        self._found = found
+        self._seen = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = self._inner.feed(chunk)
+        if not self._seen and b"session_id=" in out:
+            match = _SESSION_ID.search(out)
+            if match is not None:
+                self._seen = True
+                self._found(match.group(1).decode("ascii"))
+        return out
+
+    def finish(self) -> bytes:
+        return self._inner.finish()

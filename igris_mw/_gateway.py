@@ -30,7 +30,9 @@ from . import _auth
 from ._access import (
     AccessPolicy,
     DenialAggregator,
+    LegacyStreams,
     TooManyRequests,
+    _StreamWatch,
     client_address,
     tools_response_filter,
 )
@@ -208,6 +210,7 @@ class IgrisGateway:
         )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self._denials = DenialAggregator(self.audit.emit)
+        self._legacy = LegacyStreams()
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -370,6 +373,7 @@ class IgrisGateway:
             if conn.tools is not None or api_key.tools is not None
             else None
         )
+        watch: _StreamWatch | None = None
         try:
             prefix: BodyPrefix | None = None
             body_filter: BodyFilterFactory | None = None
@@ -389,14 +393,23 @@ class IgrisGateway:
                 )
                 mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
                 if tools is not None or mcp_headers != (None, None):
+                    session = None
+                    if tools is not None and len(self._legacy):
+                        session = self._legacy.session_of(scope.get("query_string", b""))
                     answered, body_filter = await self._judge_body(
-                        send, prefix, tools, mcp_headers, fields, started
+                        send, prefix, tools, mcp_headers, (slug, session), fields, started
                     )
                     if answered:
                         return
             elif tools is not None and method == "GET":
-                # A legacy SSE stream carries the answers to POSTed requests.
-                body_filter = tools_response_filter(None, tools)
+                # A legacy SSE stream carries the answers to POSTed requests:
+                # filter every tools list on it, and let a denied call be
+                # answered onto it (LegacyStreams).
+                tracked.lock = asyncio.Lock()
+                watch = self._legacy.watch(
+                    slug, tracked.inject, tools_response_filter(None, tools)
+                )
+                body_filter = watch.factory
             if body_filter is not None:
                 scope = _without_accept_encoding(scope)
             result = await self.forwarder.forward(
@@ -414,6 +427,8 @@ class IgrisGateway:
                 raise
         finally:
             self._work.close(ticket)
+            if watch is not None:
+                watch.close()
         if ticket.revoked:
             result = await _end_revoked(tracked, result)
         assert result is not None
@@ -432,6 +447,7 @@ class IgrisGateway:
         prefix: BodyPrefix,
         tools: ToolCheck | None,
         mcp_headers: tuple[str | None, str | None],
+        session: tuple[str, str | None],
         fields: dict[str, Any],
         started: float,
     ) -> tuple[bool, BodyFilterFactory | None]:
@@ -460,14 +476,23 @@ class IgrisGateway:
                 return False, tools_response_filter(verdict.list_ids, tools)
             return False, None
         outcome = "tool_denied" if verdict.denied else "bad_request"
-        if verdict.status == 202:
+        status = verdict.status
+        slug, session_id = session
+        # Legacy transport: the answer goes onto the session's stream.
+        if (
+            status == 200
+            and session_id is not None
+            and await self._legacy.answer(slug, session_id, verdict.reply)
+        ):
+            status = 202
+        if status == 202:
             await send_json(send, 202, None)
         else:
-            await send_json(send, verdict.status, verdict.reply)
+            await send_json(send, status, verdict.reply)
         self._emit(
             fields,
             started,
-            status=verdict.status,
+            status=status,
             outcome=outcome,
             bytes_in=len(prefix.data),
             bytes_out=len(verdict.reply),
@@ -536,19 +561,35 @@ class _TrackedSend:
     """``send`` that remembers how far the response got, so a revoked request
     can be ended properly whatever point it was cut at."""
 
-    __slots__ = ("ended", "send", "status")
+    __slots__ = ("ended", "lock", "send", "status")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status = 0
         self.ended = False
+        # Set when another request may write onto this stream (legacy SSE).
+        self.lock: asyncio.Lock | None = None
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         elif not message.get("more_body", False):
             self.ended = True
-        await self.send(message)
+        if self.lock is None:
+            await self.send(message)
+        else:
+            async with self.lock:
+                await self.send(message)
+
+    async def inject(self, body: bytes) -> bool:
+        """Write ``body`` into this open response (between the relay's chunks)."""
+        if self.status == 0 or self.ended:
+            return False
+        try:
+            await self({"type": "http.response.body", "body": body, "more_body": True})
+        except (OSError, RuntimeError):
+            return False
+        return True
 
 
 async def _end_revoked(tracked: _TrackedSend, result: ProxyResult | None) -> ProxyResult:
