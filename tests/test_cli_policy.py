@@ -104,7 +104,7 @@ def test_bad_policy_input_is_one_line_and_changes_nothing(
     """A bad policy option: one line on stderr naming it, exit non-zero, the key unchanged."""
     key = _json(capsys, "api-keys", "create", "--name", "agent", "--scope", "mcp")
     before = _json(capsys, "api-keys", "list")
-    code, out, err = _run(capsys, "api-keys", "update", key["id"], *argv)
+    code, _, err = _run(capsys, "api-keys", "update", key["id"], *argv)
     assert code != 0
     assert needle in err
     assert len(err.strip().splitlines()) == 1
