@@ -189,7 +189,9 @@ def _connection_body(
 
 
 def _changes(**fields: Any) -> Record:
-    names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName"}
+    names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName",
+             "rate_limit": "rateLimit", "max_concurrent": "maxConcurrent",
+             "expires_at": "expiresAt"}
     return {names.get(k, k): v for k, v in fields.items() if v is not UNSET}
 
 
@@ -384,6 +386,8 @@ class IgrisClient(_Base):
         header_name: str | None = None,
         credential: str | None = None,
         enabled: bool = True,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
     ) -> Record:
         """Create a connection; returns it (never the credential).
 
@@ -392,6 +396,7 @@ class IgrisClient(_Base):
         """
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled)
+        body.update(_policy(rate_limit, tools, None))
         result: Record = self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -425,10 +430,17 @@ class IgrisClient(_Base):
         auth_type: str | _Unset = UNSET,
         header_name: str | _Unset | None = UNSET,
         enabled: bool | _Unset = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
     ) -> Record:
-        """Change the given fields only (the credential changes with ``rotate``)."""
+        """Change the given fields only (the credential changes with ``rotate``).
+
+        ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
+        (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
+        """
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
-                        header_name=header_name, enabled=enabled)
+                        header_name=header_name, enabled=enabled, rate_limit=rate_limit,
+                        tools=tools)
         result: Record = self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -486,14 +498,38 @@ class IgrisClient(_Base):
         *,
         connections: Sequence[str] | None = None,
         expires_at: datetime | str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
+        max_concurrent: int | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
+        body.update(_policy(rate_limit, tools, max_concurrent))
         return _issued(self._run(_Call("POST", f"{_API}/api-keys", json=body)))
 
     def list_api_keys(self) -> list[Record]:
         """Every key record (never a key itself)."""
         return _page(self._run(_Call("GET", f"{_API}/api-keys"))).items
+
+    def update_api_key(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        connections: Sequence[str] | _Unset | None = UNSET,
+        expires_at: datetime | str | _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        max_concurrent: int | _Unset | None = UNSET,
+    ) -> Record:
+        """Change the given fields of a key (``None`` removes any but ``name``).
+
+        Raises:
+            ValidationError: a field is invalid (nothing changed). NotFound.
+        """
+        body = _key_changes(name, connections, expires_at, rate_limit, tools, max_concurrent)
+        result: Record = self._run(_Call("PATCH", _key_path(key_id), json=body))
+        return result
 
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""
@@ -512,6 +548,45 @@ def _api_key_body(
     if expires_at is not None:
         body["expiresAt"] = _time(expires_at)
     return body
+
+
+def _policy(
+    rate_limit: Mapping[str, int] | None,
+    tools: Mapping[str, Sequence[str]] | None,
+    max_concurrent: int | None,
+) -> Record:
+    body: Record = {}
+    if rate_limit is not None:
+        body["rateLimit"] = dict(rate_limit)
+    if tools is not None:
+        body["tools"] = {k: list(v) for k, v in tools.items()}
+    if max_concurrent is not None:
+        body["maxConcurrent"] = max_concurrent
+    return body
+
+
+def _key_changes(
+    name: str | _Unset,
+    connections: Sequence[str] | _Unset | None,
+    expires_at: datetime | str | _Unset | None,
+    rate_limit: Mapping[str, int] | _Unset | None,
+    tools: Mapping[str, Sequence[str]] | _Unset | None,
+    max_concurrent: int | _Unset | None,
+) -> Record:
+    return _changes(
+        name=name,
+        connections=(
+            connections if connections is None or isinstance(connections, _Unset)
+            else list(connections)
+        ),
+        expires_at=(
+            expires_at if expires_at is None or isinstance(expires_at, _Unset)
+            else _time(expires_at)
+        ),
+        rate_limit=rate_limit,
+        tools=tools,
+        max_concurrent=max_concurrent,
+    )
 
 
 class AsyncIgrisClient(_Base):
@@ -580,10 +655,17 @@ class AsyncIgrisClient(_Base):
         header_name: str | None = None,
         credential: str | None = None,
         enabled: bool = True,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
     ) -> Record:
-        """Create a connection; returns it (never the credential)."""
+        """Create a connection; returns it (never the credential).
+
+        Raises:
+            ValidationError: a field is invalid. SlugTaken: the slug is in use.
+        """
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled)
+        body.update(_policy(rate_limit, tools, None))
         result: Record = await self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -618,10 +700,17 @@ class AsyncIgrisClient(_Base):
         auth_type: str | _Unset = UNSET,
         header_name: str | _Unset | None = UNSET,
         enabled: bool | _Unset = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
     ) -> Record:
-        """Change the given fields only (the credential changes with ``rotate``)."""
+        """Change the given fields only (the credential changes with ``rotate``).
+
+        ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
+        (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
+        """
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
-                        header_name=header_name, enabled=enabled)
+                        header_name=header_name, enabled=enabled, rate_limit=rate_limit,
+                        tools=tools)
         result: Record = await self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -680,14 +769,38 @@ class AsyncIgrisClient(_Base):
         *,
         connections: Sequence[str] | None = None,
         expires_at: datetime | str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
+        max_concurrent: int | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
+        body.update(_policy(rate_limit, tools, max_concurrent))
         return _issued(await self._run(_Call("POST", f"{_API}/api-keys", json=body)))
 
     async def list_api_keys(self) -> list[Record]:
         """Every key record (never a key itself)."""
         return _page(await self._run(_Call("GET", f"{_API}/api-keys"))).items
+
+    async def update_api_key(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        connections: Sequence[str] | _Unset | None = UNSET,
+        expires_at: datetime | str | _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        max_concurrent: int | _Unset | None = UNSET,
+    ) -> Record:
+        """Change the given fields of a key (``None`` removes any but ``name``).
+
+        Raises:
+            ValidationError: a field is invalid (nothing changed). NotFound.
+        """
+        body = _key_changes(name, connections, expires_at, rate_limit, tools, max_concurrent)
+        result: Record = await self._run(_Call("PATCH", _key_path(key_id), json=body))
+        return result
 
     async def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""
