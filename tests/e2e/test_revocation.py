@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -177,3 +178,50 @@ async def test_key_expiry_ends_open_streams(gateway: Gateway, upstream: Upstream
         assert took < (expires - utcnow()).total_seconds() + 3.0
     assert (utcnow() - expires).total_seconds() < 1.5
     assert await _revoked_events(gateway, slug)
+
+
+async def test_change_by_another_process_on_sqlite_ends_streams_within_the_ttl(
+    upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """A disable written by another process on the same SQLite file (no notice reaches
+    the gateway) ends the open stream within cache_ttl plus one store round trip."""
+    import httpx
+    from e2e_harness import make_gateway, new_slug, serve
+
+    from igris_mw._service import Service
+    from igris_mw._sqlite import SQLiteStore
+
+    ttl = 0.5
+    gw = make_gateway(tmp_path, cache_ttl=ttl)
+    async with serve(gw) as base_url:
+        credential = new_credential()
+        upstream.accept(credential)
+        slug = new_slug("sqlite")
+        await gw.service.create_connection(
+            {"slug": slug, "name": slug, "upstreamUrl": upstream.base_url + "/legacy",
+             "credential": credential}
+        )
+        _, key = await gw.service.create_api_key({"name": "k", "scopes": ["mcp"]})
+        # The "CLI": its own store object on the same file, whose writes the gateway
+        # never hears of.
+        other = SQLiteStore(tmp_path / "igris.db")
+        await other.open()
+        try:
+            cli_service = Service(other, gw.crypto)
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(10, read=20)) as http,
+                http.stream("GET", f"{base_url}/v1/mcp/{slug}/sse",
+                            headers={"Authorization": f"Bearer {key}",
+                                     "Accept": "text/event-stream"}) as resp,
+            ):
+                assert resp.status_code == 200
+                chunks = resp.aiter_bytes()
+                assert b"endpoint" in await chunks.__anext__()
+                await cli_service.set_enabled(slug, False)
+                changed = time.monotonic()
+                async for _ in chunks:
+                    pass
+                took = time.monotonic() - changed
+            assert took < 2 * ttl + 0.5
+        finally:
+            await other.close()
