@@ -38,7 +38,7 @@ from ._policy.ratelimit import (
     RateLimit,
     RateLimitStore,
 )
-from ._policy.tools import SseToolsListFilter, ToolCheck, filter_json_response
+from ._policy.tools import SseToolsListFilter, ToolCheck, ToolPolicy, filter_json_response
 from ._proxy import BodyFilter, BodyFilterFactory
 from .models import ApiKey, AuditEvent, Connection
 
@@ -47,6 +47,7 @@ __all__ = [
     "DenialAggregator",
     "LegacyStreams",
     "TooManyRequests",
+    "plainly_allowed",
     "tools_response_filter",
 ]
 
@@ -137,6 +138,42 @@ class AccessPolicy:
 def client_address(scope: dict[str, Any] | Any) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
+
+
+# ------------------------------------------------------------ tool policy fast path
+
+_PEEK_MAX = 200  # peek_jsonrpc truncates names at this length
+
+
+def plainly_allowed(
+    body: bytes,
+    rpc_method: str | None,
+    tool: str | None,
+    conn_tools: ToolPolicy | None,
+    key_tools: ToolPolicy | None,
+) -> bool:
+    """True when a single JSON-RPC request certainly passes the connection's and the
+    key's tool policies without a second parse: what the audit peek read is then
+    all the policy needs (and no ``ToolCheck`` is built).
+
+    Only for bodies where no parser can read another method or tool name than the
+    peek did: one ``"method"``, one ``"params"`` and one ``"name"`` member spelled
+    literally (no ``\\u`` escapes), a name shorter than the peek's cut. Anything
+    else (batches, tools/list, duplicates, escapes, a denied call) takes
+    ``check_request``, which answers refusals and refuses what it cannot read.
+    """
+    if rpc_method is None or b"\\u" in body or body.count(b'"method"') != 1:
+        return False
+    if rpc_method == "tools/call":
+        return (
+            tool is not None
+            and len(tool) < _PEEK_MAX
+            and body.count(b'"name"') == 1
+            and body.count(b'"params"') == 1
+            and (conn_tools is None or conn_tools.allows(tool))
+            and (key_tools is None or key_tools.allows(tool))
+        )
+    return rpc_method != "tools/list" and "," not in rpc_method and body[:1] != b"["
 
 
 # ------------------------------------------------------------ tools/list filters

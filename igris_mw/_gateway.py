@@ -34,6 +34,7 @@ from ._access import (
     TooManyRequests,
     _StreamWatch,
     client_address,
+    plainly_allowed,
     tools_response_filter,
 )
 from ._api import ManagementAPI
@@ -53,7 +54,7 @@ from ._errors import (
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.ratelimit import AuthFailureThrottle, RateLimitStore, open_rate_limit_store
-from ._policy.tools import ToolCheck, check_mcp_headers, check_request, combine
+from ._policy.tools import ToolPolicy, check_mcp_headers, check_request, combine
 from ._proxy import (
     BodyFilterFactory,
     BodyPrefix,
@@ -368,11 +369,7 @@ class IgrisGateway:
         ticket = self._work.open(api_key.id, slug, conn.created_at, api_key.expires_at)
         tracked = _TrackedSend(send)
         result: ProxyResult | None = None
-        tools = (
-            combine(conn.tools, api_key.tools)
-            if conn.tools is not None or api_key.tools is not None
-            else None
-        )
+        policed = conn.tools is not None or api_key.tools is not None
         watch: _StreamWatch | None = None
         try:
             prefix: BodyPrefix | None = None
@@ -392,22 +389,30 @@ class IgrisGateway:
                     prefix.data, complete=prefix.complete
                 )
                 mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
-                if tools is not None or mcp_headers != (None, None):
+                if policed or mcp_headers != (None, None):
                     session = None
-                    if tools is not None and len(self._legacy):
+                    if policed and len(self._legacy):
                         session = self._legacy.session_of(scope.get("query_string", b""))
                     answered, body_filter = await self._judge_body(
-                        send, prefix, tools, mcp_headers, (slug, session), fields, started
+                        send,
+                        prefix,
+                        (conn.tools, api_key.tools) if policed else None,
+                        mcp_headers,
+                        (slug, session),
+                        fields,
+                        started,
                     )
                     if answered:
                         return
-            elif tools is not None and method == "GET":
+            elif policed and method == "GET":
                 # A legacy SSE stream carries the answers to POSTed requests:
                 # filter every tools list on it, and let a denied call be
                 # answered onto it (LegacyStreams).
                 tracked.lock = asyncio.Lock()
+                check = combine(conn.tools, api_key.tools)
+                assert check is not None
                 watch = self._legacy.watch(
-                    slug, tracked.inject, tools_response_filter(None, tools)
+                    slug, tracked.inject, tools_response_filter(None, check)
                 )
                 body_filter = watch.factory
             if body_filter is not None:
@@ -445,7 +450,7 @@ class IgrisGateway:
         self,
         send: Send,
         prefix: BodyPrefix,
-        tools: ToolCheck | None,
+        policies: tuple[ToolPolicy | None, ToolPolicy | None] | None,
         mcp_headers: tuple[str | None, str | None],
         session: tuple[str, str | None],
         fields: dict[str, Any],
@@ -468,8 +473,12 @@ class IgrisGateway:
             await send_error(send, exc)
             self._emit(fields, started, status=exc.status, outcome=exc.code)
             return True, None
-        if tools is None:
+        if policies is None or plainly_allowed(
+            prefix.data, fields.get("rpc_method"), fields.get("tool"), *policies
+        ):
             return False, None
+        tools = combine(*policies)
+        assert tools is not None
         verdict = check_request(prefix.data, tools)
         if verdict.reply is None:
             if verdict.list_ids:

@@ -545,3 +545,81 @@ async def test_connection_policy_validation_is_422(gw: IgrisGateway) -> None:
         )
     assert caught.value.field == "rateLimit"
     assert "bad-rl" not in [c.slug for c in (await gw.service.list_connections()).items]
+
+
+# ------------------------------------------------------------------ the fast path
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from igris_mw._access import plainly_allowed  # noqa: E402
+from igris_mw._audit import peek_jsonrpc  # noqa: E402
+from igris_mw._policy.tools import ToolPolicy, check_request, combine  # noqa: E402
+
+_POLICY = ToolPolicy(allow=("echo", "search*"), deny=("search_admin",))
+_CHECK = combine(_POLICY)
+assert _CHECK is not None
+
+
+def _fast(body: bytes) -> bool:
+    method, tool = peek_jsonrpc(body, complete=True)
+    return plainly_allowed(body, method, tool, _POLICY, None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_admin"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"rm"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ech\\u006f"}}',
+        b'{"id":1,"method":"ping","method":"tools/call","params":{"name":"rm"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]',
+        b'[{"id":1,"method":"ping"},{"id":2,"method":"tools/call","params":{"name":"rm"}}]',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search' + b"x" * 300
+        + b'"}}',
+        b"not json",
+    ],
+)
+def test_fast_path_declines_what_it_cannot_vouch_for(body: bytes) -> None:
+    """Denied calls, duplicates, escapes, tools/list, batches, long names: the full check."""
+    assert not _fast(body)
+
+
+def test_fast_path_takes_plain_allowed_requests() -> None:
+    """A plain allowed tools/call or another single method skips the second parse."""
+    assert _fast(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}')
+    assert _fast(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+
+
+_NAMES = st.sampled_from(["echo", "search", "search_admin", "rm", "name", "ech\\u006f", ""])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["tools/call", "tools/list", "ping", "method", "name"]),
+            st.lists(_NAMES, min_size=0, max_size=2),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.booleans(),
+)
+def test_fast_path_never_passes_what_the_full_check_refuses(
+    messages: list[tuple[str, list[str]]], batch: bool
+) -> None:
+    """Whenever the fast path lets a body through, check_request denies no tool in it
+    and filters no answer (it may still refuse duplicate members in a non-tool request)."""
+    parts = []
+    for i, (method, names) in enumerate(messages):
+        params = ",".join(f'"name":"{n}"' for n in names)
+        parts.append(f'{{"jsonrpc":"2.0","id":{i},"method":"{method}","params":{{{params}}}}}')
+    text = ("[" + ",".join(parts) + "]") if batch or len(parts) > 1 else parts[0]
+    body = text.encode()
+    if _fast(body):
+        verdict = check_request(body, _CHECK)  # type: ignore[arg-type]
+        assert not verdict.denied
+        assert not verdict.list_ids
+        if verdict.reply is not None:
+            assert messages[0][0] != "tools/call"
