@@ -225,3 +225,22 @@ async def test_change_by_another_process_on_sqlite_ends_streams_within_the_ttl(
             assert took < 2 * ttl + 0.5
         finally:
             await other.close()
+
+
+async def test_patch_taking_the_connection_from_a_key_ends_its_streams(
+    gateway: Gateway, upstream: UpstreamServer
+) -> None:
+    """PATCH of a key's connections that drops this one ends its open stream within 1 s."""
+    credential = new_credential()
+    slug = await gateway.connection(upstream, credential, path="/legacy")
+    other = await gateway.connection(upstream, new_credential(), path="/legacy")
+    service = gateway.gw.service
+    record, key = await service.create_api_key(
+        {"name": "narrowed", "scopes": ["mcp"], "connections": [slug, other]}
+    )
+    async with legacy_session(gateway.url(slug, "/sse"), client_headers(key)) as session:
+        took = await _slow_call_then(
+            session, lambda: service.update_api_key(record.id, {"connections": [other]})
+        )
+        assert took < 1.0
+    assert await _revoked_events(gateway, slug)
