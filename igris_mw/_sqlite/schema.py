@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from .models import ApiKey, AuditEvent, AuthType, Connection, Scope, policy_from_json
+from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope, policy_from_json
 
 __all__ = [
     "MIGRATIONS",
