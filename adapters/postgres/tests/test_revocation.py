@@ -26,7 +26,10 @@ from igris_mw_postgres.testing import GatewayProcess, TempCluster, create_databa
 
 pytestmark = pytest.mark.slow
 
-MASTER = {"IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+MASTER = {
+    "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",  # the test upstream runs on loopback
+}
 
 
 def cli(store: str, *args: str) -> Any:
@@ -187,3 +190,77 @@ async def test_max_stale_fails_closed_then_recovers(
             while (await call()).status_code != 200:
                 assert time.monotonic() < deadline, "no recovery after the store came back"
                 await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Any:
+    """A throwaway redis-server on a free loopback port (skip without the binary)."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
+            pytest.fail("no redis-server on PATH")
+        pytest.skip("no redis-server on PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_two_serve_processes_share_one_bucket_through_redis(
+    pg_dsn: str, streams: tuple[str, _Streams], tmp_path: Path, redis_url: str
+) -> None:
+    """serve --rate-limit-store: two replicas together admit one bucket's worth, not two."""
+    url, _ = streams
+    admin = cli(pg_dsn, "api-keys", "create", "--name", "admin", "--scope", "admin")["key"]
+    mcp = cli(pg_dsn, "api-keys", "create", "--name", "agent", "--scope", "mcp",
+              "--rate-limit", "30/5")["key"]  # fmt: skip
+    args = ["--rate-limit-store", redis_url]
+    with (
+        GatewayProcess(pg_dsn, tmp_path / "a", MASTER, args) as a,
+        GatewayProcess(pg_dsn, tmp_path / "b", MASTER, args) as b,
+    ):
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(
+                f"{a.base_url}/api/v1/virtual-keys", headers={"Authorization": f"Bearer {admin}"},
+                json={"slug": "limited", "name": "L", "upstreamUrl": url, "credential": "c"},
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+            gate = asyncio.Semaphore(10)
+
+            async def one(i: int) -> httpx.Response:
+                base = a.base_url if i % 2 else b.base_url
+                async with gate:
+                    return await http.post(
+                        f"{base}/v1/mcp/limited", headers={"Authorization": f"Bearer {mcp}"},
+                        json={"jsonrpc": "2.0", "id": i, "method": "ping"},
+                    )  # fmt: skip
+
+            responses = await asyncio.gather(*(one(i) for i in range(100)))
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert 5 <= len(ok) <= 6
+    assert len(ok) + len(refused) == 100
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
