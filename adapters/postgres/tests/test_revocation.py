@@ -221,7 +221,8 @@ def redis_url(tmp_path: Path) -> Any:
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
+            assert proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
