@@ -104,9 +104,7 @@ async def _setup() -> tuple[IgrisGateway, dict[str, dict[str, Any]]]:
             {"slug": slug, "name": slug, "upstreamUrl": "http://127.0.0.1:9/mcp",
              "credential": "bench-credential", **conn_policy}
         )  # fmt: skip
-        _, key = await gw.service.create_api_key(
-            {"name": name, "scopes": ["mcp"], **key_policy}
-        )
+        _, key = await gw.service.create_api_key({"name": name, "scopes": ["mcp"], **key_policy})
         scopes[name] = _scope(slug, key)
     return gw, scopes
 

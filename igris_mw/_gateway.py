@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, overload
 from urllib.parse import urlsplit
 
 from . import _auth
@@ -77,6 +77,9 @@ __all__ = ["IgrisGateway"]
 log = logging.getLogger("igris_mw.gateway")
 
 MCP_PREFIX: Final = "/v1/mcp/"
+# How much of a request body the gateway reads to judge it (tool policy,
+# Mcp-* headers) before anything is sent upstream.
+JUDGE_LIMIT: Final = 1024 * 1024
 API_PREFIX: Final = "/api/v1"
 _MAX_USER = 256
 _MAX_METADATA = 4096
@@ -375,7 +378,10 @@ class IgrisGateway:
             prefix: BodyPrefix | None = None
             body_filter: BodyFilterFactory | None = None
             if method in ("POST", "PUT", "PATCH"):
-                prefix = await read_body_prefix(receive, PEEK_LIMIT)
+                mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
+                judged = policed or mcp_headers != (None, None)
+                # Judging a body needs all of it: read further than the audit peek.
+                prefix = await read_body_prefix(receive, JUDGE_LIMIT if judged else PEEK_LIMIT)
                 if prefix.disconnected:
                     self._emit(
                         fields,
@@ -388,8 +394,7 @@ class IgrisGateway:
                 fields["rpc_method"], fields["tool"] = peek_jsonrpc(
                     prefix.data, complete=prefix.complete
                 )
-                mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
-                if policed or mcp_headers != (None, None):
+                if judged:
                     session = None
                     if policed and len(self._legacy):
                         session = self._legacy.session_of(scope.get("query_string", b""))
@@ -411,9 +416,7 @@ class IgrisGateway:
                 tracked.lock = asyncio.Lock()
                 check = combine(conn.tools, api_key.tools)
                 assert check is not None
-                watch = self._legacy.watch(
-                    slug, tracked.inject, tools_response_filter(None, check)
-                )
+                watch = self._legacy.watch(slug, tracked.inject, tools_response_filter(None, check))
                 body_filter = watch.factory
             if body_filter is not None:
                 scope = _without_accept_encoding(scope)
@@ -463,12 +466,23 @@ class IgrisGateway:
         """
         try:
             if not prefix.complete:
-                raise PayloadTooLarge(
-                    f"a request under a tool policy or with Mcp-* headers must fit in "
-                    f"{PEEK_LIMIT} bytes"
-                )
+                if policies is not None:
+                    raise PayloadTooLarge(
+                        f"a request under a tool policy must fit in {JUDGE_LIMIT} bytes"
+                    )
+                # Too long to parse whole: Mcp-Method against the peeked method only.
+                peeked = fields.get("rpc_method")
+                if (
+                    mcp_headers[0] is not None
+                    and peeked is not None
+                    and _utf8(mcp_headers[0]).strip() != peeked
+                ):
+                    raise BadRequest(
+                        "the Mcp-Method header does not match the body", code="header_mismatch"
+                    )
+                return False, None
             if mcp_headers != (None, None):
-                check_mcp_headers(mcp_headers[0], mcp_headers[1], prefix.data)
+                check_mcp_headers(_utf8(mcp_headers[0]), _utf8(mcp_headers[1]), prefix.data)
         except IgrisError as exc:
             await send_error(send, exc)
             self._emit(fields, started, status=exc.status, outcome=exc.code)
@@ -623,6 +637,17 @@ async def _end_revoked(tracked: _TrackedSend, result: ProxyResult | None) -> Pro
         # Ends the stream: the client sees its response close.
         await tracked.send({"type": "http.response.body", "body": b"", "more_body": False})
     return out
+
+
+@overload
+def _utf8(value: str) -> str: ...
+@overload
+def _utf8(value: None) -> None: ...
+def _utf8(value: str | None) -> str | None:
+    """A header value read as latin-1 (as every header here is), decoded as UTF-8."""
+    if value is None:
+        return None
+    return value.encode("latin-1").decode("utf-8", "replace")
 
 
 def _without_accept_encoding(scope: Scope) -> Scope:

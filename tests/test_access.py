@@ -78,7 +78,7 @@ class Upstream:
 @pytest.fixture(scope="module")
 async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream()
-    app = web.Application()
+    app = web.Application(client_max_size=8 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", up.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -113,8 +113,13 @@ async def _connection(
     gw: IgrisGateway, upstream: Upstream, slug: str, path: str = "/mcp", **more: Any
 ) -> None:
     await gw.service.create_connection(
-        {"slug": slug, "name": slug, "upstreamUrl": upstream.url + path, "credential": TOKEN,
-         **more}
+        {
+            "slug": slug,
+            "name": slug,
+            "upstreamUrl": upstream.url + path,
+            "credential": TOKEN,
+            **more,
+        }
     )
 
 
@@ -176,8 +181,14 @@ async def test_denials_are_aggregated_when_the_window_closes() -> None:
     """Refusals after the first within a window become one event with their count."""
     emitted: list[AuditEvent] = []
     agg = DenialAggregator(emitted.append, window=0.05)
-    base = AuditEvent(id="e", timestamp=utcnow(), connection="c", status=429,
-                      outcome="rate_limited", api_key_id="k")
+    base = AuditEvent(
+        id="e",
+        timestamp=utcnow(),
+        connection="c",
+        status=429,
+        outcome="rate_limited",
+        api_key_id="k",
+    )
     for i in range(1000):
         agg.refused(AuditEvent(**{**_fields(base), "id": f"e{i}"}))
     assert [e.count for e in emitted] == [1]
@@ -197,8 +208,11 @@ async def test_aggregator_memory_is_bounded() -> None:
     emitted: list[AuditEvent] = []
     agg = DenialAggregator(emitted.append, window=60, max_windows=10)
     for i in range(500):
-        agg.refused(AuditEvent(id=f"e{i}", timestamp=utcnow(), connection=f"c{i}",
-                               status=401, outcome="denied"))
+        agg.refused(
+            AuditEvent(
+                id=f"e{i}", timestamp=utcnow(), connection=f"c{i}", status=401, outcome="denied"
+            )
+        )
     assert len(agg) == 10
     agg.flush()
     assert len(agg) == 0
@@ -351,16 +365,19 @@ async def test_denied_tool_call_is_answered_by_the_gateway(
     calls = len(upstream.calls())
     async with _client(gw) as c:
         r = await c.post(
-            "/v1/mcp/conn-a", json=_rpc("tools/call", "call-7", name="delete_all"),
+            "/v1/mcp/conn-a",
+            json=_rpc("tools/call", "call-7", name="delete_all"),
             headers=_auth(key),
         )
         assert r.status_code == 200
         assert r.json() == {
-            "jsonrpc": "2.0", "id": "call-7",
+            "jsonrpc": "2.0",
+            "id": "call-7",
             "error": {"code": -32003, "message": "tool delete_all is not allowed"},
         }
-        ok = await c.post("/v1/mcp/conn-a", json=_rpc("tools/call", 8, name="echo"),
-                          headers=_auth(key))
+        ok = await c.post(
+            "/v1/mcp/conn-a", json=_rpc("tools/call", 8, name="echo"), headers=_auth(key)
+        )
         assert ok.json()["result"] == {"ok": True}
     assert upstream.calls()[calls:] == ["echo"]
     events = await _audit(gw)
@@ -370,15 +387,14 @@ async def test_denied_tool_call_is_answered_by_the_gateway(
     assert denied[0].status == 200
 
 
-async def test_key_and_connection_policies_both_apply(
-    gw: IgrisGateway, upstream: Upstream
-) -> None:
+async def test_key_and_connection_policies_both_apply(gw: IgrisGateway, upstream: Upstream) -> None:
     """The key's allow list narrows the connection's: a tool must pass both."""
     await gw.service.update_connection("conn-a", {"tools": {"deny": ["delete_*"]}})
     _, key = await _key(gw, tools={"allow": ["echo"]})
     async with _client(gw) as c:
-        r = await c.post("/v1/mcp/conn-a", json=_rpc("tools/call", 1, name="search"),
-                         headers=_auth(key))
+        r = await c.post(
+            "/v1/mcp/conn-a", json=_rpc("tools/call", 1, name="search"), headers=_auth(key)
+        )
         assert r.json()["error"]["code"] == -32003
         r = await c.post("/v1/mcp/conn-a", json=_rpc("tools/list", 2), headers=_auth(key))
         assert [t["name"] for t in r.json()["result"]["tools"]] == ["echo"]
@@ -390,8 +406,11 @@ async def test_tools_list_is_filtered(gw: IgrisGateway, upstream: Upstream, path
     await _connection(gw, upstream, "listed", path=path, tools={"allow": ["echo", "search"]})
     _, key = await _key(gw)
     async with _client(gw) as c:
-        r = await c.post("/v1/mcp/listed", json=_rpc("tools/list", 5),
-                         headers={**_auth(key), "Accept-Encoding": "gzip"})
+        r = await c.post(
+            "/v1/mcp/listed",
+            json=_rpc("tools/list", 5),
+            headers={**_auth(key), "Accept-Encoding": "gzip"},
+        )
     assert r.status_code == 200
     assert "content-encoding" not in r.headers
     assert "accept-encoding" not in {k.lower() for k in upstream.headers[-1]}
@@ -433,16 +452,23 @@ async def test_mcp_headers_must_agree_with_the_body(gw: IgrisGateway, upstream: 
     sent = len(upstream.bodies)
     body = _rpc("tools/call", 1, name="echo")
     async with _client(gw) as c:
-        r = await c.post("/v1/mcp/conn-a", json=body,
-                         headers={**_auth(key), "Mcp-Method": "tools/list"})
+        r = await c.post(
+            "/v1/mcp/conn-a", json=body, headers={**_auth(key), "Mcp-Method": "tools/list"}
+        )
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "header_mismatch"
-        r = await c.post("/v1/mcp/conn-a", json=body,
-                         headers={**_auth(key), "Mcp-Method": "tools/call", "Mcp-Name": "other"})
+        r = await c.post(
+            "/v1/mcp/conn-a",
+            json=body,
+            headers={**_auth(key), "Mcp-Method": "tools/call", "Mcp-Name": "other"},
+        )
         assert r.status_code == 400
         assert len(upstream.bodies) == sent
-        r = await c.post("/v1/mcp/conn-a", json=body,
-                         headers={**_auth(key), "Mcp-Method": "tools/call", "Mcp-Name": "echo"})
+        r = await c.post(
+            "/v1/mcp/conn-a",
+            json=body,
+            headers={**_auth(key), "Mcp-Method": "tools/call", "Mcp-Name": "echo"},
+        )
         assert r.status_code == 200
 
 
@@ -518,8 +544,12 @@ async def test_patch_api_key_changes_policy_and_takes_effect(
     async with _client(gw) as c:
         r = await c.patch(
             f"/api/v1/api-keys/{key_id}",
-            json={"name": "renamed", "tools": {"deny": ["echo"]}, "maxConcurrent": 3,
-                  "rateLimit": {"requestsPerMinute": 60, "burst": 2}},
+            json={
+                "name": "renamed",
+                "tools": {"deny": ["echo"]},
+                "maxConcurrent": 3,
+                "rateLimit": {"requestsPerMinute": 60, "burst": 2},
+            },
             headers=_auth(admin),
         )
         assert r.status_code == 200, r.text
@@ -529,13 +559,15 @@ async def test_patch_api_key_changes_policy_and_takes_effect(
         assert body["rateLimit"] == {"requestsPerMinute": 60, "burst": 2}
         assert body["maxConcurrent"] == 3
         assert "key" not in body
-        r = await c.post("/v1/mcp/conn-a", json=_rpc("tools/call", 1, name="echo"),
-                         headers=_auth(key))
+        r = await c.post(
+            "/v1/mcp/conn-a", json=_rpc("tools/call", 1, name="echo"), headers=_auth(key)
+        )
         assert r.json()["error"]["code"] == -32003
         r = await c.patch("/api/v1/api-keys/nope", json={"name": "x"}, headers=_auth(admin))
         assert r.status_code == 404
-        r = await c.patch(f"/api/v1/api-keys/{key_id}", json={"rateLimit": None},
-                          headers=_auth(admin))
+        r = await c.patch(
+            f"/api/v1/api-keys/{key_id}", json={"rateLimit": None}, headers=_auth(admin)
+        )
         assert r.json()["rateLimit"] is None
 
 
@@ -547,8 +579,13 @@ async def test_connection_policy_validation_is_422(gw: IgrisGateway) -> None:
     assert (await gw.service.get_connection("conn-a")).tools is None
     with pytest.raises(ValidationError) as caught:
         await gw.service.create_connection(
-            {"slug": "bad-rl", "name": "x", "upstreamUrl": "http://127.0.0.1:1/mcp",
-             "credential": "c", "rateLimit": {"requestsPerMinute": -1}}
+            {
+                "slug": "bad-rl",
+                "name": "x",
+                "upstreamUrl": "http://127.0.0.1:1/mcp",
+                "credential": "c",
+                "rateLimit": {"requestsPerMinute": -1},
+            }
         )
     assert caught.value.field == "rateLimit"
     assert "bad-rl" not in [c.slug for c in (await gw.service.list_connections()).items]
@@ -583,7 +620,8 @@ def _fast(body: bytes) -> bool:
         b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
         b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]',
         b'[{"id":1,"method":"ping"},{"id":2,"method":"tools/call","params":{"name":"rm"}}]',
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search' + b"x" * 300
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search'
+        + b"x" * 300
         + b'"}}',
         b"not json",
     ],
@@ -630,3 +668,39 @@ def test_fast_path_never_passes_what_the_full_check_refuses(
         assert not verdict.list_ids
         if verdict.reply is not None:
             assert messages[0][0] != "tools/call"
+
+
+async def test_large_bodies_under_a_policy_and_with_mcp_headers(
+    gw: IgrisGateway, upstream: Upstream
+) -> None:
+    """Under a tool policy a body up to 1 MiB is judged whole (beyond: 413); without one,
+    a body too long to parse is checked on Mcp-Method only and goes through."""
+    await _connection(gw, upstream, "big-pol", tools={"deny": ["rm"]})
+    _, key = await _key(gw)
+    big = "x" * (200 * 1024)
+    async with _client(gw) as c:
+        r = await c.post(
+            "/v1/mcp/big-pol", json=_rpc("tools/call", 1, name="rm", pad=big), headers=_auth(key)
+        )
+        assert r.json()["error"]["code"] == -32003
+        r = await c.post(
+            "/v1/mcp/big-pol", json=_rpc("tools/call", 2, name="echo", pad=big), headers=_auth(key)
+        )
+        assert r.json()["result"] == {"ok": True}
+        huge = "x" * (1100 * 1024)
+        r = await c.post(
+            "/v1/mcp/big-pol", json=_rpc("tools/call", 3, name="echo", pad=huge), headers=_auth(key)
+        )
+        assert r.status_code == 413
+        headers = {**_auth(key), "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+        r = await c.post(
+            "/v1/mcp/conn-a", json=_rpc("tools/call", 4, name="echo", pad=huge), headers=headers
+        )
+        assert r.status_code == 200
+        r = await c.post(
+            "/v1/mcp/conn-a",
+            json=_rpc("tools/call", 5, name="echo", pad=huge),
+            headers={**headers, "Mcp-Method": "tools/list"},
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "header_mismatch"

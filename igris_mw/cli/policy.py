@@ -131,9 +131,7 @@ def register_api_keys_update(leaves: Any, common: argparse.ArgumentParser, leaf:
         "--connection", action="append", metavar="SLUG",
         help="limit the key to these connections (replaces the list; repeatable)",
     )  # fmt: skip
-    update.add_argument(
-        "--all-connections", action="store_true", help="lift the connection limit"
-    )
+    update.add_argument("--all-connections", action="store_true", help="lift the connection limit")
     update.add_argument(
         "--expires-at", metavar="RFC3339", help="new expiry (e.g. 2030-01-01T00:00:00Z) or none"
     )

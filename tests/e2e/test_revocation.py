@@ -30,9 +30,7 @@ from upstream import UpstreamServer
 Opener = Callable[[str, dict[str, str]], AbstractAsyncContextManager[ClientSession]]
 
 
-async def _slow_call_then(
-    session: ClientSession, change: Callable[[], Awaitable[Any]]
-) -> float:
+async def _slow_call_then(session: ClientSession, change: Callable[[], Awaitable[Any]]) -> float:
     """Start a long tool call, make ``change`` once it streams, return how long
     the call took to fail after the change."""
     progressed = asyncio.Event()
@@ -198,8 +196,12 @@ async def test_change_by_another_process_on_sqlite_ends_streams_within_the_ttl(
         upstream.accept(credential)
         slug = new_slug("sqlite")
         await gw.service.create_connection(
-            {"slug": slug, "name": slug, "upstreamUrl": upstream.base_url + "/legacy",
-             "credential": credential}
+            {
+                "slug": slug,
+                "name": slug,
+                "upstreamUrl": upstream.base_url + "/legacy",
+                "credential": credential,
+            }
         )
         _, key = await gw.service.create_api_key({"name": "k", "scopes": ["mcp"]})
         # The "CLI": its own store object on the same file, whose writes the gateway
@@ -210,9 +212,11 @@ async def test_change_by_another_process_on_sqlite_ends_streams_within_the_ttl(
             cli_service = Service(other, gw.crypto)
             async with (
                 httpx.AsyncClient(timeout=httpx.Timeout(10, read=20)) as http,
-                http.stream("GET", f"{base_url}/v1/mcp/{slug}/sse",
-                            headers={"Authorization": f"Bearer {key}",
-                                     "Accept": "text/event-stream"}) as resp,
+                http.stream(
+                    "GET",
+                    f"{base_url}/v1/mcp/{slug}/sse",
+                    headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"},
+                ) as resp,
             ):
                 assert resp.status_code == 200
                 chunks = resp.aiter_bytes()

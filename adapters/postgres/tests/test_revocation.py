@@ -35,7 +35,11 @@ MASTER = {
 def cli(store: str, *args: str) -> Any:
     out = subprocess.run(
         [sys.executable, "-m", "igris_mw.cli", *args, "--store", store, "--json"],
-        env={**os.environ, **MASTER}, capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, **MASTER},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return json.loads(out.stdout)
 
@@ -53,20 +57,31 @@ class _Streams:
         if scope["method"] != "GET":
             while (await receive()).get("more_body"):
                 pass
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"ok":true}'})
             return
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         self.open += 1
         try:
             gone = asyncio.ensure_future(receive())
             while not gone.done():
-                await send({"type": "http.response.body", "body": b"data: tick\n\n",
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"data: tick\n\n", "more_body": True}
+                )
                 await asyncio.wait({gone}, timeout=0.1)
         except OSError:
             pass
@@ -107,20 +122,29 @@ async def test_disable_through_a_ends_a_stream_open_on_b(
     ):
         async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=30)) as http:
             admin_h = {"Authorization": f"Bearer {admin}"}
-            r = await http.post(f"{a.base_url}/api/v1/virtual-keys", headers=admin_h, json={
-                "slug": "streamy", "name": "Streamy", "upstreamUrl": url,
-                "credential": "cred"})
+            r = await http.post(
+                f"{a.base_url}/api/v1/virtual-keys",
+                headers=admin_h,
+                json={
+                    "slug": "streamy",
+                    "name": "Streamy",
+                    "upstreamUrl": url,
+                    "credential": "cred",
+                },
+            )
             assert r.status_code == 201, r.text
             async with http.stream(
-                "GET", f"{b.base_url}/v1/mcp/streamy",
+                "GET",
+                f"{b.base_url}/v1/mcp/streamy",
                 headers={"Authorization": f"Bearer {mcp}", "Accept": "text/event-stream"},
             ) as resp:
                 assert resp.status_code == 200
                 chunks = resp.aiter_bytes()
                 assert b"tick" in await chunks.__anext__()
                 assert upstream.open == 1
-                r = await http.post(f"{a.base_url}/api/v1/virtual-keys/streamy/disable",
-                                    headers=admin_h)
+                r = await http.post(
+                    f"{a.base_url}/api/v1/virtual-keys/streamy/disable", headers=admin_h
+                )
                 assert r.status_code == 200, r.text
                 disabled_at = time.monotonic()
                 async for _ in chunks:
@@ -132,14 +156,16 @@ async def test_disable_through_a_ends_a_stream_open_on_b(
                 await asyncio.sleep(0.01)
             assert upstream.open == 0
             assert upstream.closed == 1
-            r = await http.get(f"{a.base_url}/api/v1/virtual-keys/streamy/audit?limit=50",
-                               headers=admin_h)
+            r = await http.get(
+                f"{a.base_url}/api/v1/virtual-keys/streamy/audit?limit=50", headers=admin_h
+            )
             for _ in range(50):  # B's audit writer flushes in the background
                 if any(e["outcome"] == "revoked" for e in r.json()["data"]):
                     break
                 await asyncio.sleep(0.1)
-                r = await http.get(f"{a.base_url}/api/v1/virtual-keys/streamy/audit?limit=50",
-                                   headers=admin_h)
+                r = await http.get(
+                    f"{a.base_url}/api/v1/virtual-keys/streamy/audit?limit=50", headers=admin_h
+                )
             assert any(e["outcome"] == "revoked" for e in r.json()["data"])
 
 
@@ -163,9 +189,11 @@ async def test_max_stale_fails_closed_then_recovers(
             assert r.status_code == 201, r.text
 
             async def call() -> httpx.Response:
-                return await http.post(f"{gw.base_url}/v1/mcp/warm",
-                                       headers={"Authorization": f"Bearer {mcp}"},
-                                       json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+                return await http.post(
+                    f"{gw.base_url}/v1/mcp/warm",
+                    headers={"Authorization": f"Bearer {mcp}"},
+                    json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                )
 
             assert (await call()).status_code == 200
             private_cluster.stop()
