@@ -12,9 +12,9 @@ this module applies them to one request with the records the resolver gave:
 * ``tools_response_filter``: the body filter that drops disallowed tools
   from ``tools/list`` answers (JSON, SSE, or any answer on a legacy stream);
 * ``DenialAggregator``: repeated refusals of one kind (401 on a known slug,
-  429) for one connection and key become one audit event per window with a
-  ``count``, so a flood cannot grow the audit trail or the store's work
-  without bound.
+  429) for one connection and key: past the first few in a window, one audit
+  event with a ``count``, so a flood cannot grow the audit trail or the
+  store's work without bound.
 
 A key and a connection with no policy cost one attribute test each.
 """
@@ -281,19 +281,20 @@ def tools_response_filter(list_ids: Iterable[str] | None, check: ToolCheck) -> B
 
 @attrs.define
 class _Window:
+    emitted: int
     count: int
     last: AuditEvent
     timer: asyncio.TimerHandle | None
 
 
 class DenialAggregator:
-    """One audit event per window for repeated refusals of one kind.
+    """At most ``free + 1`` audit events per window for repeated refusals of one kind.
 
-    The first refusal of a (connection, key, outcome, status) is emitted at
-    once (``count`` 1); those after it within ``window`` seconds are counted
-    and emitted as one event (the last one, with their ``count``) when the
-    window closes. At most ``max_windows`` are open: a new one closes the
-    oldest first, so memory is bounded whatever arrives.
+    The first ``free`` refusals of a (connection, key, outcome, status) within
+    ``window`` seconds are emitted as they come, as plain events; the ones
+    after them are counted and emitted as one event (the last one, with their
+    ``count``) when the window closes. At most ``max_windows`` are open: a new
+    one closes the oldest first, so memory is bounded whatever arrives.
     """
 
     def __init__(
@@ -301,10 +302,12 @@ class DenialAggregator:
         emit: Callable[[AuditEvent], None],
         *,
         window: float = 10.0,
+        free: int = 5,
         max_windows: int = 10_000,
     ) -> None:
         self._emit = emit
         self._window = window
+        self._free = free
         self._max = max_windows
         self._open: dict[tuple[Any, ...], _Window] = {}
 
@@ -315,19 +318,23 @@ class DenialAggregator:
         key = (event.connection, event.api_key_id, event.outcome, event.status)
         entry = self._open.get(key)
         if entry is not None:
-            entry.count += 1
-            entry.last = event
+            if entry.emitted < self._free:
+                entry.emitted += 1
+                self._emit(event)
+            else:
+                entry.count += 1
+                entry.last = event
             return
         if len(self._open) >= self._max:
             self._close(next(iter(self._open)))
-        self._emit(attrs.evolve(event, count=1))
+        self._emit(event)
         try:
             timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
                 self._window, self._close, key
             )
         except RuntimeError:  # pragma: no cover - always called on the loop
             timer = None
-        self._open[key] = _Window(0, event, timer)
+        self._open[key] = _Window(1, 0, event, timer)
 
     def _close(self, key: tuple[Any, ...]) -> None:
         entry = self._open.pop(key, None)
