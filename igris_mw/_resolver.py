@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
+import ssl
 from collections.abc import Coroutine
 from typing import Any, Final
 
@@ -35,9 +37,17 @@ import attrs
 
 from . import _auth
 from ._cache import RefreshingCache
-from ._errors import CryptoUnavailable, InvalidCiphertext, NotFound, Unauthorized, UnknownKeyId
+from ._errors import (
+    CryptoUnavailable,
+    InvalidCiphertext,
+    NotFound,
+    Unauthorized,
+    UnknownKeyId,
+    ValidationError,
+)
 from ._openwork import OpenWork
 from ._proxy import Target
+from ._proxy.tls import ContextCache, TlsMaterial
 from ._service import Service
 from .models import ApiKey, AuthType, Connection, utcnow
 from .storage import Change, Store
@@ -103,10 +113,18 @@ class Resolver:
         ttl: the backstop bound on how long an unnotified change can go unseen.
         max_stale: how long an entry is served after its last successful
             check while the store cannot be reached (then 503).
+        tls: the SSL contexts of connections with their own TLS material,
+            built here (cold path) once per connection version.
     """
 
     def __init__(
-        self, store: Store, service: Service, *, ttl: float, max_stale: float = 60.0
+        self,
+        store: Store,
+        service: Service,
+        *,
+        ttl: float,
+        max_stale: float = 60.0,
+        tls: ContextCache | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError("cache_ttl must be positive")
@@ -130,6 +148,7 @@ class Resolver:
         self.open_work = OpenWork()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.tls = tls if tls is not None else ContextCache()
 
     def attach(self) -> None:
         """Start following the store's changes (call once the store is open)."""
@@ -175,11 +194,14 @@ class Resolver:
         work = self.open_work
         if change.kind == "all":
             self.connections.clear()
+            self.tls.clear()
             self.keys.clear()
             if work.by_key:
                 self._spawn(self.recheck_all())
         elif change.kind == "connection" and change.key is not None:
             self.connections.invalidate(change.key)
+            # Old contexts hold the old client key in OpenSSL's memory: drop them now.
+            self.tls.discard(change.key)
             if change.key in work.by_slug:
                 self._spawn(self.recheck_connection(change.key))
         elif change.kind == "api_key":
@@ -299,7 +321,30 @@ class Resolver:
         except InvalidCiphertext as exc:
             return _Resolved(conn, None, _crypto_fault(conn, exc))
         inject = inject_headers(conn, secret.reveal() if secret is not None else None)
-        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject))
+        try:
+            context = await self._ssl_context(conn)
+        except InvalidCiphertext as exc:
+            return _Resolved(conn, None, _crypto_fault(conn, exc))
+        except ValidationError as exc:
+            log.error("connection %r: its TLS settings cannot be used: %s", conn.slug, exc.message)
+            return _Resolved(conn, None, f"its TLS settings cannot be used: {exc.message}")
+        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject, ssl=context))
+
+    async def _ssl_context(self, conn: Connection) -> ssl.SSLContext | None:
+        """The connection's own context, or ``None`` for the forwarder's default."""
+        tls = conn.tls
+        if tls is None or not conn.upstream_url.lower().startswith("https:"):
+            return None
+        key = await self.service.open_client_key(conn)
+        material = TlsMaterial(
+            ca_pem=tls.ca_certificate,
+            client_cert_pem=tls.client_certificate,
+            client_key=key,
+        )
+        # The stored text changes with every seal (fresh data key): a connection
+        # deleted and created again under the same slug and version is told apart.
+        stamp = hashlib.sha256(tls.to_text().encode()).digest()
+        return self.tls.get(conn.slug, conn.version, material, stamp)
 
 
 def _is_missing(value: object) -> bool:

@@ -24,7 +24,8 @@ CANARY2 = "canary-Tz61Wb-rotated"
 BASE = "http://gw.test"
 CONNECTION_FIELDS = {
     "slug", "name", "upstreamUrl", "authType", "headerName", "enabled", "credentialVersion",
-    "createdAt", "updatedAt", "rotatedAt", "gatewayUrl", "rateLimit", "tools",
+    "createdAt", "updatedAt", "rotatedAt", "gatewayUrl", "caCertificate", "clientCertificate",
+    "rateLimit", "tools",
 }
 
 

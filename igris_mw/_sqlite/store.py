@@ -54,6 +54,7 @@ from ..models import (
     Page,
     Scope,
     policy_to_json,
+    tls_text,
 )
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 from .schema import (
@@ -275,8 +276,9 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, policy, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, tls, policy, created_at,"
+                    " updated_at, rotated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -303,6 +305,7 @@ class SQLiteStore:
             int(c.enabled),
             c.credential_version,
             c.ciphertext,
+            tls_text(c.tls),
             policy_to_json(c),
         )
 
@@ -344,7 +347,7 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " policy = ?, updated_at = ?, rotated_at = ?, version = version + 1"
+                    " tls = ?, policy = ?, updated_at = ?, rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),

@@ -80,7 +80,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
-    # 2: access policy (rateLimit, tools, maxConcurrent) as one JSON text (NULL: none);
+    # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
+    "ALTER TABLE igris_connections ADD COLUMN tls text;",
+    # 3: access policy (rateLimit, tools, maxConcurrent) as one JSON text (NULL: none);
     # the count of an audit event that stands for several repeated refusals
     """
     ALTER TABLE igris_connections ADD COLUMN policy text;

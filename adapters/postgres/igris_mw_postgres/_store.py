@@ -43,8 +43,10 @@ from igris_mw.models import (
     Connection,
     Page,
     Scope,
+    TlsConfig,
     policy_from_json,
     policy_to_json,
+    tls_text,
 )
 from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from igris_mw.plugins import redact_url
@@ -67,7 +69,7 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version, policy"
+    "ciphertext, created_at, updated_at, rotated_at, version, tls, policy"
 )
 _API_KEY_COLS = (
     "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy"
@@ -118,6 +120,7 @@ def _connection_from_row(row: Row) -> Connection:
         updated_at=row["updated_at"].astimezone(UTC),
         rotated_at=_utc(row["rotated_at"]),
         version=row["version"],
+        tls=TlsConfig.from_text(row["tls"]),
         **policy_from_json(row["policy"]),
     )
 
@@ -346,11 +349,11 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at, policy_to_json(c)),
+                         c.updated_at, c.rotated_at, tls_text(c.tls), policy_to_json(c)),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "connection", c.slug)
@@ -397,11 +400,11 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, policy = %s, version = version + 1 "
+                "updated_at = %s, rotated_at = %s, tls = %s, policy = %s, version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
                  c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
-                 policy_to_json(c), c.slug, expected_version),
+                 tls_text(c.tls), policy_to_json(c), c.slug, expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:

@@ -48,8 +48,10 @@ from igris_mw.models import (
     Connection,
     Page,
     Scope,
+    TlsConfig,
     policy_from_json,
     policy_to_json,
+    tls_text,
 )
 from igris_mw.paging import bad_cursor, check_limit
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
@@ -231,6 +233,7 @@ class VaultKVStore:
             "created_at": _time(c.created_at),
             "updated_at": _time(c.updated_at),
             "rotated_at": _time(c.rotated_at),
+            "tls": tls_text(c.tls),
             "policy": policy_to_json(c),
         }
 
@@ -250,6 +253,7 @@ class VaultKVStore:
                 updated_at=_need_time(data["updated_at"]),
                 rotated_at=_parse_time(data.get("rotated_at")),
                 version=version,
+                tls=TlsConfig.from_text(data.get("tls")),
                 **policy_from_json(data.get("policy")),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
