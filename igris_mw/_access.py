@@ -119,17 +119,13 @@ class AccessPolicy:
             retry_after=retry_after,
         )
 
-    def auth_failed(self, address: str | None, error: IgrisError) -> IgrisError:
-        """Count a failed authentication; the error to answer with (429 once over)."""
+    def auth_failed(self, address: str | None) -> None:
+        """Count a failed authentication (answered 401 still); once the address
+        has used its budget, its next requests get 429 (``blocked``)."""
         self.auth_throttle.record_failure(address)
         retry_after = self.auth_throttle.retry_after(address)
-        if retry_after <= 0:
-            return error
-        self._blocked_until = max(self._blocked_until, time.monotonic() + retry_after)
-        return TooManyRequests(
-            "too many failed authentications from this address; retry later",
-            retry_after=retry_after,
-        )
+        if retry_after > 0:
+            self._blocked_until = max(self._blocked_until, time.monotonic() + retry_after)
 
     async def close(self) -> None:
         await self.limits.close()

@@ -397,7 +397,7 @@ class IgrisGateway:
                 )
         except IgrisError as exc:
             if exc.status == 401:
-                exc = access.auth_failed(client_address(scope), exc)
+                access.auth_failed(client_address(scope))
             await self._refuse(send, exc, fields, started, known=resolved is not None)
             return
         except Exception as exc:  # a store or crypto failure on the cold path

@@ -325,7 +325,9 @@ async def test_failed_authentications_throttle_the_address(upstream: Upstream) -
             for _ in range(4):
                 r = await c.post("/v1/mcp/conn-a", json=_rpc(), headers=_auth("ig_bad"))
                 assert r.status_code == 401
-            r = await c.post("/v1/mcp/conn-a", json=_rpc())
+            r = await c.post("/v1/mcp/conn-a", json=_rpc())  # the fifth: still answered
+            assert r.status_code == 401
+            r = await c.post("/v1/mcp/conn-a", json=_rpc())  # more than five: blocked
             assert r.status_code == 429
             assert r.json()["error"]["code"] == "rate_limited"
             assert 1 <= int(r.headers["retry-after"]) <= 60
@@ -333,7 +335,7 @@ async def test_failed_authentications_throttle_the_address(upstream: Upstream) -
             assert r.status_code == 429
         events = await _audit(gw)
         denied = [e for e in events if e.status == 401]
-        assert len(denied) == 4  # each of the first few as it came
+        assert len(denied) == 5  # each of the first few as it came
         throttled = [e for e in events if e.status == 429]
         assert len(throttled) == 2
     finally:
