@@ -712,3 +712,45 @@ async def test_large_bodies_under_a_policy_and_with_mcp_headers(
         )
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "header_mismatch"
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["name", "connections", "expiresAt", "rateLimit", "tools", "maxConcurrent", "x\x00"]
+        ),
+        _JSON,
+        max_size=4,
+    )
+)
+async def test_patch_api_key_with_any_json_is_200_or_422_and_422_changes_nothing(
+    body: dict[str, Any],
+) -> None:
+    """Any JSON value in any PATCH field: a clean 200 or a 422 naming a field, no 500,
+    and a refused PATCH leaves the key as it was."""
+    gw = await _gateway()
+    try:
+        _, admin = await gw.service.create_api_key({"name": "admin", "scopes": ["admin"]})
+        key_id, _ = await _key(gw)
+        before = [k.to_json() for k in await gw.service.list_api_keys()]
+        async with _client(gw) as c:
+            r = await c.patch(f"/api/v1/api-keys/{key_id}", json=body, headers=_auth(admin))
+        assert r.status_code in (200, 422), r.text
+        if r.status_code == 422:
+            assert r.json()["error"]["field"]
+            assert [k.to_json() for k in await gw.service.list_api_keys()] == before
+    finally:
+        await gw.aclose()
