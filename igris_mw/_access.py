@@ -107,11 +107,11 @@ class AccessPolicy:
                 retry_after=decision.retry_after,
             )
 
-    def blocked(self, address: str | None) -> TooManyRequests | None:
-        """The refusal for an address over its failed-authentication budget, if it is."""
-        if time.monotonic() >= self._blocked_until:
+    def blocked(self, scope: Any) -> TooManyRequests | None:
+        """The refusal for a client address over its failed-authentication budget, if it is."""
+        if not self._blocked_until or time.monotonic() >= self._blocked_until:
             return None
-        retry_after = self.auth_throttle.retry_after(address)
+        retry_after = self.auth_throttle.retry_after(client_address(scope))
         if retry_after <= 0:
             return None
         return TooManyRequests(

@@ -369,7 +369,7 @@ class IgrisGateway:
                 raise Forbidden(
                     "this Origin is not allowed to use the gateway", code="origin_not_allowed"
                 )
-            throttled = access.blocked(client_address(scope))
+            throttled = access.blocked(scope)
             if throttled is not None:
                 raise throttled
             token = _auth.bearer_token(headers.get(b"authorization"))
