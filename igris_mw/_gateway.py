@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any, Final, overload
 from urllib.parse import urlsplit
@@ -630,16 +630,21 @@ class _TrackedSend:
         # Set when another request may write onto this stream (legacy SSE).
         self.lock: asyncio.Lock | None = None
 
-    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+    def __call__(self, message: MutableMapping[str, Any]) -> Awaitable[None]:
+        # Not a coroutine itself: hands back the server's own awaitable, one
+        # frame fewer per chunk on every request.
         if message["type"] == "http.response.start":
             self.status = message["status"]
         elif not message.get("more_body", False):
             self.ended = True
         if self.lock is None:
+            return self.send(message)
+        return self._locked(message)
+
+    async def _locked(self, message: MutableMapping[str, Any]) -> None:
+        assert self.lock is not None
+        async with self.lock:
             await self.send(message)
-        else:
-            async with self.lock:
-                await self.send(message)
 
     async def inject(self, body: bytes) -> bool:
         """Write ``body`` into this open response (between the relay's chunks)."""

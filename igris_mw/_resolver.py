@@ -196,13 +196,13 @@ class Resolver:
             self.connections.clear()
             self.tls.clear()
             self.keys.clear()
-            if work.by_key:
+            if work:
                 self._spawn(self.recheck_all())
         elif change.kind == "connection" and change.key is not None:
             self.connections.invalidate(change.key)
             # Old contexts hold the old client key in OpenSSL's memory: drop them now.
             self.tls.discard(change.key)
-            if change.key in work.by_slug:
+            if work and work.has_slug(change.key):
                 self._spawn(self.recheck_connection(change.key))
         elif change.kind == "api_key":
             key_hash = self._key_hash_by_id.get(change.key) if change.key else None
@@ -212,13 +212,13 @@ class Resolver:
                 # A new key may replace a cached "unknown": forget every negative entry.
                 self.keys.clear()
             if change.key is None:
-                if work.by_key:
+                if work:
                     self._spawn(self.recheck_all())
-            elif change.key in work.by_key:
+            elif work.has_key(change.key):
                 self._spawn(self.recheck_key(change.key))
         else:
             self.connections.clear()
-            if work.by_slug:
+            if work:
                 self._spawn(self.recheck_all())
 
     # -- revocation of open work ------------------------------------------
@@ -264,7 +264,7 @@ class Resolver:
         if record is None or not record.is_usable(utcnow()):
             ended = work.end_key(key_id)
         else:
-            slugs = {t.slug for t in work.by_key.get(key_id, ())}
+            slugs = work.slugs(key_id)
             ended = work.end_key(key_id, [s for s in slugs if not record.allows(s)])
             work.set_expiry(key_id, record.expires_at)
         if ended:
@@ -273,9 +273,9 @@ class Resolver:
     async def recheck_all(self) -> None:
         """Recheck every key and connection with open work."""
         work = self.open_work
-        for slug in list(work.by_slug):
+        for slug in work.slugs():
             await self.recheck_connection(slug)
-        for key_id in list(work.by_key):
+        for key_id in work.key_ids():
             await self.recheck_key(key_id)
 
     async def _sweep(self) -> None:
@@ -283,7 +283,7 @@ class Resolver:
         # a shared SQLite file): open work is rechecked every ttl.
         while True:
             await asyncio.sleep(self.ttl)
-            if self.open_work.by_key:
+            if self.open_work:
                 try:
                     await self.recheck_all()
                 except Exception:  # never let the sweep die

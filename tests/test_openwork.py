@@ -57,14 +57,17 @@ async def test_registry_counts_and_forgets() -> None:
     a, _ = await _open_task(work, "k1", "s1")
     b, _ = await _open_task(work, "k1", "s2")
     assert work.count_for_key("k1") == 2
-    assert set(work.by_slug) == {"s1", "s2"}
+    assert work.slugs() == {"s1", "s2"}
+    assert work.has_key("k1")
+    assert work.has_slug("s2")
     a.cancel()
     b.cancel()
     await asyncio.gather(a, b, return_exceptions=True)
     assert work.count_for_key("k1") == 0
-    assert not work.by_key
-    assert not work.by_slug
+    assert not work.has_key("k1")
+    assert not work.slugs()
     assert len(work) == 0
+    assert not work
 
 
 async def test_end_key_only_on_given_slugs() -> None:
