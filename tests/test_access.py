@@ -754,3 +754,27 @@ async def test_patch_api_key_with_any_json_is_200_or_422_and_422_changes_nothing
             assert [k.to_json() for k in await gw.service.list_api_keys()] == before
     finally:
         await gw.aclose()
+
+
+@given(st.text(max_size=300) | st.binary(max_size=50).map(lambda b: b.decode("latin-1")))
+async def test_any_tool_name_under_deny_all_is_answered_and_never_sent(name: str) -> None:
+    """Whatever the tool name (NUL, lone surrogates, escapes, long): a denied call is a
+    JSON-RPC -32003 answer or a 400, never a 500, and nothing reaches the upstream."""
+    gw = await _gateway()
+    try:
+        await gw.service.create_connection(
+            {"slug": "deny-all", "name": "d", "upstreamUrl": "http://127.0.0.1:9/mcp",
+             "credential": "c", "tools": {"deny": ["*"]}}
+        )  # fmt: skip
+        _, key = await _key(gw)
+        body = json.dumps(_rpc("tools/call", 1, name=name)).encode()
+        async with _client(gw) as c:
+            r = await c.post(
+                "/v1/mcp/deny-all", content=body,
+                headers={**_auth(key), "Content-Type": "application/json"},
+            )  # fmt: skip
+        assert r.status_code in (200, 400), r.text
+        if r.status_code == 200:
+            assert r.json()["error"]["code"] == -32003
+    finally:
+        await gw.aclose()
