@@ -59,7 +59,13 @@ def _text(name: str, raw: str) -> str:
 
 
 def _path(name: str, raw: str) -> Path:
-    return Path(raw).expanduser().absolute()
+    if "\0" in raw:
+        raise ConfigurationError(f"{name} holds a NUL character")
+    try:
+        # expanduser raises RuntimeError for "~someone" who does not exist.
+        return Path(raw).expanduser().absolute()
+    except RuntimeError:
+        raise ConfigurationError(f"{name} names a home directory that does not exist") from None
 
 
 def _seconds(name: str, raw: str) -> float:
