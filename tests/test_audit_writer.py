@@ -462,3 +462,4 @@ async def test_an_unsafe_event_from_elsewhere_is_stored_in_its_safe_form() -> No
     assert [e.id for e in sink.events] == [e.id for e in events]
     assert sink.events[4].path == "/v1/mcp/conn-a/\\x00"
     assert writer.stats.quarantined == 0
+    assert writer.stats.escaped == 1

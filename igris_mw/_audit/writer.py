@@ -73,6 +73,7 @@ class AuditStats:
     spilled: int = 0
     failures: int = 0
     quarantined: int = 0
+    escaped: int = 0  # stored only in their safe form, after the sink refused them
     dropped: int = 0
 
 
@@ -349,6 +350,7 @@ class AuditWriter:
                     except AuditRejected:
                         pass
                     else:
+                        self.stats.escaped += 1
                         log.warning("audit: event %s stored in its escaped form", safe.id)
                         return 1
                 await asyncio.to_thread(self._quarantine, batch[0], exc.message)

@@ -183,10 +183,12 @@ async def nul_then_normal(gateway: IgrisGateway, slug: str, key: str, count: int
 
 
 async def assert_all_stored(gateway: IgrisGateway) -> None:
-    """Every event emitted so far is in the sink, none quarantined, every chain intact."""
+    """Every event emitted so far is in the sink, none quarantined or refused
+    by the sink for its text, every chain intact."""
     assert await gateway.audit.flush(30), "the audit queue did not drain"
     stats = gateway.audit.stats
     assert stats.quarantined == 0, stats
+    assert stats.escaped == 0, stats  # made safe when built, not after a refusal
     assert stats.written == stats.emitted, stats
     report = await gateway.service.verify_audit()
     assert all(not problems for problems in report.values()), report
