@@ -32,6 +32,7 @@ from ._audit_file import build_audit_sink
 from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
+from ._policy.egress import ENV_ALLOW, EgressPolicy
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
@@ -102,6 +103,10 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        allow_upstream_networks: CIDRs upstreams may reach although they are
+            internal (loopback, private, link-local, ...); default
+            ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, else none. Cloud metadata
+            endpoints stay refused whatever is allowed (docs/egress.md).
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -122,6 +127,7 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        allow_upstream_networks: str | Sequence[str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.app = app
@@ -138,7 +144,10 @@ class IgrisGateway:
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
-        self.service = Service(self.store, self.crypto, audit=audit)
+        self.egress = EgressPolicy.from_setting(
+            env.get(ENV_ALLOW) if allow_upstream_networks is None else allow_upstream_networks
+        )
+        self.service = Service(self.store, self.crypto, audit=audit, egress=self.egress)
         if upstream_timeout is None:
             upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
         if upstream_timeout <= 0:
@@ -150,7 +159,7 @@ class IgrisGateway:
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
-        self.forwarder = Forwarder(timeout=upstream_timeout)
+        self.forwarder = Forwarder(timeout=upstream_timeout, egress=self.egress)
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.api = ManagementAPI(
             self.service,

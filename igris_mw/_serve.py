@@ -73,6 +73,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="bound on how long an unnotified change can go unseen (default 5)",
     )
+    p.add_argument(
+        "--allow-upstream-network",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="let upstreams reach this internal network (repeat; default "
+        "IGRIS_ALLOW_UPSTREAM_NETWORKS); cloud metadata stays refused",
+    )
     p.add_argument("--log-level", default=os.environ.get("IGRIS_LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log each request line")
     return p
@@ -136,6 +144,7 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_ttl=args.cache_ttl,
         audit_spill=data_dir(environ) / "audit-spill.jsonl",
         environ=environ,
+        allow_upstream_networks=getattr(args, "allow_upstream_network", None),
     )
     try:
         import uvloop  # noqa: F401

@@ -429,7 +429,7 @@ async def test_upstream_timeout_is_a_504_and_audited(upstream: Upstream) -> None
         None,
         store=MemoryStore(),
         crypto=FixedKeyring(),
-        environ={"IGRIS_UPSTREAM_TIMEOUT": "0.3"},
+        environ={"IGRIS_UPSTREAM_TIMEOUT": "0.3", "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
     )
     await gw.startup()
     try:

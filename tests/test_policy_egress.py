@@ -19,7 +19,6 @@ from igris_mw._errors import ConfigurationError, UpstreamError, ValidationError
 from igris_mw._policy.egress import (
     EgressForbidden,
     EgressPolicy,
-    EgressResolver,
     UpstreamForbidden,
     check_address,
     check_connect_host,
@@ -28,6 +27,7 @@ from igris_mw._policy.egress import (
     parse_host_address,
     parse_networks,
 )
+from igris_mw._policy.resolver import EgressResolver
 
 LOOPBACK = parse_networks("127.0.0.0/8")
 EVERYTHING = parse_networks("0.0.0.0/0, ::/0")

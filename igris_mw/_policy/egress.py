@@ -5,7 +5,7 @@ One classification serves both checks:
 * at create / PATCH, :func:`check_url_literal` looks at the URL only (no DNS):
   a literal forbidden address in any notation, or a cloud metadata name, is a
   422 ``upstream_forbidden``;
-* at connect, :class:`EgressResolver` (an aiohttp resolver) checks every
+* at connect, ``resolver.EgressResolver`` (an aiohttp resolver) checks every
   address a name resolves to and refuses the host when any is forbidden;
   aiohttp then connects to exactly the addresses the resolver returned (the
   URL's name stays in ``Host`` and TLS SNI), so a second lookup that answers
@@ -22,24 +22,28 @@ refused always, whatever is allowed.
 from __future__ import annotations
 
 import ipaddress
-import socket
+import os
 import unicodedata
-from collections.abc import Iterable, Sequence
-from typing import TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import attrs
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from igris_mw._errors import ConfigurationError, UpstreamError, ValidationError
 
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractResolver
+
+    from igris_mw._policy.resolver import EgressResolver
+
 __all__ = [
     "ALLOW_SETTING_HINT",
+    "ENV_ALLOW",
     "METADATA_ADDRESSES",
     "METADATA_NAMES",
     "EgressForbidden",
     "EgressPolicy",
-    "EgressResolver",
     "Network",
     "Refusal",
     "UpstreamForbidden",
@@ -55,6 +59,7 @@ __all__ = [
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+ENV_ALLOW = "IGRIS_ALLOW_UPSTREAM_NETWORKS"
 ALLOW_SETTING_HINT = (
     "to let connections reach an internal network, list it in "
     "IGRIS_ALLOW_UPSTREAM_NETWORKS (comma-separated CIDRs), serve "
@@ -416,7 +421,7 @@ def check_connect_host(host: str, allowed: Sequence[Network] = ()) -> None:
     """The connect-time check of a URL host that aiohttp will not resolve.
 
     aiohttp skips the resolver for an IP literal, so the forwarder calls this
-    for the URL's host (cheap: no I/O). Names are left to :class:`EgressResolver`,
+    for the URL's host (cheap: no I/O). Names are left to ``EgressResolver``,
     except metadata names, refused here already.
 
     Raises:
@@ -440,6 +445,12 @@ class EgressPolicy:
     def from_setting(cls, value: str | Iterable[str] | None) -> EgressPolicy:
         return cls(parse_networks(value))
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> EgressPolicy:
+        """From ``IGRIS_ALLOW_UPSTREAM_NETWORKS`` (comma-separated CIDRs)."""
+        env = os.environ if environ is None else environ
+        return cls(parse_networks(env.get(ENV_ALLOW)))
+
     def check_url_literal(self, url: str, *, field: str = "upstreamUrl") -> None:
         check_url_literal(url, self.allowed, field=field)
 
@@ -447,36 +458,7 @@ class EgressPolicy:
         check_connect_host(host, self.allowed)
 
     def resolver(self, inner: AbstractResolver | None = None) -> EgressResolver:
+        # Imported here: aiohttp stays out of the CLI's start-up.
+        from igris_mw._policy.resolver import EgressResolver
+
         return EgressResolver(self.allowed, inner)
-
-
-class EgressResolver(AbstractResolver):
-    """An aiohttp resolver that refuses a host when any resolved address is forbidden.
-
-    Wraps aiohttp's default resolver (or ``inner``). Every address of the
-    answer is checked, not only the first: happy eyeballs may try any of them.
-    """
-
-    def __init__(
-        self, allowed: Sequence[Network] = (), inner: AbstractResolver | None = None
-    ) -> None:
-        self._allowed = tuple(allowed)
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        check_connect_host(host, self._allowed)
-        if self._inner is None:
-            # Built here, not in __init__: aiohttp's resolvers need a running loop.
-            from aiohttp.resolver import DefaultResolver
-
-            self._inner = DefaultResolver()
-        answers = await self._inner.resolve(host, port, family)
-        for answer in answers:
-            check_address(answer["host"], self._allowed, host=host)
-        return answers
-
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()

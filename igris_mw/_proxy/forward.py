@@ -47,6 +47,7 @@ from multidict import CIMultiDict
 
 from .._asgi import Receive, Scope, Send
 from .._errors import BadRequest, IgrisError, UpstreamError, UpstreamTimeout
+from .._policy.egress import EgressForbidden, EgressPolicy
 from .._responses import send_error
 from .sse import EndpointRewriter, endpoint_rewrite
 from .upstream import Target, request_headers, response_headers, upstream_url
@@ -207,6 +208,11 @@ class Forwarder:
         limit_per_host: connections per upstream host (0: unbounded).
         ssl: ``True`` verifies upstream TLS with the system CAs; an
             ``ssl.SSLContext`` for private CAs.
+        egress: the address policy: every address a host resolves to is
+            checked by the session's resolver, and the connection goes to
+            the checked address; IP literals (which aiohttp does not resolve)
+            are checked here. ``None`` checks nothing (the gateway always
+            passes one).
 
     Raises:
         ValueError: a timeout is not positive.
@@ -221,6 +227,7 @@ class Forwarder:
         limit_per_host: int = 0,
         keepalive_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | bool = True,
+        egress: EgressPolicy | None = None,
     ) -> None:
         if not timeout > 0 or (connect_timeout is not None and not connect_timeout > 0):
             raise ValueError("timeouts must be positive numbers of seconds")
@@ -230,6 +237,9 @@ class Forwarder:
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive_timeout
         self._ssl = ssl
+        self._egress = egress
+        # host -> the refusal of its literal check (None: fine); a dict read per request.
+        self._host_checks: dict[str, EgressForbidden | None] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -252,6 +262,7 @@ class Forwarder:
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
+            resolver=self._egress.resolver() if self._egress is not None else None,
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
@@ -303,6 +314,10 @@ class Forwarder:
             headers, has_body = request_headers(scope, target)
         except BadRequest as exc:
             return await _fail(send, result, exc, "bad_request")
+        if self._egress is not None:
+            refused = self._literal_refusal(url.raw_host or "")
+            if refused is not None:
+                return await _fail(send, result, refused, "upstream_forbidden")
         if prefix is None and not has_body and scope.get("http_version") not in ("1.0", "1.1"):
             # HTTP/2 and 3 may carry a body with neither header: look at the first message.
             prefix = await read_body_prefix(receive, 1)
@@ -335,6 +350,9 @@ class Forwarder:
                     raise
                 result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
                 return result
+            except EgressForbidden as exc:
+                log.warning("upstream refused by the egress policy: %s", exc.refusal.describe())
+                return await _fail(send, result, exc, "upstream_forbidden")
             except (aiohttp.ClientError, OSError, _ClientGone) as exc:  # TimeoutError too
                 failure = self._headers_failure(exc, ex, timer.expired(), target)
                 if failure is None:
@@ -358,6 +376,24 @@ class Forwarder:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+    def _literal_refusal(self, host: str) -> EgressForbidden | None:
+        """The connect-time check of a host aiohttp will not resolve (an IP literal)."""
+        try:
+            return self._host_checks[host]
+        except KeyError:
+            pass
+        assert self._egress is not None
+        refused: EgressForbidden | None = None
+        try:
+            self._egress.check_connect_host(host)
+        except EgressForbidden as exc:
+            log.warning("upstream refused by the egress policy: %s", exc.refusal.describe())
+            refused = exc
+        if len(self._host_checks) >= 4096:
+            self._host_checks.clear()
+        self._host_checks[host] = refused
+        return refused
 
     def _headers_failure(
         self, exc: BaseException, ex: _Exchange, expired: bool, target: Target
