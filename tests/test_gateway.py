@@ -186,7 +186,9 @@ async def test_rotate_disable_revoke_take_effect_on_the_next_request(
         await gw.service.rotate_credential("conn-a", "new-token-1")
         r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
         assert upstream.requests[-1]["headers"]["Authorization"] == "Bearer new-token-1"
-        assert r.status_code == 401  # the upstream refuses the new token: it was sent
+        # The upstream refuses the new token (so it was sent): a 502 upstream_auth_failed.
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "upstream_auth_failed"
         await gw.service.rotate_credential("conn-a", UPSTREAM_TOKEN)
         await gw.service.set_enabled("conn-a", False)
         r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
