@@ -34,6 +34,7 @@ from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.egress import ENV_ALLOW, EgressPolicy
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._proxy.forward import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY, RequestTimeout
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
@@ -103,6 +104,11 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        max_request_body: the largest request body on gateway paths, in
+            bytes (default ``IGRIS_MAX_REQUEST_BODY`` or 8 MiB); past it 413
+            ``request_too_large``.
+        stream_idle_timeout: seconds an upstream response may send nothing
+            before it is closed (default ``IGRIS_STREAM_IDLE_TIMEOUT`` or 300).
         allow_upstream_networks: CIDRs upstreams may reach although they are
             internal (loopback, private, link-local, ...); default
             ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, else none. Cloud metadata
@@ -128,6 +134,8 @@ class IgrisGateway:
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
         allow_upstream_networks: str | Sequence[str] | None = None,
+        max_request_body: int | None = None,
+        stream_idle_timeout: float | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.app = app
@@ -159,7 +167,18 @@ class IgrisGateway:
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
-        self.forwarder = Forwarder(timeout=upstream_timeout, egress=self.egress)
+        if max_request_body is None:
+            max_request_body = int(_env_float(env, "IGRIS_MAX_REQUEST_BODY", DEFAULT_MAX_BODY))
+        if stream_idle_timeout is None:
+            stream_idle_timeout = _env_float(
+                env, "IGRIS_STREAM_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT
+            )
+        self.forwarder = Forwarder(
+            timeout=upstream_timeout,
+            egress=self.egress,
+            max_body=max_request_body,
+            idle_timeout=stream_idle_timeout,
+        )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.api = ManagementAPI(
             self.service,
@@ -297,7 +316,11 @@ class IgrisGateway:
 
         prefix: BodyPrefix | None = None
         if method in ("POST", "PUT", "PATCH"):
-            prefix = await read_body_prefix(receive, PEEK_LIMIT)
+            prefix = await read_body_prefix(receive, PEEK_LIMIT, self.forwarder.body_timeout)
+            if prefix.timed_out:
+                stalled = RequestTimeout("the request body stalled; send it without pauses")
+                await self._refuse(send, stalled, fields, started, known=True)
+                return
             if prefix.disconnected:
                 self._emit(
                     fields, started, status=499, outcome="client_closed", bytes_in=len(prefix.data)

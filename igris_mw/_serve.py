@@ -81,6 +81,20 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="let upstreams reach this internal network (repeat; default "
         "IGRIS_ALLOW_UPSTREAM_NETWORKS); cloud metadata stays refused",
     )
+    p.add_argument(
+        "--max-request-body",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest request body on gateway paths (default IGRIS_MAX_REQUEST_BODY or 8 MiB)",
+    )
+    p.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close an upstream stream silent this long (default IGRIS_STREAM_IDLE_TIMEOUT or 300)",
+    )
     p.add_argument("--log-level", default=os.environ.get("IGRIS_LOG_LEVEL", "info"))
     p.add_argument("--access-log", action="store_true", help="log each request line")
     return p
@@ -145,6 +159,8 @@ def run_serve(args: argparse.Namespace) -> int:
         audit_spill=data_dir(environ) / "audit-spill.jsonl",
         environ=environ,
         allow_upstream_networks=getattr(args, "allow_upstream_network", None),
+        max_request_body=getattr(args, "max_request_body", None),
+        stream_idle_timeout=getattr(args, "stream_idle_timeout", None),
     )
     try:
         import uvloop  # noqa: F401
