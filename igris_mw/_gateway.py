@@ -36,7 +36,7 @@ from ._policy.egress import ENV_ALLOW, EgressPolicy
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._proxy.forward import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY, RequestTimeout
 from ._resolver import Resolver, _Missing, _Resolved
-from ._responses import send_error, send_json
+from ._responses import for_anonymous, send_error, send_json
 from ._service import AuditSink, Service
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
@@ -306,11 +306,12 @@ class IgrisGateway:
             resolved = found
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
-        except IgrisError as exc:
-            await self._refuse(send, exc, fields, started, known=resolved is not None)
-            return
-        except Exception as exc:  # a store or crypto failure on the cold path
+        except Exception as exc:  # IgrisError, or a store or crypto failure on the cold path
             err = _as_unavailable(exc)
+            if err.status >= 500 and "api_key_id" not in fields:
+                # Not authenticated yet: the detail (store path, host) goes to the log only.
+                log.warning("gateway path: %s before authentication: %s", err.code, err.message)
+                err = for_anonymous(err)
             await self._refuse(send, err, fields, started, known=resolved is not None)
             return
 

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from igris_mw import IgrisGateway
+from igris_mw._auth import generate_key
 from igris_mw._proxy.forward import DEFAULT_LIMIT_PER_HOST, Forwarder
 from igris_mw._proxy.sse import MAX_HELD_LINE, EndpointRewriter, endpoint_rewrite
 from igris_mw.testing import FixedKeyring, MemoryStore
@@ -363,3 +364,52 @@ def test_gateway_reads_limits_from_the_environment() -> None:
     assert default.forwarder.max_body == 8 * 1024 * 1024
     assert default.forwarder.idle_timeout == 300.0
     assert json.dumps(default.egress.allowed) == "[]"
+
+
+# ------------------------------------------------- errors for the unauthenticated
+
+SECRET_PLACES = ("/srv/secret-dir/igris.db", "db-host.internal", "vault.internal:8200")
+
+
+class FlakyStore(MemoryStore):
+    """Opens fine, then every key lookup fails naming where the store lives."""
+
+    async def get_api_key_by_hash(self, key_hash: bytes) -> Any:
+        from igris_mw import StoreUnavailable
+
+        raise StoreUnavailable(
+            f"the SQLite store {SECRET_PLACES[0]!r} is unavailable "
+            f"(replica {SECRET_PLACES[1]}, vault {SECRET_PLACES[2]})"
+        )
+
+
+class DownStore(MemoryStore):
+    async def open(self) -> None:
+        from igris_mw import StoreUnavailable
+
+        raise StoreUnavailable(f"postgres unreachable at postgresql://u:***@{SECRET_PLACES[1]}/x")
+
+
+@pytest.mark.parametrize("store_class", [FlakyStore, DownStore])
+async def test_5xx_for_unauthenticated_callers_names_no_store_or_host(
+    store_class: type[MemoryStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 to a caller who has not authenticated names no store path, host or address."""
+    gateway = IgrisGateway(None, store=store_class(), crypto=FixedKeyring())
+    key = generate_key()  # well formed, so the store is asked
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway), base_url="http://gw.test"
+        ) as c:
+            answers = [
+                await c.post("/v1/mcp/some-slug", json=RPC,
+                             headers={"Authorization": f"Bearer {key}"}),
+                await c.get("/api/v1/virtual-keys", headers={"Authorization": f"Bearer {key}"}),
+            ]
+    finally:
+        await gateway.aclose()
+    for r in answers:
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "store_unavailable"
+        for place in SECRET_PLACES:
+            assert place not in r.text
