@@ -33,7 +33,7 @@ from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailab
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.egress import ENV_ALLOW, EgressPolicy
-from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._proxy import BodyPrefix, Forwarder, Target
 from ._proxy.forward import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY, RequestTimeout
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import for_anonymous, send_error, send_json
@@ -317,7 +317,7 @@ class IgrisGateway:
 
         prefix: BodyPrefix | None = None
         if method in ("POST", "PUT", "PATCH"):
-            prefix = await read_body_prefix(receive, PEEK_LIMIT, self.forwarder.body_timeout)
+            prefix = await self.forwarder.read_prefix(receive, PEEK_LIMIT)
             if prefix.timed_out:
                 stalled = RequestTimeout("the request body stalled; send it without pauses")
                 await self._refuse(send, stalled, fields, started, known=True)

@@ -408,3 +408,30 @@ def test_hostile_tool_names_in_sse_never_crash(names: list[str], cuts: list[int]
     kept = [t["name"] for t in data["result"]["tools"]]
     assert "get_ok" in kept
     assert all(GITHUB.allows(n) for n in kept)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A first-wins parser would read delete_repo; an escape hides the second key.
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"delete_repo","\\u006eame":"get_issue"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"delete_repo"},"par\\u0061ms":{"name":"get_issue"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","\\u006dethod":"tools/list",'
+        b'"params":{"name":"get_issue"}}',
+    ],
+)
+def test_escaped_duplicate_members_are_refused(body: bytes) -> None:
+    """A duplicate member spelled with a \\u escape is caught like a plain duplicate."""
+    verdict = check_request(body, _check(GITHUB))
+    assert verdict.status == 400
+
+
+def test_fast_path_still_sees_nested_names() -> None:
+    """A tools/call whose arguments contain "name" keys is judged by params.name."""
+    body = _body({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": "delete_repo", "arguments": {"name": "get_issue"}}})
+    verdict = check_request(body, _check(GITHUB))
+    assert verdict.reply is not None
+    assert json.loads(verdict.reply)["error"]["message"] == "tool delete_repo is not allowed"

@@ -168,6 +168,7 @@ class _Exchange:
         "body_timeout",
         "disconnected",
         "idle",
+        "last",
         "max_body",
         "request",
         "response",
@@ -194,6 +195,7 @@ class _Exchange:
         # fails with this rather than as an upstream error.
         self.body_failure: IgrisError | None = None
         self.idle = False  # the upstream went quiet past the idle timeout
+        self.last = 0.0  # loop time of the upstream's last bytes (the sweeper reads it)
 
     async def watch(self, receive: Receive, body_done: bool) -> None:
         """Feed body chunks to the queue, then wait for the client to disconnect."""
@@ -329,17 +331,88 @@ class Forwarder:
         # host -> the refusal of its literal check (None: fine); a dict read per request.
         self._host_checks: dict[str, EgressForbidden | None] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Deadlines without a timer per request: one sweeper task scans these.
+        self._streams: set[_Exchange] = set()
+        self._peeks: dict[asyncio.Task[Any], list[Any]] = {}  # task -> [since, expired]
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Create the shared session (call from the running loop, e.g. lifespan startup)."""
         if self._session is None or self._session.closed:
             self._session = self._new_session()
+        self._ensure_sweeper()
 
     async def close(self) -> None:
         """Close the session and its pooled connections."""
         session, self._session = self._session, None
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         if session is not None:
             await session.close()
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep(), name="igris-mw deadlines"
+            )
+
+    async def _sweep(self) -> None:
+        """Enforce the body-pause and stream-idle deadlines, a few times per timeout.
+
+        A request pays a dict or set insert and a time stamp instead of a timer;
+        a deadline is enforced within a quarter of its length (at most 1 s) late.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.body_timeout / 4, self.idle_timeout / 4))
+            now = loop.time()
+            for task, entry in list(self._peeks.items()):
+                if not entry[1] and now - entry[0] > self.body_timeout:
+                    entry[1] = True
+                    task.cancel()
+            for ex in list(self._streams):
+                if not ex.idle and now - ex.last > self.idle_timeout:
+                    ex.idle = True
+                    if ex.response is not None:
+                        ex.response.close()
+
+    async def read_prefix(self, receive: Receive, limit: int) -> BodyPrefix:
+        """``read_body_prefix`` with the body-pause deadline kept by the sweeper.
+
+        A client that pauses longer than ``body_timeout`` between two body
+        messages gets ``timed_out`` (the caller answers 408).
+        """
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always inside a task under ASGI
+            return await read_body_prefix(receive, limit, self.body_timeout)
+        self._ensure_sweeper()
+        loop = asyncio.get_running_loop()
+        entry: list[Any] = [loop.time(), False]
+        self._peeks[task] = entry
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size < limit:
+                entry[0] = loop.time()
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return BodyPrefix(b"".join(parts), complete=False, disconnected=True)
+                chunk = message.get("body", b"")
+                if chunk:
+                    parts.append(chunk)
+                    size += len(chunk)
+                if not message.get("more_body", False):
+                    return BodyPrefix(b"".join(parts), complete=True)
+            return BodyPrefix(b"".join(parts), complete=False)
+        except asyncio.CancelledError:
+            if entry[1] and task.uncancel() == 0:
+                return BodyPrefix(b"".join(parts), timed_out=True)
+            raise
+        finally:
+            del self._peeks[task]
 
     async def __aenter__(self) -> Forwarder:
         await self.start()
@@ -396,6 +469,7 @@ class Forwarder:
         session = self._session
         if session is None or session.closed:
             session = self._session = self._new_session()
+            self._ensure_sweeper()
         result = ProxyResult()
         try:
             url = upstream_url(target, subpath, scope.get("query_string", b""))
@@ -466,9 +540,7 @@ class Forwarder:
                     await _relay_whole(send, resp, refusal, ex, result)
                     return result
                 try:
-                    await _relay(
-                        send, target, gateway_prefix, resp, ex, result, self.idle_timeout
-                    )
+                    await _relay(send, target, gateway_prefix, resp, ex, result, self._streams)
                 finally:
                     if result.outcome != "ok":
                         # Never pool a connection whose exchange did not finish cleanly.
@@ -627,34 +699,25 @@ async def _relay(
     resp: aiohttp.ClientResponse,
     ex: _Exchange,
     result: ProxyResult,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    watched: set[_Exchange] | None = None,
 ) -> None:
     """Send the upstream's response to the client, chunk by chunk, as it arrives.
 
-    One timer per response (not per chunk) watches for an upstream that goes
-    quiet: each chunk only stamps the time; the timer re-arms itself until
-    ``idle_timeout`` has passed without a byte, then closes the response.
+    While it runs, ``ex`` sits in ``watched``, the set the forwarder's sweeper
+    scans for an upstream gone quiet: each chunk only stamps ``ex.last``
+    (no timer per response or per chunk).
     """
     rewriter = _rewriter_for(resp, target, gateway_prefix)
     result.status = resp.status
     loop = asyncio.get_running_loop()
-    last = [loop.time()]
-
-    watchdog: list[asyncio.TimerHandle] = []
-
-    def check_idle() -> None:
-        left = last[0] + idle_timeout - loop.time()
-        if left > 0:
-            watchdog[0] = loop.call_later(left, check_idle)
-            return
-        ex.idle = True
-        resp.close()
-
-    watchdog.append(loop.call_later(idle_timeout, check_idle))
+    ex.last = loop.time()
+    if watched is not None:
+        watched.add(ex)
     try:
-        await _relay_chunks(send, target, resp, ex, result, rewriter, last, loop)
+        await _relay_chunks(send, target, resp, ex, result, rewriter, loop)
     finally:
-        watchdog[0].cancel()
+        if watched is not None:
+            watched.discard(ex)
 
 
 async def _relay_chunks(
@@ -664,7 +727,6 @@ async def _relay_chunks(
     ex: _Exchange,
     result: ProxyResult,
     rewriter: EndpointRewriter | None,
-    last: list[float],
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     try:
@@ -694,7 +756,7 @@ async def _relay_chunks(
                 if ex.idle:
                     result.outcome = "upstream_idle"
                 break
-            last[0] = loop.time()
+            ex.last = loop.time()
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
                 if not chunk:

@@ -131,6 +131,7 @@ class Target:
         return (
             HOP_BY_HOP
             | ALWAYS_STRIP
+            | CLIENT_STRIP
             | {s.lower() for s in self.strip}
             | {name.lower() for name, _ in self.inject}
         )
@@ -290,7 +291,7 @@ def request_headers(scope: Scope, target: Target) -> tuple[CIMultiDict[str], boo
                 raise BadRequest("the Content-Length header is not a number") from None
         elif name == "transfer-encoding":
             has_body = True
-        if name in drop or name in CLIENT_STRIP or name.startswith(_CLIENT_STRIP_PREFIXES):
+        if name in drop or name.startswith(_CLIENT_STRIP_PREFIXES):
             continue
         headers.add(name, value)
     for name, value in target.inject:
