@@ -29,15 +29,24 @@ from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit_file import build_audit_sink
-from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
+from ._errors import (
+    BadRequest,
+    ConfigurationError,
+    Forbidden,
+    IgrisError,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
-from ._policy.egress import ENV_ALLOW, EgressPolicy
+from ._policy.egress import EgressPolicy
 from ._proxy import BodyPrefix, Forwarder, Target
-from ._proxy.forward import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY, RequestTimeout
+from ._proxy.forward import RequestTimeout
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import for_anonymous, send_error, send_json
 from ._service import AuditSink, Service
+from ._settings import Settings
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
 from .models import Scope as KeyScope
@@ -66,19 +75,6 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
         if name in _WANTED_HEADERS and name not in found:
             found[name] = bytes(value).decode("latin-1")
     return found
-
-
-def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
-    return value
 
 
 class IgrisGateway:
@@ -138,26 +134,36 @@ class IgrisGateway:
         stream_idle_timeout: float | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
         self.app = app
         if store is None:
-            store = env.get("IGRIS_STORE")
+            store = settings.store
             if not store:
-                raise ValueError("no store given: pass store=... or set IGRIS_STORE")
+                raise ConfigurationError("no store given: pass store=... or set IGRIS_STORE")
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.crypto: CryptoProvider = (
             crypto
             if crypto is not None and not isinstance(crypto, str)
-            else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
+            else crypto_from_url(crypto or settings.crypto_url, settings.crypto_environ(env))
         )
+        audit = audit if audit is not None else settings.audit
+        if audit is None and not self.store.capabilities.audit:
+            raise ConfigurationError(
+                f"the {type(self.store).__name__} keeps no audit events: pass audit= "
+                "(a jsonl:///path/audit.jsonl URL, or a store URL that keeps them) "
+                "or set IGRIS_AUDIT"
+            )
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
         self.egress = EgressPolicy.from_setting(
-            env.get(ENV_ALLOW) if allow_upstream_networks is None else allow_upstream_networks
+            settings.allow_upstream_networks
+            if allow_upstream_networks is None
+            else allow_upstream_networks
         )
         self.service = Service(self.store, self.crypto, audit=audit, egress=self.egress)
         if upstream_timeout is None:
-            upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
+            upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
         self.resolver = Resolver(self.store, self.service, ttl=cache_ttl)
@@ -168,11 +174,9 @@ class IgrisGateway:
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
         if max_request_body is None:
-            max_request_body = int(_env_float(env, "IGRIS_MAX_REQUEST_BODY", DEFAULT_MAX_BODY))
+            max_request_body = settings.max_request_body
         if stream_idle_timeout is None:
-            stream_idle_timeout = _env_float(
-                env, "IGRIS_STREAM_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT
-            )
+            stream_idle_timeout = settings.stream_idle_timeout
         self.forwarder = Forwarder(
             timeout=upstream_timeout,
             egress=self.egress,

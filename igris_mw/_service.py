@@ -104,8 +104,8 @@ class Service:
         self.crypto = crypto
         self.audit: AuditSink = audit if audit is not None else store
         self.clock = clock
-        # Without one (the CLI), the networks come from IGRIS_ALLOW_UPSTREAM_NETWORKS.
-        self.egress = egress if egress is not None else EgressPolicy.from_environ()
+        # The address policy for upstreamUrl; without one, no internal network is open.
+        self.egress = egress if egress is not None else EgressPolicy()
 
     # -- connections -----------------------------------------------------
     async def create_connection(

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from igris_mw import IgrisGateway
+from igris_mw._policy.egress import EgressPolicy
 from igris_mw.testing import FixedKeyring, MemoryStore
 
 UPSTREAM_TOKEN = "upstream-canary-7f3a9c"
@@ -476,7 +477,9 @@ async def test_undecryptable_credential_is_a_503_and_nothing_goes_upstream(
     await gw.startup()
     try:
         sealed_with = FixedKeyring("written-elsewhere")
-        await Service(store, sealed_with).create_connection(
+        await Service(
+            store, sealed_with, egress=EgressPolicy.from_setting("127.0.0.0/8")
+        ).create_connection(
             {
                 "slug": "conn-a",
                 "name": "A",

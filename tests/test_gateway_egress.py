@@ -12,7 +12,6 @@ from aiohttp import web
 from igris_mw import IgrisGateway
 from igris_mw._errors import ConfigurationError
 from igris_mw._policy.egress import UpstreamForbidden
-from igris_mw._serve import add_serve_parser
 from igris_mw.testing import FixedKeyring, MemoryStore
 
 TOKEN = "egress-upstream-canary-0b1d"
@@ -199,27 +198,46 @@ def test_allowed_networks_setting_errors_name_the_entry() -> None:
 
 
 def test_serve_accepts_repeated_allow_upstream_network() -> None:
-    """serve --allow-upstream-network is repeatable and reaches the gateway as a list."""
-    import argparse
+    """serve --allow-upstream-network is repeatable and checked like the variable."""
+    from igris_mw.cli import build_parser
+    from igris_mw.cli.serve import _networks_option
 
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    add_serve_parser(sub)
-    args = parser.parse_args(
-        ["serve", "--allow-upstream-network", "10.0.0.0/8", "--allow-upstream-network", "::1/128"]
+    args = build_parser().parse_args(
+        ["serve", "--allow-upstream-network", "10.0.0.0/8", "--allow-upstream-network", "::1"]
     )
-    assert args.allow_upstream_network == ["10.0.0.0/8", "::1/128"]
+    assert args.allow_upstream_network == ["10.0.0.0/8", "::1"]
+    assert _networks_option(args.allow_upstream_network) == ("10.0.0.0/8", "::1/128")
+    with pytest.raises(ConfigurationError, match=r"did you mean 10\.0\.0\.0/8"):
+        _networks_option(["10.0.0.1/8"])
 
 
-async def test_cli_service_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's Service takes IGRIS_ALLOW_UPSTREAM_NETWORKS from the environment."""
+def test_cli_connections_create_uses_the_environment(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI refuses an internal upstream unless IGRIS_ALLOW_UPSTREAM_NETWORKS opens it."""
+    from igris_mw import cli
+
+    for var in ("IGRIS_STORE", "IGRIS_CRYPTO", "IGRIS_MASTER_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IGRIS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IGRIS_MASTER_KEY", FixedKeyring.environ()["IGRIS_MASTER_KEY"])
+    (tmp_path / "cred.txt").write_text(TOKEN + "\n")
+    args = ["connections", "create", "--slug", "lan", "--name", "LAN", "--upstream-url",
+            "http://192.168.0.10/mcp", "--credential-file", str(tmp_path / "cred.txt")]
+    monkeypatch.setenv("IGRIS_ALLOW_UPSTREAM_NETWORKS", "")
+    assert cli.main(args) != 0
+    err = capsys.readouterr().err
+    assert "IGRIS_ALLOW_UPSTREAM_NETWORKS" in err
+    assert err.count("\n") == 1
+    monkeypatch.setenv("IGRIS_ALLOW_UPSTREAM_NETWORKS", "192.168.0.0/16")
+    assert cli.main(args) == 0
+    assert TOKEN not in capsys.readouterr().out
+
+
+async def test_service_without_a_policy_opens_nothing() -> None:
+    """A Service built without an egress policy allows no internal network."""
     from igris_mw._service import Service
 
-    monkeypatch.setenv("IGRIS_ALLOW_UPSTREAM_NETWORKS", "")
     service = Service(MemoryStore(), FixedKeyring())
     with pytest.raises(UpstreamForbidden):
         await service.create_connection(_conn("lan", "http://192.168.0.10/"))
-    monkeypatch.setenv("IGRIS_ALLOW_UPSTREAM_NETWORKS", "192.168.0.0/16")
-    service = Service(MemoryStore(), FixedKeyring())
-    created = await service.create_connection(_conn("lan", "http://192.168.0.10/"))
-    assert created.upstream_url == "http://192.168.0.10/"

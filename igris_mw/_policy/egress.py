@@ -22,24 +22,17 @@ refused always, whatever is allowed.
 from __future__ import annotations
 
 import ipaddress
-import os
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Iterable, Sequence
+from typing import TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import attrs
 
 from igris_mw._errors import ConfigurationError, UpstreamError, ValidationError
 
-if TYPE_CHECKING:
-    from aiohttp.abc import AbstractResolver
-
-    from igris_mw._policy.resolver import EgressResolver
-
 __all__ = [
     "ALLOW_SETTING_HINT",
-    "ENV_ALLOW",
     "METADATA_ADDRESSES",
     "METADATA_NAMES",
     "EgressForbidden",
@@ -59,7 +52,6 @@ __all__ = [
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ENV_ALLOW = "IGRIS_ALLOW_UPSTREAM_NETWORKS"
 ALLOW_SETTING_HINT = (
     "to let connections reach an internal network, list it in "
     "IGRIS_ALLOW_UPSTREAM_NETWORKS (comma-separated CIDRs), serve "
@@ -445,20 +437,9 @@ class EgressPolicy:
     def from_setting(cls, value: str | Iterable[str] | None) -> EgressPolicy:
         return cls(parse_networks(value))
 
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> EgressPolicy:
-        """From ``IGRIS_ALLOW_UPSTREAM_NETWORKS`` (comma-separated CIDRs)."""
-        env = os.environ if environ is None else environ
-        return cls(parse_networks(env.get(ENV_ALLOW)))
-
     def check_url_literal(self, url: str, *, field: str = "upstreamUrl") -> None:
         check_url_literal(url, self.allowed, field=field)
 
     def check_connect_host(self, host: str) -> None:
         check_connect_host(host, self.allowed)
 
-    def resolver(self, inner: AbstractResolver | None = None) -> EgressResolver:
-        # Imported here: aiohttp stays out of the CLI's start-up.
-        from igris_mw._policy.resolver import EgressResolver
-
-        return EgressResolver(self.allowed, inner)

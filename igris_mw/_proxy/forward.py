@@ -48,6 +48,7 @@ from multidict import CIMultiDict
 from .._asgi import Receive, Scope, Send
 from .._errors import BadRequest, IgrisError, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from .._policy.egress import EgressForbidden, EgressPolicy
+from .._policy.resolver import EgressResolver
 from .._responses import send_error
 from .sse import EndpointRewriter, endpoint_rewrite
 from .upstream import Target, request_headers, response_headers, upstream_url
@@ -423,7 +424,7 @@ class Forwarder:
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            resolver=self._egress.resolver() if self._egress is not None else None,
+            resolver=EgressResolver(self._egress.allowed) if self._egress is not None else None,
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
