@@ -20,7 +20,6 @@ IgrisError
 │   ├── SlugTaken                          create with a slug in use
 │   └── VersionConflict                    a guarded update lost a race
 ├── PayloadTooLarge               413
-├── RateLimited                   429      over a rate limit, or too many failed authentications
 ├── ValidationError (also ValueError) 422  a field is invalid; ``field`` names it
 ├── UpstreamError                 502      upstream unreachable or broken
 ├── ServiceUnavailable            503
@@ -44,7 +43,6 @@ __all__ = [
     "InvalidCiphertext",
     "NotFound",
     "PayloadTooLarge",
-    "RateLimited",
     "ServiceUnavailable",
     "SlugTaken",
     "StoreUnavailable",
@@ -117,17 +115,6 @@ class VersionConflict(Conflict):
 class PayloadTooLarge(IgrisError):
     status = 413
     code = "payload_too_large"
-
-
-class RateLimited(IgrisError):
-    """429: try again after ``retry_after`` whole seconds (sent as ``Retry-After``)."""
-
-    status = 429
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = max(1, int(retry_after))
 
 
 class ValidationError(IgrisError, ValueError):

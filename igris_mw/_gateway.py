@@ -35,14 +35,12 @@ from ._errors import (
     Forbidden,
     IgrisError,
     NotFound,
-    RateLimited,
     StoreUnavailable,
     Unauthorized,
 )
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.egress import EgressPolicy
-from ._policy.ratelimit import AuthFailureThrottle
 from ._proxy import BodyPrefix, Forwarder, Target
 from ._proxy.forward import RequestTimeout
 from ._resolver import Resolver, _Missing, _Resolved
@@ -107,11 +105,6 @@ class IgrisGateway:
             ``request_too_large``.
         stream_idle_timeout: seconds an upstream response may send nothing
             before it is closed (default ``IGRIS_STREAM_IDLE_TIMEOUT`` or 300).
-        auth_failures_per_minute: failed authentications (no, malformed,
-            unknown, revoked or expired key) one client address may make in
-            a minute; past it every request from that address gets 429
-            ``rate_limited`` until its minute is over (default
-            ``IGRIS_AUTH_FAILURES_PER_MINUTE`` or 30; 0 turns it off).
         allow_upstream_networks: CIDRs upstreams may reach although they are
             internal (loopback, private, link-local, ...); default
             ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, else none. Cloud metadata
@@ -139,7 +132,6 @@ class IgrisGateway:
         allow_upstream_networks: str | Sequence[str] | None = None,
         max_request_body: int | None = None,
         stream_idle_timeout: float | None = None,
-        auth_failures_per_minute: int | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         settings = Settings.from_env(env)
@@ -202,11 +194,6 @@ class IgrisGateway:
         self._authenticate = self.resolver.authenticate
         self._conns = self.resolver.connections
         self._life = Lifecycle(self._open, self._close)
-        if auth_failures_per_minute is None:
-            auth_failures_per_minute = settings.auth_failures_per_minute
-        self.auth_throttle = (
-            AuthFailureThrottle(auth_failures_per_minute) if auth_failures_per_minute else None
-        )
 
     def __repr__(self) -> str:
         return f"IgrisGateway(app={self.app!r}, store={type(self.store).__name__})"
@@ -258,16 +245,12 @@ class IgrisGateway:
         if kind == "http":
             path = local_path(scope)
             if path.startswith(MCP_PREFIX):
-                if await self._throttled(scope, send):
-                    return
                 if self._life.started or await self._life.ensure_started(send):
                     await self._proxy_request(scope, receive, send, path)
                 return
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
-                if await self._throttled(scope, send):
-                    return
                 if self._life.started or await self._life.ensure_started(send):
-                    await self.api(scope, receive, self._counting_401(scope, send))
+                    await self.api(scope, receive, send)
                 return
             if self._health_path is not None and path == self._health_path:
                 await send_json(send, 200, {"status": "ok"})
@@ -281,46 +264,6 @@ class IgrisGateway:
             await send_error(send, NotFound("no such route"))
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1000, "reason": ""})
-
-    # -- failed-authentication throttle ----------------------------------------
-    async def _throttled(self, scope: Scope, send: Send) -> bool:
-        """Answer 429 when this client address failed authentication too often.
-
-        Checked before anything else, so a flood of bad keys costs a dict read
-        per request: no store read, no audit write.
-        """
-        throttle = self.auth_throttle
-        if throttle is None:
-            return False
-        client = scope.get("client")
-        wait = throttle.retry_after(client[0] if client else None)
-        if not wait:
-            return False
-        await send_error(
-            send,
-            RateLimited(
-                "too many failed authentications from this address; try again later",
-                retry_after=wait,
-            ),
-        )
-        return True
-
-    def _record_auth_failure(self, scope: Scope) -> None:
-        if self.auth_throttle is not None:
-            client = scope.get("client")
-            self.auth_throttle.record_failure(client[0] if client else None)
-
-    def _counting_401(self, scope: Scope, send: Send) -> Send:
-        """``send`` that counts a 401 answer of the management API as a failure."""
-        if self.auth_throttle is None:
-            return send
-
-        async def counting(message: Any) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
-                self._record_auth_failure(scope)
-            await send(message)
-
-        return counting
 
     # -- the gateway path ---------------------------------------------------
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
@@ -369,8 +312,6 @@ class IgrisGateway:
             fields["user"], fields["metadata"] = _attribution(headers)
         except Exception as exc:  # IgrisError, or a store or crypto failure on the cold path
             err = _as_unavailable(exc)
-            if err.status == 401:
-                self._record_auth_failure(scope)
             if err.status >= 500 and "api_key_id" not in fields:
                 # Not authenticated yet: the detail (store path, host) goes to the log only.
                 log.warning("gateway path: %s before authentication: %s", err.code, err.message)

@@ -108,16 +108,6 @@ def _byte_count(name: str, raw: str) -> int:
     return value
 
 
-def _count(name: str, raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"{name} must be 0 or more, got {raw!r}")
-    return value
-
-
 def _networks(name: str, raw: str) -> tuple[str, ...]:
     from ._policy.egress import parse_networks
 
@@ -164,9 +154,6 @@ class Settings:
             upstreams may reach although internal (``docs/security.md``).
         max_request_body: ``IGRIS_MAX_REQUEST_BODY`` bytes (default 8 MiB).
         stream_idle_timeout: ``IGRIS_STREAM_IDLE_TIMEOUT`` seconds (default 300).
-        auth_failures_per_minute: ``IGRIS_AUTH_FAILURES_PER_MINUTE``, failed
-            authentications one client address may make in a minute before
-            it gets 429 (default 30; 0 turns the throttle off).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -194,9 +181,6 @@ class Settings:
     )
     stream_idle_timeout: float = attrs.field(
         default=300.0, metadata=_env("IGRIS_STREAM_IDLE_TIMEOUT", _seconds)
-    )
-    auth_failures_per_minute: int = attrs.field(
-        default=30, metadata=_env("IGRIS_AUTH_FAILURES_PER_MINUTE", _count)
     )
 
     @classmethod

@@ -334,8 +334,6 @@ class AuthFailureThrottle:
     def _bucket(address: str | None) -> str:
         if not address:
             return "-"
-        if ":" not in address:
-            return address  # IPv4 as the ASGI server reports it: already canonical
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:

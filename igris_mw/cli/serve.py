@@ -123,14 +123,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="close an upstream stream silent this long "
         "(default: $IGRIS_STREAM_IDLE_TIMEOUT, else 300)",
     )
-    p.add_argument(
-        "--auth-failures-per-minute",
-        type=int,
-        default=None,
-        metavar="N",
-        help="failed authentications one client address may make per minute before 429 "
-        "(default: $IGRIS_AUTH_FAILURES_PER_MINUTE, else 30; 0: no limit)",
-    )
     p.add_argument("--access-log", action="store_true", help="log each request line")
     add_location_options(p)
     p.set_defaults(run=run_serve)
@@ -190,7 +182,6 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_upstream_networks=_networks_option(args.allow_upstream_network),
         max_request_body=args.max_request_body,
         stream_idle_timeout=args.stream_idle_timeout,
-        auth_failures_per_minute=args.auth_failures_per_minute,
     )
     # Only the embedded store gets a generated key: a shared store's key
     # must come from its operator, or each process would make its own.
@@ -231,7 +222,6 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_upstream_networks=settings.allow_upstream_networks,
         max_request_body=settings.max_request_body,
         stream_idle_timeout=settings.stream_idle_timeout,
-        auth_failures_per_minute=settings.auth_failures_per_minute,
     )
     try:
         import uvloop  # noqa: F401
