@@ -540,9 +540,12 @@ class Forwarder:
                         return await _fail(send, result, refusal, refusal.code)
                     await _relay_whole(send, resp, refusal, ex, result)
                     return result
+                ex.last = asyncio.get_running_loop().time()
+                self._streams.add(ex)  # the sweeper's idle deadline, while relaying
                 try:
-                    await _relay(send, target, gateway_prefix, resp, ex, result, self._streams)
+                    await _relay(send, target, gateway_prefix, resp, ex, result)
                 finally:
+                    self._streams.discard(ex)
                     if result.outcome != "ok":
                         # Never pool a connection whose exchange did not finish cleanly.
                         resp.close()
@@ -700,36 +703,11 @@ async def _relay(
     resp: aiohttp.ClientResponse,
     ex: _Exchange,
     result: ProxyResult,
-    watched: set[_Exchange] | None = None,
 ) -> None:
-    """Send the upstream's response to the client, chunk by chunk, as it arrives.
-
-    While it runs, ``ex`` sits in ``watched``, the set the forwarder's sweeper
-    scans for an upstream gone quiet: each chunk only stamps ``ex.last``
-    (no timer per response or per chunk).
-    """
+    """Send the upstream's response to the client, chunk by chunk, as it arrives."""
     rewriter = _rewriter_for(resp, target, gateway_prefix)
     result.status = resp.status
     loop = asyncio.get_running_loop()
-    ex.last = loop.time()
-    if watched is not None:
-        watched.add(ex)
-    try:
-        await _relay_chunks(send, target, resp, ex, result, rewriter, loop)
-    finally:
-        if watched is not None:
-            watched.discard(ex)
-
-
-async def _relay_chunks(
-    send: Send,
-    target: Target,
-    resp: aiohttp.ClientResponse,
-    ex: _Exchange,
-    result: ProxyResult,
-    rewriter: EndpointRewriter | None,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
     try:
         await send(
             {
