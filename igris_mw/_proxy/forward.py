@@ -50,7 +50,9 @@ from .._errors import BadRequest, IgrisError, PayloadTooLarge, UpstreamError, Up
 from .._policy.egress import EgressForbidden, EgressPolicy
 from .._policy.resolver import EgressResolver
 from .._responses import send_error
+from .outbound import UpstreamProxy
 from .sse import EndpointRewriter, endpoint_rewrite
+from .tls import tls_error_for
 from .upstream import Target, request_headers, response_headers, upstream_url
 
 __all__ = [
@@ -110,7 +112,7 @@ class ProxyResult:
     """What one ``forward`` did, for the audit event.
 
     ``outcome`` is ``ok``, ``bad_request``, ``upstream_error``,
-    ``upstream_timeout`` or ``client_closed``; ``status`` is what the client
+    ``upstream_tls_error``, ``upstream_timeout`` or ``client_closed``; ``status`` is what the client
     got (499 when it left before any response).
     """
 
@@ -254,7 +256,12 @@ class _Exchange:
 
 
 def _unreachable(target: Target, exc: BaseException) -> UpstreamError:
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        why = "the forward proxy could not be reached"
+    elif isinstance(exc, aiohttp.ClientHttpProxyError):
+        # Only the status: the proxy's request info holds Proxy-Authorization.
+        why = f"the forward proxy answered {exc.status}"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
         why = "its host name did not resolve"
     elif isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         why = "the TLS handshake failed"
@@ -285,7 +292,13 @@ class Forwarder:
             (default 1024; 0: unbounded); past it a request waits for a free
             connection, within ``timeout``.
         ssl: ``True`` verifies upstream TLS with the system CAs; an
-            ``ssl.SSLContext`` for private CAs.
+            ``ssl.SSLContext`` for private CAs. A ``Target`` with its own
+            context (a connection's CA or client certificate) uses that one.
+        proxy: send every upstream request through this forward proxy
+            (``CONNECT`` for https); never taken from the environment.
+        resolver: the aiohttp resolver of the session's connector (the egress
+            policy's pins the checked address); TLS SNI and host-name checks
+            stay on the URL's name whatever address it returns.
         egress: the address policy: every address a host resolves to is
             checked by the session's resolver, and the connection goes to
             the checked address; IP literals (which aiohttp does not resolve)
@@ -310,6 +323,8 @@ class Forwarder:
         limit_per_host: int = DEFAULT_LIMIT_PER_HOST,
         keepalive_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | bool = True,
+        proxy: UpstreamProxy | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
         egress: EgressPolicy | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -328,6 +343,10 @@ class Forwarder:
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive_timeout
         self._ssl = ssl
+        self.proxy = proxy
+        self._resolver = resolver
+        # Built once: the Proxy-Authorization header is not re-encoded per request.
+        self._proxy_options: dict[str, Any] = proxy.request_options() if proxy else {}
         self._egress = egress
         # host -> the refusal of its literal check (None: fine); a dict read per request.
         self._host_checks: dict[str, EgressForbidden | None] = {}
@@ -423,12 +442,18 @@ class Forwarder:
         await self.close()
 
     def _new_session(self) -> aiohttp.ClientSession:
+        resolver = self._resolver
+        if resolver is None and self._egress is not None and self.proxy is None:
+            # Through a forward proxy the proxy resolves upstream names (this
+            # resolver would only see the proxy's own, often internal, host):
+            # the policy then checks literals and metadata names only.
+            resolver = EgressResolver(self._egress.allowed)
         connector = aiohttp.TCPConnector(
-            resolver=EgressResolver(self._egress.allowed) if self._egress is not None else None,
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
             ssl=self._ssl,
+            resolver=resolver,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -504,7 +529,14 @@ class Forwarder:
             data = _request_body(ex, prefix, body_done, headers, result)
             request = asyncio.ensure_future(
                 session.request(
-                    scope["method"], url, headers=headers, data=data, allow_redirects=False
+                    scope["method"],
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    # True: the connector's context (system CAs + the CA file).
+                    ssl=target.ssl if target.ssl is not None else True,
+                    **self._proxy_options,
                 )
             )
             # The watcher cancels the request if the client leaves first: cheaper on
@@ -634,6 +666,9 @@ class Forwarder:
                 "upstream_timeout",
             )
         log.warning("upstream %s failed: %s", target.label, type(exc).__name__)
+        tls_error = tls_error_for(exc, target.base_url.host or "?")
+        if tls_error is not None:
+            return tls_error, "upstream_tls_error"
         return _unreachable(target, exc), "upstream_error"
 
 
