@@ -241,3 +241,29 @@ async def test_service_without_a_policy_opens_nothing() -> None:
     service = Service(MemoryStore(), FixedKeyring())
     with pytest.raises(UpstreamForbidden):
         await service.create_connection(_conn("lan", "http://192.168.0.10/"))
+
+
+async def test_through_a_forward_proxy_names_are_left_to_the_proxy_literals_are_not() -> None:
+    """With a forward proxy the session has no egress resolver (the proxy resolves, and its
+    own internal address must stay reachable); literals and metadata names are still refused."""
+    from igris_mw._policy.egress import EgressForbidden, EgressPolicy
+    from igris_mw._policy.resolver import EgressResolver
+    from igris_mw._proxy.forward import Forwarder
+    from igris_mw._proxy.outbound import parse_upstream_proxy
+
+    proxied = Forwarder(egress=EgressPolicy(), proxy=parse_upstream_proxy("http://10.1.2.3:3128"))
+    direct = Forwarder(egress=EgressPolicy())
+    try:
+        await proxied.start()
+        await direct.start()
+        assert proxied._session is not None
+        assert direct._session is not None
+        assert not isinstance(proxied._session.connector._resolver, EgressResolver)  # type: ignore[union-attr]
+        assert isinstance(direct._session.connector._resolver, EgressResolver)  # type: ignore[union-attr]
+        for fwd in (proxied, direct):
+            assert isinstance(fwd._literal_refusal("127.0.0.1"), EgressForbidden)
+            assert isinstance(fwd._literal_refusal("metadata.google.internal"), EgressForbidden)
+            assert fwd._literal_refusal("mcp.example") is None
+    finally:
+        await proxied.close()
+        await direct.close()
