@@ -67,6 +67,10 @@ class Upstream:
                     "X-Kept": "yes",
                 },
             )
+        if route == "redirect":
+            return web.Response(
+                status=302, headers={"Location": f"http://127.0.0.1:{self.port}/elsewhere"}
+            )
         if route == "stall":
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
@@ -192,6 +196,17 @@ async def test_plain_upstream_errors_are_relayed_as_they_are(gw: IgrisGateway) -
         r = await c.get("/v1/mcp/upx/plain-error")
     assert r.status_code == 404
     assert r.json() == {"error": "nothing here"}
+
+
+async def test_redirects_are_relayed_unchanged_and_never_followed(
+    gw: IgrisGateway, upstream: Upstream
+) -> None:
+    """A 302 reaches the client with its Location as it was; the gateway does not follow it."""
+    async with _client(gw) as c:
+        r = await c.get("/v1/mcp/upx/redirect")
+    assert r.status_code == 302
+    assert r.headers["location"] == f"http://127.0.0.1:{upstream.port}/elsewhere"
+    assert upstream.started == ["/redirect"]
 
 
 # ----------------------------------------------------------------- requests
