@@ -6,11 +6,12 @@ One classification serves both checks:
   a literal forbidden address in any notation, or a cloud metadata name, is a
   422 ``upstream_forbidden``;
 * at connect, ``resolver.EgressResolver`` (an aiohttp resolver) checks every
-  address a name resolves to and refuses the host when any is forbidden;
-  aiohttp then connects to exactly the addresses the resolver returned (the
-  URL's name stays in ``Host`` and TLS SNI), so a second lookup that answers
-  differently (DNS rebinding) never happens. aiohttp does not call the
-  resolver for an IP literal, so :func:`check_connect_host` covers literals.
+  address a name resolves to, drops the forbidden ones and refuses the host
+  when none is left (or any is a metadata address); aiohttp then connects to
+  exactly the addresses the resolver returned (the URL's name stays in
+  ``Host`` and TLS SNI), so a second lookup that answers differently (DNS
+  rebinding) never happens. aiohttp does not call the resolver for an IP
+  literal, so :func:`check_connect_host` covers literals.
 
 An address is forbidden when it is loopback, private, link-local, shared
 (100.64/10), unspecified, multicast, broadcast or reserved, judged on the IPv4
