@@ -162,11 +162,17 @@ class EgressForbidden(UpstreamError):
     code = "upstream_forbidden"
 
     def __init__(self, refusal: Refusal) -> None:
-        what = "a cloud metadata endpoint" if refusal.always else "a forbidden address"
-        super().__init__(
-            f"the connection's upstream host {_shorten(refusal.host)} is {what} "
-            "under the gateway's egress policy; nothing was sent"
-        )
+        host = _shorten(refusal.host)
+        if refusal.always:
+            why = f"{host} is a cloud metadata endpoint, which is refused always"
+        elif refusal.address is not None and refusal.address != refusal.host:
+            why = (
+                f"{host} resolves only to forbidden addresses ({refusal.reason} among them); "
+                f"{ALLOW_SETTING_HINT}"
+            )
+        else:
+            why = f"{host} is a {refusal.reason} address; {ALLOW_SETTING_HINT}"
+        super().__init__(f"egress policy: the connection's upstream {why}; nothing was sent")
         self.host = refusal.host
         self.refusal = refusal
 
