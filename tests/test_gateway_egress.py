@@ -134,6 +134,8 @@ async def test_name_resolving_to_loopback_is_502_at_connect_and_nothing_is_sent(
             r = await c.post("/v1/mcp/local", json=RPC)
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "upstream_forbidden"
+        assert "IGRIS_ALLOW_UPSTREAM_NETWORKS" in r.json()["error"]["message"]
+        assert "127.0.0.1" not in r.text  # the resolved address stays in the log
         assert TOKEN not in r.text
         assert upstream.requests == []
         events = await _audit(gw, "local")
