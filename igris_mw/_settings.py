@@ -59,9 +59,12 @@ def _text(name: str, raw: str) -> str:
 
 
 def _path(name: str, raw: str) -> Path:
+    if "\0" in raw:
+        raise ConfigurationError(f"{name} holds a NUL character")
     try:
+        # expanduser raises RuntimeError for "~someone" who does not exist.
         return Path(raw).expanduser().absolute()
-    except RuntimeError:  # "~user" of a user that does not exist
+    except RuntimeError:
         raise ConfigurationError(f"{name} names a home directory that does not exist") from None
 
 
@@ -82,6 +85,16 @@ def _port(name: str, raw: str) -> int:
         raise ConfigurationError(f"{name} must be a TCP port number, got {raw!r}") from None
     if not 0 < value < 65536:
         raise ConfigurationError(f"{name} must be a TCP port from 1 to 65535, got {value}")
+    return value
+
+
+def _count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -162,6 +175,12 @@ class Settings:
             upstreams may reach although internal (``docs/security.md``).
         max_request_body: ``IGRIS_MAX_REQUEST_BODY`` bytes (default 8 MiB).
         stream_idle_timeout: ``IGRIS_STREAM_IDLE_TIMEOUT`` seconds (default 300).
+        max_stale: ``IGRIS_MAX_STALE`` seconds a cached key or connection is
+            served while the store cannot be reached (default 60).
+        rate_limit_store: ``IGRIS_RATE_LIMIT_STORE`` (``redis://host:port/db``)
+            to share rate-limit buckets across replicas; ``None``: per process.
+        auth_failures_per_minute: ``IGRIS_AUTH_FAILURES_PER_MINUTE``, failed
+            authentications one client address may make in a minute (default 30).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -195,6 +214,13 @@ class Settings:
     )
     stream_idle_timeout: float = attrs.field(
         default=300.0, metadata=_env("IGRIS_STREAM_IDLE_TIMEOUT", _seconds)
+    )
+    max_stale: float = attrs.field(default=60.0, metadata=_env("IGRIS_MAX_STALE", _seconds))
+    rate_limit_store: str | None = attrs.field(
+        default=None, repr=False, metadata=_env("IGRIS_RATE_LIMIT_STORE", _text)
+    )
+    auth_failures_per_minute: int = attrs.field(
+        default=30, metadata=_env("IGRIS_AUTH_FAILURES_PER_MINUTE", _count)
     )
 
     @classmethod

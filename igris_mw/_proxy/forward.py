@@ -38,8 +38,8 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import attrs
@@ -153,6 +153,18 @@ async def read_body_prefix(
         if not message.get("more_body", False):
             return BodyPrefix(b"".join(parts), complete=True)
     return BodyPrefix(b"".join(parts), complete=False)
+
+
+class BodyFilter(Protocol):
+    """Rewrites a response body on its way to the client (e.g. tools/list filtering)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+#: Called with the upstream response (headers known): a filter, or None to relay as is.
+BodyFilterFactory = Callable[[aiohttp.ClientResponse], BodyFilter | None]
 
 
 class _ClientGone(Exception):
@@ -476,6 +488,7 @@ class Forwarder:
         *,
         gateway_prefix: str,
         prefix: BodyPrefix | None = None,
+        body_filter: BodyFilterFactory | None = None,
     ) -> ProxyResult:
         """Proxy one HTTP request to ``target`` and stream the response back.
 
@@ -487,6 +500,8 @@ class Forwarder:
             gateway_prefix: the path clients use for this connection
                 (root_path + ``/v1/mcp/<slug>``), for the legacy endpoint rewrite.
             prefix: the body bytes already read with ``read_body_prefix``.
+            body_filter: makes a filter for the response body, if any (then
+                ``Content-Length`` is dropped: the body may change length).
 
         Returns:
             What happened, for the audit event; never raises for upstream or
@@ -575,7 +590,7 @@ class Forwarder:
                 ex.last = asyncio.get_running_loop().time()
                 self._streams.add(ex)  # the sweeper's idle deadline, while relaying
                 try:
-                    await _relay(send, target, gateway_prefix, resp, ex, result)
+                    await _relay(send, target, gateway_prefix, resp, ex, result, body_filter)
                 finally:
                     self._streams.discard(ex)
                     if result.outcome != "ok":
@@ -738,9 +753,11 @@ async def _relay(
     resp: aiohttp.ClientResponse,
     ex: _Exchange,
     result: ProxyResult,
+    body_filter: BodyFilterFactory | None = None,
 ) -> None:
     """Send the upstream's response to the client, chunk by chunk, as it arrives."""
     rewriter = _rewriter_for(resp, target, gateway_prefix)
+    filtering = body_filter(resp) if body_filter is not None else None
     result.status = resp.status
     loop = asyncio.get_running_loop()
     try:
@@ -748,7 +765,9 @@ async def _relay(
             {
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": response_headers(resp.raw_headers, rewriting=rewriter is not None),
+                "headers": response_headers(
+                    resp.raw_headers, rewriting=rewriter is not None or filtering is not None
+                ),
             }
         )
         while True:
@@ -773,14 +792,18 @@ async def _relay(
             ex.last = loop.time()
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
-                if not chunk:
-                    continue
+            if filtering is not None:
+                chunk = filtering.feed(chunk)
+            if not chunk:
+                continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             result.bytes_out += len(chunk)
         if ex.disconnected.is_set():
             result.outcome = "client_closed"
             return
         tail = rewriter.flush() if rewriter is not None else b""
+        if filtering is not None:
+            tail = filtering.feed(tail) + filtering.finish()
         result.bytes_out += len(tail)
         try:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
