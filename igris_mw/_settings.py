@@ -143,6 +143,25 @@ def _size(name: str, raw: str) -> int:
     return value
 
 
+def _byte_count(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of bytes, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    from ._policy.egress import parse_networks
+
+    try:
+        return tuple(str(n) for n in parse_networks(raw))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{name}: {exc.message}") from None
+
+
 def _master_key(name: str, raw: str) -> str:
     # Validated by the keyring when it is used, which names the bad entry
     # by position; a message here could only leak the value.
@@ -186,6 +205,10 @@ class Settings:
             record nothing more) or ``open`` (serve them, drop their events).
         audit_spill_max: ``IGRIS_AUDIT_SPILL_MAX``, the bound on the audit
             spill file in bytes (default 1 GiB; ``512MiB`` style accepted).
+        allow_upstream_networks: ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, CIDRs that
+            upstreams may reach although internal (``docs/security.md``).
+        max_request_body: ``IGRIS_MAX_REQUEST_BODY`` bytes (default 8 MiB).
+        stream_idle_timeout: ``IGRIS_STREAM_IDLE_TIMEOUT`` seconds (default 300).
         max_stale: ``IGRIS_MAX_STALE`` seconds a cached key or connection is
             served while the store cannot be reached (default 60).
         rate_limit_store: ``IGRIS_RATE_LIMIT_STORE`` (``redis://host:port/db``)
@@ -222,6 +245,15 @@ class Settings:
     )
     audit_spill_max: int = attrs.field(
         default=1 << 30, metadata=_env("IGRIS_AUDIT_SPILL_MAX", _size)
+    )
+    allow_upstream_networks: tuple[str, ...] = attrs.field(
+        default=(), metadata=_env("IGRIS_ALLOW_UPSTREAM_NETWORKS", _networks)
+    )
+    max_request_body: int = attrs.field(
+        default=8 * 1024 * 1024, metadata=_env("IGRIS_MAX_REQUEST_BODY", _byte_count)
+    )
+    stream_idle_timeout: float = attrs.field(
+        default=300.0, metadata=_env("IGRIS_STREAM_IDLE_TIMEOUT", _seconds)
     )
     max_stale: float = attrs.field(default=60.0, metadata=_env("IGRIS_MAX_STALE", _seconds))
     rate_limit_store: str | None = attrs.field(

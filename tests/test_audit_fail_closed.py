@@ -66,7 +66,7 @@ async def test_outage_then_unwritable_spill_fails_closed_and_loses_nothing(
             store=store,
             crypto=FixedKeyring("fail-closed"),
             audit_spill=spill_dir / "audit-spill.jsonl",
-            environ={},
+            environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
         )
         gw.audit.max_pending = 5
         gw.audit.retry_delay = gw.audit.max_retry_delay = 0.02
@@ -128,7 +128,11 @@ async def test_fail_open_keeps_serving(
     url, _ = counted_upstream
     store = OutageStore()
     gw = IgrisGateway(
-        None, store=store, crypto=FixedKeyring("fail-open"), environ={}, audit_failure="open"
+        None,
+        store=store,
+        crypto=FixedKeyring("fail-open"),
+        environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
+        audit_failure="open",
     )
     gw.audit.max_pending = 3
     gw.audit.retry_delay = gw.audit.max_retry_delay = 0.02

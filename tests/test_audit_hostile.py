@@ -34,7 +34,13 @@ def _gateway(kind: str, tmp: Path) -> IgrisGateway:
         store = MemoryStore()
         if kind == "jsonl":
             audit = f"jsonl://{tmp / 'audit.jsonl'}"
-    return IgrisGateway(None, store=store, crypto=FixedKeyring("hostile"), audit=audit, environ={})
+    return IgrisGateway(
+        None,
+        store=store,
+        crypto=FixedKeyring("hostile"),
+        audit=audit,
+        environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
+    )
 
 
 async def _setup(gw: IgrisGateway, url: str) -> str:

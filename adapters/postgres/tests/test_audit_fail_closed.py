@@ -53,7 +53,7 @@ async def test_postgres_down_and_spill_unwritable_fails_closed(
             crypto=FixedKeyring("pg-fail-closed"),
             audit_spill=spill_dir / "audit-spill.jsonl",
             cache_ttl=120,
-            environ={},
+            environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
         )
         gw.audit.max_pending = 5
         gw.audit.retry_delay = gw.audit.max_retry_delay = 0.05

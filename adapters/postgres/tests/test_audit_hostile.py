@@ -36,7 +36,12 @@ async def _setup(gw: IgrisGateway, url: str) -> str:
 
 async def _hostile(dsn: str, requests: list[HostileRequest]) -> None:
     async with upstream() as url:
-        gw = IgrisGateway(None, store=dsn, crypto=FixedKeyring("hostile"), environ={})
+        gw = IgrisGateway(
+            None,
+            store=dsn,
+            crypto=FixedKeyring("hostile"),
+            environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
+        )
         async with gw:
             key = await _setup(gw, url)
             for request in requests:
@@ -57,7 +62,12 @@ def test_hostile_requests_are_stored_by_postgres(
 async def test_a_nul_request_does_not_block_the_postgres_audit(pg_dsn: str) -> None:
     """GET /v1/mcp/<slug>/%00 with no key, then 200 requests: all stored within 2 s, verified."""
     async with upstream() as url:
-        gw = IgrisGateway(None, store=pg_dsn, crypto=FixedKeyring("hostile"), environ={})
+        gw = IgrisGateway(
+            None,
+            store=pg_dsn,
+            crypto=FixedKeyring("hostile"),
+            environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
+        )
         async with gw:
             key = await _setup(gw, url)
             elapsed = await nul_then_normal(gw, "conn-a", key)

@@ -21,7 +21,10 @@ from igris_mw_postgres.testing import GatewayProcess
 
 from igris_mw.testing.audit_hostile import upstream
 
-MASTER = {"IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+MASTER = {
+    "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",  # the test upstream runs on loopback
+}
 
 
 def _cli(store: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

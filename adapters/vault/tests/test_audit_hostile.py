@@ -32,7 +32,7 @@ def _gateway(bao: BaoDevServer, audit: Path) -> IgrisGateway:
         store=store,
         crypto=FixedKeyring("hostile"),
         audit=f"jsonl://{audit}",
-        environ={},
+        environ={"IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
     )
 
 
