@@ -161,3 +161,13 @@ def test_audit_failure_setting_is_validated() -> None:
 
     with pytest.raises(ConfigurationError, match="IGRIS_AUDIT_FAILURE"):
         IgrisGateway(None, store=MemoryStore(), environ={"IGRIS_AUDIT_FAILURE": "maybe"})
+
+
+def test_serve_takes_audit_failure_closed_or_open(capsys: pytest.CaptureFixture[str]) -> None:
+    """serve --audit-failure accepts closed|open and refuses anything else in one usage line."""
+    from igris_mw import cli
+
+    assert cli.main(["serve", "--audit-failure", "sideways"]) == 2
+    assert "--audit-failure" in capsys.readouterr().err
+    assert cli.main(["serve", "--help"]) == 0
+    assert "--audit-failure {closed,open}" in capsys.readouterr().out
