@@ -39,6 +39,8 @@ from ._errors import (
     Unauthorized,
 )
 from ._lifespan import Lifecycle
+from ._ops.access import Reply, access_line, current_request_id
+from ._ops.readiness import Readiness
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._resolver import Resolver, _Missing, _Resolved
@@ -55,6 +57,8 @@ __all__ = ["IgrisGateway"]
 log = logging.getLogger("igris_mw.gateway")
 
 MCP_PREFIX: Final = "/v1/mcp/"
+# The metrics label of a request to a slug that is no connection (_ops.metrics).
+_UNKNOWN_CONNECTION: Final = "_unknown"
 API_PREFIX: Final = "/api/v1"
 _MAX_USER = 256
 _MAX_METADATA = 4096
@@ -98,6 +102,15 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        ready_path: a path answered 200 when the store answers and the audit
+            keeps up, else 503 with the reasons (default ``/readyz`` when
+            standalone, none when wrapping an app).
+        metrics: collect Prometheus metrics (``metrics_app`` serves them;
+            taking ``metrics_app`` turns collection on too).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for request
+            spans; by default one exporting by OTLP when
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the ``otel`` extra is
+            installed, else none (no tracing, no cost).
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -117,6 +130,9 @@ class IgrisGateway:
         max_body: int = 64 * 1024,
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
+        ready_path: str | None = None,
+        metrics: bool = False,
+        tracer_provider: Any = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -154,8 +170,16 @@ class IgrisGateway:
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
+        self._ready_path = (
+            ready_path if ready_path is not None else ("/readyz" if app is None else None)
+        )
         self.forwarder = Forwarder(timeout=upstream_timeout)
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
+        self.readiness = Readiness(self.store, self.audit)
+        self._metrics: Any = None
+        if metrics:
+            self._enable_metrics()
+        self._tracing: Any = _tracing(tracer_provider, env)
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -169,6 +193,29 @@ class IgrisGateway:
 
     def __repr__(self) -> str:
         return f"IgrisGateway(app={self.app!r}, store={type(self.store).__name__})"
+
+    # -- operations -----------------------------------------------------------
+    def _enable_metrics(self) -> Any:
+        if self._metrics is None:
+            from ._ops.metrics import Metrics
+
+            metrics = Metrics()
+            metrics.watch_audit(self.audit)
+            self._metrics = metrics
+        return self._metrics
+
+    @property
+    def metrics(self) -> Any:
+        """The gateway's ``igris_mw._ops.metrics.Metrics`` (collection on), for
+        other parts of the gateway to count into."""
+        return self._enable_metrics()
+
+    @property
+    def metrics_app(self) -> Any:
+        """An ASGI app answering ``GET`` with the Prometheus exposition; mount
+        it (e.g. at ``/metrics``) on a listener the public cannot reach.
+        Taking it turns metric collection on."""
+        return self._enable_metrics().app
 
     # -- lifecycle (the protocol and the lazy start live in _lifespan) -------
     @property
@@ -199,9 +246,15 @@ class IgrisGateway:
         self.resolver.attach()
         await self.forwarder.start()
         await self.audit.start()
+        if self._metrics is not None:
+            await self._metrics.start()
 
     async def _close(self) -> None:
+        if self._metrics is not None:
+            await self._metrics.aclose()
         await self.audit.aclose()
+        if self._tracing is not None:
+            self._tracing.shutdown()
         await self.forwarder.close()
         await self.resolver.aclose()
         if self._audit_store is not None and self._audit_store is not self.store:
@@ -226,6 +279,10 @@ class IgrisGateway:
                 return
             if self._health_path is not None and path == self._health_path:
                 await send_json(send, 200, {"status": "ok"})
+                return
+            if self._ready_path is not None and path == self._ready_path:
+                if self._life.started or await self._life.ensure_started(send):
+                    await self.readiness.respond(send)
                 return
         elif kind == "lifespan":
             await self._life.run(self.app, scope, receive, send)
@@ -255,11 +312,31 @@ class IgrisGateway:
         started = time.perf_counter()
         slug = path[len(MCP_PREFIX) :].partition("/")[0]
         method: str = scope["method"]
+        request_id = new_event_id()
+        current_request_id.set(request_id)
         fields: dict[str, Any] = {
+            "id": request_id,
             "connection": slug,
             "method": method,
             "path": path,
         }
+        reply = Reply(send, request_id, self._metrics)
+        try:
+            await self._admit_and_forward(scope, receive, reply, path, slug, fields, started)
+        finally:
+            reply.close()
+
+    async def _admit_and_forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Reply,
+        path: str,
+        slug: str,
+        fields: dict[str, Any],
+        started: float,
+    ) -> None:
+        method: str = scope["method"]
         resolved: _Resolved | None = None
         # Admission: each step raises the refusal it stands for. The two lookups
         # are awaited here, not in a helper, to keep the warm path at two awaits.
@@ -283,11 +360,11 @@ class IgrisGateway:
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
         except IgrisError as exc:
-            await self._refuse(send, exc, fields, started, known=resolved is not None)
+            await self._refuse(scope, send, exc, fields, started, known=resolved is not None)
             return
         except Exception as exc:  # a store or crypto failure on the cold path
             err = _as_unavailable(exc)
-            await self._refuse(send, err, fields, started, known=resolved is not None)
+            await self._refuse(scope, send, err, fields, started, known=resolved is not None)
             return
 
         prefix: BodyPrefix | None = None
@@ -301,18 +378,34 @@ class IgrisGateway:
             fields["rpc_method"], fields["tool"] = peek_jsonrpc(
                 prefix.data, complete=prefix.complete
             )
-        result = await self.forwarder.forward(
-            scope,
-            receive,
-            send,
-            target,
-            _raw_subpath(scope, slug),
-            gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
-            prefix=prefix,
-        )
+        gateway_prefix = scope.get("root_path", "") + MCP_PREFIX + slug
+        subpath = _raw_subpath(scope, slug)
+        forwarded_at = time.perf_counter()
+        if self._tracing is None:
+            result = await self.forwarder.forward(
+                scope, receive, send, target, subpath, gateway_prefix=gateway_prefix, prefix=prefix
+            )
+        else:
+            result = await self._tracing.forward(
+                self.forwarder.forward,
+                scope,
+                receive,
+                send,
+                target,
+                subpath,
+                gateway_prefix=gateway_prefix,
+                prefix=prefix,
+                fields=fields,
+                started=started,
+                body=prefix.data if prefix is not None and prefix.complete else None,
+            )
+        # The upstream answered when the response started and the forwarder
+        # did not make the answer itself (a 502/504 carries result.error).
+        answered_at = send.started_at if result.error is None else None
         self._emit(
             fields,
             started,
+            upstream_seconds=answered_at - forwarded_at if answered_at is not None else None,
             status=result.status,
             outcome=result.outcome,
             bytes_in=result.bytes_in,
@@ -321,6 +414,7 @@ class IgrisGateway:
 
     async def _refuse(
         self,
+        scope: Scope,
         send: Send,
         exc: IgrisError,
         fields: dict[str, Any],
@@ -334,23 +428,37 @@ class IgrisGateway:
             outcome = "not_found"
         # A refused request is audited on the connection's trail when the
         # connection exists; unknown slugs get no trail (no audit spam).
+        exists: bool | None = True
         if not known:
-            known = await self._connection_exists(fields["connection"])
-        if known:
-            self._emit(fields, started, status=exc.status, outcome=outcome)
+            exists = await self._connection_exists(fields["connection"])
+        if exists is not False:
+            # Cannot tell (None: store down): keep the event rather than lose it,
+            # but count it under no connection (a random slug adds no series).
+            self._emit(fields, started, labelled=exists is True, status=exc.status, outcome=outcome)
+        else:
+            self._observe(fields, started, None, False, exc.status, outcome)
+        if self._tracing is not None:
+            self._tracing.refused(scope, fields, started, exc.status, outcome)
 
-    async def _connection_exists(self, slug: str) -> bool:
+    async def _connection_exists(self, slug: str) -> bool | None:
+        """Whether ``slug`` is a connection; ``None`` when the store cannot tell."""
         if not SLUG_RE.match(slug):
             return False
         try:
             return isinstance(await self._conns.get(slug), _Resolved)
         except Exception:
-            # Cannot tell (store down): keep the event rather than lose it.
-            return True
+            return None
 
-    def _emit(self, fields: dict[str, Any], started: float, **more: Any) -> None:
+    def _emit(
+        self,
+        fields: dict[str, Any],
+        started: float,
+        *,
+        upstream_seconds: float | None = None,
+        labelled: bool = True,
+        **more: Any,
+    ) -> None:
         event = AuditEvent(
-            id=new_event_id(),
             timestamp=_now_ms(),
             kind="gateway",
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -358,6 +466,54 @@ class IgrisGateway:
             **more,
         )
         self.audit.emit(event)
+        self._observe(fields, started, upstream_seconds, labelled, more["status"], more["outcome"])
+
+    def _observe(
+        self,
+        fields: dict[str, Any],
+        started: float,
+        upstream_seconds: float | None,
+        labelled: bool,
+        status: int,
+        outcome: str,
+    ) -> None:
+        """Metrics and the access line for one gateway request."""
+        now = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.request(
+                fields["connection"] if labelled else _UNKNOWN_CONNECTION,
+                outcome,
+                now - started,
+                upstream_seconds,
+            )
+        access_line(
+            fields["id"],
+            connection=fields["connection"],
+            api_key_id=fields.get("api_key_id"),
+            user=fields.get("user"),
+            method=fields["method"],
+            path=fields["path"],
+            outcome=outcome,
+            status=status,
+            latency_ms=round((now - started) * 1000, 3),
+        )
+
+
+def _tracing(tracer_provider: Any, environ: Mapping[str, str]) -> Any:
+    """The request tracer, or ``None`` (nothing imported) when tracing is off."""
+    if tracer_provider is None:
+        from ._ops import endpoint_configured
+
+        if not endpoint_configured(environ):
+            return None
+    try:
+        from ._ops.tracing import Tracing
+    except ImportError:
+        log.warning("tracing needs the otel extra (pip install 'igris-mw[otel]'); it is off")
+        return None
+    if tracer_provider is not None:
+        return Tracing(tracer_provider)
+    return Tracing.from_env(environ)
 
 
 def _now_ms() -> datetime:
