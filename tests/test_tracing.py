@@ -131,9 +131,11 @@ async def test_one_server_and_one_client_span_linked_and_propagated(traced: Any)
     assert attrs["http.response.status_code"] == 200
     assert str(attrs["igris.api_key_id"]).startswith("key_")
     assert attrs["igris.request_id"] == r.headers["x-igris-request-id"]
-    assert server.start_time is not None and client.start_time is not None
+    assert server.start_time is not None
+    assert client.start_time is not None
     assert server.start_time <= client.start_time
-    assert server.end_time is not None and client.end_time is not None
+    assert server.end_time is not None
+    assert client.end_time is not None
     assert client.end_time <= server.end_time
 
 
@@ -154,7 +156,8 @@ async def test_meta_trace_context_is_the_parent_when_no_header(traced: Any) -> N
     await post(gw, key, body)
     (server,) = by_kind(exporter.get_finished_spans())[SpanKind.SERVER]
     assert f"{server.context.trace_id:032x}" == CLIENT_TRACE
-    assert server.parent is not None and f"{server.parent.span_id:016x}" == CLIENT_SPAN
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == CLIENT_SPAN
     assert traceparent_ids(seen[-1]["traceparent"])[0] == CLIENT_TRACE
 
 
