@@ -1,15 +1,27 @@
-"""Prometheus metrics for the gateway, on the official ``prometheus_client``.
+"""Prometheus metrics for the gateway: plain counters on the hot path,
+``prometheus_client`` for the exposition and for several processes.
 
-Why ``prometheus_client`` and not a lighter hand-written exposition: it is
-the reference implementation of the text format, it has a multiprocess mode
-for ``serve --workers``, and on the hot path it costs about 1.5 us per
-request here (two counter/histogram children looked up in a local dict and
-updated under their own lock; ``benchmarks/metrics_overhead.py`` measures
-the whole gateway with metrics on and off side by side), well inside the
-5 % budget. A lighter counter would save a microsecond and lose the
-multiprocess aggregation.
+Measured here (``benchmarks/metrics_overhead.py`` and a micro-benchmark of
+``Metrics.request``): updating ``prometheus_client``'s objects costs about
+4.6 us per request (a counter and two histograms, each behind its own lock,
+with a linear bucket scan), about 4 % of the gateway's whole CPU time per
+request on the 2-core reference machine, near the 5 % budget. The hot path
+therefore counts into plain slotted objects (one dict lookup, ``bisect``
+for the bucket, no lock: the event loop is the only writer), about 0.5 us,
+and ``prometheus_client`` renders them at scrape time through a custom
+collector: the reference text format, its parser and ``promtool`` agree
+with it, and nothing is hand-formatted.
 
-Metrics (every name is in ``docs/operations.md``)::
+Several processes (``serve --workers N``): with ``PROMETHEUS_MULTIPROC_DIR``
+naming an empty directory before the processes start, the hot path writes
+``prometheus_client``'s memory-mapped values instead (its multiprocess
+mode; the slower path, but the only one whose values another process can
+read), and a scrape of any process returns the sum over all of them,
+without a ``pid`` label. Gauges are ``livesum``: the supervisor calls
+``prometheus_client.multiprocess.mark_process_dead(pid)`` when a worker
+exits, so a dead worker's open streams stop counting.
+
+Metrics (``docs/operations.md`` is the reference)::
 
     igris_gateway_requests_total{connection,outcome}      counter
     igris_gateway_request_duration_seconds{connection}    histogram (0.1 ms .. 60 s)
@@ -30,25 +42,20 @@ A deleted connection's series stay until the process restarts.
 
 The API other modules call (all cheap, none awaits, none raises)::
 
-    m = Metrics()                         # one per gateway; IgrisGateway(metrics=True)
+    m = gateway.metrics                   # one per gateway (IgrisGateway(metrics=True))
     m.request(slug, outcome, seconds, upstream_seconds)   # the gateway, per request
     m.stream_opened(); m.stream_closed()  # the gateway, around an event stream
     m.rate_limited(slug)                  # a 429 that is *not* a gateway request
                                           # (outcome "rate_limited" is counted by request())
     m.credential_refresh(slug, "ok")      # OAuth renewal: "ok", "failed",
                                           # "reauthorization_required"
-    m.add_sampler(fn)                     # fn() runs before every scrape (and every second
-                                          # in multiprocess mode): set gauges from state
     m.watch_audit(writer)                 # queue depth, written, spilled from the writer
     body, content_type = m.exposition()
     m.app                                 # ASGI app answering GET with the exposition
 
-Several processes (``serve --workers N``): set ``PROMETHEUS_MULTIPROC_DIR``
-to an empty directory before the processes start; every value is then kept
-in per-process memory-mapped files and a scrape of any process returns the
-sum over all of them (``prometheus_client`` multiprocess mode; gauges are
-``livesum``, so a dead worker's open streams vanish). No ``pid`` label is
-exposed.
+A new counter: a plain attribute updated on the hot path, rendered in
+``_Collector.collect`` (and, for multiprocess mode, a ``prometheus_client``
+object in ``_Shared`` updated instead).
 """
 
 from __future__ import annotations
@@ -57,8 +64,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from prometheus_client import (
@@ -68,6 +75,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -75,6 +83,7 @@ from .._asgi import Receive, Scope, Send
 
 __all__ = [
     "BUCKETS",
+    "CONTENT_TYPE",
     "MULTIPROCESS_ENV",
     "UNKNOWN_CONNECTION",
     "Metrics",
@@ -90,10 +99,25 @@ BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+_LE: Final = (*(repr(float(b)) for b in BUCKETS), "+Inf")
 # The text format every Prometheus version reads (prometheus_client >= 0.22 says
 # 1.0.0, which differs only for metric names outside the legacy character set).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 REFRESH_RESULTS: Final = frozenset({"ok", "failed", "reauthorization_required"})
+
+_DOC: Final = {
+    "requests": "Gateway requests by connection and audit outcome.",
+    "duration": "Time from a gateway request's arrival to the end of its response "
+    "(streams included).",
+    "upstream": "Time from sending a request upstream to its response headers.",
+    "streams": "Event streams (text/event-stream responses) open now.",
+    "queue": "Audit events waiting for the audit sink.",
+    "written": "Audit events the sink has taken.",
+    "spilled": "Audit events written to the local spill file because the sink could not "
+    "take them.",
+    "rate_limited": "Requests refused with 429 rate_limited.",
+    "refresh": "Upstream credential renewals (OAuth) by result.",
+}
 
 
 class _AuditSource(Protocol):
@@ -106,83 +130,64 @@ class _AuditSource(Protocol):
     def stats(self) -> Any: ...  # .written, .spilled: monotonic event counts
 
 
-def multiprocess_dir(environ: Any = None) -> str | None:
+def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
     """The multiprocess directory when ``PROMETHEUS_MULTIPROC_DIR`` names one, else ``None``."""
     env = os.environ if environ is None else environ
     path = env.get(MULTIPROCESS_ENV) or env.get(MULTIPROCESS_ENV.lower())
     return path or None
 
 
+class _Histogram:
+    """Bucket counts (not cumulative; the last is +Inf) and a sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+
+class _Series:
+    """The hot-path counters of one (connection, outcome) pair."""
+
+    __slots__ = ("count", "duration", "upstream")
+
+    def __init__(self, duration: _Histogram, upstream: _Histogram) -> None:
+        self.count = 0
+        self.duration = duration  # shared by every outcome of the connection
+        self.upstream = upstream
+
+
 class Metrics:
-    """The gateway's Prometheus metrics, in a registry of their own.
+    """The gateway's metrics (see the module docstring).
 
     Args:
         max_series: most ``(connection, outcome)`` pairs counted apart; the
             rest are counted under ``(UNKNOWN_CONNECTION, "other")``.
+        environ: where ``PROMETHEUS_MULTIPROC_DIR`` is read (default ``os.environ``).
     """
 
-    def __init__(self, *, max_series: int = 10_000) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.multiprocess = multiprocess_dir()
-        r = self.registry
-        self._requests = Counter(
-            "igris_gateway_requests",
-            "Gateway requests by connection and audit outcome.",
-            ("connection", "outcome"),
-            registry=r,
-        )
-        self._duration = Histogram(
-            "igris_gateway_request_duration_seconds",
-            "Time from a gateway request's arrival to the end of its response "
-            "(streams included).",
-            ("connection",),
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self._upstream = Histogram(
-            "igris_upstream_response_seconds",
-            "Time from sending a request upstream to its response headers.",
-            ("connection",),
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self._streams = Gauge(
-            "igris_gateway_open_streams",
-            "Event streams (text/event-stream responses) open now.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self._queue = Gauge(
-            "igris_audit_queue_depth",
-            "Audit events waiting for the audit sink.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self._written = Counter(
-            "igris_audit_events_written", "Audit events the sink has taken.", registry=r
-        )
-        self._spilled = Counter(
-            "igris_audit_events_spilled",
-            "Audit events written to the local spill file because the sink could not take them.",
-            registry=r,
-        )
-        self._rate_limited = Counter(
-            "igris_rate_limited",
-            "Requests refused with 429 rate_limited.",
-            ("connection",),
-            registry=r,
-        )
-        self._refresh = Counter(
-            "igris_credential_refresh",
-            "Upstream credential renewals (OAuth) by result.",
-            ("connection", "result"),
-            registry=r,
-        )
+    def __init__(
+        self, *, max_series: int = 10_000, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.multiprocess = multiprocess_dir(environ)
         self._max_series = max_series
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self._lock = threading.Lock()
-        self._samplers: list[Callable[[], None]] = []
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._histograms: dict[str, tuple[_Histogram, _Histogram]] = {}
+        self._rate_limited: dict[str, int] = {}
+        self._refresh: dict[tuple[str, str], int] = {}
+        self.open_streams = 0
+        self._audit: _AuditSource | None = None
+        self._shared = _Shared() if self.multiprocess else None
         self._sampler_task: asyncio.Task[None] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        if self._shared is not None:
+            self.request = self._shared.request  # type: ignore[method-assign]
         self.app = MetricsApp(self)
 
     # -- the hot path --------------------------------------------------------
@@ -191,86 +196,69 @@ class Metrics:
     ) -> None:
         """Count one gateway request. ``connection`` must be an existing
         connection's slug or ``UNKNOWN_CONNECTION``."""
-        children = self._children.get((connection, outcome))
-        if children is None:
-            children = self._new_children(connection, outcome)
-        children[0].inc()
-        children[1].observe(seconds)
+        series = self._series.get((connection, outcome))
+        if series is None:
+            series = self._new_series(connection, outcome)
+        series.count += 1
+        series.duration.observe(seconds)
         if upstream_seconds is not None:
-            children[2].observe(upstream_seconds)
+            series.upstream.observe(upstream_seconds)
         if outcome == "rate_limited":
-            self._rate_limited.labels(connection).inc()
+            self._rate_limited[connection] = self._rate_limited.get(connection, 0) + 1
 
-    def _new_children(self, connection: str, outcome: str) -> tuple[Any, Any, Any]:
-        with self._lock:
-            if len(self._children) >= self._max_series:
-                connection, outcome = UNKNOWN_CONNECTION, "other"
-                found = self._children.get((connection, outcome))
-                if found is not None:
-                    return found
-            children = (
-                self._requests.labels(connection, outcome),
-                self._duration.labels(connection),
-                self._upstream.labels(connection),
-            )
-            self._children[(connection, outcome)] = children
-            return children
+    def _new_series(self, connection: str, outcome: str) -> _Series:
+        if len(self._series) >= self._max_series:
+            connection, outcome = UNKNOWN_CONNECTION, "other"
+            found = self._series.get((connection, outcome))
+            if found is not None:
+                return found
+        histograms = self._histograms.get(connection)
+        if histograms is None:
+            histograms = self._histograms[connection] = (_Histogram(), _Histogram())
+        series = self._series[(connection, outcome)] = _Series(*histograms)
+        return series
 
     def stream_opened(self) -> None:
-        self._streams.inc()
+        if self._shared is not None:
+            self._shared.streams.inc()
+        self.open_streams += 1
 
     def stream_closed(self) -> None:
-        self._streams.dec()
+        if self._shared is not None:
+            self._shared.streams.dec()
+        self.open_streams -= 1
 
     def rate_limited(self, connection: str | None = None) -> None:
         """Count a 429 that the gateway does not audit as a request with outcome
         ``rate_limited`` (those ``request()`` counts already)."""
-        self._rate_limited.labels(self._bounded(connection)).inc()
+        label = self._bounded(connection)
+        if self._shared is not None:
+            self._shared.rate_limited.labels(label).inc()
+        self._rate_limited[label] = self._rate_limited.get(label, 0) + 1
 
     def credential_refresh(self, connection: str, result: str) -> None:
-        """Count one credential renewal; ``result`` in ``REFRESH_RESULTS``."""
+        """Count one credential renewal; ``result`` in ``REFRESH_RESULTS`` (else "failed")."""
         if result not in REFRESH_RESULTS:
             result = "failed"
-        self._refresh.labels(self._bounded(connection), result).inc()
+        key = (self._bounded(connection), result)
+        if self._shared is not None:
+            self._shared.refresh.labels(*key).inc()
+        self._refresh[key] = self._refresh.get(key, 0) + 1
 
     def _bounded(self, connection: str | None) -> str:
-        if not connection:
-            return UNKNOWN_CONNECTION
-        if len(self._children) >= self._max_series:
+        if not connection or len(self._series) + len(self._refresh) >= self._max_series:
             return UNKNOWN_CONNECTION
         return connection
 
     # -- sampled state -------------------------------------------------------
-    def add_sampler(self, sampler: Callable[[], None]) -> None:
-        """Run ``sampler()`` before every exposition (and every second in
-        multiprocess mode, where another process may answer the scrape)."""
-        self._samplers.append(sampler)
-
     def watch_audit(self, writer: _AuditSource) -> None:
-        """Report the audit writer's queue depth and its written/spilled counts."""
-        seen = {"written": 0, "spilled": 0}
-
-        def sample() -> None:
-            self._queue.set(writer.pending)
-            stats = writer.stats
-            for name, counter in (("written", self._written), ("spilled", self._spilled)):
-                now = int(getattr(stats, name, 0))
-                if now > seen[name]:
-                    counter.inc(now - seen[name])
-                seen[name] = now
-
-        self.add_sampler(sample)
-
-    def sample(self) -> None:
-        for sampler in self._samplers:
-            try:
-                sampler()
-            except Exception:  # a broken sampler must not break the scrape
-                log.exception("a metrics sampler failed")
+        """Report the audit writer's queue depth and its written/spilled counts
+        (read at scrape time; every second into the shared files in multiprocess mode)."""
+        self._audit = writer
 
     async def start(self) -> None:
-        """In multiprocess mode, sample every second (lifespan startup)."""
-        if self.multiprocess and self._sampler_task is None and self._samplers:
+        """In multiprocess mode, copy the audit state to the shared files every second."""
+        if self._shared is not None and self._sampler_task is None and self._audit is not None:
             self._sampler_task = asyncio.get_running_loop().create_task(
                 self._sample_forever(), name="igris-metrics-sampler"
             )
@@ -287,10 +275,18 @@ class Metrics:
             self.sample()
             await asyncio.sleep(1.0)
 
+    def sample(self) -> None:
+        """Copy the audit writer's state into the shared files (multiprocess mode)."""
+        if self._shared is not None and self._audit is not None:
+            try:
+                self._shared.sample_audit(self._audit)
+            except Exception:  # a scrape must not fail for it
+                log.exception("reading the audit writer's state failed")
+
     # -- exposition ----------------------------------------------------------
     def collector(self) -> Collector:
-        """What a scrape reads: this registry, or every process's files in
-        multiprocess mode (samplers run first either way)."""
+        """What a scrape reads: this process's counters, or every process's files
+        in multiprocess mode."""
         return _Exposed(self)
 
     def exposition(self) -> tuple[bytes, str]:
@@ -298,17 +294,128 @@ class Metrics:
         return generate_latest(self.collector()), CONTENT_TYPE
 
 
+class _Collector:
+    """Renders the plain counters as metric families at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        requests = CounterMetricFamily(
+            "igris_gateway_requests", _DOC["requests"], labels=("connection", "outcome")
+        )
+        for (connection, outcome), series in list(m._series.items()):
+            requests.add_metric((connection, outcome), series.count)
+        yield requests
+        duration = HistogramMetricFamily(
+            "igris_gateway_request_duration_seconds", _DOC["duration"], labels=("connection",)
+        )
+        upstream = HistogramMetricFamily(
+            "igris_upstream_response_seconds", _DOC["upstream"], labels=("connection",)
+        )
+        for connection, (dur, up) in list(m._histograms.items()):
+            for family, histogram in ((duration, dur), (upstream, up)):
+                buckets, total = list(histogram.buckets), histogram.total
+                cumulative, running = [], 0
+                for le, n in zip(_LE, buckets, strict=True):
+                    running += n
+                    cumulative.append((le, float(running)))
+                family.add_metric((connection,), cumulative, total)
+        yield duration
+        yield upstream
+        yield GaugeMetricFamily("igris_gateway_open_streams", _DOC["streams"], m.open_streams)
+        audit = m._audit
+        pending = int(audit.pending) if audit is not None else 0
+        stats = audit.stats if audit is not None else None
+        yield GaugeMetricFamily("igris_audit_queue_depth", _DOC["queue"], pending)
+        for name, key in (("written", "written"), ("spilled", "spilled")):
+            value = int(getattr(stats, key, 0)) if stats is not None else 0
+            yield CounterMetricFamily(f"igris_audit_events_{name}", _DOC[name], value)
+        limited = CounterMetricFamily(
+            "igris_rate_limited", _DOC["rate_limited"], labels=("connection",)
+        )
+        for connection, n in list(m._rate_limited.items()):
+            limited.add_metric((connection,), n)
+        yield limited
+        refresh = CounterMetricFamily(
+            "igris_credential_refresh", _DOC["refresh"], labels=("connection", "result")
+        )
+        for (connection, result), n in list(m._refresh.items()):
+            refresh.add_metric((connection, result), n)
+        yield refresh
+
+
+class _Shared:
+    """``prometheus_client`` objects whose values live in the multiprocess files."""
+
+    def __init__(self) -> None:
+        # Not registered anywhere: in multiprocess mode a scrape reads the files.
+        self.requests = Counter(
+            "igris_gateway_requests", _DOC["requests"], ("connection", "outcome"), registry=None
+        )
+        self.duration = Histogram(
+            "igris_gateway_request_duration_seconds",
+            _DOC["duration"],
+            ("connection",),
+            buckets=BUCKETS,
+            registry=None,
+        )
+        self.upstream = Histogram(
+            "igris_upstream_response_seconds",
+            _DOC["upstream"],
+            ("connection",),
+            buckets=BUCKETS,
+            registry=None,
+        )
+        self.streams = Gauge(
+            "igris_gateway_open_streams", _DOC["streams"], registry=None,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.queue = Gauge(
+            "igris_audit_queue_depth", _DOC["queue"], registry=None, multiprocess_mode="livesum"
+        )
+        self.written = Counter("igris_audit_events_written", _DOC["written"], registry=None)
+        self.spilled = Counter("igris_audit_events_spilled", _DOC["spilled"], registry=None)
+        self.rate_limited = Counter(
+            "igris_rate_limited", _DOC["rate_limited"], ("connection",), registry=None
+        )
+        self.refresh = Counter(
+            "igris_credential_refresh", _DOC["refresh"], ("connection", "result"), registry=None
+        )
+        self._seen = {"written": 0, "spilled": 0}
+        self._series: set[tuple[str, str]] = set()
+
+    def request(
+        self, connection: str, outcome: str, seconds: float, upstream_seconds: float | None
+    ) -> None:
+        self.requests.labels(connection, outcome).inc()
+        self.duration.labels(connection).observe(seconds)
+        if upstream_seconds is not None:
+            self.upstream.labels(connection).observe(upstream_seconds)
+        if outcome == "rate_limited":
+            self.rate_limited.labels(connection).inc()
+
+    def sample_audit(self, writer: _AuditSource) -> None:
+        self.queue.set(writer.pending)
+        for name, counter in (("written", self.written), ("spilled", self.spilled)):
+            now = int(getattr(writer.stats, name, 0))
+            if now > self._seen[name]:
+                counter.inc(now - self._seen[name])
+            self._seen[name] = now
+
+
 class _Exposed:
-    """A collector for ``generate_latest``: samplers, then the right registry."""
+    """A collector for ``generate_latest``: this registry, or the multiprocess files."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        self._metrics.sample()
         if self._metrics.multiprocess:
             from prometheus_client import multiprocess
 
+            self._metrics.sample()
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
                 registry, path=self._metrics.multiprocess
