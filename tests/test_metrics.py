@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -287,3 +290,48 @@ def test_exposition_passes_promtool(tmp_path: Any) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout + done.stderr == b""
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
+
+
+def _dashboard_exprs() -> list[str]:
+    doc = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def test_grafana_dashboard_uses_only_exposed_series() -> None:
+    """Every igris_* series the dashboard queries is one the gateway exposes."""
+    m = Metrics()
+    m.request("conn-a", "ok", 0.01, 0.005)
+    m.rate_limited("conn-a")
+    m.credential_refresh("conn-a", "ok")
+    exposed = {
+        s.name
+        for f in text_string_to_metric_families(m.exposition()[0].decode())
+        for s in f.samples
+    }
+    queried = {name for e in _dashboard_exprs() for name in re.findall(r"igris_[a-z_]+", e)}
+    assert queried, "the dashboard queries nothing"
+    assert queried <= exposed, queried - exposed
+    for needed in ("igris_gateway_requests_total", "igris_gateway_open_streams",
+                   "igris_audit_queue_depth", "igris_upstream_response_seconds_bucket"):
+        assert needed in queried
+
+
+def test_grafana_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool accepts every dashboard query (Grafana variables filled in) as a rule."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
+            pytest.fail("IGRIS_TEST_REQUIRE_BACKENDS=1 but promtool is not installed")
+        pytest.skip("promtool is not installed")
+    rules = [
+        {"record": f"igris:dashboard_{i}", "expr": e.replace("$__rate_interval", "5m")
+         .replace("$connection", ".*")}
+        for i, e in enumerate(_dashboard_exprs())
+    ]
+    path = tmp_path / "rules.json"  # YAML is a superset of JSON
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
