@@ -206,9 +206,9 @@ class IgrisGateway:
 
     @property
     def metrics(self) -> Any:
-        """The gateway's ``igris_mw._ops.metrics.Metrics`` (collection on), for
-        other parts of the gateway to count into."""
-        return self._enable_metrics()
+        """The gateway's ``igris_mw._ops.metrics.Metrics``, or ``None`` while
+        metrics are off (``metrics=True`` or taking ``metrics_app`` turns them on)."""
+        return self._metrics
 
     @property
     def metrics_app(self) -> Any:
@@ -313,7 +313,8 @@ class IgrisGateway:
         slug = path[len(MCP_PREFIX) :].partition("/")[0]
         method: str = scope["method"]
         request_id = new_event_id()
-        current_request_id.set(request_id)
+        # Reset after: a host may run the next app in this same task.
+        id_token = current_request_id.set(request_id)
         fields: dict[str, Any] = {
             "id": request_id,
             "connection": slug,
@@ -325,6 +326,7 @@ class IgrisGateway:
             await self._admit_and_forward(scope, receive, reply, path, slug, fields, started)
         finally:
             reply.close()
+            current_request_id.reset(id_token)
 
     async def _admit_and_forward(
         self,

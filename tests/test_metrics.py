@@ -242,9 +242,10 @@ async def test_metrics_app_answers_get_and_refuses_other_methods() -> None:
 async def test_metrics_are_off_unless_asked() -> None:
     """Without metrics=True and without taking metrics_app, nothing is collected."""
     gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring("off"))
-    assert gw._metrics is None
-    assert gw.metrics_app is gw.metrics.app
-    assert gw._metrics is not None
+    assert gw.metrics is None
+    app = gw.metrics_app
+    assert gw.metrics is not None
+    assert app is gw.metrics.app
 
 
 def test_prometheus_multiprocess_mode_aggregates_processes(tmp_path: Any) -> None:

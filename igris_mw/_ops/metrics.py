@@ -40,7 +40,11 @@ and ``result`` come from fixed sets in the code, and past ``max_series``
 label pairs every new pair is counted under ``(UNKNOWN_CONNECTION, "other")``.
 A deleted connection's series stay until the process restarts.
 
-The API other modules call (all cheap, none awaits, none raises)::
+The API other modules call (all cheap, none awaits, none raises). Inside
+the gateway ``self._metrics`` is ``None`` while metrics are off, so a caller
+writes ``if self._metrics is not None: self._metrics.rate_limited(slug)``;
+a module that does not see the gateway (the OAuth token manager, say) is
+handed the bound method, e.g. ``on_refresh=metrics.credential_refresh``::
 
     m = gateway.metrics                   # one per gateway (IgrisGateway(metrics=True))
     m.request(slug, outcome, seconds, upstream_seconds)   # the gateway, per request
