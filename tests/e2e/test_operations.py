@@ -171,3 +171,56 @@ async def test_readyz_and_healthz_on_the_standalone_gateway(
     assert health.json() == {"status": "ok"}
 
 
+
+
+async def test_mcp_session_traced_one_server_and_one_client_span_per_request(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """Real MCP traffic with tracing on: per forwarded request one SERVER and one CLIENT
+    span, linked, and the upstream got the CLIENT span's traceparent; no canary in spans."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gw = make_gateway(tmp_path, tracer_provider=provider)
+    credential = new_credential("trace")
+    async with serve(gw) as base_url:
+        record, key = await gw.service.create_api_key({"name": "t", "scopes": ["mcp"]})
+        gateway = Gateway(gw, base_url, tmp_path / "igris.db", key, record.id, key)
+        slug = await gateway.connection(upstream, credential, prefix="ops-trace")
+        before = len(upstream.requests())
+        async with streamable_session(gateway.url(slug), client_headers(key)) as session:
+            await session.call_tool("echo", {"text": "traced"})
+        seen = upstream.requests()[before:]
+        deadline = time.monotonic() + 5
+        while len(exporter.get_finished_spans()) < 2 * len(seen):
+            assert time.monotonic() < deadline, "spans missing"
+            await asyncio.sleep(0.05)
+    provider.shutdown()
+    spans = exporter.get_finished_spans()
+    servers = {s.context.span_id: s for s in spans if s.kind == SpanKind.SERVER}
+    clients = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert len(servers) == len(clients) == len(seen)
+    client_ids = set()
+    for client in clients:
+        assert client.parent is not None
+        server = servers[client.parent.span_id]  # each client span under a server span
+        assert server.context.trace_id == client.context.trace_id
+        client_ids.add((f"{client.context.trace_id:032x}", f"{client.context.span_id:016x}"))
+    received = set()
+    for request in seen:
+        traceparent = request.header("traceparent")
+        assert traceparent is not None
+        _, trace_id, span_id, _ = traceparent.split("-")
+        received.add((trace_id, span_id))
+    assert received == client_ids
+    dump = repr([(s.name, dict(s.attributes or {})) for s in spans])
+    assert credential not in dump
+    assert key not in dump
+    assert {s.attributes.get("mcp.method.name") for s in servers.values() if s.attributes} >= {
+        "initialize", "tools/call"
+    }
