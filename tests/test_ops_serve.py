@@ -158,3 +158,20 @@ def test_metrics_port_taken_is_one_line_error(tmp_path: Path) -> None:
     assert len(errors) == 1
     assert f"127.0.0.1:{port}" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+def test_metrics_port_equal_to_the_gateway_port_is_refused(tmp_path: Path) -> None:
+    """--metrics-port equal to --port is a one-line configuration error, exit 2."""
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
+    env["IGRIS_HOME"] = str(tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-m", "igris_mw.cli", "serve", "--port", port, "--metrics-port", port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "gateway's own port" in done.stderr
+    assert "Traceback" not in done.stderr

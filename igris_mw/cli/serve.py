@@ -272,6 +272,10 @@ def _start_metrics(app: Any, settings: Settings) -> Any:
     from .._ops.metrics import serve_in_thread
 
     host, port = settings.metrics_host, settings.metrics_port
+    if port == settings.port:
+        raise ConfigurationError(
+            f"--metrics-port {port} is the gateway's own port: choose another"
+        )
     try:
         stop = serve_in_thread(app.metrics, host, port)
     except OSError as exc:
