@@ -336,3 +336,29 @@ def test_grafana_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
     done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_metrics_app_mounts_in_the_wrapped_starlette_app(upstream: str) -> None:
+    """As documented: Route("/metrics", gateway.metrics_app) in the app the gateway wraps."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    inner = Starlette()
+    gw = IgrisGateway(inner, store=MemoryStore(), crypto=FixedKeyring("mount"))
+    inner.router.routes.append(Route("/metrics", gw.metrics_app))
+    await gw.startup()
+    try:
+        _, key = await gw.service.create_api_key({"name": "k", "scopes": ["mcp"]})
+        await gw.service.create_connection(
+            {"slug": "mounted", "name": "m", "upstreamUrl": upstream + "/mcp",
+             "credential": TOKEN}
+        )
+        async with client(gw) as c:
+            auth = {"Authorization": f"Bearer {key}"}
+            r = await c.post("/v1/mcp/mounted", json=RPC, headers=auth)
+            assert r.status_code == 200
+            scraped = await c.get("/metrics")
+    finally:
+        await gw.aclose()
+    assert scraped.status_code == 200
+    assert requests_by(scraped.text) == {("mounted", "ok"): 1}

@@ -436,7 +436,7 @@ class MetricsApp:
     """ASGI app: ``GET`` (or ``HEAD``) at any path answers the exposition.
 
     Mount it where the scraper looks, e.g. Starlette
-    ``Mount("/metrics", app=gateway.metrics_app)``. It needs no admin key:
+    ``Route("/metrics", gateway.metrics_app)``. It needs no admin key:
     mount it on a listener the public cannot reach, or behind your own auth.
     """
 
