@@ -27,8 +27,7 @@ from urllib.parse import urlsplit
 from . import _auth
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
-from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
-from ._audit_file import build_audit_sink
+from ._audit import PEEK_LIMIT, AuditWriter, build_audit_sink, new_event_id, peek_jsonrpc
 from ._errors import (
     BadRequest,
     ConfigurationError,

@@ -8,13 +8,13 @@ Every change to a connection records a management audit event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from ._audit import new_event_id
+from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
 from ._validation import (
@@ -49,34 +49,13 @@ from .models import (
     validate_slug,
     validate_upstream_url,
 )
-from .storage import Store, verify_chain
+from .storage import AuditSink, Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
 
 # A guarded write that keeps losing races is retried this many times, then
 # the VersionConflict reaches the caller (409).
 _WRITE_ATTEMPTS = 5
-
-
-class AuditSink(Protocol):
-    """Where audit events go: the store itself, or a separate sink (Vault)."""
-
-    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
-
-    async def list_audit_events(
-        self,
-        connection: str,
-        *,
-        limit: int = 50,
-        cursor: str | None = None,
-        since: datetime | None = None,
-    ) -> Page[AuditEvent]: ...
-
-    async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
-    ) -> list[AuditEvent]: ...
-
-    async def audit_connections(self) -> list[str]: ...
 
 
 def _bind(conn: Connection) -> bytes:

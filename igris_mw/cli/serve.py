@@ -95,6 +95,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="bound on how long an unnotified change can go unseen (default 5)",
     )
     p.add_argument(
+        "--shutdown-timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="bound on shutdown: open requests, then the audit queue (rest spilled; default 10)",
+    )
+    p.add_argument(
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
@@ -169,10 +176,9 @@ async def _bootstrap_admin_key(
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .._gateway import IgrisGateway
     from .._plugins import redact_url, store_from_url
+    from ._shutdown import run_bounded
 
     environ = dict(os.environ)
     settings = Settings.from_env(environ).override(
@@ -228,6 +234,10 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics=settings.metrics_port is not None,
         environ=environ,
     )
+    # Half the bound for open requests, 3/10 for the audit queue; the rest
+    # is for closing the store and exiting. What the sink has not taken then
+    # is in the spill file (docs/shutdown.md).
+    app.audit.close_timeout = args.shutdown_timeout * 0.3
     stop_metrics = _start_metrics(app, settings)
     try:
         import uvloop  # noqa: F401
@@ -239,13 +249,16 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving on http://{settings.host}:{settings.port} "
         f"(store {redact_url(settings.store_url)})"
     )
+    from uvicorn.config import LOGGING_CONFIG
+
     from .._ops.logs import log_config
 
     json_logs = settings.log_format == "json"
     config = log_config(settings.log_format, settings.log_level)
     try:
-        uvicorn.run(
+        run_bounded(
             app,
+            shutdown_timeout=args.shutdown_timeout,
             host=settings.host,
             port=settings.port,
             loop=loop,
@@ -255,8 +268,7 @@ def run_serve(args: argparse.Namespace) -> int:
             access_log=args.access_log or json_logs,
             server_header=False,
             date_header=False,
-            timeout_graceful_shutdown=10,
-            log_config=config if config is not None else uvicorn.config.LOGGING_CONFIG,
+            log_config=config if config is not None else LOGGING_CONFIG,
         )
     finally:
         if stop_metrics is not None:
