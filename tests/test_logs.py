@@ -81,16 +81,26 @@ def test_access_line_is_one_parseable_line_for_any_input(
     assert record["requestId"] == "evt_1"
 
 
-@given(path=hostile)
-def test_text_access_message_keeps_one_line(path: str) -> None:
-    """In text mode the path is quoted, so a CR or LF in it cannot forge a log line."""
-    record = logging.LogRecord(
-        "igris_mw.access", logging.INFO, "", 0, "%s %s %r %s %d %.3fms",
-        ("evt_1", "GET", path, "ok", 200, 1.0), None,
-    )
-    message = record.getMessage()
+@given(path=hostile, user=hostile)
+def test_text_access_message_keeps_one_line(path: str, user: str) -> None:
+    """In text mode path and user are quoted, so a CR or LF in them cannot forge a line."""
+    handler = Capture()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("igris_mw.access")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        access_line(
+            "evt_1", connection="c-1", api_key_id="key_1", user=user, method="GET",
+            path=path, outcome="ok", status=200, latency_ms=1.0,
+        )
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+    (message,) = handler.lines
     assert "\n" not in message
     assert "\r" not in message
+    assert message.startswith("evt_1 GET ")
 
 
 def test_uvicorn_access_line_drops_the_query_string() -> None:
@@ -127,8 +137,16 @@ def test_exception_is_written_as_its_traceback() -> None:
 
 
 def test_log_config_text_keeps_uvicorns_and_json_routes_everything() -> None:
-    """text: uvicorn's default config; json: one stderr handler with access lines at INFO."""
-    assert log_config("text", "info") is None
+    """text: uvicorn's config plus the gateway's loggers (access lines only when asked);
+    json: one stderr handler with access lines at INFO whatever the level."""
+    text = log_config("text", "warning", access_log=False)
+    assert text["formatters"]["default"]["()"] == "uvicorn.logging.DefaultFormatter"
+    assert text["loggers"]["igris_mw"]["level"] == "WARNING"
+    assert text["loggers"]["igris_mw.access"]["level"] == "WARNING"
+    assert text["loggers"]["uvicorn.access"]["filters"] == ["skip_gateway"]
+    assert log_config("text", "info", access_log=True)["loggers"]["igris_mw.access"][
+        "level"
+    ] == "INFO"
     config = log_config("json", "warning")
     assert config is not None
     assert config["root"]["level"] == "WARNING"

@@ -175,3 +175,31 @@ def test_metrics_port_equal_to_the_gateway_port_is_refused(tmp_path: Path) -> No
     assert done.returncode == 2, done.stderr
     assert "gateway's own port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_text_access_log_has_the_request_id(tmp_path: Path) -> None:
+    """serve --access-log (text): the gateway request's line is the gateway's, with the
+    request id the client got; management calls keep uvicorn's line; no canary."""
+    home = tmp_path / "data"
+    with _serve(home, "--access-log") as (url, log):
+        admin = KEY_RE.findall(log.read_text())[0]
+        auth = {"Authorization": f"Bearer {admin}"}
+        r = httpx.post(
+            url + "/api/v1/virtual-keys",
+            headers=auth,
+            json={"slug": "self", "name": "s", "upstreamUrl": url + "/healthz",
+                  "credential": CREDENTIAL},
+        )
+        assert r.status_code == 201, r.text
+        r = httpx.get(url + "/v1/mcp/self", headers={**auth, "Cookie": f"c={COOKIE_CANARY}"})
+        request_id = r.headers["x-igris-request-id"]
+        time.sleep(0.3)
+    text = log.read_text()
+    gateway_lines = [line for line in text.splitlines() if request_id in line]
+    assert len(gateway_lines) == 1
+    assert "'/v1/mcp/self'" in gateway_lines[0]
+    assert " ok " in gateway_lines[0]
+    assert any('"POST /api/v1/virtual-keys' in line for line in text.splitlines())
+    assert not any('"GET /v1/mcp/self' in line for line in text.splitlines())
+    assert CREDENTIAL not in text
+    assert COOKIE_CANARY not in text

@@ -111,10 +111,13 @@ def access_line(
         "latencyMs": latency_ms,
     }
     access_log.info(
-        "%s %s %r %s %d %.3fms",
+        "%s %s %r %s key=%s user=%r %s %d %.3fms",
         request_id,
         method,
         fields["path"],
+        connection,
+        api_key_id,
+        user,
         outcome,
         status,
         latency_ms,

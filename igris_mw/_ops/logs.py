@@ -1,6 +1,10 @@
 """``serve --log-format json|text``: how the process's log lines are written.
 
-``text`` (the default) keeps uvicorn's own logging as it always was.
+``text`` (the default) keeps uvicorn's lines and formats; the gateway's own
+lines (``igris_mw.*``) go to standard error the same way, and with
+``--access-log`` a gateway request's access line is the gateway's (request
+id, method, path, key id, user, outcome, status, latency) instead of
+uvicorn's, on standard output like uvicorn's.
 
 ``json`` writes every log line (uvicorn's, the gateway's, ``serve``'s own
 notices) to standard error as one JSON object per line::
@@ -22,6 +26,7 @@ exception is written as its type and traceback (``exception``).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -84,14 +89,16 @@ class SkipGatewayAccess(logging.Filter):
         return True
 
 
-def log_config(log_format: str, level: str) -> dict[str, Any] | None:
-    """The ``logging.config.dictConfig`` for ``uvicorn.run(log_config=...)``;
-    ``None`` for ``text`` (uvicorn's own default stays)."""
-    if log_format == "text":
-        return None
-    if log_format != "json":
+def log_config(log_format: str, level: str, *, access_log: bool = True) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` for ``uvicorn.run(log_config=...)``.
+
+    ``access_log`` matters for ``text`` only: JSON always has access lines.
+    """
+    if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     numeric = "DEBUG" if level == "trace" else level.upper()
+    if log_format == "text":
+        return _text_config(numeric, access_log)
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -113,3 +120,25 @@ def log_config(log_format: str, level: str) -> dict[str, Any] | None:
             "igris_mw.access": {"level": "INFO", "propagate": True},
         },
     }
+
+
+def _text_config(numeric: str, access_log: bool) -> dict[str, Any]:
+    """uvicorn's own configuration, plus the gateway's loggers in its format."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["skip_gateway"] = {"()": f"{__name__}.SkipGatewayAccess"}
+    config["handlers"]["igris_access"] = {
+        "formatter": "default",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+    }
+    loggers = config["loggers"]
+    loggers["uvicorn.access"]["filters"] = ["skip_gateway"]
+    loggers["igris_mw"] = {"handlers": ["default"], "level": numeric, "propagate": False}
+    loggers["igris_mw.access"] = {
+        "handlers": ["igris_access"],
+        "level": "INFO" if access_log else "WARNING",
+        "propagate": False,
+    }
+    return config

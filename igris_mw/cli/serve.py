@@ -249,12 +249,10 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving on http://{settings.host}:{settings.port} "
         f"(store {redact_url(settings.store_url)})"
     )
-    from uvicorn.config import LOGGING_CONFIG
-
     from .._ops.logs import log_config
 
     json_logs = settings.log_format == "json"
-    config = log_config(settings.log_format, settings.log_level)
+    config = log_config(settings.log_format, settings.log_level, access_log=args.access_log)
     try:
         run_bounded(
             app,
@@ -268,7 +266,7 @@ def run_serve(args: argparse.Namespace) -> int:
             access_log=args.access_log or json_logs,
             server_header=False,
             date_header=False,
-            log_config=config if config is not None else LOGGING_CONFIG,
+            log_config=config,
         )
     finally:
         if stop_metrics is not None:
