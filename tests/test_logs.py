@@ -138,7 +138,7 @@ def test_exception_is_written_as_its_traceback() -> None:
 
 def test_log_config_text_keeps_uvicorns_and_json_routes_everything() -> None:
     """text: uvicorn's config plus the gateway's loggers (access lines only when asked);
-    json: one stderr handler with access lines at INFO whatever the level."""
+    json: one stdout handler with access lines at INFO whatever the level."""
     text = log_config("text", "warning", access_log=False)
     assert text["formatters"]["default"]["()"] == "uvicorn.logging.DefaultFormatter"
     assert text["loggers"]["igris_mw"]["level"] == "WARNING"
@@ -148,7 +148,7 @@ def test_log_config_text_keeps_uvicorns_and_json_routes_everything() -> None:
         "level"
     ] == "INFO"
     config = log_config("json", "warning")
-    assert config is not None
+    assert config["handlers"]["stdout"]["stream"] == "ext://sys.stdout"
     assert config["root"]["level"] == "WARNING"
     assert config["loggers"]["igris_mw.access"]["level"] == "INFO"
     assert config["loggers"]["uvicorn.access"]["level"] == "INFO"

@@ -37,13 +37,14 @@ def _serve(home: Path, *args: str) -> Iterator[tuple[str, Path]]:
     # Egress policy (when present) must let a connection point at this loopback server.
     env["IGRIS_ALLOW_UPSTREAM_NETWORKS"] = "127.0.0.0/8"
     log = home.parent / f"serve-{port}.log"
-    with log.open("w") as out:
+    err = log.with_suffix(".err")  # standard error; the tests read both
+    with log.open("w") as out, err.open("w") as errors:
         proc = subprocess.Popen(
             [sys.executable, "-m", "igris_mw.cli", "serve", "--port", str(port), *args],
             env=env,
             cwd=home.parent,
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=errors,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -54,8 +55,8 @@ def _serve(home: Path, *args: str) -> Iterator[tuple[str, Path]]:
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
+            assert proc.poll() is None, log.read_text() + err.read_text()
+            assert time.monotonic() < deadline, log.read_text() + err.read_text()
             time.sleep(0.1)
         yield url, log
     finally:
@@ -70,7 +71,7 @@ def test_json_logs_and_metrics_listener(tmp_path: Path) -> None:
     home = tmp_path / "data"
     metrics_port = _free_port()
     with _serve(home, "--log-format", "json", "--metrics-port", str(metrics_port)) as (url, log):
-        admin = KEY_RE.findall(log.read_text())[0]
+        admin = KEY_RE.findall(log.with_suffix(".err").read_text())[0]
         auth = {"Authorization": f"Bearer {admin}"}
         r = httpx.post(
             url + "/api/v1/virtual-keys",
@@ -102,10 +103,13 @@ def test_json_logs_and_metrics_listener(tmp_path: Path) -> None:
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert httpx.get(url + "/metrics").status_code == 404  # not on the public listener
         time.sleep(0.3)  # let the access line reach the file
-    text = log.read_text()
+    stdout, stderr = log.read_text(), log.with_suffix(".err").read_text()
+    text = stdout + stderr
     lines = [line for line in text.splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]  # every line parses
+    records = [json.loads(line) for line in lines]  # every line of both streams parses
     assert all({"time", "level", "logger", "message"} <= set(rec) for rec in records)
+    logged = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert {rec["logger"] for rec in logged} >= {"igris_mw.access", "uvicorn.access"}
 
     access = [rec for rec in records if rec["logger"] == "igris_mw.access"]
     assert len(access) == 1
@@ -182,7 +186,7 @@ def test_text_access_log_has_the_request_id(tmp_path: Path) -> None:
     request id the client got; management calls keep uvicorn's line; no canary."""
     home = tmp_path / "data"
     with _serve(home, "--access-log") as (url, log):
-        admin = KEY_RE.findall(log.read_text())[0]
+        admin = KEY_RE.findall(log.with_suffix(".err").read_text())[0]
         auth = {"Authorization": f"Bearer {admin}"}
         r = httpx.post(
             url + "/api/v1/virtual-keys",
@@ -194,7 +198,7 @@ def test_text_access_log_has_the_request_id(tmp_path: Path) -> None:
         r = httpx.get(url + "/v1/mcp/self", headers={**auth, "Cookie": f"c={COOKIE_CANARY}"})
         request_id = r.headers["x-igris-request-id"]
         time.sleep(0.3)
-    text = log.read_text()
+    text = log.read_text() + log.with_suffix(".err").read_text()
     gateway_lines = [line for line in text.splitlines() if request_id in line]
     assert len(gateway_lines) == 1
     assert "'/v1/mcp/self'" in gateway_lines[0]

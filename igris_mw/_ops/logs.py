@@ -6,8 +6,9 @@ lines (``igris_mw.*``) go to standard error the same way, and with
 id, method, path, key id, user, outcome, status, latency) instead of
 uvicorn's, on standard output like uvicorn's.
 
-``json`` writes every log line (uvicorn's, the gateway's, ``serve``'s own
-notices) to standard error as one JSON object per line::
+``json`` writes every log line (uvicorn's and the gateway's) to standard
+output as one JSON object per line (``serve``'s own start-up notices, the
+one-time admin key among them, stay on standard error, as JSON lines too)::
 
     {"time": "2026-12-01T01:02:03.456Z", "level": "info", "logger": "igris_mw.access",
      "message": "...", "requestId": "evt_...", ...}
@@ -105,13 +106,13 @@ def log_config(log_format: str, level: str, *, access_log: bool = True) -> dict[
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
         "filters": {"skip_gateway": {"()": f"{__name__}.SkipGatewayAccess"}},
         "handlers": {
-            "stderr": {
+            "stdout": {
                 "class": "logging.StreamHandler",
                 "formatter": "json",
-                "stream": "ext://sys.stderr",
+                "stream": "ext://sys.stdout",
             },
         },
-        "root": {"handlers": ["stderr"], "level": numeric},
+        "root": {"handlers": ["stdout"], "level": numeric},
         "loggers": {
             "uvicorn": {"level": numeric, "propagate": True},
             "uvicorn.error": {"level": numeric, "propagate": True},

@@ -111,7 +111,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--log-format",
         type=str.lower,
         choices=LOG_FORMATS,
-        help="text (uvicorn's lines) or json (one object per line on stderr, an access "
+        help="text (uvicorn's lines) or json (one object per line on stdout, an access "
         "line per request with its request id); default: $IGRIS_LOG_FORMAT, else text",
     )
     p.add_argument(
