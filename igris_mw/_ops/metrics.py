@@ -415,6 +415,11 @@ class _Exposed:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
+    def restricted_registry(self, names: Iterable[str]) -> _Exposed:
+        # prometheus_client's HTTP server asks for this on ?name[]=...; the
+        # exposition is small, so the whole of it answers.
+        return self
+
     def collect(self) -> Iterable[Metric]:
         if self._metrics.multiprocess:
             from prometheus_client import multiprocess
