@@ -207,3 +207,25 @@ def test_text_access_log_has_the_request_id(tmp_path: Path) -> None:
     assert not any('"GET /v1/mcp/self' in line for line in text.splitlines())
     assert CREDENTIAL not in text
     assert COOKIE_CANARY not in text
+
+
+def test_operations_settings_are_validated() -> None:
+    """IGRIS_LOG_FORMAT, IGRIS_METRICS_PORT and IGRIS_METRICS_HOST parse, and bad values
+    are errors that name the variable."""
+    import pytest
+
+    from igris_mw._errors import ConfigurationError
+    from igris_mw._settings import Settings
+
+    s = Settings.from_env(
+        {"IGRIS_LOG_FORMAT": "JSON", "IGRIS_METRICS_PORT": "9464", "IGRIS_METRICS_HOST": "::1"}
+    )
+    assert (s.log_format, s.metrics_port, s.metrics_host) == ("json", 9464, "::1")
+    defaults = Settings.from_env({})
+    assert (defaults.log_format, defaults.metrics_port, defaults.metrics_host) == (
+        "text", None, "127.0.0.1"
+    )
+    with pytest.raises(ConfigurationError, match="IGRIS_LOG_FORMAT"):
+        Settings.from_env({"IGRIS_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigurationError, match="IGRIS_METRICS_PORT"):
+        Settings.from_env({"IGRIS_METRICS_PORT": "0"})
