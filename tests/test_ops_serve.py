@@ -14,7 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from igris_mw._errors import ConfigurationError
+from igris_mw._settings import Settings
 
 KEY_RE = re.compile(r"ig_[0-9A-Za-z]{36}")
 CREDENTIAL = "ops-serve-credential-canary-9Qx"
@@ -212,11 +216,6 @@ def test_text_access_log_has_the_request_id(tmp_path: Path) -> None:
 def test_operations_settings_are_validated() -> None:
     """IGRIS_LOG_FORMAT, IGRIS_METRICS_PORT and IGRIS_METRICS_HOST parse, and bad values
     are errors that name the variable."""
-    import pytest
-
-    from igris_mw._errors import ConfigurationError
-    from igris_mw._settings import Settings
-
     s = Settings.from_env(
         {"IGRIS_LOG_FORMAT": "JSON", "IGRIS_METRICS_PORT": "9464", "IGRIS_METRICS_HOST": "::1"}
     )
