@@ -36,16 +36,20 @@ from ._errors import (
     NotFound,
     StoreUnavailable,
     Unauthorized,
+    ValidationError,
 )
 from ._lifespan import Lifecycle
 from ._ops.access import Reply, access_line, current_request_id
 from ._ops.readiness import Readiness
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._proxy.outbound import UpstreamProxy, parse_upstream_proxy
+from ._proxy.tls import ContextCache
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
 from ._settings import Settings
+from ._tls_material import load_ca_file
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
 from .models import Scope as KeyScope
@@ -76,6 +80,27 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
         if name in _WANTED_HEADERS and name not in found:
             found[name] = bytes(value).decode("latin-1")
     return found
+
+
+def _egress_settings(
+    settings: Settings,
+    ca_file: str | os.PathLike[str] | None,
+    proxy: str | None,
+) -> tuple[ContextCache, UpstreamProxy | None]:
+    """The TLS contexts and the forward proxy from the arguments, else the settings.
+
+    Raises:
+        ConfigurationError: the CA file cannot be read or used, or the proxy
+            URL is not ``http://host:port`` (the message never shows its password).
+    """
+    ca_file = ca_file if ca_file is not None else settings.upstream_ca_file
+    proxy = proxy if proxy is not None else settings.upstream_proxy
+    try:
+        ca_pem = load_ca_file(ca_file, "IGRIS_UPSTREAM_CA_FILE") if ca_file else None
+        parsed = parse_upstream_proxy(proxy, "IGRIS_UPSTREAM_PROXY") if proxy else None
+    except ValidationError as exc:
+        raise ConfigurationError(exc.message) from None
+    return ContextCache(ca_file_pem=ca_pem), parsed
 
 
 class IgrisGateway:
@@ -110,6 +135,12 @@ class IgrisGateway:
             spans; by default one exporting by OTLP when
             ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the ``otel`` extra is
             installed, else none (no tracing, no cost).
+        upstream_ca_file: a PEM file of CA certificates trusted for every
+            ``https://`` upstream in addition to the system's (default
+            ``IGRIS_UPSTREAM_CA_FILE``); a connection's ``caCertificate`` adds more.
+        upstream_proxy: ``http://[user:password@]host:port`` of a forward proxy
+            for all upstream traffic (default ``IGRIS_UPSTREAM_PROXY``); the
+            process's ``HTTP(S)_PROXY`` is never used.
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -133,6 +164,8 @@ class IgrisGateway:
         metrics: bool = False,
         tracer_provider: Any = None,
         environ: Mapping[str, str] | None = None,
+        upstream_ca_file: str | os.PathLike[str] | None = None,
+        upstream_proxy: str | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         settings = Settings.from_env(env)
@@ -162,7 +195,8 @@ class IgrisGateway:
             upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
-        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl)
+        tls_contexts, proxy = _egress_settings(settings, upstream_ca_file, upstream_proxy)
+        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, tls=tls_contexts)
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
@@ -172,7 +206,9 @@ class IgrisGateway:
         self._ready_path = (
             ready_path if ready_path is not None else ("/readyz" if app is None else None)
         )
-        self.forwarder = Forwarder(timeout=upstream_timeout)
+        self.forwarder = Forwarder(
+            timeout=upstream_timeout, ssl=tls_contexts.default, proxy=proxy
+        )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.readiness = Readiness(self.store, self.audit)
         self._metrics: Any = None

@@ -77,6 +77,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="wait for upstream response headers (default: $IGRIS_UPSTREAM_TIMEOUT, else 60)",
     )
     p.add_argument(
+        "--upstream-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA certificates trusted for every https upstream, besides the system's "
+        "(default: $IGRIS_UPSTREAM_CA_FILE)",
+    )
+    p.add_argument(
+        "--upstream-proxy",
+        default=None,
+        metavar="URL",
+        help="forward proxy http://[user:pass@]host:port for all upstream traffic, CONNECT "
+        "for https (default: $IGRIS_UPSTREAM_PROXY; prefer the variable for a password, "
+        "which other local users can see in a command line)",
+    )
+    p.add_argument(
         "--allowed-origin",
         action="append",
         default=None,
@@ -233,6 +248,8 @@ def run_serve(args: argparse.Namespace) -> int:
         audit_spill=settings.audit_spill_path,
         metrics=settings.metrics_port is not None,
         environ=environ,
+        upstream_ca_file=args.upstream_ca_file,
+        upstream_proxy=args.upstream_proxy,
     )
     # Half the bound for open requests, 3/10 for the audit queue; the rest
     # is for closing the store and exiting. What the sink has not taken then
