@@ -362,3 +362,29 @@ async def test_metrics_app_mounts_in_the_wrapped_starlette_app(upstream: str) ->
         await gw.aclose()
     assert scraped.status_code == 200
     assert requests_by(scraped.text) == {("mounted", "ok"): 1}
+
+
+def test_audit_counts_follow_the_writer_including_quarantined_when_it_has_them() -> None:
+    """written/spilled always; quarantined only from a writer whose stats count it."""
+
+    class Stats:
+        written, spilled = 7, 2
+
+    class QuarantiningStats(Stats):
+        quarantined = 3
+
+    class Writer:
+        pending = 5
+
+        def __init__(self, stats: Any) -> None:
+            self.stats = stats
+
+    for stats, expected in ((Stats(), None), (QuarantiningStats(), 3)):
+        m = Metrics()
+        m.watch_audit(Writer(stats))
+        text = m.exposition()[0].decode()
+        assert samples(text, "igris_audit_queue_depth") == {(): 5}
+        assert samples(text, "igris_audit_events_written_total") == {(): 7}
+        assert samples(text, "igris_audit_events_spilled_total") == {(): 2}
+        got = samples(text, "igris_audit_events_quarantined_total")
+        assert got == ({} if expected is None else {(): expected})

@@ -30,6 +30,7 @@ Metrics (``docs/operations.md`` is the reference)::
     igris_audit_queue_depth                               gauge, events waiting for the sink
     igris_audit_events_written_total                      counter
     igris_audit_events_spilled_total                      counter
+    igris_audit_events_quarantined_total                  counter (when the writer quarantines)
     igris_rate_limited_total{connection}                  counter
     igris_credential_refresh_total{connection,result}     counter
 
@@ -107,6 +108,9 @@ _LE: Final = (*(repr(float(b)) for b in BUCKETS), "+Inf")
 # The text format every Prometheus version reads (prometheus_client >= 0.22 says
 # 1.0.0, which differs only for metric names outside the legacy character set).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+# The audit writer's monotonic counts (AuditWriter.stats) exposed as counters;
+# "quarantined" only when the writer has it.
+_AUDIT_COUNTS: Final = ("written", "spilled", "quarantined")
 REFRESH_RESULTS: Final = frozenset({"ok", "failed", "reauthorization_required"})
 
 _DOC: Final = {
@@ -119,6 +123,7 @@ _DOC: Final = {
     "written": "Audit events the sink has taken.",
     "spilled": "Audit events written to the local spill file because the sink could not "
     "take them.",
+    "quarantined": "Audit events set aside because they could not be stored as they were.",
     "rate_limited": "Requests refused with 429 rate_limited.",
     "refresh": "Upstream credential renewals (OAuth) by result.",
 }
@@ -333,8 +338,10 @@ class _Collector:
         pending = int(audit.pending) if audit is not None else 0
         stats = audit.stats if audit is not None else None
         yield GaugeMetricFamily("igris_audit_queue_depth", _DOC["queue"], pending)
-        for name, key in (("written", "written"), ("spilled", "spilled")):
-            value = int(getattr(stats, key, 0)) if stats is not None else 0
+        for name in _AUDIT_COUNTS:
+            if name == "quarantined" and not hasattr(stats, name):
+                continue  # only from a writer that quarantines
+            value = int(getattr(stats, name, 0)) if stats is not None else 0
             yield CounterMetricFamily(f"igris_audit_events_{name}", _DOC[name], value)
         limited = CounterMetricFamily(
             "igris_rate_limited", _DOC["rate_limited"], labels=("connection",)
@@ -379,15 +386,17 @@ class _Shared:
         self.queue = Gauge(
             "igris_audit_queue_depth", _DOC["queue"], registry=None, multiprocess_mode="livesum"
         )
-        self.written = Counter("igris_audit_events_written", _DOC["written"], registry=None)
-        self.spilled = Counter("igris_audit_events_spilled", _DOC["spilled"], registry=None)
+        self.audit_counts = {
+            name: Counter(f"igris_audit_events_{name}", _DOC[name], registry=None)
+            for name in _AUDIT_COUNTS
+        }
         self.rate_limited = Counter(
             "igris_rate_limited", _DOC["rate_limited"], ("connection",), registry=None
         )
         self.refresh = Counter(
             "igris_credential_refresh", _DOC["refresh"], ("connection", "result"), registry=None
         )
-        self._seen = {"written": 0, "spilled": 0}
+        self._seen = dict.fromkeys(_AUDIT_COUNTS, 0)
         self._series: set[tuple[str, str]] = set()
 
     def request(
@@ -402,7 +411,7 @@ class _Shared:
 
     def sample_audit(self, writer: _AuditSource) -> None:
         self.queue.set(writer.pending)
-        for name, counter in (("written", self.written), ("spilled", self.spilled)):
+        for name, counter in self.audit_counts.items():
             now = int(getattr(writer.stats, name, 0))
             if now > self._seen[name]:
                 counter.inc(now - self._seen[name])
