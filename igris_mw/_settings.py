@@ -61,7 +61,13 @@ def _text(name: str, raw: str) -> str:
 
 
 def _path(name: str, raw: str) -> Path:
-    return Path(raw).expanduser().absolute()
+    if "\0" in raw:
+        raise ConfigurationError(f"{name} holds a NUL character")
+    try:
+        # expanduser raises RuntimeError for "~someone" who does not exist.
+        return Path(raw).expanduser().absolute()
+    except RuntimeError:
+        raise ConfigurationError(f"{name} names a home directory that does not exist") from None
 
 
 def _seconds(name: str, raw: str) -> float:
@@ -81,6 +87,16 @@ def _port(name: str, raw: str) -> int:
         raise ConfigurationError(f"{name} must be a TCP port number, got {raw!r}") from None
     if not 0 < value < 65536:
         raise ConfigurationError(f"{name} must be a TCP port from 1 to 65535, got {value}")
+    return value
+
+
+def _count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -149,6 +165,12 @@ class Settings:
         metrics_host, metrics_port: where ``serve`` answers ``GET /metrics``
             (``IGRIS_METRICS_HOST``, default 127.0.0.1; ``IGRIS_METRICS_PORT``,
             default none: no metrics listener).
+        max_stale: ``IGRIS_MAX_STALE`` seconds a cached key or connection is
+            served while the store cannot be reached (default 60).
+        rate_limit_store: ``IGRIS_RATE_LIMIT_STORE`` (``redis://host:port/db``)
+            to share rate-limit buckets across replicas; ``None``: per process.
+        auth_failures_per_minute: ``IGRIS_AUTH_FAILURES_PER_MINUTE``, failed
+            authentications one client address may make in a minute (default 30).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -180,6 +202,13 @@ class Settings:
     )
     metrics_port: int | None = attrs.field(
         default=None, metadata=_env("IGRIS_METRICS_PORT", _port)
+    )
+    max_stale: float = attrs.field(default=60.0, metadata=_env("IGRIS_MAX_STALE", _seconds))
+    rate_limit_store: str | None = attrs.field(
+        default=None, repr=False, metadata=_env("IGRIS_RATE_LIMIT_STORE", _text)
+    )
+    auth_failures_per_minute: int = attrs.field(
+        default=30, metadata=_env("IGRIS_AUTH_FAILURES_PER_MINUTE", _count)
     )
 
     @classmethod
