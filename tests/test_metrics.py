@@ -388,3 +388,15 @@ def test_audit_counts_follow_the_writer_including_quarantined_when_it_has_them()
         assert samples(text, "igris_audit_events_spilled_total") == {(): 2}
         got = samples(text, "igris_audit_events_quarantined_total")
         assert got == ({} if expected is None else {(): expected})
+
+
+async def test_aggregated_refusals_are_each_counted(gateway: tuple[IgrisGateway, str]) -> None:
+    """20 bad-key requests on a connection: the audit may aggregate them, the
+    counter and the access lines count each one."""
+    gw, _ = gateway
+    async with client(gw) as c:
+        for _ in range(20):
+            r = await c.post("/v1/mcp/conn-a", json=RPC, headers={"Authorization": "Bearer ig_x"})
+            assert r.status_code in (401, 429)
+    counts = requests_by(await scrape(gw))
+    assert sum(v for (conn, _), v in counts.items() if conn == "conn-a") == 20
