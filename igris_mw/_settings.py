@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_HOME",
     "ENV_MASTER_KEY",
     "ENV_MASTER_KEY_FILE",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "Settings",
 ]
@@ -48,6 +49,7 @@ DEFAULT_CRYPTO = "keyring:"
 ENV_MASTER_KEY = "IGRIS_MASTER_KEY"
 ENV_MASTER_KEY_FILE = "IGRIS_MASTER_KEY_FILE"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 
 _Parser = Callable[[str, str], Any]
 
@@ -103,6 +105,13 @@ def _log_level(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in LOG_LEVELS:
         raise ConfigurationError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+def _log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
     return value
 
 
@@ -205,6 +214,10 @@ class Settings:
             record nothing more) or ``open`` (serve them, drop their events).
         audit_spill_max: ``IGRIS_AUDIT_SPILL_MAX``, the bound on the audit
             spill file in bytes (default 1 GiB; ``512MiB`` style accepted).
+        log_format: ``IGRIS_LOG_FORMAT`` for ``serve``: ``text`` (default) or ``json``.
+        metrics_host, metrics_port: where ``serve`` answers ``GET /metrics``
+            (``IGRIS_METRICS_HOST``, default 127.0.0.1; ``IGRIS_METRICS_PORT``,
+            default none: no metrics listener).
         allow_upstream_networks: ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, CIDRs that
             upstreams may reach although internal (``docs/security.md``).
         max_request_body: ``IGRIS_MAX_REQUEST_BODY`` bytes (default 8 MiB).
@@ -245,6 +258,13 @@ class Settings:
     )
     audit_spill_max: int = attrs.field(
         default=1 << 30, metadata=_env("IGRIS_AUDIT_SPILL_MAX", _size)
+    )
+    log_format: str = attrs.field(default="text", metadata=_env("IGRIS_LOG_FORMAT", _log_format))
+    metrics_host: str = attrs.field(
+        default="127.0.0.1", metadata=_env("IGRIS_METRICS_HOST", _text)
+    )
+    metrics_port: int | None = attrs.field(
+        default=None, metadata=_env("IGRIS_METRICS_PORT", _port)
     )
     allow_upstream_networks: tuple[str, ...] = attrs.field(
         default=(), metadata=_env("IGRIS_ALLOW_UPSTREAM_NETWORKS", _networks)

@@ -100,6 +100,9 @@ async def test_outage_then_unwritable_spill_fails_closed_and_loses_nothing(
                     assert r.status_code == 503
                     assert r.json()["error"]["code"] == "audit_unavailable"
                 assert len(upstream_seen) == upstream_before  # nothing went upstream
+                ready = await c.get("/readyz")
+                assert ready.status_code == 503
+                assert "audit" in ready.text
                 # The spill directory becomes writable again, then the sink comes back.
                 make_writable()
                 for _ in range(500):

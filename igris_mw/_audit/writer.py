@@ -179,6 +179,11 @@ class AuditWriter:
         return len(self._pending) + self._spill_lines
 
     @property
+    def refusing(self) -> bool:
+        """``failing_closed``, under the name ``/readyz`` reads (``_ops.readiness``)."""
+        return self.failing_closed
+
+    @property
     def pending_in_memory(self) -> int:
         return len(self._pending)
 
