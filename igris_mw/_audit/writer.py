@@ -107,7 +107,8 @@ class AuditWriter:
     ``max_retry_delay`` stay settable attributes.
 
     Attributes:
-        failing_closed: true while the gateway must refuse requests (see above).
+        failing_closed: true while the gateway must refuse requests (see above);
+            ``refusing`` is the same.
         saturated: true while memory is full and the spill takes nothing,
             whatever ``failure`` says (for readiness checks).
     """
@@ -159,6 +160,8 @@ class AuditWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self.failing_closed = False
+        # The same, under the name /readyz reads (igris_mw._ops.readiness).
+        self.refusing = False
         self.saturated = False
         self.stats = AuditStats()
 
@@ -177,11 +180,6 @@ class AuditWriter:
     def pending(self) -> int:
         """Events not yet written: in memory plus in the spill file."""
         return len(self._pending) + self._spill_lines
-
-    @property
-    def refusing(self) -> bool:
-        """``failing_closed``, under the name ``/readyz`` reads (``_ops.readiness``)."""
-        return self.failing_closed
 
     @property
     def pending_in_memory(self) -> int:
@@ -424,7 +422,7 @@ class AuditWriter:
             else:
                 log.warning("audit: events are recorded again")
         self.saturated = value
-        self.failing_closed = value and self.failure == "closed"
+        self.failing_closed = self.refusing = value and self.failure == "closed"
 
     # -- quarantine --------------------------------------------------------------
     def _quarantine(self, event: AuditEvent, reason: str) -> None:
