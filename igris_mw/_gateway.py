@@ -196,6 +196,7 @@ class IgrisGateway:
             opener = getattr(self._audit_store, "open", None)
             if opener is not None:
                 await opener()
+        await self.service.use_audit_key()
         self.resolver.attach()
         await self.forwarder.start()
         await self.audit.start()

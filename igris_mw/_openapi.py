@@ -181,6 +181,18 @@ _AUDIT_FIELDS: dict[str, Any] = {
     "prevHash": _NULLABLE_STR,
     "hash": _NULLABLE_STR,
 }
+# Events about no connection (API keys, sign-in) have connection null: the global chain.
+_AUDIT_FIELDS["connection"] = {"anyOf": [_SLUG, {"type": "null"}]}
+# Present only when set (docs/audit.md).
+_AUDIT_OPTIONAL: dict[str, Any] = {
+    "changes": {
+        "type": "object",
+        "description": "management updates: field -> {from, to}; a credential change "
+        "only as credentialVersion",
+        "additionalProperties": _object({"from": {}, "to": {}}, ["from", "to"]),
+    },
+    "keyId": {"type": "string", "description": "the audit key the hash is an HMAC under"},
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": _object(
@@ -215,7 +227,7 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "Empty": _object({}),
     "ConnectionList": _list_of("Connection"),
-    "AuditEvent": _object(_AUDIT_FIELDS, list(_AUDIT_FIELDS)),
+    "AuditEvent": _object({**_AUDIT_FIELDS, **_AUDIT_OPTIONAL}, list(_AUDIT_FIELDS)),
     "AuditList": _list_of("AuditEvent"),
     "ApiKey": _object(_API_KEY_FIELDS, list(_API_KEY_FIELDS)),
     "ApiKeyCreate": _object(

@@ -8,15 +8,16 @@ Every change to a connection records a management audit event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from ._audit.chain import ANCHOR, check_heads
 from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
-from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
+from ._errors import NotFound, Unauthorized, UnknownKeyId, ValidationError, VersionConflict
 from ._validation import (
     API_KEY_FIELDS,
     CREATE_FIELDS,
@@ -49,7 +50,7 @@ from .models import (
     validate_slug,
     validate_upstream_url,
 )
-from .storage import AuditSink, Store, verify_chain
+from .storage import AuditKey, AuditSink, Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
 
@@ -81,6 +82,8 @@ class Service:
         self.crypto = crypto
         self.audit: AuditSink = audit if audit is not None else store
         self.clock = clock
+        self._audit_key: AuditKey | None = None
+        self._audit_key_set = False
 
     # -- connections -----------------------------------------------------
     async def create_connection(
@@ -347,6 +350,7 @@ class Service:
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
+        await self.use_audit_key()
         event = AuditEvent(
             id=new_event_id(),
             timestamp=self.clock(),
@@ -436,20 +440,62 @@ class Service:
                 raise
         return await self.audit.list_audit_events(slug, limit=limit, cursor=cursor, since=since_at)
 
+    async def use_audit_key(self) -> AuditKey | None:
+        """Give the audit sink the crypto provider's audit key (once): events
+        are sealed under it from then on, and a trail from before keyed
+        chains is re-sealed. ``None`` for a provider without ``audit_key``."""
+        if self._audit_key_set:
+            return self._audit_key
+        getter = getattr(self.crypto, "audit_key", None)
+        key: AuditKey | None = await getter() if getter is not None else None
+        user = getattr(self.audit, "use_audit_key", None)
+        if user is not None:
+            await user(key)
+        self._audit_key, self._audit_key_set = key, True
+        return key
+
+    async def _audit_keys(self, events: Iterable[Any], keys: dict[str, AuditKey]) -> None:
+        getter = getattr(self.crypto, "audit_key", None)
+        if getter is None:
+            return
+        for key_id in {e.key_id for e in events if e.key_id is not None} - set(keys):
+            try:
+                keys[key_id] = await getter(key_id)
+            except UnknownKeyId:
+                pass  # verify_chain names the key that is not configured
+
     async def verify_audit(self, slug: str | None = None) -> dict[str, list[str]]:
-        """slug -> problems (empty list: intact), for one slug or all.
+        """chain -> problems (empty list: intact), for one slug or all.
+
+        Chains are named by slug; the global chain (events about no
+        connection) is ``(global)``; problems about no chain in particular
+        (chains removed whole with their heads) are under ``(heads)``. Each
+        event's HMAC is checked under its key (``keyId``), each chain's end
+        against its signed head, and the heads against their anchor.
 
         Raises:
-            NotFound: ``slug`` is given and has no audit trail.
+            NotFound: ``slug`` is given and has neither events nor a head.
         """
+        key = await self.use_audit_key()
+        keys: dict[str, AuditKey] = {}
+        if key is not None:
+            keys[key.key_id] = key
+        check_keys = keys if key is not None else None
+        heads_of = getattr(self.audit, "audit_heads", None)
+        heads, anchor = await heads_of() if heads_of is not None else ({}, None)
+        await self._audit_keys(
+            [*heads.values(), *([anchor] if anchor is not None else [])], keys
+        )
+        names: list[str | None] = list(await self.audit.audit_connections())
         if slug is None:
-            slugs = await self.audit.audit_connections()
+            names = [None, *names, *(h for h in heads if h is not None and h not in names)]
+        elif slug in names or slug in heads:
+            names = [slug]
         else:
-            if slug not in await self.audit.audit_connections():
-                raise NotFound(f"no audit trail for connection {slug!r}")
-            slugs = [slug]
+            raise NotFound(f"no audit trail for connection {slug!r}")
         report: dict[str, list[str]] = {}
-        for name in slugs:
+        last: dict[str | None, AuditEvent | None] = {}
+        for name in names:
             problems: list[str] = []
             previous: AuditEvent | None = None
             while True:
@@ -457,7 +503,27 @@ class Service:
                 batch = await self.audit.audit_chain(name, after_seq=after, limit=1000)
                 if not batch:
                     break
-                problems.extend(verify_chain(batch, previous))
-                previous = batch[-1]
-            report[name] = problems
+                await self._audit_keys(batch, keys)
+                problems.extend(verify_chain(batch, previous, check_keys))
+                previous = max(batch, key=lambda e: e.seq)
+            if previous is not None:
+                last[name] = previous
+            if name is not None or previous is not None or None in heads:
+                report[_chain_label(name)] = problems
+        ends = check_heads(
+            last,
+            heads if slug is None else {k: v for k, v in heads.items() if k == slug},
+            anchor if slug is None else None,
+            check_keys,
+        )
+        if slug is not None and anchor is not None:
+            # One chain asked for: the anchor still vouches for its head.
+            ends.pop(ANCHOR, None)
+        for chain, problems in ends.items():
+            label = "(heads)" if chain == ANCHOR else _chain_label(chain)
+            report.setdefault(label, []).extend(problems)
         return report
+
+
+def _chain_label(chain: str | None) -> str:
+    return "(global)" if chain is None else chain

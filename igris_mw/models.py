@@ -269,11 +269,18 @@ class AuditEvent:
     ``enable``, ``delete``). ``seq``, ``prev_hash`` and ``hash`` are set by
     the store when it appends the event to the connection's hash chain;
     they are ``None``/``0`` before that.
+
+    ``connection`` is ``None`` for events about no connection (API keys,
+    dashboard sign-in): they form the global chain. ``changes`` (management
+    updates) maps each changed field to ``{"from": ..., "to": ...}``.
+    ``key_id`` names the audit key the event's hash is an HMAC under
+    (``None``: an unkeyed SHA-256, from before chains were keyed). Both
+    appear in the JSON only when set, so events without them hash as before.
     """
 
     id: str
     timestamp: datetime
-    connection: str
+    connection: str | None
     kind: str = "gateway"
     action: str | None = None
     api_key_id: str | None = None
@@ -292,9 +299,11 @@ class AuditEvent:
     seq: int = 0
     prev_hash: str | None = None
     hash: str | None = None
+    changes: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_mapping)
+    key_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "timestamp": format_time(self.timestamp),
             "connection": self.connection,
@@ -317,6 +326,11 @@ class AuditEvent:
             "prevHash": self.prev_hash,
             "hash": self.hash,
         }
+        if self.changes is not None:
+            out["changes"] = dict(self.changes)
+        if self.key_id is not None:
+            out["keyId"] = self.key_id
+        return out
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> AuditEvent:
@@ -332,7 +346,7 @@ class AuditEvent:
             return cls(
                 id=str(body["id"]),
                 timestamp=parse_time(body["timestamp"]),
-                connection=str(body["connection"]),
+                connection=None if body["connection"] is None else str(body["connection"]),
                 kind=str(body["kind"]),
                 action=body.get("action"),
                 api_key_id=body.get("apiKeyId"),
@@ -351,6 +365,8 @@ class AuditEvent:
                 seq=int(body["seq"]),
                 prev_hash=body.get("prevHash"),
                 hash=body.get("hash"),
+                changes=body.get("changes"),
+                key_id=body.get("keyId"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an audit event: {exc}") from exc

@@ -28,12 +28,27 @@ from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ._audit.chain import audit_chain_hash, seal_event, seal_event_json, verify_chain
+from ._audit.chain import (
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    audit_chain_hash,
+    chain_name,
+    seal_event,
+    seal_event_json,
+    verify_chain,
+)
 from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
 from .models import ApiKey, AuditEvent, Connection, Page
 
 __all__ = [
+    "AuditKey",
     "AuditSink",
+    "ChainAnchor",
+    "ChainHead",
+    "advance_heads",
+    "chain_name",
     "Capabilities",
     "Change",
     "ChangeListener",
@@ -178,10 +193,25 @@ class Store(Protocol):
         ...
 
     # -- audit -----------------------------------------------------------
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal events (and heads) with ``key`` from now on (``None``:
+        unkeyed SHA-256). A trail stored before chains were keyed (marked by
+        the store's schema migration) is re-sealed under ``key`` here, once:
+        each chain that verifies as it stands, same ids, order and seqs."""
+        ...
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        """Every chain's signed head (chain -> head; ``None`` is the global
+        chain) and the anchor over them, as ``append_audit_events`` left them."""
+        ...
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
-        """Append a batch atomically, chaining each event onto its
-        connection's chain with ``seal_event`` (``seq`` = previous + 1,
-        ``prev_hash`` = previous ``hash``). Events are chained in the order
+        """Append a batch atomically, chaining each event onto its chain
+        (its connection's; ``connection=None``: the global chain) with
+        ``seal_event`` under the key given to ``use_audit_key`` (``seq`` =
+        previous + 1, ``prev_hash`` = previous ``hash``), and, in the same
+        transaction, the touched chains' heads and the anchor
+        (``advance_heads``). Events are chained in the order
         given. Safe with several writers at once on a ``shared`` store: no
         two events of one connection get the same ``seq``. Re-appending an
         event whose ``id`` is stored already is a no-op (so a writer may
@@ -190,25 +220,26 @@ class Store(Protocol):
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
         since: datetime | None = None,
     ) -> Page[AuditEvent]:
         """One connection's sealed events, newest (highest ``seq``) first;
-        ``since`` keeps events with ``timestamp >= since``."""
+        ``since`` keeps events with ``timestamp >= since``. ``connection``
+        ``None`` is the global chain."""
         ...
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         """Sealed events with ``seq > after_seq``, oldest first (for
-        ``audit verify`` and ``audit --follow``)."""
+        ``audit verify`` and ``audit --follow``); ``None``: the global chain."""
         ...
 
     async def audit_connections(self) -> list[str]:
-        """Every slug that has audit events, sorted."""
+        """Every slug that has audit events, sorted (the global chain is not a slug)."""
         ...
 
     # -- change notification ---------------------------------------------
@@ -226,11 +257,15 @@ class AuditSink(Protocol):
     JSON-lines file beside a Vault store). The methods mean what the
     ``Store`` methods of the same names mean."""
 
+    async def use_audit_key(self, key: AuditKey | None) -> None: ...
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]: ...
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -238,7 +273,7 @@ class AuditSink(Protocol):
     ) -> Page[AuditEvent]: ...
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]: ...
 
     async def audit_connections(self) -> list[str]: ...

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import pytest
 
+from igris_mw.storage import AuditKey, ChainAnchor, ChainHead
 from igris_mw import _auth
 from igris_mw._errors import (
     InvalidCiphertext,
@@ -493,6 +494,12 @@ class TamperingSink:
     def __init__(self, store: MemoryStore, page_size: int) -> None:
         self.store = store
         self.page_size = page_size
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        await self.store.use_audit_key(key)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        return await self.store.audit_heads()
 
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         await self.store.append_audit_events(events)

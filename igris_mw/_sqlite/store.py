@@ -54,6 +54,16 @@ from ..models import (
     Page,
     Scope,
 )
+from .._audit.chain import (
+    ANCHOR,
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    chain_name,
+    reseal_chain,
+    verify_chain,
+)
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 from .schema import (
     MIGRATIONS,
@@ -118,6 +128,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._listeners: list[ChangeListener] = []
+        self._audit_key: AuditKey | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -432,13 +443,21 @@ class SQLiteStore:
         return stored
 
     # -- audit -----------------------------------------------------------
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal with ``key`` from now on; a trail from before keyed chains
+        (schema migration 2 marked it) is re-sealed under it now, once."""
+        self._audit_key = key
+        if key is not None:
+            await self._run(lambda db: _reseal(db, key))
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         if not events:
             return
         pending = list(events)
+        key = self._audit_key
 
         def append(db: sqlite3.Connection) -> None:
-            tails: dict[str, AuditEvent | None] = {}
+            tails: dict[str | None, AuditEvent | None] = {}
             with _transaction(db):
                 # One query for the batch's ids, not one per event: a retried
                 # batch (outcome unknown to the writer) is a no-op.
@@ -455,25 +474,48 @@ class SQLiteStore:
                         row = db.execute(
                             "SELECT body FROM audit_events WHERE connection = ?"
                             " ORDER BY seq DESC LIMIT 1",
-                            (event.connection,),
+                            (chain_name(event.connection),),
                         ).fetchone()
                         tails[event.connection] = None if row is None else body_to_event(row[0])
-                    sealed, body = seal_event_json(event, tails[event.connection])
+                    sealed, body = seal_event_json(event, tails[event.connection], key)
                     rows.append(
-                        (sealed.connection, sealed.seq, sealed.id, to_ms(sealed.timestamp), body)
+                        (
+                            chain_name(sealed.connection),
+                            sealed.seq,
+                            sealed.id,
+                            to_ms(sealed.timestamp),
+                            body,
+                        )
                     )
                     tails[event.connection] = sealed
+                if not rows:
+                    return
                 db.executemany(
                     "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
                     " VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
+                _write_heads(db, {c: t for c, t in tails.items() if t is not None}, key)
 
         await self._run(append)
 
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        def select(db: sqlite3.Connection) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+            heads: dict[str | None, ChainHead] = {}
+            anchor = None
+            for name, body in db.execute("SELECT chain, body FROM audit_heads").fetchall():
+                if name == ANCHOR:
+                    anchor = ChainAnchor.from_json(json.loads(body))
+                elif not name.startswith("#"):
+                    head = ChainHead.from_json(json.loads(body))
+                    heads[head.chain] = head
+            return heads, anchor
+
+        return await self._run(select)
+
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -482,7 +524,7 @@ class SQLiteStore:
         check_limit(limit)
         before = 2**62
         if cursor is not None:
-            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=connection)
+            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=chain_name(connection))
         # Stored times are whole milliseconds: an event at .500 is before since=.5004.
         since_ms = -(2**62) if since is None else to_ms_ceil(since)
 
@@ -490,7 +532,7 @@ class SQLiteStore:
             rows = db.execute(
                 "SELECT body FROM audit_events WHERE connection = ? AND seq < ?"
                 " AND timestamp >= ? ORDER BY seq DESC LIMIT ?",
-                (connection, before, since_ms, limit + 1),
+                (chain_name(connection), before, since_ms, limit + 1),
             ).fetchall()
             return [body_to_event(r[0]) for r in rows]
 
@@ -499,16 +541,18 @@ class SQLiteStore:
         more = len(found) > limit
         if not more:
             return Page(items)
-        return Page(items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}"))
+        return Page(
+            items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{chain_name(connection)}")
+        )
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         def select(db: sqlite3.Connection) -> list[AuditEvent]:
             rows = db.execute(
                 "SELECT body FROM audit_events WHERE connection = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
-                (connection, after_seq, limit),
+                (chain_name(connection), after_seq, limit),
             ).fetchall()
             return [body_to_event(r[0]) for r in rows]
 
@@ -516,7 +560,61 @@ class SQLiteStore:
 
     async def audit_connections(self) -> list[str]:
         def select(db: sqlite3.Connection) -> list[str]:
-            rows = db.execute("SELECT DISTINCT connection FROM audit_events ORDER BY connection")
+            rows = db.execute(
+                "SELECT DISTINCT connection FROM audit_events WHERE connection != ''"
+                " ORDER BY connection"
+            )
             return [r[0] for r in rows.fetchall()]
 
         return await self._run(select)
+
+
+def _read_head(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT body FROM audit_heads WHERE chain = ?", (name,)).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def _write_heads(
+    db: sqlite3.Connection, tails: dict[str | None, AuditEvent], key: AuditKey | None
+) -> None:
+    """The touched chains' heads and the anchor, in the caller's transaction."""
+    old: dict[str | None, ChainHead | None] = {}
+    for chain in tails:
+        body = _read_head(db, chain_name(chain))
+        old[chain] = None if body is None else ChainHead.from_json(body)
+    anchor_body = _read_head(db, ANCHOR)
+    anchor = None if anchor_body is None else ChainAnchor.from_json(anchor_body)
+    heads, new_anchor = advance_heads(tails, old, anchor, key)
+    db.executemany(
+        "INSERT OR REPLACE INTO audit_heads (chain, body) VALUES (?, ?)",
+        [(chain_name(h.chain), json.dumps(h.to_json())) for h in heads]
+        + [(ANCHOR, json.dumps(new_anchor.to_json()))],
+    )
+
+
+def _reseal(db: sqlite3.Connection, key: AuditKey) -> None:
+    """Migration 2's second half: every unkeyed chain that verifies as it
+    stands is sealed again under ``key`` (same ids, order and seqs), and
+    gets its head. A chain that does not verify is left as it is, so
+    ``audit verify`` keeps reporting it rather than the re-seal vouching for it."""
+    with _transaction(db):
+        if _read_head(db, "#reseal") is None:
+            return
+        names = [r[0] for r in db.execute("SELECT DISTINCT connection FROM audit_events")]
+        tails: dict[str | None, AuditEvent] = {}
+        for name in names:
+            rows = db.execute(
+                "SELECT body FROM audit_events WHERE connection = ? ORDER BY seq", (name,)
+            ).fetchall()
+            events = [body_to_event(r[0]) for r in rows]
+            if not events or verify_chain(events):
+                continue
+            resealed = reseal_chain(events, key)
+            db.executemany(
+                "UPDATE audit_events SET body = ? WHERE connection = ? AND seq = ?",
+                [(json.dumps(e.to_json(), separators=(",", ":")), name, e.seq) for e in resealed],
+            )
+            tails[resealed[-1].connection] = resealed[-1]
+        if tails:
+            _write_heads(db, tails, key)
+        db.execute("DELETE FROM audit_heads WHERE chain = '#reseal'")

@@ -22,6 +22,7 @@ from .._errors import (
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import ApiKey, AuditEvent, Connection, Page
+from .._audit.chain import AuditKey, ChainAnchor, ChainHead, advance_heads, chain_name
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 __all__ = ["MemoryStore"]
@@ -53,8 +54,11 @@ class MemoryStore:
         self._connections: dict[str, Connection] = {}
         self._keys: dict[str, ApiKey] = {}
         self._by_hash: dict[bytes, str] = {}
-        self._events: dict[str, list[AuditEvent]] = {}
+        self._events: dict[str | None, list[AuditEvent]] = {}
         self._event_ids: set[str] = set()
+        self._heads: dict[str | None, ChainHead] = {}
+        self._anchor: ChainAnchor | None = None
+        self._audit_key: AuditKey | None = None
         self._listeners: list[ChangeListener] = []
 
     @classmethod
@@ -170,8 +174,11 @@ class MemoryStore:
         return stored
 
     # -- audit -----------------------------------------------------------
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        self._audit_key = key
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
-        sealed: dict[str, list[AuditEvent]] = {}
+        sealed: dict[str | None, list[AuditEvent]] = {}
         ids: set[str] = set()
         for event in events:
             if event.id in self._event_ids or event.id in ids:
@@ -179,16 +186,28 @@ class MemoryStore:
             chain = sealed.setdefault(event.connection, [])
             stored = self._events.get(event.connection, [])
             previous = chain[-1] if chain else (stored[-1] if stored else None)
-            chain.append(seal_event(attrs.evolve(event, timestamp=_ms(event.timestamp)), previous))
+            event = attrs.evolve(event, timestamp=_ms(event.timestamp))
+            chain.append(seal_event(event, previous, self._audit_key))
             ids.add(event.id)
+        if not sealed:
+            return
+        tails = {slug: chain[-1] for slug, chain in sealed.items()}
+        heads, anchor = advance_heads(
+            tails, {c: self._heads.get(c) for c in tails}, self._anchor, self._audit_key
+        )
         # Commit only once the whole batch is sealed: all or nothing.
         for slug, chain in sealed.items():
             self._events.setdefault(slug, []).extend(chain)
         self._event_ids |= ids
+        self._heads.update((h.chain, h) for h in heads)
+        self._anchor = anchor
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        return dict(self._heads), self._anchor
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -197,7 +216,7 @@ class MemoryStore:
         check_limit(limit)
         before: int | None = None
         if cursor is not None:
-            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=connection)
+            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=chain_name(connection))
         chosen = [
             e
             for e in reversed(self._events.get(connection, []))
@@ -206,13 +225,16 @@ class MemoryStore:
         items = chosen[:limit]
         more = len(chosen) > limit
         return Page(
-            items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}") if more else None
+            items,
+            encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{chain_name(connection)}")
+            if more
+            else None,
         )
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         return [e for e in self._events.get(connection, []) if e.seq > after_seq][:limit]
 
     async def audit_connections(self) -> list[str]:
-        return sorted(slug for slug, events in self._events.items() if events)
+        return sorted(slug for slug, events in self._events.items() if events and slug is not None)
