@@ -8,6 +8,7 @@ Every change to a connection records a management audit event.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -459,10 +460,9 @@ class Service:
         if getter is None:
             return
         for key_id in {e.key_id for e in events if e.key_id is not None} - set(keys):
-            try:
+            # A key that is not configured: verify_chain names it.
+            with contextlib.suppress(UnknownKeyId):
                 keys[key_id] = await getter(key_id)
-            except UnknownKeyId:
-                pass  # verify_chain names the key that is not configured
 
     async def verify_audit(self, slug: str | None = None) -> dict[str, list[str]]:
         """chain -> problems (empty list: intact), for one slug or all.

@@ -21,9 +21,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._audit.chain import derive_audit_key
 from ._errors import InvalidCiphertext, NotFound, UnknownKeyId, VersionConflict
 from .models import Connection
-from ._audit.chain import derive_audit_key
 from .storage import AuditKey, Store
 
 __all__ = [

@@ -29,12 +29,15 @@ from typing import Literal, Protocol, runtime_checkable
 import attrs
 
 from ._audit.chain import (
+    ANCHOR,
     AuditKey,
     ChainAnchor,
     ChainHead,
     advance_heads,
     audit_chain_hash,
     chain_name,
+    check_heads,
+    reseal_chain,
     seal_event,
     seal_event_json,
     verify_chain,
@@ -43,13 +46,12 @@ from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
 from .models import ApiKey, AuditEvent, Connection, Page
 
 __all__ = [
+    "ANCHOR",
     "AuditKey",
     "AuditSink",
+    "Capabilities",
     "ChainAnchor",
     "ChainHead",
-    "advance_heads",
-    "chain_name",
-    "Capabilities",
     "Change",
     "ChangeListener",
     "NotFound",
@@ -57,8 +59,12 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "VersionConflict",
+    "advance_heads",
     "audit_chain_hash",
+    "chain_name",
+    "check_heads",
     "notify_listeners",
+    "reseal_chain",
     "seal_event",
     "seal_event_json",
     "verify_chain",

@@ -11,7 +11,6 @@ from typing import Any
 import attrs
 import pytest
 
-from igris_mw.storage import AuditKey, ChainAnchor, ChainHead
 from igris_mw import _auth
 from igris_mw._errors import (
     InvalidCiphertext,
@@ -24,6 +23,7 @@ from igris_mw._errors import (
 from igris_mw._service import Service
 from igris_mw.crypto import binding
 from igris_mw.models import AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.storage import AuditKey, ChainAnchor, ChainHead
 from igris_mw.testing import FixedKeyring, MemoryStore
 
 CANARY = "canary-Zq8vX1-credential"

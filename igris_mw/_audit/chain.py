@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -115,7 +116,9 @@ class ChainHead:
         return _HEAD_LABEL + json.dumps([chain, seq, hash_]).encode()
 
     @classmethod
-    def sign(cls, chain: str | None, seq: int, hash_: str | None, key: AuditKey | None) -> ChainHead:
+    def sign(
+        cls, chain: str | None, seq: int, hash_: str | None, key: AuditKey | None
+    ) -> ChainHead:
         key_id = None if key is None else key.key_id
         return cls(chain, seq, hash_, key_id, _mac(key, cls.text(chain, seq, hash_)))
 
@@ -299,7 +302,7 @@ def verify_chain(
     expected_seq = 1 if previous is None else previous.seq + 1
     prev_hash = None if previous is None else previous.hash
     run = list(events)
-    for before, after in zip(run, run[1:], strict=False):
+    for before, after in itertools.pairwise(run):
         if after.seq <= before.seq:
             problems.append(
                 f"events are out of order: seq {after.seq} (id {after.id}) is stored "
@@ -392,7 +395,8 @@ def check_heads(
         if heads and keys is not None:
             add(ANCHOR, "the anchor over the chain heads is missing (removed)")
         return report
-    if mac_ok(anchor.key_id, ChainAnchor.text(anchor.chains, anchor.digest), anchor.mac) is not True:
+    anchor_text = ChainAnchor.text(anchor.chains, anchor.digest)
+    if mac_ok(anchor.key_id, anchor_text, anchor.mac) is not True:
         add(ANCHOR, "the anchor over the chain heads was forged (its MAC does not match)")
     if anchor.chains > len(heads):
         add(ANCHOR, f"{anchor.chains - len(heads)} chain(s) were removed whole together with "

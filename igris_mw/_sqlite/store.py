@@ -36,6 +36,16 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .._audit.chain import (
+    ANCHOR,
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    chain_name,
+    reseal_chain,
+    verify_chain,
+)
 from .._errors import (
     ConfigurationError,
     Conflict,
@@ -53,16 +63,6 @@ from ..models import (
     Connection,
     Page,
     Scope,
-)
-from .._audit.chain import (
-    ANCHOR,
-    AuditKey,
-    ChainAnchor,
-    ChainHead,
-    advance_heads,
-    chain_name,
-    reseal_chain,
-    verify_chain,
 )
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 from .schema import (
@@ -500,7 +500,9 @@ class SQLiteStore:
         await self._run(append)
 
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
-        def select(db: sqlite3.Connection) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        def select(
+            db: sqlite3.Connection,
+        ) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
             heads: dict[str | None, ChainHead] = {}
             anchor = None
             for name, body in db.execute("SELECT chain, body FROM audit_heads").fetchall():

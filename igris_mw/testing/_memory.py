@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import attrs
 
+from .._audit.chain import AuditKey, ChainAnchor, ChainHead, advance_heads, chain_name
 from .._errors import (
     ConfigurationError,
     Conflict,
@@ -22,7 +23,6 @@ from .._errors import (
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import ApiKey, AuditEvent, Connection, Page
-from .._audit.chain import AuditKey, ChainAnchor, ChainHead, advance_heads, chain_name
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 __all__ = ["MemoryStore"]

@@ -15,8 +15,6 @@ import pytest
 from igris_mw_vault import TransitProvider, VaultKVStore
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._audit.jsonl import JsonlAuditSink
-from igris_mw._service import Service
 from igris_mw.cli import main
 from igris_mw.crypto import binding
 
