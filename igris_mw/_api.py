@@ -227,7 +227,7 @@ class ManagementAPI:
 
     async def _h_create_api_key(self, ex: _Exchange) -> _Result:
         body = await ex.json_body("ApiKeyCreate", check_fields=False)
-        record, key = await self._service.create_api_key(body)
+        record, key = await self._service.create_api_key(body, actor=ex.actor)
         return 201, {**record.to_json(), "key": key}
 
     async def _h_list_api_keys(self, ex: _Exchange) -> _Result:
@@ -235,7 +235,7 @@ class ManagementAPI:
         return 200, {"data": [k.to_json() for k in keys], "nextCursor": None}
 
     async def _h_revoke_api_key(self, ex: _Exchange) -> _Result:
-        await self._service.revoke_api_key(ex.params["id"])
+        await self._service.revoke_api_key(ex.params["id"], actor=ex.actor)
         return 204, None
 
     async def _h_openapi(self, ex: _Exchange) -> _Result:

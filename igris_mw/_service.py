@@ -181,7 +181,10 @@ class Service:
         if set(changes) == {"enabled"} and new_enabled is not None:
             return await self.set_enabled(slug, new_enabled, actor=actor)
 
+        before: list[Connection] = []
+
         async def build(current: Connection) -> Connection:
+            before[:] = [current]
             auth_type = new_type if new_type is not None else current.auth_type
             if "headerName" in changes:
                 header_value = changes["headerName"]
@@ -202,7 +205,15 @@ class Service:
             return await self._reseal(current, updated)
 
         stored = await self._guarded(slug, build)
-        await self._record(stored, "update", actor, metadata={"fields": sorted(changes)})
+        if stored is before[0]:
+            return stored
+        await self._record(
+            stored,
+            "update",
+            actor,
+            metadata={"fields": sorted(changes)},
+            changes=diff_changes(before[0].to_json(), stored.to_json()),
+        )
         return stored
 
     async def _reseal(self, current: Connection, updated: Connection) -> Connection:
@@ -286,8 +297,12 @@ class Service:
                 updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
             )
 
+        old = await self.get_connection(slug)
         stored = await self._guarded(slug, build)
-        await self._record(stored, "rotate", actor)
+        # The credential appears only as its version, never as a value.
+        await self._record(
+            stored, "rotate", actor, changes=diff_changes(old.to_json(), stored.to_json())
+        )
         return stored
 
     async def set_enabled(
@@ -306,7 +321,12 @@ class Service:
 
         stored = await self._guarded(slug, build)
         if changed:
-            await self._record(stored, "enable" if enabled else "disable", actor)
+            await self._record(
+                stored,
+                "enable" if enabled else "disable",
+                actor,
+                changes={"enabled": {"from": not enabled, "to": enabled}},
+            )
         return stored
 
     async def delete_connection(self, slug: str, *, actor: str | None = None) -> None:
@@ -350,23 +370,52 @@ class Service:
         actor: str | None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        changes: Mapping[str, Any] | None = None,
     ) -> None:
-        await self.use_audit_key()
-        event = AuditEvent(
-            id=new_event_id(),
-            timestamp=self.clock(),
-            connection=conn.slug,
-            kind="management",
-            action=action,
-            api_key_id=actor,
-            metadata=metadata,
-            outcome="ok",
-            credential_version=conn.credential_version,
+        await self.record_event(
+            AuditEvent(
+                id=new_event_id(),
+                timestamp=self.clock(),
+                connection=conn.slug,
+                kind="management",
+                action=action,
+                api_key_id=actor,
+                metadata=metadata,
+                outcome="ok",
+                credential_version=conn.credential_version,
+                changes=changes or None,
+            )
         )
+
+    async def record_event(self, event: AuditEvent) -> None:
+        """Store one management event (sealed under the audit key), now.
+
+        Also for events about no connection (``connection=None``: API keys,
+        dashboard sign-in and sign-out), which form the global chain.
+        """
+        await self.use_audit_key()
         await self.audit.append_audit_events([event])
 
+    async def _record_key(self, key: ApiKey, action: str, actor: str | None, **extra: Any) -> None:
+        await self.record_event(
+            AuditEvent(
+                id=new_event_id(),
+                timestamp=self.clock(),
+                connection=None,
+                kind="management",
+                action=action,
+                api_key_id=actor,
+                # Which key was acted on: its id and name, never the key or its hash.
+                metadata={"apiKey": key.id, "name": key.name},
+                outcome="ok",
+                **extra,
+            )
+        )
+
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, body: Mapping[str, Any]) -> tuple[ApiKey, str]:
+    async def create_api_key(
+        self, body: Mapping[str, Any], *, actor: str | None = None
+    ) -> tuple[ApiKey, str]:
         """From contract JSON: name, scopes, connections (optional), expiresAt
         (optional). Returns the record and the ``ig_`` key (shown once).
 
@@ -392,17 +441,22 @@ class Service:
             created_at=now,
             expires_at=expires_at,
         )
-        return await self.store.create_api_key(record), key
+        stored = await self.store.create_api_key(record)
+        await self._record_key(stored, "create", actor)
+        return stored, key
 
     async def list_api_keys(self) -> list[ApiKey]:
         """Every key record, revoked ones included, oldest first."""
         return await self.store.list_api_keys()
 
-    async def revoke_api_key(self, key_id: str) -> ApiKey:
-        """Revoke at once. Raises ``NotFound``."""
+    async def revoke_api_key(self, key_id: str, *, actor: str | None = None) -> ApiKey:
+        """Revoke at once (audited on the global chain). Raises ``NotFound``."""
         if not isinstance(key_id, str) or not key_id:
             raise NotFound("no such API key")
-        return await self.store.revoke_api_key(key_id, at=self.clock())
+        stored = await self.store.revoke_api_key(key_id, at=self.clock())
+        revoked = {"revokedAt": {"from": None, "to": stored.to_json()["revokedAt"]}}
+        await self._record_key(stored, "revoke", actor, changes=revoked)
+        return stored
 
     async def authenticate(self, key: str) -> ApiKey:
         """The usable key record for ``key``; Unauthorized otherwise (malformed
@@ -523,6 +577,26 @@ class Service:
             label = "(heads)" if chain == ANCHOR else _chain_label(chain)
             report.setdefault(label, []).extend(problems)
         return report
+
+
+# The fields a management event's ``changes`` may name (contract JSON names).
+CHANGE_FIELDS = (
+    "name", "upstreamUrl", "authType", "headerName", "enabled", "rateLimit", "tools",
+    "scopes", "connections", "expiresAt", "credentialVersion",
+)  # fmt: skip
+
+
+def diff_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``{field: {"from", "to"}}`` for every contract field that differs.
+
+    Works on the records' contract JSON, which never holds a credential:
+    a rotation shows only as ``credentialVersion``.
+    """
+    return {
+        f: {"from": old.get(f), "to": new.get(f)}
+        for f in CHANGE_FIELDS
+        if (f in old or f in new) and old.get(f) != new.get(f)
+    }
 
 
 def _chain_label(chain: str | None) -> str:

@@ -288,3 +288,33 @@ async def test_unkeyed_sqlite_trail_is_resealed_by_the_migration(tmp_path: Path)
         await store.close()
 
 
+
+
+async def test_api_key_changes_form_the_global_chain(trail: Trail) -> None:
+    """API-key create and revoke are audited with connection null, in their own verified chain."""
+    record, key = await trail.svc.create_api_key({"name": "ci", "scopes": ["mcp"]}, actor="k_adm")
+    await trail.svc.revoke_api_key(record.id, actor="k_adm")
+    events = await trail.svc.audit.audit_chain(None)
+    assert [(e.action, e.connection, e.seq) for e in events] == [
+        ("create", None, 1),
+        ("revoke", None, 2),
+    ]
+    assert events[1].changes is not None and events[1].changes["revokedAt"]["from"] is None
+    assert key not in json.dumps([e.to_json() for e in events])
+    report = await trail.svc.verify_audit()
+    assert report["(global)"] == []
+    assert all(not p for p in report.values()), report
+
+
+async def test_update_records_changes_from_and_to_without_secrets(trail: Trail) -> None:
+    """A PATCH event carries from/to for each changed field; a rotation only credentialVersion."""
+    await trail.svc.update_connection("ghub", {"upstreamUrl": "https://evil.example/mcp"})
+    await trail.svc.rotate_credential("ghub", "canary-new-secret")
+    events = await trail.svc.audit.audit_chain("ghub")
+    update, rotate = events[-2], events[-1]
+    assert update.changes == {
+        "upstreamUrl": {"from": "https://mcp.example/mcp", "to": "https://evil.example/mcp"}
+    }
+    assert rotate.changes == {"credentialVersion": {"from": 1, "to": 2}}
+    assert "canary-new-secret" not in json.dumps([e.to_json() for e in events])
+    assert not (await trail.svc.verify_audit())["ghub"]
