@@ -299,7 +299,8 @@ async def test_api_key_changes_form_the_global_chain(trail: Trail) -> None:
         ("create", None, 1),
         ("revoke", None, 2),
     ]
-    assert events[1].changes is not None and events[1].changes["revokedAt"]["from"] is None
+    assert events[1].changes is not None
+    assert events[1].changes["revokedAt"]["from"] is None
     assert key not in json.dumps([e.to_json() for e in events])
     report = await trail.svc.verify_audit()
     assert report["(global)"] == []
