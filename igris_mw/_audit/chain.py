@@ -287,6 +287,30 @@ def _check_hash(
             problems.append(f"{where} was edited: its hash does not match")
 
 
+# How far from its stored seq an event's sealed seq is looked for.
+_MOVE_WINDOW = 64
+
+
+def _sealed_seq(event: AuditEvent, keys: Mapping[str, AuditKey] | None) -> int | None:
+    """The seq an event was sealed with, when it is stored under another one.
+
+    Only for an event whose hash fails at its stored seq; tries the seqs
+    near it, so a reorder in a store ordered by seq is told from an edit.
+    """
+    if event.key_id is None:
+        key = None
+    elif keys is None or event.key_id not in keys:
+        return None
+    else:
+        key = keys[event.key_id]
+    if event.hash == audit_chain_hash(event, key):
+        return None
+    for seq in range(max(1, event.seq - _MOVE_WINDOW), event.seq + _MOVE_WINDOW + 1):
+        if seq != event.seq and audit_chain_hash(attrs.evolve(event, seq=seq), key) == event.hash:
+            return seq
+    return None
+
+
 def verify_chain(
     events: Sequence[AuditEvent],
     previous: AuditEvent | None = None,
@@ -310,7 +334,17 @@ def verify_chain(
             )
     if problems:
         run.sort(key=lambda e: e.seq)
+    moved_before = False
     for event in run:
+        sealed_as = _sealed_seq(event, keys)
+        if sealed_as is not None:
+            # A store ordered by its seq column: the row was given another event's seq.
+            problems.append(
+                f"events are out of order: seq {sealed_as} (id {event.id}) is stored at "
+                f"seq {event.seq}"
+            )
+            expected_seq, prev_hash, moved_before = event.seq + 1, event.hash, True
+            continue
         if event.seq > expected_seq:
             missing = event.seq - expected_seq
             problems.append(
@@ -318,10 +352,11 @@ def verify_chain(
                 + (f" ({missing} events, up to seq {event.seq - 1})" if missing > 1 else "")
                 + f" (next found: seq {event.seq}, id {event.id})"
             )
-        elif event.prev_hash != prev_hash:
+        elif event.prev_hash != prev_hash and not moved_before:
             problems.append(
                 f"event {event.id} (seq {event.seq}) does not follow the event before it"
             )
+        moved_before = False
         _check_hash(event, keys, problems)
         expected_seq = event.seq + 1
         prev_hash = event.hash
