@@ -9,16 +9,25 @@ Every change to a connection records a management audit event.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from ._audit.chain import ANCHOR, check_heads
 from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
-from ._errors import NotFound, Unauthorized, UnknownKeyId, ValidationError, VersionConflict
+from ._errors import (
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    UnknownKeyId,
+    ValidationError,
+    VersionConflict,
+)
 from ._validation import (
     API_KEY_FIELDS,
     CREATE_FIELDS,
@@ -54,6 +63,9 @@ from .models import (
 from .storage import AuditKey, AuditSink, Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
+
+T = TypeVar("T")
+_log = logging.getLogger("igris_mw.service")
 
 # A guarded write that keeps losing races is retried this many times, then
 # the VersionConflict reaches the caller (409).
@@ -133,9 +145,10 @@ class Service:
         )
         if plaintext is not None:
             conn = attrs.evolve(conn, ciphertext=await self.crypto.encrypt(plaintext, _bind(conn)))
-        stored = await self.store.create_connection(conn)
-        await self._record(stored, "create", actor)
-        return stored
+        event = self._event(conn, "create", actor)
+        return await self._audited(
+            lambda ev: self.store.create_connection(conn, audit_events=ev), [event]
+        )
 
     async def get_connection(self, slug: str) -> Connection:
         """Raises ``NotFound`` for an unknown (or malformed) slug."""
@@ -181,10 +194,7 @@ class Service:
         if set(changes) == {"enabled"} and new_enabled is not None:
             return await self.set_enabled(slug, new_enabled, actor=actor)
 
-        before: list[Connection] = []
-
         async def build(current: Connection) -> Connection:
-            before[:] = [current]
             auth_type = new_type if new_type is not None else current.auth_type
             if "headerName" in changes:
                 header_value = changes["headerName"]
@@ -204,17 +214,15 @@ class Service:
             )
             return await self._reseal(current, updated)
 
-        stored = await self._guarded(slug, build)
-        if stored is before[0]:
-            return stored
-        await self._record(
-            stored,
-            "update",
-            actor,
-            metadata={"fields": sorted(changes)},
-            changes=diff_changes(before[0].to_json(), stored.to_json()),
-        )
-        return stored
+        fields = sorted(changes)
+        return await self._guarded(
+            slug,
+            build,
+            lambda old, new: self._event(
+                new, "update", actor, metadata={"fields": fields},
+                changes=diff_changes(old.to_json(), new.to_json()),
+            ),
+        )  # fmt: skip
 
     async def _reseal(self, current: Connection, updated: Connection) -> Connection:
         if updated.auth_type is AuthType.NONE:
@@ -297,43 +305,42 @@ class Service:
                 updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
             )
 
-        old = await self.get_connection(slug)
-        stored = await self._guarded(slug, build)
         # The credential appears only as its version, never as a value.
-        await self._record(
-            stored, "rotate", actor, changes=diff_changes(old.to_json(), stored.to_json())
+        return await self._guarded(
+            slug,
+            build,
+            lambda old, new: self._event(
+                new, "rotate", actor, changes=diff_changes(old.to_json(), new.to_json())
+            ),
         )
-        return stored
 
     async def set_enabled(
         self, slug: str, enabled: bool, *, actor: str | None = None
     ) -> Connection:
         """Disable (revoke) or enable a connection; a no-op if already so."""
         enabled = parse_bool(enabled, "enabled")
-        changed = False
 
         async def build(current: Connection) -> Connection:
-            nonlocal changed
-            changed = current.enabled != enabled
-            if not changed:
+            if current.enabled == enabled:
                 return current
             return attrs.evolve(current, enabled=enabled, updated_at=self.clock())
 
-        stored = await self._guarded(slug, build)
-        if changed:
-            await self._record(
-                stored,
+        return await self._guarded(
+            slug,
+            build,
+            lambda old, new: self._event(
+                new,
                 "enable" if enabled else "disable",
                 actor,
-                changes={"enabled": {"from": not enabled, "to": enabled}},
-            )
-        return stored
+                changes={"enabled": {"from": old.enabled, "to": new.enabled}},
+            ),
+        )
 
     async def delete_connection(self, slug: str, *, actor: str | None = None) -> None:
         """Delete; the audit trail stays. Raises ``NotFound``."""
         current = await self.get_connection(slug)
-        await self.store.delete_connection(slug)
-        await self._record(current, "delete", actor)
+        event = self._event(current, "delete", actor)
+        await self._audited(lambda ev: self.store.delete_connection(slug, audit_events=ev), [event])
 
     async def open_credential(self, connection: Connection) -> Secret | None:
         """Decrypt a connection's credential (``None`` for auth type none).
@@ -346,24 +353,37 @@ class Service:
         return Secret(await self.crypto.decrypt(connection.ciphertext, _bind(connection)))
 
     async def _guarded(
-        self, slug: str, build: Callable[[Connection], Awaitable[Connection]]
+        self,
+        slug: str,
+        build: Callable[[Connection], Awaitable[Connection]],
+        event_for: Callable[[Connection, Connection], AuditEvent],
     ) -> Connection:
-        """Read, build the new record, write it guarded by the row version; retry races."""
+        """Read, build the new record, write it guarded by the row version
+        together with its audit event (``event_for(current, updated)``); retry races."""
         for attempt in range(_WRITE_ATTEMPTS):
             current = await self.get_connection(slug)
             updated = await build(current)
             if updated is current:
                 return current
+            event = event_for(current, updated)
             try:
-                return await self.store.update_connection(
-                    updated, expected_version=current.version
+                return await self._audited(
+                    functools.partial(self._update, updated, current.version),
+                    [event],
                 )
             except VersionConflict:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _record(
+    async def _update(
+        self, updated: Connection, version: int, events: Sequence[AuditEvent]
+    ) -> Connection:
+        return await self.store.update_connection(
+            updated, expected_version=version, audit_events=events
+        )
+
+    def _event(
         self,
         conn: Connection,
         action: str,
@@ -371,21 +391,67 @@ class Service:
         *,
         metadata: Mapping[str, Any] | None = None,
         changes: Mapping[str, Any] | None = None,
-    ) -> None:
-        await self.record_event(
-            AuditEvent(
+    ) -> AuditEvent:
+        return AuditEvent(
+            id=new_event_id(),
+            timestamp=self.clock(),
+            connection=conn.slug,
+            kind="management",
+            action=action,
+            api_key_id=actor,
+            metadata=metadata,
+            outcome="ok",
+            credential_version=conn.credential_version,
+            changes=changes or None,
+        )
+
+    async def _audited(
+        self, write: Callable[[Sequence[AuditEvent]], Awaitable[T]], events: list[AuditEvent]
+    ) -> T:
+        """Store a management change and its audit events: both or neither.
+
+        Where the store is the audit sink, ``write(events)`` stores them in
+        the change's own transaction. Where the sink is separate (a Vault
+        store with a JSON-lines sink), the events are stored first, durably;
+        a sink that cannot take them fails the call with 503
+        ``audit_unavailable`` before anything is changed. A change that then
+        fails is followed in the trail by the same events with outcome
+        ``aborted`` (``metadata.aborts``: the first event's id), so the
+        trail never shows a change as made that was not.
+        """
+        await self.use_audit_key()
+        if self.audit is self.store:
+            return await write(events)
+        try:
+            await self.audit.append_audit_events(events)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                "the audit sink cannot record this change, so nothing was changed; "
+                "try again when it is back",
+                code="audit_unavailable",
+                retry_after=5,
+            ) from exc
+        try:
+            return await write(())
+        except BaseException:
+            await self._abort(events)
+            raise
+
+    async def _abort(self, events: Sequence[AuditEvent]) -> None:
+        aborted = [
+            attrs.evolve(
+                e,
                 id=new_event_id(),
                 timestamp=self.clock(),
-                connection=conn.slug,
-                kind="management",
-                action=action,
-                api_key_id=actor,
-                metadata=metadata,
-                outcome="ok",
-                credential_version=conn.credential_version,
-                changes=changes or None,
+                outcome="aborted",
+                metadata={**(e.metadata or {}), "aborts": e.id},
             )
-        )
+            for e in events
+        ]
+        try:
+            await self.audit.append_audit_events(aborted)
+        except Exception:
+            _log.exception("the audit sink took a change's event but not its abort marker")
 
     async def record_event(self, event: AuditEvent) -> None:
         """Store one management event (sealed under the audit key), now.
@@ -396,20 +462,18 @@ class Service:
         await self.use_audit_key()
         await self.audit.append_audit_events([event])
 
-    async def _record_key(self, key: ApiKey, action: str, actor: str | None, **extra: Any) -> None:
-        await self.record_event(
-            AuditEvent(
-                id=new_event_id(),
-                timestamp=self.clock(),
-                connection=None,
-                kind="management",
-                action=action,
-                api_key_id=actor,
-                # Which key was acted on: its id and name, never the key or its hash.
-                metadata={"apiKey": key.id, "name": key.name},
-                outcome="ok",
-                **extra,
-            )
+    def _key_event(self, key: ApiKey, action: str, actor: str | None, **extra: Any) -> AuditEvent:
+        return AuditEvent(
+            id=new_event_id(),
+            timestamp=self.clock(),
+            connection=None,
+            kind="management",
+            action=action,
+            api_key_id=actor,
+            # Which key was acted on: its id and name, never the key or its hash.
+            metadata={"apiKey": key.id, "name": key.name},
+            outcome="ok",
+            **extra,
         )
 
     # -- gateway API keys ------------------------------------------------
@@ -441,8 +505,10 @@ class Service:
             created_at=now,
             expires_at=expires_at,
         )
-        stored = await self.store.create_api_key(record)
-        await self._record_key(stored, "create", actor)
+        event = self._key_event(record, "create", actor)
+        stored = await self._audited(
+            lambda ev: self.store.create_api_key(record, audit_events=ev), [event]
+        )
         return stored, key
 
     async def list_api_keys(self) -> list[ApiKey]:
@@ -453,10 +519,18 @@ class Service:
         """Revoke at once (audited on the global chain). Raises ``NotFound``."""
         if not isinstance(key_id, str) or not key_id:
             raise NotFound("no such API key")
-        stored = await self.store.revoke_api_key(key_id, at=self.clock())
-        revoked = {"revokedAt": {"from": None, "to": stored.to_json()["revokedAt"]}}
-        await self._record_key(stored, "revoke", actor, changes=revoked)
-        return stored
+        current = next((k for k in await self.store.list_api_keys() if k.id == key_id), None)
+        if current is None:
+            raise NotFound(f"no API key {key_id!r}")
+        if current.revoked_at is not None:
+            return current  # already revoked: nothing changes, nothing to record
+        at = self.clock()
+        revoked = attrs.evolve(current, revoked_at=at)
+        changes = diff_changes(current.to_json(), revoked.to_json(), ("revokedAt",))
+        event = self._key_event(current, "revoke", actor, changes=changes)
+        return await self._audited(
+            lambda ev: self.store.revoke_api_key(key_id, at=at, audit_events=ev), [event]
+        )
 
     async def authenticate(self, key: str) -> ApiKey:
         """The usable key record for ``key``; Unauthorized otherwise (malformed
@@ -586,7 +660,9 @@ CHANGE_FIELDS = (
 )  # fmt: skip
 
 
-def diff_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def diff_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any], fields: Sequence[str] = CHANGE_FIELDS
+) -> dict[str, Any]:
     """``{field: {"from", "to"}}`` for every contract field that differs.
 
     Works on the records' contract JSON, which never holds a credential:
@@ -594,7 +670,7 @@ def diff_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     """
     return {
         f: {"from": old.get(f), "to": new.get(f)}
-        for f in CHANGE_FIELDS
+        for f in fields
         if (f in old or f in new) and old.get(f) != new.get(f)
     }
 

@@ -126,6 +126,14 @@ class Store(Protocol):
     version than the code knows raises ``ConfigurationError``); ``await
     close()`` releases everything and is idempotent.
 
+    Both or neither: the writes to connections and keys take
+    ``audit_events``, the management events of that change. A store that
+    keeps the audit trail (``capabilities.audit``) appends them, sealed as
+    ``append_audit_events`` does, in the write's own transaction, so the
+    change and its events are stored both or neither. A store that keeps no
+    audit ignores them (the caller has written them to its separate sink
+    first; see ``Service``).
+
     Times come back as aware UTC datetimes with at least millisecond
     precision (the contract's RFC 3339 precision; the SQLite store keeps
     exactly milliseconds). ``limit`` below 1 raises ``ValidationError``.
@@ -138,7 +146,9 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         """Insert; returns the stored record (``version == 1``).
 
         Raises:
@@ -159,7 +169,11 @@ class Store(Protocol):
         ...
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         """Replace every mutable field of the record ``connection.slug``
         (name, upstream_url, auth_type, header_name, enabled,
@@ -177,12 +191,16 @@ class Store(Protocol):
         """
         ...
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
         """Raises ``NotFound`` for an unknown slug. The audit trail stays."""
         ...
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         """Insert; ``id`` and ``key_hash`` are unique (``Conflict`` otherwise)."""
         ...
 
@@ -194,7 +212,9 @@ class Store(Protocol):
         """Every key, revoked ones included, oldest first."""
         ...
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         """Set ``revoked_at`` (kept if already set). Raises ``NotFound``."""
         ...
 

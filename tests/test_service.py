@@ -360,7 +360,11 @@ class RacingStore(MemoryStore):
         self.attempts = 0
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         self.attempts += 1
         if self.races:
@@ -370,7 +374,9 @@ class RacingStore(MemoryStore):
                 attrs.evolve(current, name=f"renamed {self.attempts}"),
                 expected_version=current.version,
             )
-        return await super().update_connection(connection, expected_version=expected_version)
+        return await super().update_connection(
+            connection, expected_version=expected_version, audit_events=audit_events
+        )
 
 
 async def test_rotate_retries_after_a_lost_race(clock: Clock) -> None:

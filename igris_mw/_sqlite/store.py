@@ -280,7 +280,11 @@ class SQLiteStore:
         notify_listeners(self._listeners, change)
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
+        events, key = list(audit_events), self._audit_key
+
         def insert(db: sqlite3.Connection) -> Connection:
             with _transaction(db):
                 db.execute(
@@ -295,6 +299,7 @@ class SQLiteStore:
                         to_ms_opt(connection.rotated_at),
                     ),
                 )
+                _append_in(db, events, key)
                 return self._select_connection(db, connection.slug)
 
         stored = await self._run(
@@ -344,9 +349,14 @@ class SQLiteStore:
         return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         slug = connection.slug
+        events, key = list(audit_events), self._audit_key
 
         def update(db: sqlite3.Connection) -> Connection:
             with _transaction(db):
@@ -369,24 +379,34 @@ class SQLiteStore:
                         f"connection {slug!r} changed meanwhile "
                         f"(version {stored.version}, expected {expected_version})"
                     )
+                _append_in(db, events, key)
                 return stored
 
         stored = await self._run(update)
         self._notify(Change("connection", slug))
         return stored
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
+        events, key = list(audit_events), self._audit_key
+
         def delete(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 cur = db.execute("DELETE FROM connections WHERE slug = ?", (slug,))
                 if cur.rowcount == 0:
                     raise NotFound(f"no connection {slug!r}")
+                _append_in(db, events, key)
 
         await self._run(delete)
         self._notify(Change("connection", slug))
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        events, audit_key = list(audit_events), self._audit_key
+
         def insert(db: sqlite3.Connection) -> ApiKey:
             with _transaction(db):
                 db.execute(
@@ -403,6 +423,7 @@ class SQLiteStore:
                         to_ms_opt(key.revoked_at),
                     ),
                 )
+                _append_in(db, events, audit_key)
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
                 return row_to_api_key(row)
 
@@ -426,7 +447,11 @@ class SQLiteStore:
 
         return await self._run(select)
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        events, key = list(audit_events), self._audit_key
+
         def revoke(db: sqlite3.Connection) -> ApiKey:
             with _transaction(db):
                 db.execute(
@@ -436,6 +461,7 @@ class SQLiteStore:
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
                 if row is None:
                     raise NotFound(f"no API key {key_id!r}")
+                _append_in(db, events, key)
                 return row_to_api_key(row)
 
         stored = await self._run(revoke)
@@ -457,45 +483,8 @@ class SQLiteStore:
         key = self._audit_key
 
         def append(db: sqlite3.Connection) -> None:
-            tails: dict[str | None, AuditEvent | None] = {}
             with _transaction(db):
-                # One query for the batch's ids, not one per event: a retried
-                # batch (outcome unknown to the writer) is a no-op.
-                seen = _stored_ids(db, [e.id for e in pending])
-                rows = []
-                for event in pending:
-                    if event.id in seen:
-                        continue
-                    seen.add(event.id)
-                    if event.timestamp.microsecond % 1000:
-                        # Stored and hashed at the same (millisecond) precision.
-                        event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
-                    if event.connection not in tails:
-                        row = db.execute(
-                            "SELECT body FROM audit_events WHERE connection = ?"
-                            " ORDER BY seq DESC LIMIT 1",
-                            (chain_name(event.connection),),
-                        ).fetchone()
-                        tails[event.connection] = None if row is None else body_to_event(row[0])
-                    sealed, body = seal_event_json(event, tails[event.connection], key)
-                    rows.append(
-                        (
-                            chain_name(sealed.connection),
-                            sealed.seq,
-                            sealed.id,
-                            to_ms(sealed.timestamp),
-                            body,
-                        )
-                    )
-                    tails[event.connection] = sealed
-                if not rows:
-                    return
-                db.executemany(
-                    "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-                _write_heads(db, {c: t for c, t in tails.items() if t is not None}, key)
+                _append_in(db, pending, key)
 
         await self._run(append)
 
@@ -569,6 +558,40 @@ class SQLiteStore:
             return [r[0] for r in rows.fetchall()]
 
         return await self._run(select)
+
+
+def _append_in(db: sqlite3.Connection, pending: list[AuditEvent], key: AuditKey | None) -> None:
+    """Seal and insert ``pending`` with their heads, in the caller's transaction."""
+    tails: dict[str | None, AuditEvent | None] = {}
+    # One query for the batch's ids, not one per event: a retried
+    # batch (outcome unknown to the writer) is a no-op.
+    seen = _stored_ids(db, [e.id for e in pending])
+    rows = []
+    for event in pending:
+        if event.id in seen:
+            continue
+        seen.add(event.id)
+        if event.timestamp.microsecond % 1000:
+            # Stored and hashed at the same (millisecond) precision.
+            event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
+        if event.connection not in tails:
+            row = db.execute(
+                "SELECT body FROM audit_events WHERE connection = ? ORDER BY seq DESC LIMIT 1",
+                (chain_name(event.connection),),
+            ).fetchone()
+            tails[event.connection] = None if row is None else body_to_event(row[0])
+        sealed, body = seal_event_json(event, tails[event.connection], key)
+        rows.append(
+            (chain_name(sealed.connection), sealed.seq, sealed.id, to_ms(sealed.timestamp), body)
+        )
+        tails[event.connection] = sealed
+    if not rows:
+        return
+    db.executemany(
+        "INSERT INTO audit_events (connection, seq, id, timestamp, body) VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    _write_heads(db, {c: t for c, t in tails.items() if t is not None}, key)
 
 
 def _read_head(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:

@@ -98,9 +98,12 @@ class MemoryStore:
             rotated_at=_ms_opt(connection.rotated_at),
         )
 
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         if connection.slug in self._connections:
             raise SlugTaken(f"the slug {connection.slug!r} is taken")
+        self._append_now(audit_events)
         stored = self._normal(connection, version=1, created_at=connection.created_at)
         self._connections[stored.slug] = stored
         self._notify(Change("connection", stored.slug))
@@ -123,7 +126,11 @@ class MemoryStore:
         return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         old = await self.get_connection(connection.slug)
         if old.version != expected_version:
@@ -131,20 +138,28 @@ class MemoryStore:
                 f"connection {connection.slug!r} changed meanwhile "
                 f"(version {old.version}, expected {expected_version})"
             )
+        self._append_now(audit_events)
         stored = self._normal(connection, version=old.version + 1, created_at=old.created_at)
         self._connections[stored.slug] = stored
         self._notify(Change("connection", stored.slug))
         return stored
 
-    async def delete_connection(self, slug: str) -> None:
-        if self._connections.pop(slug, None) is None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
+        if slug not in self._connections:
             raise NotFound(f"no connection {slug!r}")
+        self._append_now(audit_events)
+        del self._connections[slug]
         self._notify(Change("connection", slug))
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         if key.id in self._keys or key.key_hash in self._by_hash:
             raise Conflict("an API key with this id or hash exists")
+        self._append_now(audit_events)
         stored = attrs.evolve(
             key,
             created_at=_ms(key.created_at),
@@ -164,10 +179,13 @@ class MemoryStore:
         # dicts keep insertion order, so a stable sort breaks created_at ties by insertion.
         return sorted(self._keys.values(), key=lambda k: k.created_at)
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         old = self._keys.get(key_id)
         if old is None:
             raise NotFound(f"no API key {key_id!r}")
+        self._append_now(audit_events)
         stored = old if old.revoked_at is not None else attrs.evolve(old, revoked_at=_ms(at))
         self._keys[key_id] = stored
         self._notify(Change("api_key", key_id))
@@ -178,6 +196,10 @@ class MemoryStore:
         self._audit_key = key
 
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        self._append_now(events)
+
+    def _append_now(self, events: Sequence[AuditEvent]) -> None:
+        """Append without awaiting: atomic on the loop, and with the write it goes with."""
         sealed: dict[str | None, list[AuditEvent]] = {}
         ids: set[str] = set()
         for event in events:

@@ -27,7 +27,7 @@ from .._service import Service
 from ..models import AuditEvent
 from ._fixed_keyring import FixedKeyring
 
-__all__ = ["AuditTamperSuite", "Raw", "Trail"]
+__all__ = ["AuditTamperSuite", "Raw", "Trail", "service_for"]
 
 Raw = list[dict[str, Any]]
 
@@ -56,6 +56,12 @@ class Trail(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def service_for(store: Any, audit: Any = None) -> Service:
+    """The management Service the suite drives: ``store``, ``FixedKeyring()``,
+    and ``audit`` as its sink (default: the store)."""
+    return Service(store, FixedKeyring(), audit=audit)
 
 
 def _problems(report: dict[str, list[str]], chain: str) -> str:

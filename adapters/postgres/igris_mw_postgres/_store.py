@@ -342,7 +342,9 @@ class PostgresStore:
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(self._origin, kind, key)))
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         c = connection
         async with self._connection() as conn:
             try:
@@ -356,6 +358,7 @@ class PostgresStore:
                          c.updated_at, c.rotated_at),
                     )  # fmt: skip
                     row = await cur.fetchone()
+                    await self._append_in(conn, audit_events)
                     await self._send(conn, "connection", c.slug)
             except psycopg.errors.UniqueViolation:
                 raise SlugTaken(f"the slug {c.slug!r} is taken") from None
@@ -393,7 +396,11 @@ class PostgresStore:
         return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         c = connection
         async with self._connection() as conn, conn.transaction():
@@ -416,22 +423,28 @@ class PostgresStore:
                 raise VersionConflict(
                     f"the connection {c.slug!r} was changed by another writer; retry"
                 )
+            await self._append_in(conn, audit_events)
             await self._send(conn, "connection", c.slug)
         self._notify_local(Change("connection", c.slug))
         return _connection_from_row(row)
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
         async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM igris_connections WHERE slug = %s RETURNING slug", (slug,)
             )
             if await cur.fetchone() is None:
                 raise NotFound(f"no connection {slug!r}")
+            await self._append_in(conn, audit_events)
             await self._send(conn, "connection", slug)
         self._notify_local(Change("connection", slug))
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         k = key
         async with self._connection() as conn:
             try:
@@ -444,6 +457,7 @@ class PostgresStore:
                          k.created_at, k.expires_at, k.revoked_at),
                     )  # fmt: skip
                     row = await cur.fetchone()
+                    await self._append_in(conn, audit_events)
                     await self._send(conn, "api_key", k.id)
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"an API key with the id {k.id!r} or the same key exists") from None
@@ -467,7 +481,9 @@ class PostgresStore:
             rows = await cur.fetchall()
         return [_api_key_from_row(r) for r in rows]
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         async with self._connection() as conn, conn.transaction():
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_api_keys SET revoked_at = coalesce(revoked_at, %s) "  # noqa: S608
@@ -477,6 +493,7 @@ class PostgresStore:
             row = await cur.fetchone()
             if row is None:
                 raise NotFound(f"no API key {key_id!r}")
+            await self._append_in(conn, audit_events)
             await self._send(conn, "api_key", key_id)
         self._notify_local(Change("api_key", key_id))
         return _api_key_from_row(row)
@@ -501,81 +518,87 @@ class PostgresStore:
         """
         if not events:
             return
+        async with self._connection() as conn, conn.transaction():
+            await self._append_in(conn, events)
+
+    async def _append_in(self, conn: AsyncConnection[Any], events: Sequence[AuditEvent]) -> None:
+        """``append_audit_events``'s work, in the caller's transaction."""
+        if not events:
+            return
         key = self._audit_key
         by_connection: dict[str, list[AuditEvent]] = {}
         for event in events:
             by_connection.setdefault(chain_name(event.connection), []).append(event)
-        async with self._connection() as conn, conn.transaction():
-            heads: dict[str, tuple[int, str | None]] = {}
-            old_heads: dict[str | None, ChainHead | None] = {}
-            for slug in sorted(by_connection):
-                await conn.execute(
-                    "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
-                    "ON CONFLICT (connection) DO NOTHING",
-                    (slug,),
-                )
-                cur = await conn.execute(
-                    "SELECT seq, hash, key_id, mac FROM igris_audit_heads"
-                    " WHERE connection = %s FOR UPDATE",
-                    (slug,),
-                )
-                head = await cur.fetchone()
-                assert head is not None
-                heads[slug] = (int(head[0]), head[1])
-                chain = slug or None
-                old_heads[chain] = (
-                    None
-                    if head[3] is None
-                    else ChainHead(chain, int(head[0]), head[1], head[2], head[3])
-                )
-            cur = await conn.execute(
-                "SELECT id FROM igris_audit_events WHERE id = ANY(%s)", ([e.id for e in events],)
-            )
-            seen = {r[0] for r in await cur.fetchall()}
-            sealed: list[AuditEvent] = []
-            for slug, run in by_connection.items():
-                seq, last_hash = heads[slug]
-                previous = attrs.evolve(run[0], seq=seq, hash=last_hash) if seq else None
-                for event in run:
-                    if event.id in seen:
-                        continue
-                    seen.add(event.id)
-                    previous = seal_event(event, previous, key)
-                    sealed.append(previous)
-                if previous is not None and previous.seq != seq:
-                    heads[slug] = (previous.seq, previous.hash)
-            if not sealed:
-                return
-            tails = {e.connection: e for e in sealed}
-            # The anchor row is one lock for every writer: batches, not events, take turns.
+        heads: dict[str, tuple[int, str | None]] = {}
+        old_heads: dict[str | None, ChainHead | None] = {}
+        for slug in sorted(by_connection):
             await conn.execute(
                 "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
                 "ON CONFLICT (connection) DO NOTHING",
-                (ANCHOR,),
+                (slug,),
             )
             cur = await conn.execute(
                 "SELECT seq, hash, key_id, mac FROM igris_audit_heads"
                 " WHERE connection = %s FOR UPDATE",
-                (ANCHOR,),
+                (slug,),
             )
-            row = await cur.fetchone()
-            assert row is not None
-            anchor = None if row[3] is None else ChainAnchor(int(row[0]), row[1], row[2], row[3])
-            new_heads, new_anchor = advance_heads(
-                tails, {c: old_heads.get(c) for c in tails}, anchor, key
+            head = await cur.fetchone()
+            assert head is not None
+            heads[slug] = (int(head[0]), head[1])
+            chain = slug or None
+            old_heads[chain] = (
+                None
+                if head[3] is None
+                else ChainHead(chain, int(head[0]), head[1], head[2], head[3])
             )
-            async with conn.cursor() as c:
-                await c.executemany(
-                    _INSERT_EVENT,
-                    [_event_params(e) for e in sealed],
-                )
-                await c.executemany(
-                    "UPDATE igris_audit_heads SET seq = %s, hash = %s, key_id = %s, mac = %s"
-                    " WHERE connection = %s",
-                    [(h.seq, h.hash, h.key_id, h.mac, chain_name(h.chain)) for h in new_heads]
-                    + [(new_anchor.chains, new_anchor.digest, new_anchor.key_id, new_anchor.mac,
-                        ANCHOR)],
-                )
+        cur = await conn.execute(
+            "SELECT id FROM igris_audit_events WHERE id = ANY(%s)", ([e.id for e in events],)
+        )
+        seen = {r[0] for r in await cur.fetchall()}
+        sealed: list[AuditEvent] = []
+        for slug, run in by_connection.items():
+            seq, last_hash = heads[slug]
+            previous = attrs.evolve(run[0], seq=seq, hash=last_hash) if seq else None
+            for event in run:
+                if event.id in seen:
+                    continue
+                seen.add(event.id)
+                previous = seal_event(event, previous, key)
+                sealed.append(previous)
+            if previous is not None and previous.seq != seq:
+                heads[slug] = (previous.seq, previous.hash)
+        if not sealed:
+            return
+        tails = {e.connection: e for e in sealed}
+        # The anchor row is one lock for every writer: batches, not events, take turns.
+        await conn.execute(
+            "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
+            "ON CONFLICT (connection) DO NOTHING",
+            (ANCHOR,),
+        )
+        cur = await conn.execute(
+            "SELECT seq, hash, key_id, mac FROM igris_audit_heads"
+            " WHERE connection = %s FOR UPDATE",
+            (ANCHOR,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        anchor = None if row[3] is None else ChainAnchor(int(row[0]), row[1], row[2], row[3])
+        new_heads, new_anchor = advance_heads(
+            tails, {c: old_heads.get(c) for c in tails}, anchor, key
+        )
+        async with conn.cursor() as c:
+            await c.executemany(
+                _INSERT_EVENT,
+                [_event_params(e) for e in sealed],
+            )
+            await c.executemany(
+                "UPDATE igris_audit_heads SET seq = %s, hash = %s, key_id = %s, mac = %s"
+                " WHERE connection = %s",
+                [(h.seq, h.hash, h.key_id, h.mac, chain_name(h.chain)) for h in new_heads]
+                + [(new_anchor.chains, new_anchor.digest, new_anchor.key_id, new_anchor.mac,
+                    ANCHOR)],
+            )
 
     async def use_audit_key(self, key: AuditKey | None) -> None:
         """Seal with ``key`` from now on; re-seal a trail from before keyed

@@ -10,9 +10,7 @@ from igris_mw_postgres import PostgresStore
 from igris_mw_postgres._store import _event_from_row
 from psycopg.rows import dict_row
 
-from igris_mw._service import Service
-from igris_mw.testing import FixedKeyring
-from igris_mw.testing.audit_suite import AuditTamperSuite, Raw, Trail
+from igris_mw.testing.audit_suite import AuditTamperSuite, Raw, Trail, service_for
 
 _COLS = (
     "id, connection, seq, ts, kind, action, api_key_id, \"user\", metadata, method, path, "
@@ -25,7 +23,7 @@ class PostgresTrail:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.store = PostgresStore(dsn)
-        self.svc = Service(self.store, FixedKeyring())
+        self.svc = service_for(self.store)
 
     def read(self, chain: str) -> Raw:
         with psycopg.connect(self.dsn) as conn:

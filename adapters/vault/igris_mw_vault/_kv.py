@@ -246,7 +246,11 @@ class VaultKVStore:
                 code="vault_bad_record",
             ) from exc
 
-    async def create_connection(self, connection: Connection) -> Connection:
+    # ``audit_events`` are ignored: this store keeps no audit trail; the
+    # Service has written them to the separate audit sink first.
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         path = self._path("connections", connection.slug)
         version = await self._write(path, self._conn_data(connection), cas=0)
         if version is None:
@@ -284,7 +288,11 @@ class VaultKVStore:
         return Page(items, _encode_cursor(page[-1]) if more and page else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         current = await self.get_connection(connection.slug)
         if current.version != expected_version:
@@ -302,7 +310,9 @@ class VaultKVStore:
         self._notify(Change("connection", connection.slug))
         return attrs.evolve(updated, version=version)
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
         await self.get_connection(slug)
         await self._destroy(self._path("connections", slug))
         self._notify(Change("connection", slug))
@@ -340,7 +350,9 @@ class VaultKVStore:
                 code="vault_bad_record",
             ) from exc
 
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         if not _ID_RE.match(key.id):
             raise ValidationError("id", "must be 1-128 letters, digits, '_', '.' or '-'")
         path = self._path("api-keys", key.id)
@@ -375,7 +387,9 @@ class VaultKVStore:
         keys = [f[0] for f in found if f is not None]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         for _ in range(_REVOKE_RETRIES):
             found = await self._get_key(key_id)
             if found is None:
