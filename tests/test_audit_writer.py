@@ -171,7 +171,8 @@ async def test_close_is_bounded_when_the_sink_ignores_cancellation(tmp_path: Pat
 
 async def test_close_uses_close_timeout_by_default() -> None:
     """With no timeout given, aclose is bounded by the writer's close_timeout."""
-    writer = AuditWriter(StuckSink(), close_timeout=0.3, linger=0)
+    sink = StuckSink()
+    writer = AuditWriter(sink, close_timeout=0.3, linger=0)
     await writer.start()
     writer.emit(_event(1))
     await asyncio.sleep(0.02)
@@ -179,6 +180,8 @@ async def test_close_uses_close_timeout_by_default() -> None:
     started = loop.time()
     await asyncio.wait_for(writer.aclose(), 5)
     assert loop.time() - started < 0.8
+    sink.release.set()  # let the abandoned task end before the test's loop does
+    await asyncio.sleep(0.02)
 
 
 async def test_a_spill_load_cut_short_keeps_its_events(tmp_path: Path) -> None:
@@ -196,3 +199,19 @@ async def test_a_spill_load_cut_short_keeps_its_events(tmp_path: Path) -> None:
     assert [e.id for e in sink.events] == [e.id for e in older + newer]
     assert not loading.exists()
     assert not spill.exists()
+
+
+async def test_close_spills_into_a_directory_not_made_yet(tmp_path: Path) -> None:
+    """The spill file's directory is created (0700) when missing, so nothing is lost at close."""
+    spill = tmp_path / "not-yet" / "spill.jsonl"
+    sink = FlakySink()
+    sink.down = True
+    writer = AuditWriter(sink, spill_path=spill, retry_delay=0.01, max_retry_delay=0.02)
+    await writer.start()
+    events = [_event(i) for i in range(3)]
+    for e in events:
+        writer.emit(e)
+    await writer.aclose(timeout=0.1)
+    assert [json.loads(x)["id"] for x in spill.read_text().splitlines()] == [e.id for e in events]
+    assert stat.S_IMODE(spill.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(spill.stat().st_mode) == 0o600

@@ -159,7 +159,16 @@ class AuditWriter:
             log.error("audit: the writer task failed: %r", task.exception())
         if self._pending:
             if self._spill is not None:
-                self._spill_pending()
+                count = len(self._pending)
+                try:
+                    self._spill_pending()
+                except OSError as exc:
+                    log.error(
+                        "audit: %d events are lost: the spill file %s cannot be written (%s)",
+                        count,
+                        self._spill,
+                        exc.strerror or type(exc).__name__,
+                    )
             else:
                 log.error(
                     "audit: %d events could not be written and no spill file is set",
@@ -215,6 +224,8 @@ class AuditWriter:
 
     def _write_spill(self, events: list[AuditEvent]) -> None:
         assert self._spill is not None
+        # The data directory may not exist yet (serve on a shared store makes none).
+        self._spill.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
             for event in events:

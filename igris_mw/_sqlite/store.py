@@ -63,6 +63,7 @@ from ..models import (
     Connection,
     Page,
     Scope,
+    tls_text,
 )
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 from .schema import (
@@ -289,8 +290,8 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, tls, created_at, updated_at,"
+                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -318,6 +319,7 @@ class SQLiteStore:
             int(c.enabled),
             c.credential_version,
             c.ciphertext,
+            tls_text(c.tls),
         )
 
     @staticmethod
@@ -363,7 +365,7 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " updated_at = ?, rotated_at = ?, version = version + 1"
+                    " tls = ?, updated_at = ?, rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),
@@ -471,7 +473,7 @@ class SQLiteStore:
     # -- audit -----------------------------------------------------------
     async def use_audit_key(self, key: AuditKey | None) -> None:
         """Seal with ``key`` from now on; a trail from before keyed chains
-        (schema migration 2 marked it) is re-sealed under it now, once."""
+        (schema migration 3 marked it) is re-sealed under it now, once."""
         self._audit_key = key
         if key is not None:
             await self._run(lambda db: _reseal(db, key))
@@ -618,7 +620,7 @@ def _write_heads(
 
 
 def _reseal(db: sqlite3.Connection, key: AuditKey) -> None:
-    """Migration 2's second half: every unkeyed chain that verifies as it
+    """Migration 3's second half: every unkeyed chain that verifies as it
     stands is sealed again under ``key`` (same ids, order and seqs), and
     gets its head. A chain that does not verify is left as it is, so
     ``audit verify`` keeps reporting it rather than the re-seal vouching for it."""

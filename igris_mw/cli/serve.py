@@ -77,6 +77,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="wait for upstream response headers (default: $IGRIS_UPSTREAM_TIMEOUT, else 60)",
     )
     p.add_argument(
+        "--upstream-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA certificates trusted for every https upstream, besides the system's "
+        "(default: $IGRIS_UPSTREAM_CA_FILE)",
+    )
+    p.add_argument(
+        "--upstream-proxy",
+        default=None,
+        metavar="URL",
+        help="forward proxy http://[user:pass@]host:port for all upstream traffic, CONNECT "
+        "for https (default: $IGRIS_UPSTREAM_PROXY; prefer the variable for a password, "
+        "which other local users can see in a command line)",
+    )
+    p.add_argument(
         "--allowed-origin",
         action="append",
         default=None,
@@ -139,10 +154,9 @@ async def _bootstrap_admin_key(
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .._gateway import IgrisGateway
     from .._plugins import redact_url, store_from_url
+    from ._shutdown import run_bounded
 
     environ = dict(os.environ)
     settings = Settings.from_env(environ).override(
@@ -191,6 +205,8 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_ttl=args.cache_ttl,
         audit_spill=settings.audit_spill_path,
         environ=environ,
+        upstream_ca_file=args.upstream_ca_file,
+        upstream_proxy=args.upstream_proxy,
     )
     # Half the bound for open requests, 3/10 for the audit queue; the rest
     # is for closing the store and exiting. What the sink has not taken then
@@ -206,8 +222,9 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving on http://{settings.host}:{settings.port} "
         f"(store {redact_url(settings.store_url)})"
     )
-    uvicorn.run(
+    run_bounded(
         app,
+        shutdown_timeout=args.shutdown_timeout,
         host=settings.host,
         port=settings.port,
         loop=loop,
@@ -217,6 +234,5 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=round(args.shutdown_timeout * 0.5),
     )
     return 0

@@ -80,7 +80,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
-    # 2 (issue 10): keyed chains. Events name their audit key and may carry
+    # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
+    "ALTER TABLE igris_connections ADD COLUMN tls text;",
+    # 3 (issue 10): keyed chains. Events name their audit key and may carry
     # changes; heads are MACed; the anchor over all heads is the '#anchor'
     # row (seq: how many chains, hash: the XOR digest). The global chain is
     # connection ''. Existing unkeyed trails are re-sealed by use_audit_key
