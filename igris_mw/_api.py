@@ -227,6 +227,15 @@ class ManagementAPI:
         )
         return 200, _page_json(page, lambda e: e.to_json())
 
+    async def _h_list_all_audit(self, ex: _Exchange) -> _Result:
+        page = await self._service.list_all_audit(
+            **{f: ex.query_str(f) for f in ("slug", "kind", "action", "outcome", "user")},
+            since=ex.query_str("since"),
+            limit=ex.limit(),
+            cursor=ex.query_str("cursor"),
+        )
+        return 200, _page_json(page, lambda e: e.to_json())
+
     async def _h_create_api_key(self, ex: _Exchange) -> _Result:
         body = await ex.json_body("ApiKeyCreate", check_fields=False)
         record, key = await self._service.create_api_key(body, actor=ex.actor)

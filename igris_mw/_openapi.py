@@ -81,6 +81,12 @@ OPERATIONS: tuple[Operation, ...] = (
               operation_id="listAudit", summary="A connection's audit trail, newest first",
               tag="audit", success=200, response="AuditList",
               query=("limit", "cursor", "since")),
+    Operation(method="GET", path="/api/v1/audit", handler="list_all_audit",
+              operation_id="listAllAudit",
+              summary="Every audit event (every connection, and the global trail of API-key "
+                      "and sign-in events), newest first",
+              tag="audit", success=200, response="AuditList",
+              query=("slug", "kind", "action", "outcome", "user", "since", "limit", "cursor")),
     Operation(method="POST", path=_AK, handler="create_api_key",
               operation_id="createApiKey", summary="Issue a gateway API key (shown once)",
               tag="api-keys", success=201, response="ApiKeyCreated", request="ApiKeyCreate"),
@@ -285,6 +291,20 @@ _QUERY: dict[str, dict[str, Any]] = {
     "since": {"name": "since", "in": "query", "required": False,
               "description": "only events at or after this RFC 3339 time",
               "schema": {"type": "string", "format": "date-time"}},
+    "slug": {"name": "slug", "in": "query", "required": False,
+             "description": "only this connection's events", "schema": _SLUG},
+    "kind": {"name": "kind", "in": "query", "required": False,
+             "description": "only events of this kind (gateway, management, ...)",
+             "schema": {"type": "string"}},
+    "action": {"name": "action", "in": "query", "required": False,
+               "description": "only management events with this action (create, revoke, ...)",
+               "schema": {"type": "string"}},
+    "outcome": {"name": "outcome", "in": "query", "required": False,
+                "description": "only events with this outcome (ok, denied, ...)",
+                "schema": {"type": "string"}},
+    "user": {"name": "user", "in": "query", "required": False,
+             "description": "only events of this end user (X-Igris-User)",
+             "schema": {"type": "string", "maxLength": 256}},
 }
 
 _PATH_PARAMS: dict[str, dict[str, Any]] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -63,7 +64,7 @@ from .models import (
     validate_slug,
     validate_upstream_url,
 )
-from .storage import AuditKey, AuditSink, Store, verify_chain
+from .storage import AuditKey, AuditQuery, AuditSink, Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
 
@@ -695,6 +696,37 @@ class Service:
                 raise
         return await self.audit.list_audit_events(slug, limit=limit, cursor=cursor, since=since_at)
 
+    async def list_all_audit(
+        self,
+        *,
+        slug: Any = None,
+        kind: Any = None,
+        action: Any = None,
+        outcome: Any = None,
+        user: Any = None,
+        since: Any = None,
+        limit: Any = 50,
+        cursor: Any = None,
+    ) -> Page[AuditEvent]:
+        """Every event, every chain (the global one too), newest first.
+
+        Raises:
+            ValidationError: a filter that cannot match anything the gateway
+                records (the field is named), ``limit`` outside 1-200, a bad
+                ``since`` or ``cursor``.
+        """
+        query = AuditQuery(
+            slug=None if slug in (None, "") else validate_slug(slug),
+            kind=_token(kind, "kind"),
+            action=_token(action, "action"),
+            outcome=_token(outcome, "outcome"),
+            user=_user_filter(user),
+            since=parse_since(since),
+        )
+        return await self.audit.list_all_audit_events(
+            query, limit=parse_limit(limit), cursor=parse_cursor(cursor)
+        )
+
     async def use_audit_key(self) -> AuditKey | None:
         """Give the audit sink the crypto provider's audit key (once): events
         are sealed under it from then on, and a trail from before keyed
@@ -799,6 +831,26 @@ def diff_changes(
         for f in fields
         if (f in old or f in new) and old.get(f) != new.get(f)
     }
+
+
+_TOKEN_RE = re.compile(r"[a-z][a-z0-9_./-]{0,63}\Z")
+
+
+def _token(value: Any, field: str) -> str | None:
+    """A kind, action or outcome filter: a lowercase token, as the gateway writes them."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+        raise ValidationError(field, "must be a lowercase word such as 'ok' or 'management'")
+    return value
+
+
+def _user_filter(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 256:
+        raise ValidationError("user", "must be text of at most 256 characters")
+    return value
 
 
 def _chain_label(chain: str | None) -> str:

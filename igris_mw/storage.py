@@ -22,7 +22,7 @@ below names. Messages and reprs never contain a DSN password or a token.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -43,11 +43,13 @@ from ._audit.chain import (
     verify_chain,
 )
 from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
+from ._paging import check_limit, decode_cursor, encode_cursor
 from .models import ApiKey, AuditEvent, Connection, Page
 
 __all__ = [
     "ANCHOR",
     "AuditKey",
+    "AuditQuery",
     "AuditSink",
     "Capabilities",
     "ChainAnchor",
@@ -64,11 +66,54 @@ __all__ = [
     "chain_name",
     "check_heads",
     "notify_listeners",
+    "page_by_id",
     "reseal_chain",
     "seal_event",
     "seal_event_json",
     "verify_chain",
 ]
+
+
+@attrs.frozen
+class AuditQuery:
+    """The filters of the whole-trail listing (``GET /api/v1/audit``); ``None``: any.
+
+    ``slug`` is a connection's slug (events about no connection have none);
+    ``since`` keeps events with ``timestamp >= since``.
+    """
+
+    slug: str | None = None
+    kind: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    user: str | None = None
+    since: datetime | None = None
+
+    def matches(self, event: AuditEvent) -> bool:
+        """For stores that filter in Python (the memory store, the JSON-lines sink)."""
+        return (
+            (self.slug is None or event.connection == self.slug)
+            and (self.kind is None or event.kind == self.kind)
+            and (self.action is None or event.action == self.action)
+            and (self.outcome is None or event.outcome == self.outcome)
+            and (self.user is None or event.user == self.user)
+            and (self.since is None or event.timestamp >= self.since)
+        )
+
+
+def page_by_id(
+    events: Iterable[AuditEvent], prefix: bytes, *, limit: int, cursor: str | None
+) -> Page[AuditEvent]:
+    """``list_all_audit_events`` over events held in memory: newest (highest
+    ``id``) first, after ``cursor`` (the last id of the previous page)."""
+    check_limit(limit)
+    before = None if cursor is None else decode_cursor(prefix, cursor)
+    chosen = sorted(
+        (e for e in events if before is None or e.id < before), key=lambda e: e.id, reverse=True
+    )
+    items = chosen[:limit]
+    more = len(chosen) > limit
+    return Page(items, encode_cursor(prefix, items[-1].id) if more else None)
 
 
 @attrs.frozen
@@ -257,6 +302,14 @@ class Store(Protocol):
         ``None`` is the global chain."""
         ...
 
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Every chain's events that match ``query``, newest first by event
+        ``id`` (ids are time-ordered), the global chain's included. Raises
+        ``ValidationError`` (field ``cursor``) for a cursor it did not make."""
+        ...
+
     async def audit_chain(
         self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
@@ -286,6 +339,10 @@ class AuditSink(Protocol):
     async def use_audit_key(self, key: AuditKey | None) -> None: ...
 
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]: ...
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]: ...
 
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
 

@@ -49,6 +49,11 @@ class _SinkBackedStore(MemoryStore):
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         return await self.sink.audit_heads()
 
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        return await self.sink.list_all_audit_events(query, limit=limit, cursor=cursor)
+
     async def list_audit_events(
         self,
         connection: str | None,

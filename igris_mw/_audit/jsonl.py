@@ -55,7 +55,7 @@ from .chain import (
 )
 
 if TYPE_CHECKING:
-    from ..storage import AuditSink
+    from ..storage import AuditQuery, AuditSink
 
 __all__ = ["JsonlAuditSink", "audit_sink_from_url", "build_audit_sink", "event_from_json"]
 
@@ -252,6 +252,17 @@ class JsonlAuditSink:
     def _read_heads_locked(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         with self._thread_lock:
             return self._read_heads()
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Every chain's matching events, newest (highest id) first."""
+        from ..storage import page_by_id
+
+        async with self._lock:
+            await self._refresh()
+            found = [e for c in self._chains.values() for e in c if query.matches(e)]
+        return page_by_id(found, b"jall1:", limit=limit, cursor=cursor)
 
     async def use_audit_key(self, key: AuditKey | None) -> None:
         """Seal with ``key`` from now on; re-seal a file from before keyed chains."""

@@ -55,7 +55,13 @@ from .._errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from .._paging import (
+    check_limit,
+    decode_cursor,
+    decode_seq_cursor,
+    decode_slug_cursor,
+    encode_cursor,
+)
 from ..models import (
     ApiKey,
     AuditEvent,
@@ -65,7 +71,14 @@ from ..models import (
     Scope,
     tls_text,
 )
-from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
+from ..storage import (
+    AuditQuery,
+    Capabilities,
+    Change,
+    ChangeListener,
+    notify_listeners,
+    seal_event_json,
+)
 from .schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -85,6 +98,7 @@ T = TypeVar("T")
 _BUSY_TIMEOUT = 10.0
 _CONN_CURSOR = b"sc1:"
 _AUDIT_CURSOR = b"sa1:"
+_ALL_CURSOR = b"sall1:"
 
 
 @contextmanager
@@ -489,6 +503,42 @@ class SQLiteStore:
                 _append_in(db, pending, key)
 
         await self._run(append)
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        check_limit(limit)
+        sql = "SELECT body FROM audit_events WHERE 1 = 1"
+        params: list[Any] = []
+        if cursor is not None:
+            sql += " AND id < ?"
+            params.append(decode_cursor(_ALL_CURSOR, cursor))
+        if query.slug is not None:
+            sql += " AND connection = ?"
+            params.append(query.slug)
+        if query.since is not None:
+            sql += " AND timestamp >= ?"
+            params.append(to_ms_ceil(query.since))
+        # The other fields live in the event's JSON text only.
+        for path, value in (
+            ("$.kind", query.kind),
+            ("$.action", query.action),
+            ("$.outcome", query.outcome),
+            ("$.user", query.user),
+        ):
+            if value is not None:
+                sql += f" AND json_extract(body, '{path}') = ?"
+                params.append(value)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def select(db: sqlite3.Connection) -> list[AuditEvent]:
+            return [body_to_event(r[0]) for r in db.execute(sql, params).fetchall()]
+
+        found = await self._run(select)
+        items = found[:limit]
+        more = len(found) > limit
+        return Page(items, encode_cursor(_ALL_CURSOR, items[-1].id) if more else None)
 
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         def select(

@@ -23,7 +23,15 @@ from .._errors import (
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import ApiKey, AuditEvent, Connection, Page
-from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
+from ..storage import (
+    AuditQuery,
+    Capabilities,
+    Change,
+    ChangeListener,
+    notify_listeners,
+    page_by_id,
+    seal_event,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -226,6 +234,12 @@ class MemoryStore:
 
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         return dict(self._heads), self._anchor
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        found = (e for chain in self._events.values() for e in chain if query.matches(e))
+        return page_by_id(found, b"mall1:", limit=limit, cursor=cursor)
 
     async def list_audit_events(
         self,

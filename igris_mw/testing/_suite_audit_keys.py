@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from .._audit.chain import audit_chain_hash, check_heads, derive_audit_key, digest_of
+from .._errors import ValidationError
 from ..models import AuditEvent
-from ..storage import Store, verify_chain
+from ..storage import AuditQuery, Store, verify_chain
 from ._suite_base import SuiteBase
-from ._suite_data import make_event
+from ._suite_data import at, make_event
 
 __all__ = ["AuditKeyTests"]
 
@@ -69,3 +74,37 @@ class AuditKeyTests(SuiteBase):
         assert await audit_store.audit_connections() == ["conn"]
         heads, _ = await audit_store.audit_heads()
         assert heads[None].seq == 3
+
+    async def test_list_all_audit_events_newest_first_with_filters(
+        self, audit_store: Store
+    ) -> None:
+        """The whole-trail listing: every chain by id, newest first, paged and filtered."""
+        events = [
+            make_event("one", 0, id="evt_01", user="alice"),
+            make_event(None, 1, id="evt_02", kind="management", action="create"),
+            make_event("two", 2, id="evt_03", outcome="denied"),
+            make_event("one", 3, id="evt_04", user="bob"),
+        ]
+        await audit_store.append_audit_events(events)
+        page = await audit_store.list_all_audit_events(AuditQuery(), limit=3)
+        assert [e.id for e in page.items] == ["evt_04", "evt_03", "evt_02"]
+        assert page.next_cursor is not None
+        rest = await audit_store.list_all_audit_events(
+            AuditQuery(), limit=3, cursor=page.next_cursor
+        )
+        assert [e.id for e in rest.items] == ["evt_01"]
+        assert rest.next_cursor is None
+
+        async def ids(**query: Any) -> list[str]:
+            found = await audit_store.list_all_audit_events(AuditQuery(**query), limit=50)
+            return [e.id for e in found.items]
+
+        assert await ids(slug="one") == ["evt_04", "evt_01"]
+        assert await ids(kind="management") == ["evt_02"]
+        assert await ids(action="create") == ["evt_02"]
+        assert await ids(outcome="denied") == ["evt_03"]
+        assert await ids(user="alice") == ["evt_01"]
+        assert await ids(since=at(2)) == ["evt_04", "evt_03"]
+        assert await ids(slug="one", user="bob") == ["evt_04"]
+        with pytest.raises(ValidationError):
+            await audit_store.list_all_audit_events(AuditQuery(), cursor="bogus!")

@@ -46,11 +46,18 @@ from igris_mw.models import (
     TlsConfig,
     tls_text,
 )
-from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from igris_mw.paging import (
+    check_limit,
+    decode_cursor,
+    decode_seq_cursor,
+    decode_slug_cursor,
+    encode_cursor,
+)
 from igris_mw.plugins import redact_url
 from igris_mw.storage import (
     ANCHOR,
     AuditKey,
+    AuditQuery,
     Capabilities,
     ChainAnchor,
     ChainHead,
@@ -76,6 +83,7 @@ LISTENER_NAME = "igris-mw-listener"
 # Cursor prefixes: the text "c:<slug>" / "a:<seq>", as before the helpers were shared.
 _CONN_CURSOR = b"c:"
 _AUDIT_CURSOR = b"a:"
+_ALL_CURSOR = b"all:"
 
 Row = dict[str, Any]
 
@@ -650,6 +658,37 @@ class PostgresStore:
                     [(chain_name(h.chain), h.seq, h.hash, h.key_id, h.mac) for h in heads]
                     + [(ANCHOR, anchor.chains, anchor.digest, anchor.key_id, anchor.mac)],
                 )
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        check_limit(limit)
+        sql: LiteralString = f"SELECT {_AUDIT_COLS} FROM igris_audit_events WHERE true"  # noqa: S608
+        params: list[Any] = []
+        if cursor is not None:
+            sql += " AND id < %s"
+            params.append(decode_cursor(_ALL_CURSOR, cursor))
+        filters: tuple[tuple[LiteralString, Any], ...] = (
+            (" AND connection = %s", query.slug),
+            (" AND kind = %s", query.kind),
+            (" AND action = %s", query.action),
+            (" AND outcome = %s", query.outcome),
+            (' AND "user" = %s', query.user),
+            (" AND ts >= %s", query.since),
+        )
+        for clause, value in filters:
+            if value is not None:
+                sql += clause
+                params.append(value)
+        params.append(limit + 1)
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                sql + " ORDER BY id DESC LIMIT %s", params
+            )
+            rows = await cur.fetchall()
+        items = [_event_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit and items
+        return Page(items, encode_cursor(_ALL_CURSOR, items[-1].id) if more else None)
 
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         async with self._connection() as conn:
