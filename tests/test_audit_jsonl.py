@@ -17,7 +17,15 @@ import pytest
 from igris_mw._audit.jsonl import JsonlAuditSink, audit_sink_from_url, event_from_json
 from igris_mw._errors import ConfigurationError, StoreUnavailable
 from igris_mw.models import AuditEvent, Page
-from igris_mw.storage import AuditKey, Capabilities, ChainAnchor, ChainHead, Store, verify_chain
+from igris_mw.storage import (
+    AuditKey,
+    AuditQuery,
+    Capabilities,
+    ChainAnchor,
+    ChainHead,
+    Store,
+    verify_chain,
+)
 from igris_mw.testing._memory import MemoryStore
 from igris_mw.testing.storage_suite import StoreSuite, make_event
 
