@@ -197,3 +197,50 @@ async def test_unkeyed_sqlite_trail_is_resealed_by_the_migration(tmp_path: Path)
     finally:
         await store.close()
 
+
+
+def _unkeyed_chain(slug: str, n: int) -> list[AuditEvent]:
+    from datetime import UTC, datetime
+
+    out: list[AuditEvent] = []
+    previous = None
+    for i in range(n):
+        event = AuditEvent(
+            id=f"evt_{slug}{i:020x}", timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+            connection=slug, kind="management", action="update",
+        )  # fmt: skip
+        previous = seal_event(event, previous)
+        out.append(previous)
+    return out
+
+
+async def test_unkeyed_jsonl_file_is_resealed_once(tmp_path: Path) -> None:
+    """A JSON-lines file from before keyed chains is re-sealed under the key, then verifies."""
+    path = tmp_path / "audit.jsonl"
+    events = _unkeyed_chain("ghub", 3) + _unkeyed_chain("other", 2)
+    path.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
+    sink = JsonlAuditSink(path)
+    await sink.open()
+    svc = Service(MemoryStore(), FixedKeyring(), audit=sink)
+    assert await svc.verify_audit() == {"ghub": [], "other": []}
+    stored = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["id"] for e in stored] == [e.id for e in events]
+    assert {e["keyId"] for e in stored} == {FixedKeyring().primary_key_id}
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+async def test_jsonl_keyed_file_without_heads_is_not_resealed(tmp_path: Path) -> None:
+    """Keyed events with their heads file removed are reported, never re-sealed (laundered)."""
+    path = tmp_path / "audit.jsonl"
+    sink = JsonlAuditSink(path)
+    await sink.open()
+    svc = Service(MemoryStore(), FixedKeyring(), audit=sink)
+    await svc.create_connection(
+        {"slug": "ghub", "name": "G", "upstreamUrl": "https://mcp.example/mcp", "credential": "t"}
+    )
+    sink.heads_path.unlink()
+    fresh = JsonlAuditSink(path)
+    await fresh.open()
+    report = await Service(MemoryStore(), FixedKeyring(), audit=fresh).verify_audit()
+    assert "has no signed head" in "\n".join(report["ghub"])
+    assert not fresh.heads_path.exists()

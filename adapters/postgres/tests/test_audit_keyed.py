@@ -82,3 +82,48 @@ class TestPostgresTrail(AuditTamperSuite):
         made = PostgresTrail(self.dsn)
         await made.store.open()
         return made
+
+
+def test_unkeyed_trail_is_resealed_by_the_migration(pg_dsn: str) -> None:
+    """A database from before keyed chains (schema 1) is re-sealed under the key on first use."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from igris_mw_postgres._schema import MIGRATIONS
+
+    from igris_mw.models import AuditEvent
+    from igris_mw.storage import seal_event
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[0].encode())
+        conn.execute("CREATE TABLE igris_schema_version (version integer NOT NULL)")
+        conn.execute("INSERT INTO igris_schema_version (version) VALUES (1)")
+        previous = None
+        for i in range(3):
+            event = AuditEvent(
+                id=f"evt_{i:028x}", timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+                connection="ghub", kind="management", action="update",
+            )  # fmt: skip
+            previous = seal_event(event, previous)
+            conn.execute(
+                "INSERT INTO igris_audit_events (id, connection, seq, ts, kind, action, outcome,"
+                " bytes_in, bytes_out, prev_hash, hash) VALUES (%s, 'ghub', %s, %s,"
+                " 'management', 'update', 'ok', 0, 0, %s, %s)",
+                (previous.id, previous.seq, previous.timestamp, previous.prev_hash, previous.hash),
+            )
+        conn.execute("INSERT INTO igris_audit_heads (connection, seq, hash) VALUES ('ghub', 3, %s)",
+                     (previous.hash,))  # fmt: skip
+
+    async def check() -> None:
+        store = PostgresStore(pg_dsn)
+        await store.open()
+        try:
+            svc = service_for(store)
+            assert await svc.verify_audit() == {"ghub": []}
+            chain = await store.audit_chain("ghub")
+            assert [e.id for e in chain] == [f"evt_{i:028x}" for i in range(3)]
+            assert {e.key_id for e in chain} == {(await svc.use_audit_key()).key_id}  # type: ignore[union-attr]
+        finally:
+            await store.close()
+
+    asyncio.run(check())
