@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -814,8 +815,17 @@ class Service:
 # The fields a management event's ``changes`` may name (contract JSON names).
 CHANGE_FIELDS = (
     "name", "upstreamUrl", "authType", "headerName", "enabled", "rateLimit", "tools",
-    "scopes", "connections", "expiresAt", "credentialVersion",
+    "scopes", "connections", "expiresAt", "credentialVersion", "maxConcurrent",
+    "caCertificate", "clientCertificate",
 )  # fmt: skip
+# Certificates are public but long (a CA bundle): recorded by SHA-256 fingerprint.
+_FINGERPRINTED = frozenset({"caCertificate", "clientCertificate"})
+
+
+def _recorded(field: str, value: Any) -> Any:
+    if field in _FINGERPRINTED and isinstance(value, str):
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    return value
 
 
 def diff_changes(
@@ -827,7 +837,7 @@ def diff_changes(
     a rotation shows only as ``credentialVersion``.
     """
     return {
-        f: {"from": old.get(f), "to": new.get(f)}
+        f: {"from": _recorded(f, old.get(f)), "to": _recorded(f, new.get(f))}
         for f in fields
         if (f in old or f in new) and old.get(f) != new.get(f)
     }
