@@ -52,7 +52,16 @@ from igris_mw.models import (
     tls_text,
 )
 from igris_mw.paging import bad_cursor, check_limit
-from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
+from igris_mw.storage import (
+    AuditKey,
+    AuditQuery,
+    Capabilities,
+    ChainAnchor,
+    ChainHead,
+    Change,
+    ChangeListener,
+    notify_listeners,
+)
 
 from ._client import VaultClient, errors_text, json_of
 from ._config import Credentials, parse_store_url
@@ -422,7 +431,7 @@ class VaultKVStore:
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -431,11 +440,22 @@ class VaultKVStore:
         raise ConfigurationError(AUDIT_HINT)
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         raise ConfigurationError(AUDIT_HINT)
 
     async def audit_connections(self) -> list[str]:
+        raise ConfigurationError(AUDIT_HINT)
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Nothing to seal here: the separate sink gets the key."""
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        raise ConfigurationError(AUDIT_HINT)
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
         raise ConfigurationError(AUDIT_HINT)
 
 
