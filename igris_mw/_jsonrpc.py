@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["PEEK_LIMIT", "peek_jsonrpc"]
+__all__ = ["PEEK_LIMIT", "peek_jsonrpc", "prefix_method"]
 
 PEEK_LIMIT = 64 * 1024
 
@@ -59,3 +59,49 @@ def peek_jsonrpc(body: bytes, *, complete: bool) -> tuple[str | None, str | None
                 tools.append(t)
         return (",".join(methods) or None), (",".join(tools) or None)
     return _from_message(doc)
+
+
+_WS = " \t\n\r"
+_DECODER = json.JSONDecoder()
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
+def prefix_method(prefix: bytes) -> str | None:
+    """The top-level ``"method"`` of a JSON object whose body was cut at ``prefix``.
+
+    Not for the audit record (that says ``null`` for a body it did not
+    parse): for checking an ``Mcp-Method`` header against a body too long to
+    read whole. Members are walked at the top level only, each value parsed
+    (``raw_decode``, C speed), so a ``"method"`` inside a string or a nested
+    object is never taken; the first top-level one found wins. A later
+    duplicate member beyond the prefix cannot be seen. ``None`` when the
+    prefix is not an object or is cut before a top-level method.
+    """
+    text = prefix.decode("utf-8", "ignore")
+    i = _skip_ws(text, 0)
+    if not text.startswith("{", i):
+        return None
+    i += 1
+    try:
+        while True:
+            i = _skip_ws(text, i)
+            if text.startswith("}", i):
+                return None
+            key, i = _DECODER.raw_decode(text, i)
+            i = _skip_ws(text, i)
+            if not isinstance(key, str) or not text.startswith(":", i):
+                return None
+            value, i = _DECODER.raw_decode(text, _skip_ws(text, i + 1))
+            if key == "method":
+                return value[:200] if isinstance(value, str) else None
+            i = _skip_ws(text, i)
+            if not text.startswith(",", i):
+                return None
+            i += 1
+    except (ValueError, RecursionError):
+        return None

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from igris_mw._jsonrpc import peek_jsonrpc
+from igris_mw._jsonrpc import peek_jsonrpc, prefix_method
 
 
 def test_peek_single_request() -> None:
@@ -65,3 +65,20 @@ def test_peek_never_raises(body: bytes, complete: bool) -> None:
     method, tool = peek_jsonrpc(body, complete=complete)
     assert method is None or isinstance(method, str)
     assert tool is None or isinstance(tool, str)
+
+
+def test_prefix_method_takes_the_top_level_member_only() -> None:
+    """prefix_method reads the top-level "method" of a cut body, never a nested or quoted decoy."""
+    decoy = b'{"jsonrpc":"2.0","params":{"method":"tools/list"},"note":"\\"method\\":\\"x\\"",'
+    assert prefix_method(decoy + b'"method":"tools/call","pad":"aaaa') == "tools/call"
+    assert prefix_method(decoy + b'"pad":"aaaa') is None
+    assert prefix_method(b'[{"method":"tools/call"}]') is None
+    assert prefix_method(b'{"method":1}') is None
+    assert prefix_method(b'{"meth') is None
+
+
+@given(st.binary(max_size=2048))
+def test_prefix_method_never_raises(body: bytes) -> None:
+    """Any bytes: prefix_method returns a string or None."""
+    found = prefix_method(body)
+    assert found is None or isinstance(found, str)

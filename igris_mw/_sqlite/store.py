@@ -69,6 +69,7 @@ from ..models import (
     Connection,
     Page,
     Scope,
+    policy_to_json,
     tls_text,
 )
 from ..storage import (
@@ -304,8 +305,9 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, tls, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, tls, policy, created_at,"
+                    " updated_at, rotated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -334,6 +336,7 @@ class SQLiteStore:
             c.credential_version,
             c.ciphertext,
             tls_text(c.tls),
+            policy_to_json(c),
         )
 
     @staticmethod
@@ -379,7 +382,7 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " tls = ?, updated_at = ?, rotated_at = ?, version = version + 1"
+                    " tls = ?, policy = ?, updated_at = ?, rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),
@@ -427,7 +430,7 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, scopes, connections, created_at,"
-                    " expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, revoked_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.id,
                         key.name,
@@ -437,6 +440,7 @@ class SQLiteStore:
                         to_ms(key.created_at),
                         to_ms_opt(key.expires_at),
                         to_ms_opt(key.revoked_at),
+                        policy_to_json(key),
                     ),
                 )
                 _append_in(db, events, audit_key)
@@ -463,6 +467,34 @@ class SQLiteStore:
 
         return await self._run(select)
 
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        events, audit_key = list(audit_events), self._audit_key
+
+        def update(db: sqlite3.Connection) -> ApiKey:
+            with _transaction(db):
+                db.execute(
+                    "UPDATE api_keys SET name = ?, connections = ?, expires_at = ?, policy = ?"
+                    " WHERE id = ?",
+                    (
+                        key.name,
+                        None if key.connections is None else json.dumps(sorted(key.connections)),
+                        to_ms_opt(key.expires_at),
+                        policy_to_json(key),
+                        key.id,
+                    ),
+                )
+                row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"no API key {key.id!r}")
+                _append_in(db, events, audit_key)
+                return row_to_api_key(row)
+
+        stored = await self._run(update)
+        self._notify(Change("api_key", key.id))
+        return stored
+
     async def revoke_api_key(
         self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
     ) -> ApiKey:
@@ -487,7 +519,7 @@ class SQLiteStore:
     # -- audit -----------------------------------------------------------
     async def use_audit_key(self, key: AuditKey | None) -> None:
         """Seal with ``key`` from now on; a trail from before keyed chains
-        (schema migration 3 marked it) is re-sealed under it now, once."""
+        (schema migration 4 marked it) is re-sealed under it now, once."""
         self._audit_key = key
         if key is not None:
             await self._run(lambda db: _reseal(db, key))
@@ -670,7 +702,7 @@ def _write_heads(
 
 
 def _reseal(db: sqlite3.Connection, key: AuditKey) -> None:
-    """Migration 3's second half: every unkeyed chain that verifies as it
+    """Migration 4's second half: every unkeyed chain that verifies as it
     stands is sealed again under ``key`` (same ids, order and seqs), and
     gets its head. A chain that does not verify is left as it is, so
     ``audit verify`` keeps reporting it rather than the re-seal vouching for it."""

@@ -187,6 +187,26 @@ class MemoryStore:
         # dicts keep insertion order, so a stable sort breaks created_at ties by insertion.
         return sorted(self._keys.values(), key=lambda k: k.created_at)
 
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        old = self._keys.get(key.id)
+        if old is None:
+            raise NotFound(f"no API key {key.id!r}")
+        self._append_now(audit_events)
+        stored = attrs.evolve(
+            old,
+            name=key.name,
+            connections=key.connections,
+            expires_at=_ms_opt(key.expires_at),
+            rate_limit=key.rate_limit,
+            tools=key.tools,
+            max_concurrent=key.max_concurrent,
+        )
+        self._keys[key.id] = stored
+        self._notify(Change("api_key", key.id))
+        return stored
+
     async def revoke_api_key(
         self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
     ) -> ApiKey:

@@ -82,7 +82,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
     "ALTER TABLE igris_connections ADD COLUMN tls text;",
-    # 3 (issue 10): keyed chains. Events name their audit key and may carry
+    # 3: access policy (rateLimit, tools, maxConcurrent) as one JSON text (NULL: none);
+    # the count of an audit event that stands for several repeated refusals
+    """
+    ALTER TABLE igris_connections ADD COLUMN policy text;
+    ALTER TABLE igris_api_keys ADD COLUMN policy text;
+    ALTER TABLE igris_audit_events ADD COLUMN count integer;
+    """,
+    # 4 (issue 10): keyed chains. Events name their audit key and may carry
     # changes; heads are MACed; the anchor over all heads is the '#anchor'
     # row (seq: how many chains, hash: the XOR digest). The global chain is
     # connection ''. Existing unkeyed trails are re-sealed by use_audit_key

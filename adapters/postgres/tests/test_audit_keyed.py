@@ -15,7 +15,7 @@ from igris_mw.testing.audit_suite import AuditTamperSuite, Raw, Trail, service_f
 _COLS = (
     "id, connection, seq, ts, kind, action, api_key_id, \"user\", metadata, method, path, "
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
-    "prev_hash, hash, key_id, changes"
+    "prev_hash, hash, count, key_id, changes"
 )
 
 
@@ -41,14 +41,15 @@ class PostgresTrail:
             for e in events:
                 conn.execute(
                     f"INSERT INTO igris_audit_events ({_COLS}) VALUES "
-                    f"({', '.join(['%s'] * 23)})",
+                    f"({', '.join(['%s'] * 24)})",
                     (
                         e["id"], chain, e["seq"], e["timestamp"], e["kind"], e["action"],
                         e["apiKeyId"], e["user"],
                         None if e["metadata"] is None else json.dumps(e["metadata"]),
                         e["method"], e["path"], e["rpcMethod"], e["tool"], e["status"],
                         e["outcome"], e["latencyMs"], e["bytesIn"], e["bytesOut"],
-                        e["credentialVersion"], e["prevHash"], e["hash"], e.get("keyId"),
+                        e["credentialVersion"], e["prevHash"], e["hash"], e.get("count"),
+                        e.get("keyId"),
                         None if e.get("changes") is None else json.dumps(e["changes"]),
                     ),
                 )  # fmt: skip
