@@ -74,3 +74,35 @@ async def test_noop_update_and_repeated_disable_record_nothing() -> None:
     await svc.set_enabled("ghub", False)
     await svc.update_connection("ghub", {})
     assert [e.action for e in await store.audit_chain("ghub")] == ["create", "disable"]
+
+
+async def test_api_key_patch_is_audited_on_the_global_chain() -> None:
+    """PATCH of a key records from/to of each changed field, as the acting key, with no secret."""
+    store = MemoryStore()
+    svc = Service(store, FixedKeyring())
+    await svc.create_connection(
+        {"slug": "ghub", "name": "GitHub", "upstreamUrl": "https://mcp.example/mcp",
+         "credential": SECRET}
+    )  # fmt: skip
+    record, key = await svc.create_api_key(
+        {"name": "ci", "scopes": ["mcp"], "connections": ["ghub"]}
+    )
+    await svc.update_api_key(
+        record.id,
+        {"name": "ci-2", "rateLimit": {"requestsPerMinute": 60}, "maxConcurrent": 4},
+        actor="key_admin",
+    )
+    event = (await store.audit_chain(None))[-1]
+    assert (event.connection, event.action, event.api_key_id) == (None, "update", "key_admin")
+    assert event.metadata == {"apiKey": record.id, "name": "ci"}
+    assert event.changes is not None
+    assert event.changes["name"] == {"from": "ci", "to": "ci-2"}
+    assert event.changes["rateLimit"]["from"] is None
+    assert event.changes["rateLimit"]["to"]["requestsPerMinute"] == 60
+    assert event.changes["maxConcurrent"] == {"from": None, "to": 4}
+    assert key not in str(event.to_json())
+    # Deleting the connection takes it out of the key's grant: that change is recorded too.
+    await svc.delete_connection("ghub", actor="key_admin")
+    last = (await store.audit_chain(None))[-1]
+    assert last.changes == {"connections": {"from": ["ghub"], "to": []}}
+    assert (await svc.verify_audit()) == {"(global)": [], "ghub": []}
