@@ -83,6 +83,9 @@ class JsonlAuditSink:
         self.lock_timeout = lock_timeout
         self._chains: dict[str | None, list[AuditEvent]] = {}
         self._key: AuditKey | None = None
+        self._heads_cache: (
+            tuple[tuple[int, int, int], dict[str | None, ChainHead], ChainAnchor] | None
+        ) = None
         self._ids: set[str] = set()
         self._offset = 0  # bytes of the file already indexed
         self._lock = asyncio.Lock()
@@ -231,6 +234,16 @@ class JsonlAuditSink:
 
     def _read_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         try:
+            stat = self.heads_path.stat()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            raise StoreUnavailable(f"the audit heads file cannot be read: {exc}") from exc
+        # The file as this object last wrote it (no other process since): no re-read.
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._heads_cache is not None and self._heads_cache[0] == signature:
+            return dict(self._heads_cache[1]), self._heads_cache[2]
+        try:
             doc = json.loads(self.heads_path.read_bytes())
         except FileNotFoundError:
             return {}, None
@@ -243,6 +256,8 @@ class JsonlAuditSink:
     def _write_heads(self, heads: dict[str | None, ChainHead], anchor: ChainAnchor) -> None:
         doc = {"heads": [h.to_json() for h in heads.values()], "anchor": anchor.to_json()}
         _replace_file(self.heads_path, json.dumps(doc).encode())
+        stat = self.heads_path.stat()
+        self._heads_cache = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), dict(heads), anchor)
 
     async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
         """Every chain's signed head and the anchor over them."""
