@@ -23,6 +23,7 @@ from ._audit.chain import ANCHOR, check_heads
 from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import (
+    ConfigurationError,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
@@ -575,10 +576,13 @@ class Service:
         trail never shows a change as made that was not.
         """
         await self.use_audit_key()
-        if self.audit is self.store:
+        if self.audit is self.store and self.store.capabilities.audit:
             return await write(events)
         try:
+            # A store that keeps no audit and was given no sink refuses here.
             await self.audit.append_audit_events(events)
+        except ConfigurationError:
+            raise
         except Exception as exc:
             raise ServiceUnavailable(
                 "the audit sink cannot record this change, so nothing was changed; "
