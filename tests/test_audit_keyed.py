@@ -7,6 +7,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+import attrs
+from hypothesis import given
+from hypothesis import strategies as st
+
 from igris_mw._audit.chain import audit_chain_hash, seal_event
 from igris_mw._audit.jsonl import JsonlAuditSink
 from igris_mw._service import Service
@@ -244,3 +248,51 @@ async def test_jsonl_keyed_file_without_heads_is_not_resealed(tmp_path: Path) ->
     report = await Service(MemoryStore(), FixedKeyring(), audit=fresh).verify_audit()
     assert "has no signed head" in "\n".join(report["ghub"])
     assert not fresh.heads_path.exists()
+
+
+def _sealed_chain(n: int) -> list[AuditEvent]:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return [AuditEvent(id=f"evt_{i:028x}", timestamp=at, connection="ghub") for i in range(n)]
+
+
+@given(
+    n=st.integers(2, 12),
+    op=st.sampled_from(["edit", "delete", "swap", "truncate", "rehash"]),
+    data=st.data(),
+)
+def test_any_single_tampering_is_detected(n: int, op: str, data: st.DataObject) -> None:
+    """Whatever one edit, removal, swap, cut or unkeyed re-hash does to a chain, verify sees it."""
+    from igris_mw._audit.chain import ChainHead, check_heads, derive_audit_key, verify_chain
+
+    key = derive_audit_key("k1", b"property-test-material")
+    chain: list[AuditEvent] = []
+    previous = None
+    for event in _sealed_chain(n):
+        previous = seal_event(event, previous, key)
+        chain.append(previous)
+    head = ChainHead.sign("ghub", chain[-1].seq, chain[-1].hash, key)
+    i = data.draw(st.integers(0, n - 1))
+    tampered = list(chain)
+    if op == "edit":
+        tampered[i] = attrs.evolve(tampered[i], outcome="denied")
+    elif op == "delete":
+        del tampered[i]
+    elif op == "swap":
+        j = data.draw(st.integers(0, n - 1).filter(lambda j: j != i))
+        tampered[i], tampered[j] = tampered[j], tampered[i]
+    elif op == "truncate":
+        tampered = tampered[:i]  # everything from position i on is cut (i = 0: all of it)
+    else:
+        rehashed: list[AuditEvent] = []
+        prev = None
+        for event in tampered:
+            prev = seal_event(attrs.evolve(event, key_id=None), prev)
+            rehashed.append(prev)
+        tampered = rehashed
+    keys = {"k1": key}
+    problems = verify_chain(tampered, keys=keys)
+    last: dict[str | None, AuditEvent | None] = {"ghub": tampered[-1]} if tampered else {}
+    ends = check_heads(last, {"ghub": head}, None, keys)
+    assert problems or ends.get("ghub"), (op, i)
