@@ -181,46 +181,64 @@ class AuditOps:
             keys[key.key_id] = key
         check_keys = keys if key is not None else None
         heads_of = getattr(self.audit, "audit_heads", None)
-        heads, anchor = await heads_of() if heads_of is not None else ({}, None)
-        await self._audit_keys(
-            [*heads.values(), *([anchor] if anchor is not None else [])], keys
-        )
         names: list[str | None] = list(await self.audit.audit_connections())
-        if slug is None:
-            names = [None, *names, *(h for h in heads if h is not None and h not in names)]
-        elif slug in names or slug in heads:
+        if slug is not None:
+            if slug not in names:
+                found, _ = await heads_of() if heads_of is not None else ({}, None)
+                if slug not in found:
+                    raise NotFound(f"no audit trail for connection {slug!r}")
             names = [slug]
         else:
-            raise NotFound(f"no audit trail for connection {slug!r}")
-        report: dict[str, list[str]] = {}
+            names = [None, *names]
+        problems: dict[str | None, list[str]] = {}
         last: dict[str | None, AuditEvent | None] = {}
-        for name in names:
-            problems: list[str] = []
-            previous: AuditEvent | None = None
+
+        async def walk(name: str | None) -> None:
+            """Verify the chain from where the last walk of it stopped."""
+            previous = last.get(name)
             while True:
                 after = previous.seq if previous is not None else 0
                 batch = await self.audit.audit_chain(name, after_seq=after, limit=1000)
                 if not batch:
                     break
                 await self._audit_keys(batch, keys)
-                problems.extend(verify_chain(batch, previous, check_keys))
+                problems.setdefault(name, []).extend(verify_chain(batch, previous, check_keys))
                 previous = max(batch, key=lambda e: e.seq)
             if previous is not None:
                 last[name] = previous
-            if name is not None or previous is not None or None in heads:
-                report[_chain_label(name)] = problems
+
+        for name in names:
+            await walk(name)
+        # Heads are read after the events: a batch written meanwhile moved a
+        # head past what was walked, so the walk goes on to it (never a
+        # false "events after the head" or "last events removed").
+        heads, anchor = await heads_of() if heads_of is not None else ({}, None)
+        for chain, head in heads.items():
+            if slug is not None and chain != slug:
+                continue
+            seen = last.get(chain)
+            if (seen.seq if seen is not None else 0) < head.seq:
+                await walk(chain)
+        await self._audit_keys(
+            [*heads.values(), *([anchor] if anchor is not None else [])], keys
+        )
+        report: dict[str, list[str]] = {}
+        removed = [c for c in heads if c not in names] if slug is None else []
+        for name in [*names, *removed]:
+            if name is not None or name in last or name in heads:
+                report[_chain_label(name)] = problems.get(name, [])
         ends = check_heads(
             last,
             heads if slug is None else {k: v for k, v in heads.items() if k == slug},
             anchor if slug is None else None,
             check_keys,
         )
-        if slug is not None and anchor is not None:
-            # One chain asked for: the anchor still vouches for its head.
+        if slug is not None:
+            # One chain asked for: the anchor covers every chain, not this one's question.
             ends.pop(ANCHOR, None)
-        for chain, problems in ends.items():
+        for chain, found in ends.items():
             label = "(heads)" if chain == ANCHOR else _chain_label(chain)
-            report.setdefault(label, []).extend(problems)
+            report.setdefault(label, []).extend(found)
         return report
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import attrs
 from hypothesis import given
@@ -296,3 +297,34 @@ def test_any_single_tampering_is_detected(n: int, op: str, data: st.DataObject) 
     last: dict[str | None, AuditEvent | None] = {"ghub": tampered[-1]} if tampered else {}
     ends = check_heads(last, {"ghub": head}, None, keys)
     assert problems or ends.get("ghub"), (op, i)
+
+
+class WritesDuringVerify(MemoryStore):
+    """A store to which another writer appends just before verify reads the heads."""
+
+    armed = False
+
+    async def audit_heads(self) -> tuple[dict[str | None, Any], Any]:
+        if self.armed:
+            self.armed = False
+            from datetime import UTC, datetime
+
+            now = datetime.now(UTC)
+            late = [
+                AuditEvent(id=f"evt_late{i:024x}", timestamp=now, connection=c)
+                for i, c in enumerate(["ghub", "new-one", None])
+            ]
+            await self.append_audit_events(late)
+        return await super().audit_heads()
+
+
+async def test_verify_during_writes_reports_nothing_false() -> None:
+    """Events written between verify's walk and its read of the heads are walked too."""
+    store = WritesDuringVerify()
+    svc = Service(store, FixedKeyring())
+    await svc.create_connection(
+        {"slug": "ghub", "name": "G", "upstreamUrl": "https://mcp.example/mcp", "credential": "t"}
+    )
+    store.armed = True
+    report = await svc.verify_audit()
+    assert report == {"(global)": [], "ghub": [], "new-one": []}
