@@ -175,7 +175,8 @@ class Service(AuditOps):
                     ),
                 )
             conn = attrs.evolve(conn, tls=tls)
-        event = self._event(conn, "create", actor)
+        # A creation records what was created: each field from null.
+        event = self._event(conn, "create", actor, changes=diff_changes({}, conn.to_json()))
         return await self._audited(
             lambda ev: self.store.create_connection(conn, audit_events=ev), [event]
         )
@@ -603,7 +604,9 @@ class Service(AuditOps):
             tools=tools,
             max_concurrent=max_concurrent,
         )
-        event = self._key_event(record, "create", actor)
+        event = self._key_event(
+            record, "create", actor, changes=diff_changes({}, record.to_json())
+        )
         stored = await self._audited(
             lambda ev: self.store.create_api_key(record, audit_events=ev), [event]
         )

@@ -106,3 +106,24 @@ async def test_api_key_patch_is_audited_on_the_global_chain() -> None:
     last = (await store.audit_chain(None))[-1]
     assert last.changes == {"connections": {"from": ["ghub"], "to": []}}
     assert (await svc.verify_audit()) == {"(global)": [], "ghub": []}
+
+
+async def test_creation_records_what_was_created() -> None:
+    """Create events carry each set field from null (the credential only as its version)."""
+    store = MemoryStore()
+    svc = Service(store, FixedKeyring())
+    await svc.create_connection(
+        {"slug": "ghub", "name": "GitHub", "upstreamUrl": "https://mcp.example/mcp",
+         "credential": SECRET}
+    )  # fmt: skip
+    created = (await store.audit_chain("ghub"))[0]
+    assert created.changes is not None
+    assert created.changes["upstreamUrl"] == {"from": None, "to": "https://mcp.example/mcp"}
+    assert created.changes["credentialVersion"] == {"from": None, "to": 1}
+    assert created.changes["enabled"] == {"from": None, "to": True}
+    record, key = await svc.create_api_key({"name": "ci", "scopes": ["mcp"]})
+    event = (await store.audit_chain(None))[-1]
+    assert event.changes is not None
+    assert event.changes["scopes"] == {"from": None, "to": ["mcp"]}
+    assert SECRET not in str(created.to_json())
+    assert key not in str(event.to_json())
