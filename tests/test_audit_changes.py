@@ -121,7 +121,7 @@ async def test_creation_records_what_was_created() -> None:
     assert created.changes["upstreamUrl"] == {"from": None, "to": "https://mcp.example/mcp"}
     assert created.changes["credentialVersion"] == {"from": None, "to": 1}
     assert created.changes["enabled"] == {"from": None, "to": True}
-    record, key = await svc.create_api_key({"name": "ci", "scopes": ["mcp"]})
+    _, key = await svc.create_api_key({"name": "ci", "scopes": ["mcp"]})
     event = (await store.audit_chain(None))[-1]
     assert event.changes is not None
     assert event.changes["scopes"] == {"from": None, "to": ["mcp"]}
