@@ -13,6 +13,12 @@ a hash chain made by ``seal_event``, exactly as a store's audit methods.
   (then ``StoreUnavailable``, and the audit writer retries): a worker
   thread blocked for ever on another process's lock would make shutdown
   hang. Readers pick up lines appended by others on every call.
+* Keyed chains (``use_audit_key``): each chain's signed head and the anchor
+  over all heads live beside the file in ``<file>.heads`` (0600, replaced
+  atomically under the same lock after each batch). A file from before
+  keyed chains (events, no heads file, no keyed event) is re-sealed under
+  the key by the first ``use_audit_key``: rewritten whole, atomically (the
+  one operation that holds a whole file in memory, once).
 * File I/O runs in a worker thread (``asyncio.to_thread``), never on the loop.
 * Events are read from the file, never kept: the index rebuilt on
   ``open()`` holds per connection the last event (to chain the next) and
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fcntl
+import heapq
 import json
 import os
 import threading
@@ -44,16 +51,25 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .._errors import AuditRejected, ConfigurationError, StoreUnavailable
-from .._paging import bad_cursor, check_limit, decode_seq_cursor, encode_cursor
+from .._paging import bad_cursor, check_limit, decode_cursor, decode_seq_cursor, encode_cursor
 from ..models import AuditEvent, Page
-from .chain import seal_event
+from .chain import (
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    reseal_chain,
+    seal_event,
+    verify_chain,
+)
 
 if TYPE_CHECKING:
-    from ..storage import AuditSink
+    from ..storage import AuditQuery, AuditSink
 
 __all__ = ["JsonlAuditSink", "audit_sink_from_url", "build_audit_sink", "event_from_json"]
 
 _CURSOR = b"ja1:"
+_ALL_CURSOR = b"jall1:"
 
 
 # Kept for importers of the old name.
@@ -76,6 +92,10 @@ class JsonlAuditSink:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self._index = _Index()
+        self._key: AuditKey | None = None
+        self._heads_cache: (
+            tuple[tuple[int, int, int], dict[str | None, ChainHead], ChainAnchor] | None
+        ) = None
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
         self._opened = False
@@ -172,14 +192,14 @@ class JsonlAuditSink:
                 torn = size > index.offset  # a partial last line: start ours on a new one
                 known = index.known_ids(fh, [e.id for e in events])
                 sealed: list[AuditEvent] = []
-                last: dict[str, AuditEvent | None] = {}
+                last: dict[str | None, AuditEvent | None] = {}
                 for event in events:
                     if event.id in known:
                         continue
                     known.add(event.id)
                     if event.connection not in last:
                         last[event.connection] = index.heads.get(event.connection)
-                    event = seal_event(event, last[event.connection])
+                    event = seal_event(event, last[event.connection], self._key)
                     last[event.connection] = event
                     sealed.append(event)
                 if not sealed:
@@ -202,6 +222,135 @@ class JsonlAuditSink:
                     index.add(event, at)
                     at += len(line)
                 index.offset = size + len(payload)
+                tails = {c: e for c, e in last.items() if e is not None}
+                heads, anchor = self._read_heads()
+                new_heads, new_anchor = advance_heads(
+                    tails, {c: heads.get(c) for c in tails}, anchor, self._key
+                )
+                heads.update((h.chain, h) for h in new_heads)
+                self._write_heads(heads, new_anchor)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    @property
+    def heads_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".heads")
+
+    def _read_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        try:
+            stat = self.heads_path.stat()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            raise StoreUnavailable(f"the audit heads file cannot be read: {exc}") from exc
+        # The file as this object last wrote it (no other process since): no re-read.
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._heads_cache is not None and self._heads_cache[0] == signature:
+            return dict(self._heads_cache[1]), self._heads_cache[2]
+        try:
+            doc = json.loads(self.heads_path.read_bytes())
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError) as exc:
+            raise StoreUnavailable(f"the audit heads file cannot be read: {exc}") from exc
+        heads = {h["chain"]: ChainHead.from_json(h) for h in doc.get("heads", [])}
+        anchor = doc.get("anchor")
+        return heads, None if anchor is None else ChainAnchor.from_json(anchor)
+
+    def _write_heads(self, heads: dict[str | None, ChainHead], anchor: ChainAnchor) -> None:
+        doc = {"heads": [h.to_json() for h in heads.values()], "anchor": anchor.to_json()}
+        _replace_file(self.heads_path, json.dumps(doc).encode())
+        stat = self.heads_path.stat()
+        self._heads_cache = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), dict(heads), anchor)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        """Every chain's signed head and the anchor over them."""
+        async with self._lock:
+            return await asyncio.to_thread(self._read_heads_locked)
+
+    def _read_heads_locked(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        with self._thread_lock:
+            return self._read_heads()
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Every chain's matching events, newest (highest id) first.
+
+        One pass over the file in bounded chunks, keeping only the best
+        ``limit + 1`` events: memory does not grow with the file.
+        """
+        from ..storage import page_by_id
+
+        check_limit(limit)
+        before = None if cursor is None else decode_cursor(_ALL_CURSOR, cursor)
+        async with self._lock:
+            await self._refresh()
+            top = await asyncio.to_thread(self._top_by_id, query, limit + 1, before)
+        return page_by_id(top, _ALL_CURSOR, limit=limit, cursor=cursor)
+
+    def _top_by_id(self, query: AuditQuery, keep: int, before: str | None) -> list[AuditEvent]:
+        with self._thread_lock:
+            end = self._index.offset
+        heap: list[tuple[str, int, AuditEvent]] = []
+        with self.path.open("rb") as fh:
+            for at, raw in _lines_forward(fh, 0, end):
+                if not raw.strip():
+                    continue
+                found = _id_of(raw)
+                if found is None or (before is not None and found >= before):
+                    continue
+                if len(heap) >= keep and found <= heap[0][0]:
+                    continue
+                try:
+                    event = AuditEvent.from_json(json.loads(raw))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if not query.matches(event):
+                    continue
+                item = (event.id, at, event)
+                if len(heap) < keep:
+                    heapq.heappush(heap, item)
+                else:
+                    heapq.heapreplace(heap, item)
+        return [e for _, _, e in heap]
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal with ``key`` from now on; re-seal a file from before keyed chains."""
+        async with self._lock:
+            self._key = key
+            if key is not None:
+                await asyncio.to_thread(self._reseal_sync, key)
+
+    def _reseal_sync(self, key: AuditKey) -> None:
+        with self._thread_lock, self.path.open("a+b") as fh:
+            self._lock_file(fh.fileno())
+            try:
+                self._index.catch_up(fh)
+                if self.heads_path.exists() or not self._index.heads:
+                    return
+                # A migration, once: the file's chains are read whole.
+                chains: dict[str | None, list[AuditEvent]] = {}
+                seen: set[str] = set()
+                for _, raw in _lines_forward(fh, 0, self._index.offset):
+                    try:
+                        event = AuditEvent.from_json(json.loads(raw))
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if event.id not in seen:
+                        seen.add(event.id)
+                        chains.setdefault(event.connection, []).append(event)
+                if any(e.key_id is not None for c in chains.values() for e in c):
+                    return  # keyed events but no heads file: tampering, left for verify
+                for name, events in chains.items():
+                    chains[name] = events if verify_chain(events) else reseal_chain(events, key)
+                lines = b"".join(_line(e) for c in chains.values() for e in c)
+                _replace_file(self.path, lines)
+                tails = {c: e[-1] for c, e in chains.items() if e and e[-1].key_id is not None}
+                heads, anchor = advance_heads(tails, {}, None, key)
+                self._write_heads({h.chain: h for h in heads}, anchor)
+                self._index = _Index()
+                with self.path.open("rb") as fresh:
+                    self._index.catch_up(fresh)
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -221,7 +370,7 @@ class JsonlAuditSink:
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -245,7 +394,7 @@ class JsonlAuditSink:
         return Page(items, encode_cursor(_CURSOR, str(items[-1].seq)) if more else None)
 
     def _newest_sync(
-        self, connection: str, limit: int, before: int | None, since: datetime | None
+        self, connection: str | None, limit: int, before: int | None, since: datetime | None
     ) -> list[AuditEvent]:
         with self._thread_lock:
             end = self._index.offset_before(connection, before)
@@ -269,7 +418,7 @@ class JsonlAuditSink:
         return picked
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         """Events with ``seq > after_seq``, oldest first, at most ``limit``;
         read from the nearest indexed offset on, in bounded chunks."""
@@ -277,7 +426,7 @@ class JsonlAuditSink:
             await self._refresh()
             return await asyncio.to_thread(self._chain_sync, connection, after_seq, limit)
 
-    def _chain_sync(self, connection: str, after_seq: int, limit: int) -> list[AuditEvent]:
+    def _chain_sync(self, connection: str | None, after_seq: int, limit: int) -> list[AuditEvent]:
         with self._thread_lock:
             start = self._index.offset_from(connection, after_seq + 1)
             end = self._index.offset
@@ -298,7 +447,7 @@ class JsonlAuditSink:
         """Every slug with audit events, sorted."""
         async with self._lock:
             await self._refresh()
-            return sorted(self._index.heads)
+            return sorted(c for c in self._index.heads if c is not None)
 
 
 # -- the index: what is kept in memory, whatever the file's size ----------------------
@@ -334,9 +483,9 @@ class _Index:
     """
 
     def __init__(self) -> None:
-        self.heads: dict[str, AuditEvent] = {}
-        self.mark_seqs: dict[str, list[int]] = {}
-        self.mark_offsets: dict[str, list[int]] = {}
+        self.heads: dict[str | None, AuditEvent] = {}
+        self.mark_seqs: dict[str | None, list[int]] = {}
+        self.mark_offsets: dict[str | None, list[int]] = {}
         self.recent: deque[str] = deque()
         self.recent_set: set[str] = set()
         self.floor_ms = -1
@@ -403,7 +552,7 @@ class _Index:
                         break
         return known
 
-    def offset_from(self, connection: str, seq: int) -> int | None:
+    def offset_from(self, connection: str | None, seq: int) -> int | None:
         """An offset at or before the event ``seq`` of ``connection``; None: no events."""
         seqs = self.mark_seqs.get(connection)
         if not seqs:
@@ -411,7 +560,7 @@ class _Index:
         i = bisect.bisect_right(seqs, seq) - 1
         return self.mark_offsets[connection][max(i, 0)]
 
-    def offset_before(self, connection: str, before: int | None) -> int | None:
+    def offset_before(self, connection: str | None, before: int | None) -> int | None:
         """An offset after every event of ``connection`` with ``seq < before``."""
         seqs = self.mark_seqs.get(connection)
         if not seqs:
@@ -459,13 +608,13 @@ def _lines_backward(fh: Any, end: int) -> Iterator[bytes]:
         yield carry
 
 
-def _needle(connection: str) -> bytes:
+def _needle(connection: str | None) -> bytes:
     return b'"connection":' + json.dumps(connection, ensure_ascii=False).encode()
 
 
-def _event_of(raw: bytes, connection: str, needle: bytes) -> AuditEvent | None:
+def _event_of(raw: bytes, connection: str | None, needle: bytes) -> AuditEvent | None:
     """The event on ``raw`` if it belongs to ``connection``, parsing only candidates."""
-    if needle not in raw and b'"connection":' in raw:
+    if needle not in raw and (b'"connection":"' in raw or b'"connection":null' in raw):
         return None  # written compactly (as this sink does) for another connection
     try:
         event = AuditEvent.from_json(json.loads(raw))
@@ -484,6 +633,17 @@ def _id_of(raw: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return found if isinstance(found, str) else None
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (0600, fsynced, renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _decode_cursor(cursor: str) -> int:
