@@ -1,9 +1,13 @@
 """A per-connection cache of client-credentials tokens (RFC 6749 4.4).
 
 A token is renewed ``skew`` seconds before it expires, with ``skew = min(60 s,
-10 % of its lifetime)``: a 1-hour token is renewed at 59 minutes, a 2-second one
-at 1.8 s. At most one token request per connection is in flight in a process:
-the first caller renews, the others wait for its answer; while a token is
+max(1 s, 10 % of its lifetime), half its lifetime)``: a 1-hour token is renewed
+at 59 minutes, a 100-second one at 90 s, a 2-second one at 1 s. The 1 s floor is
+there because servers write ``exp`` in whole seconds, rounded down: a token can
+be up to a second shorter-lived than its ``expires_in`` says.
+
+At most one token request per connection is in flight in a process: the
+first caller renews, the others wait for its answer; while a token is
 still valid inside its renewal window, callers that find a renewal already in
 flight keep using it instead of waiting. When a token request fails, the
 error is remembered for ``failure_backoff`` seconds, so that a burst of requests
@@ -36,7 +40,7 @@ RefreshResult = Literal["ok", "error"]
 
 def renewal_skew(lifetime: float) -> float:
     """Seconds before expiry at which a token of ``lifetime`` seconds is renewed."""
-    return min(60.0, 0.1 * lifetime)
+    return min(60.0, max(1.0, 0.1 * lifetime), 0.5 * lifetime)
 
 
 @attrs.frozen

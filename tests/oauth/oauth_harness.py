@@ -21,7 +21,6 @@ import re
 import shutil
 import socket
 import subprocess
-
 import threading
 import time
 from collections import Counter
@@ -44,9 +43,9 @@ from starlette.routing import Mount, Route
 PROVIDER_DIR = Path(__file__).parent / "provider"
 
 CONFIDENTIAL_CLIENT = "igris-confidential"
-CONFIDENTIAL_SECRET = "test-client-secret-0123456789abcdef"  # noqa: S105 (test fixture)
+CONFIDENTIAL_SECRET = "test-client-secret-0123456789abcdef"
 POST_CLIENT = "igris-confidential-post"
-POST_SECRET = "test-client-secret-post-0123456789abcdef"  # noqa: S105 (test fixture)
+POST_SECRET = "test-client-secret-post-0123456789abcdef"
 PUBLIC_CLIENT = "igris-public"
 REQUIRED_SCOPE = "mcp:tools"
 
@@ -87,7 +86,8 @@ class AuthorizationServer:
         url = f"{self.issuer}/.well-known/openid-configuration"
         while True:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                stderr = self._process.stderr
+                err = stderr.read().decode(errors="replace") if stderr else ""
                 raise RuntimeError(f"oidc-provider exited on start-up: {err[-2000:]}")
             try:
                 if httpx.get(url, timeout=1.0).status_code == 200:
@@ -135,7 +135,8 @@ class AuthorizationServer:
 
     async def set_ttl(self, seconds: int) -> None:
         async with httpx.AsyncClient() as client:
-            (await client.post(f"{self.issuer}/_test/ttl", params={"seconds": seconds})).raise_for_status()
+            resp = await client.post(f"{self.issuer}/_test/ttl", params={"seconds": seconds})
+        resp.raise_for_status()
 
     async def fail_next(self, count: int) -> None:
         async with httpx.AsyncClient() as client:
@@ -166,7 +167,7 @@ async def drive_consent(
             form = _FORM.search(resp.text)
             prompt = _PROMPT.search(resp.text)
             if resp.status_code != 200 or form is None or prompt is None:
-                raise AssertionError(f"unexpected provider page {resp.status_code}: {resp.text[:500]}")
+                raise AssertionError(f"unexpected page {resp.status_code}: {resp.text[:500]}")
             action = urljoin(str(resp.url), unescape(form.group(1)))
             if prompt.group(1) == "login":
                 data = {"prompt": "login", "login": account, "password": "any"}
