@@ -103,7 +103,8 @@ def _ref(name: str) -> dict[str, str]:
 _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _SLUG = {"type": "string", "pattern": SLUG_RE.pattern.replace("\\Z", "$")}
-_AUTH_TYPE = {"type": "string", "enum": ["bearer", "header", "basic", "none"]}
+_AUTH_TYPE = {"type": "string", "enum": ["bearer", "header", "basic", "none",
+                                         "oauth2_client_credentials", "oauth2"]}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 200}
 _URL = {"type": "string", "format": "uri", "maxLength": 2048,
         "description": "http(s):// URL with a host, no user info, no fragment"}
@@ -144,6 +145,14 @@ _CONNECTION_FIELDS: dict[str, Any] = {
     "rotatedAt": _TIME_OR_NULL,
     "gatewayUrl": {"type": "string", "format": "uri",
                    "description": "`<base>/v1/mcp/<slug>`: the URL MCP clients use"},
+}
+
+# Only on OAuth connections (docs/oauth.md); never a token or the client secret.
+_OAUTH_READ_FIELDS: dict[str, Any] = {
+    "oauth": _ref("OAuthSettings"),
+    "oauthStatus": {"type": "string",
+                    "enum": ["authorized", "pending", "reauthorization_required"]},
+    "tokenExpiresAt": _TIME_OR_NULL,
 }
 
 _API_KEY_FIELDS: dict[str, Any] = {
@@ -191,20 +200,37 @@ _SCHEMAS: dict[str, Any] = {
             ["code", "message"])},
         ["error"],
     ),
-    "Connection": _object(_CONNECTION_FIELDS, list(_CONNECTION_FIELDS)),
+    "Connection": _object({**_CONNECTION_FIELDS, **_OAUTH_READ_FIELDS}, list(_CONNECTION_FIELDS)),
+    "OAuthSettings": _object(
+        {"clientId": {"type": "string", "minLength": 1, "maxLength": 256},
+         "scopes": {"type": "array", "maxItems": 64, "items": {"type": "string"}},
+         "tokenUrl": _URL,
+         "authorizationUrl": {**_URL, "description": "oauth2 only; with tokenUrl, or "
+                                                     "both discovered from the upstream"},
+         "audience": {"type": "string", "maxLength": 2048,
+                      "description": "oauth2_client_credentials only"},
+         "resource": {**_URL, "description": "RFC 8707 resource indicator"},
+         "tokenEndpointAuthMethod": {"type": "string",
+                                     "enum": ["client_secret_basic", "client_secret_post"]}},
+        ["clientId"],
+    ),
     "ConnectionCreate": _object(
         {"slug": _SLUG, "name": _NAME, "upstreamUrl": _URL,
          "authType": {**_AUTH_TYPE, "default": "bearer"},
          "headerName": {**_HEADER_NAME, "description": "required when authType is header"},
-         "credential": {**_CREDENTIAL, "description": "required unless authType is none; "
+         "credential": {**_CREDENTIAL, "description": "required unless authType is none "
+                                                      "(optional for oauth2: a public client); "
+                                                      "the client secret for OAuth types; "
                                                       + _CREDENTIAL["description"]},
-         "enabled": {"type": "boolean", "default": True}},
+         "enabled": {"type": "boolean", "default": True},
+         "oauth": {**_ref("OAuthSettings"), "description": "required for OAuth auth types"}},
         ["slug", "name", "upstreamUrl"],
     ),
     "ConnectionUpdate": _object(
         {"name": _NAME, "upstreamUrl": _URL, "authType": _AUTH_TYPE,
          "headerName": {"type": ["string", "null"], "pattern": _HEADER_NAME["pattern"]},
-         "enabled": {"type": "boolean"}},
+         "enabled": {"type": "boolean"},
+         "oauth": _ref("OAuthSettings")},
     ),
     "RotateRequest": _object(
         {"credential": _CREDENTIAL,

@@ -17,6 +17,7 @@ import attrs
 from ._audit import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
+from ._oauth.config import OAUTH_AUTH_TYPES, parse_oauth
 from ._validation import (
     API_KEY_FIELDS,
     CREATE_FIELDS,
@@ -79,6 +80,19 @@ class AuditSink(Protocol):
     async def audit_connections(self) -> list[str]: ...
 
 
+def _oauth_for(
+    auth_type: AuthType, body: Mapping[str, Any], *, has_secret: bool
+) -> dict[str, Any] | None:
+    """The checked ``oauth`` object a connection of ``auth_type`` keeps (None unless OAuth)."""
+    if auth_type.value in OAUTH_AUTH_TYPES:
+        return parse_oauth(auth_type.value, body.get("oauth"), has_secret=has_secret)
+    if body.get("oauth") is not None:
+        raise ValidationError(
+            "oauth", "is only allowed when authType is oauth2_client_credentials or oauth2"
+        )
+    return None
+
+
 def _bind(conn: Connection) -> bytes:
     return binding(conn.slug, conn.credential_version, conn.upstream_url, conn.auth_type.value)
 
@@ -128,7 +142,10 @@ class Service:
         enabled = parse_bool(body.get("enabled", True), "enabled")
         raw_credential = body.get("credential")
         plaintext: bytes | None = None
-        if auth_type is AuthType.NONE:
+        oauth = _oauth_for(auth_type, body, has_secret=raw_credential is not None)
+        if auth_type is AuthType.OAUTH2 and raw_credential is None:
+            pass  # a public client: PKCE is its only proof
+        elif auth_type is AuthType.NONE:
             if raw_credential is not None:
                 raise ValidationError("credential", "must be omitted when authType is 'none'")
         elif raw_credential is None:
@@ -147,6 +164,7 @@ class Service:
             credential_version=1,
             created_at=now,
             updated_at=now,
+            oauth=oauth,
         )
         if plaintext is not None:
             conn = attrs.evolve(conn, ciphertext=await self.crypto.encrypt(plaintext, _bind(conn)))
@@ -207,6 +225,11 @@ class Service:
             else:
                 header_value = None
             header_name = header_name_for(auth_type, header_value)
+            oauth: Mapping[str, Any] | None = current.oauth
+            if "oauth" in changes or auth_type is not current.auth_type:
+                kept = current.oauth if auth_type.value in OAUTH_AUTH_TYPES else None
+                source = changes if "oauth" in changes else {"oauth": kept}
+                oauth = _oauth_for(auth_type, source, has_secret=current.ciphertext is not None)
             updated = attrs.evolve(
                 current,
                 name=new_name if new_name is not None else current.name,
@@ -215,6 +238,7 @@ class Service:
                 header_name=header_name,
                 enabled=new_enabled if new_enabled is not None else current.enabled,
                 updated_at=self.clock(),
+                oauth=oauth,
             )
             return await self._reseal(current, updated)
 
@@ -225,6 +249,8 @@ class Service:
     async def _reseal(self, current: Connection, updated: Connection) -> Connection:
         if updated.auth_type is AuthType.NONE:
             return attrs.evolve(updated, ciphertext=None)
+        if current.ciphertext is None and updated.auth_type is AuthType.OAUTH2:
+            return updated  # a public OAuth client: nothing to re-seal
         if current.ciphertext is None:
             raise ValidationError(
                 "authType",
@@ -290,6 +316,8 @@ class Service:
             else:
                 header_value = current.header_name if kind is AuthType.HEADER else None
             plaintext = parse_credential(credential, kind)
+            kept = current.oauth if kind.value in OAUTH_AUTH_TYPES else None
+            oauth = _oauth_for(kind, {"oauth": kept}, has_secret=True)
             now = self.clock()
             updated = attrs.evolve(
                 current,
@@ -298,6 +326,7 @@ class Service:
                 credential_version=current.credential_version + 1,
                 updated_at=now,
                 rotated_at=now,
+                oauth=oauth,
             )
             return attrs.evolve(
                 updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))

@@ -270,8 +270,8 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, oauth, created_at, updated_at,"
+                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -298,6 +298,7 @@ class SQLiteStore:
             int(c.enabled),
             c.credential_version,
             c.ciphertext,
+            None if c.oauth is None else json.dumps(dict(c.oauth)),
         )
 
     @staticmethod
@@ -338,7 +339,7 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " updated_at = ?, rotated_at = ?, version = version + 1"
+                    " oauth = ?, updated_at = ?, rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),

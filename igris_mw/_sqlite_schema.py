@@ -64,6 +64,24 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
     ],
+    [
+        # The oauth object of OAuth connections (JSON, never a secret), and
+        # their grants: sealed tokens per (connection, user; "" for the
+        # connection's own), written by compare-and-set on ``version``.
+        "ALTER TABLE connections ADD COLUMN oauth TEXT",
+        """CREATE TABLE oauth_grants (
+            slug TEXT NOT NULL,
+            user TEXT NOT NULL,
+            ciphertext BLOB,
+            expires_at INTEGER,
+            lifetime REAL,
+            status TEXT NOT NULL,
+            lease_until INTEGER,
+            version INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (slug, user)
+        ) WITHOUT ROWID""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -99,6 +117,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         updated_at=from_ms(row["updated_at"]),
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
+        oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
     )
 
 

@@ -41,11 +41,19 @@ __all__ = [
 ]
 
 CREATE_FIELDS = frozenset(
-    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"}
+    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled", "oauth"}
 )
-PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled"})
+PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled", "oauth"})
 _READ_ONLY_FIELDS = frozenset(
-    {"credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl"}
+    {
+        "credentialVersion",
+        "createdAt",
+        "updatedAt",
+        "rotatedAt",
+        "gatewayUrl",
+        "oauthStatus",
+        "tokenExpiresAt",
+    }
 )
 API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt"})
 # Only field names that look like field names are echoed back: a pasted
@@ -94,12 +102,17 @@ def parse_credential(value: object, auth_type: AuthType, field: str = "credentia
     plaintext = validate_secret_text(value, field=field)
     if auth_type is AuthType.BASIC and b":" not in plaintext:
         raise ValidationError(field, "must be 'user:password' for authType basic")
-    if auth_type in (AuthType.BEARER, AuthType.HEADER) and not all(
+    if auth_type in (
+        AuthType.BEARER,
+        AuthType.HEADER,
+        AuthType.OAUTH2_CLIENT_CREDENTIALS,
+        AuthType.OAUTH2,
+    ) and not all(
         0x20 <= b <= 0x7E or b == 0x09 for b in plaintext
     ):
         # It goes out as an HTTP field value as it is: a character that cannot
         # be sent would only fail later, on every request. (basic is base64.)
-        raise ValidationError(field, "must be printable ASCII for authType bearer or header")
+        raise ValidationError(field, f"must be printable ASCII for authType {auth_type}")
     return plaintext
 
 

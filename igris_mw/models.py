@@ -90,6 +90,10 @@ class AuthType(enum.StrEnum):
     HEADER = "header"
     BASIC = "basic"
     NONE = "none"
+    # The credential is an OAuth client secret; the gateway injects the access
+    # token it obtains (docs/oauth.md).
+    OAUTH2_CLIENT_CREDENTIALS = "oauth2_client_credentials"
+    OAUTH2 = "oauth2"
 
 
 class Scope(enum.StrEnum):
@@ -175,6 +179,10 @@ def validate_secret_text(value: object, *, field: str = "credential") -> bytes:
     return value.encode("utf-8")
 
 
+def _optional_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
+
+
 @attrs.frozen(kw_only=True)
 class Connection:
     """An upstream MCP server and its (encrypted) credential.
@@ -198,6 +206,8 @@ class Connection:
     updated_at: datetime
     rotated_at: datetime | None = None
     version: int = 1
+    #: The ``oauth`` object of an OAuth connection (never a secret), else None.
+    oauth: Mapping[str, Any] | None = attrs.field(default=None, converter=_optional_dict)
 
     def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
         """The contract's JSON (never the credential)."""
@@ -213,6 +223,8 @@ class Connection:
             "updatedAt": format_time(self.updated_at),
             "rotatedAt": format_time(self.rotated_at) if self.rotated_at else None,
         }
+        if self.oauth is not None:
+            out["oauth"] = dict(self.oauth)
         if base_url is not None:
             out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"
         return out

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable
-from typing import Literal
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Literal
 
 import attrs
 
@@ -52,6 +52,17 @@ class ClientCredentialsConfig:
     scopes: tuple[str, ...] = ()
     audience: str | None = None
     resource: str | None = None
+
+    @classmethod
+    def from_oauth(cls, oauth: Mapping[str, Any], secret: Secret | None) -> ClientCredentialsConfig:
+        """From a connection's checked ``oauth`` object and its client secret."""
+        return cls(
+            token_url=str(oauth["tokenUrl"]),
+            client=ClientAuth.from_oauth(oauth, secret),
+            scopes=tuple(oauth.get("scopes", ())),
+            audience=oauth.get("audience"),
+            resource=oauth.get("resource"),
+        )
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -46,6 +46,14 @@ class ClientAuth:
     def __attrs_post_init__(self) -> None:
         if (self.method == "none") != (self.client_secret is None):
             raise ValueError("a client secret goes with client_secret_basic/post, none with none")
+
+    @classmethod
+    def from_oauth(cls, oauth: Mapping[str, Any], secret: Secret | None) -> ClientAuth:
+        """From a connection's checked ``oauth`` object; no secret is a public client."""
+        if secret is None:
+            return cls(str(oauth["clientId"]), None, "none")
+        method = cast(AuthMethod, oauth.get("tokenEndpointAuthMethod", "client_secret_basic"))
+        return cls(str(oauth["clientId"]), secret, method)
 
     def apply(self, form: dict[str, str], headers: dict[str, str]) -> None:
         if self.client_secret is None:

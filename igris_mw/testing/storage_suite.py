@@ -238,6 +238,28 @@ class StoreSuite:
         await store.create_connection(given)
         assert await store.get_connection("all-fields") == attrs.evolve(given, version=1)
 
+    async def test_oauth_object_round_trips_and_updates(self, store: Store) -> None:
+        """An OAuth connection's oauth object is stored, read back and replaced by update."""
+        oauth = {
+            "clientId": "client-ü",
+            "scopes": ["mcp:tools", "offline_access"],
+            "tokenUrl": "https://as.example/token?tenant=1",
+            "resource": "https://mcp.example/mcp",
+        }
+        given = make_connection(
+            "oauth-cc", auth_type=AuthType.OAUTH2_CLIENT_CREDENTIALS, oauth=oauth
+        )
+        created = await store.create_connection(given)
+        assert created.oauth == oauth
+        assert (await store.get_connection("oauth-cc")).oauth == oauth
+        changed = attrs.evolve(created, oauth={**oauth, "scopes": []})
+        updated = await store.update_connection(changed, expected_version=1)
+        assert (await store.get_connection("oauth-cc")).oauth == updated.oauth
+        assert updated.oauth is not None
+        assert updated.oauth["scopes"] == []
+        plain = await store.create_connection(make_connection("not-oauth"))
+        assert plain.oauth is None
+
     async def test_ciphertext_bytes_round_trip(self, store: Store) -> None:
         """Ciphertext comes back byte for byte (every byte value, NULs), and None stays None."""
         blob = bytes(range(256)) * 8 + b"\x00\x00"

@@ -80,6 +80,24 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
+    # 2: the oauth object of OAuth connections (JSON text, never a secret) and
+    # their grants: sealed tokens per (connection, user; '' for the
+    # connection's own), written by compare-and-set on version
+    """
+    ALTER TABLE igris_connections ADD COLUMN oauth text;
+    CREATE TABLE igris_oauth_grants (
+        slug text COLLATE "C" NOT NULL,
+        "user" text COLLATE "C" NOT NULL,
+        ciphertext bytea,
+        expires_at timestamptz,
+        lifetime double precision,
+        status text NOT NULL,
+        lease_until timestamptz,
+        version bigint NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (slug, "user")
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -221,6 +221,7 @@ class VaultKVStore:
             "created_at": _time(c.created_at),
             "updated_at": _time(c.updated_at),
             "rotated_at": _time(c.rotated_at),
+            "oauth": dict(c.oauth) if c.oauth is not None else None,
         }
 
     def _conn_from(self, data: Mapping[str, Any], version: int, path: str) -> Connection:
@@ -239,6 +240,7 @@ class VaultKVStore:
                 updated_at=_need_time(data["updated_at"]),
                 rotated_at=_parse_time(data.get("rotated_at")),
                 version=version,
+                oauth=data.get("oauth"),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise StoreUnavailable(
