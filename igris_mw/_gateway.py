@@ -31,13 +31,14 @@ from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit_file import build_audit_sink
 from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
 from ._lifespan import Lifecycle
+from ._oauth.gateway import OAuthInjector
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
 from .crypto import CryptoProvider
-from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
+from .models import SLUG_RE, ApiKey, AuditEvent, Secret, utcnow
 from .models import Scope as KeyScope
 from .storage import Store
 
@@ -152,6 +153,7 @@ class IgrisGateway:
         )
         self.forwarder = Forwarder(timeout=upstream_timeout)
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
+        self.oauth = OAuthInjector(on_refresh=self._token_refreshed)
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -199,6 +201,7 @@ class IgrisGateway:
     async def _close(self) -> None:
         await self.audit.aclose()
         await self.forwarder.close()
+        await self.oauth.aclose()
         await self.resolver.aclose()
         if self._audit_store is not None and self._audit_store is not self.store:
             closer = getattr(self._audit_store, "close", None)
@@ -257,6 +260,7 @@ class IgrisGateway:
             "path": path,
         }
         resolved: _Resolved | None = None
+        oauth_token: Secret | None = None
         # Admission: each step raises the refusal it stands for. The two lookups
         # are awaited here, not in a helper, to keep the warm path at two awaits.
         try:
@@ -278,6 +282,10 @@ class IgrisGateway:
             resolved = found
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
+            if found.client_credentials is not None:
+                target, oauth_token = await self.oauth.client_credentials_target(
+                    slug, target, found.client_credentials
+                )
         except IgrisError as exc:
             await self._refuse(send, exc, fields, started, known=resolved is not None)
             return
@@ -306,6 +314,8 @@ class IgrisGateway:
             gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
             prefix=prefix,
         )
+        if oauth_token is not None and result.status == 401:
+            self.oauth.refused(slug, oauth_token)
         self._emit(
             fields,
             started,
@@ -343,6 +353,19 @@ class IgrisGateway:
         except Exception:
             # Cannot tell (store down): keep the event rather than lose it.
             return True
+
+    def _token_refreshed(self, slug: str, result: str) -> None:
+        """Audit one OAuth token request of ``slug`` (its result, never the token)."""
+        self.audit.emit(
+            AuditEvent(
+                id=new_event_id(),
+                timestamp=_now_ms(),
+                connection=slug,
+                kind="credential",
+                action="oauth_token",
+                outcome=result,
+            )
+        )
 
     def _emit(self, fields: dict[str, Any], started: float, **more: Any) -> None:
         event = AuditEvent(

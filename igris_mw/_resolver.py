@@ -30,6 +30,7 @@ import attrs
 from . import _auth
 from ._cache import RefreshingCache
 from ._errors import CryptoUnavailable, InvalidCiphertext, NotFound, Unauthorized, UnknownKeyId
+from ._oauth.client_credentials import ClientCredentialsConfig
 from ._proxy import Target
 from ._service import Service
 from .models import ApiKey, AuthType, Connection, utcnow
@@ -63,6 +64,9 @@ class _Resolved:
     connection: Connection
     target: Target | None = attrs.field(repr=False)
     fault: str | None = None
+    #: For ``oauth2_client_credentials``: the token request (holds the client
+    #: secret); ``target`` then injects nothing and the gateway adds the token.
+    client_credentials: ClientCredentialsConfig | None = attrs.field(default=None, repr=False)
 
     def unusable(self) -> CryptoUnavailable:
         """The client-facing error for a connection whose credential cannot be opened."""
@@ -73,9 +77,14 @@ class _Resolved:
         )
 
 
+# OAuth connections inject the access token obtained with the credential, not
+# the credential (the client secret) itself.
+_NO_STATIC_HEADER = frozenset({AuthType.NONE, AuthType.OAUTH2_CLIENT_CREDENTIALS, AuthType.OAUTH2})
+
+
 def inject_headers(conn: Connection, credential: bytes | None) -> tuple[tuple[str, str], ...]:
     """The headers that carry ``credential`` to the upstream, per the connection's auth type."""
-    if conn.auth_type is AuthType.NONE or credential is None:
+    if conn.auth_type in _NO_STATIC_HEADER or credential is None:
         return ()
     text = credential.decode("utf-8")
     if conn.auth_type is AuthType.BEARER:
@@ -188,7 +197,11 @@ class Resolver:
         except InvalidCiphertext as exc:
             return _Resolved(conn, None, _crypto_fault(conn, exc))
         inject = inject_headers(conn, secret.reveal() if secret is not None else None)
-        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject))
+        target = Target(base_url=conn.upstream_url, inject=inject)
+        if conn.auth_type is AuthType.OAUTH2_CLIENT_CREDENTIALS and conn.oauth is not None:
+            config = ClientCredentialsConfig.from_oauth(conn.oauth, secret)
+            return _Resolved(conn, target, client_credentials=config)
+        return _Resolved(conn, target)
 
 
 def _crypto_fault(conn: Connection, exc: InvalidCiphertext) -> str:

@@ -117,7 +117,9 @@ class ClientCredentialsCache:
         """
         now = self._clock()
         entry = self._entries.get(key)
-        if entry is not None and entry.config == config:
+        # Identity first: the resolver hands the same config object until the
+        # connection changes, so the warm path skips comparing the secret.
+        if entry is not None and (entry.config is config or entry.config == config):
             if now < entry.renew_at:
                 return entry.token
             lock = self._locks.get(key)

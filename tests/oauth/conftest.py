@@ -15,9 +15,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-# The helpers live next to this file; importlib mode puts nothing on sys.path.
+# The helpers live next to this file (and the gateway's in ../e2e); importlib
+# mode puts nothing on sys.path.
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
 
+from e2e_harness import Gateway, make_gateway, serve
 from oauth_harness import (
     AuthorizationServer,
     ResourceServer,
@@ -47,6 +50,18 @@ def resource_server(provider: AuthorizationServer) -> Iterator[ResourceServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """A standalone gateway on SQLite, served by uvicorn, with an mcp and an admin key."""
+    store_dir = tmp_path_factory.mktemp("oauth-gateway")
+    gw = make_gateway(store_dir)
+    async with serve(gw) as base_url:
+        service = gw.service
+        mcp_record, mcp_key = await service.create_api_key({"name": "oauth mcp", "scopes": ["mcp"]})
+        _, admin_key = await service.create_api_key({"name": "oauth admin", "scopes": ["admin"]})
+        yield Gateway(gw, base_url, store_dir / "igris.db", mcp_key, mcp_record.id, admin_key)
 
 
 @pytest.fixture

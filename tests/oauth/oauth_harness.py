@@ -193,6 +193,8 @@ class TokenGuard:
         self._lock = threading.Lock()
         self.accepted: list[dict[str, Any]] = []
         self.refused: list[str] = []  # reasons
+        #: Token ids (jti) refused although valid, as if revoked at the resource.
+        self.revoked: frozenset[str] = frozenset()
 
     def validate(self, token: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)
@@ -211,7 +213,14 @@ class TokenGuard:
         )
         if REQUIRED_SCOPE not in str(claims.get("scope", "")).split():
             raise jwt.InvalidTokenError("scope missing")
+        if claims.get("jti") in self.revoked:
+            raise jwt.InvalidTokenError("revoked")
         return claims
+
+    def revoke(self, token: str) -> None:
+        """Refuse ``token`` from now on."""
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        self.revoked = self.revoked | {jti}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/.well-known/"):
