@@ -49,6 +49,7 @@ from ._sqlite_schema import (
     from_ms,
     row_to_api_key,
     row_to_connection,
+    row_to_grant,
     to_ms,
     to_ms_ceil,
     to_ms_opt,
@@ -58,6 +59,7 @@ from .models import (
     AuditEvent,
     AuthType,
     Connection,
+    OAuthGrant,
     Page,
     Scope,
 )
@@ -367,9 +369,64 @@ class SQLiteStore:
                 cur = db.execute("DELETE FROM connections WHERE slug = ?", (slug,))
                 if cur.rowcount == 0:
                     raise NotFound(f"no connection {slug!r}")
+                db.execute("DELETE FROM oauth_grants WHERE slug = ?", (slug,))
 
         await self._run(delete)
         self._notify(Change("connection", slug))
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        def select(db: sqlite3.Connection) -> OAuthGrant | None:
+            row = db.execute(
+                "SELECT * FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user)
+            ).fetchone()
+            return None if row is None else row_to_grant(row)
+
+        return await self._run(select)
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        g = grant
+        values = (
+            g.ciphertext,
+            to_ms_opt(g.expires_at),
+            g.lifetime,
+            g.status,
+            to_ms_opt(g.lease_until),
+            expected_version + 1,
+            to_ms(g.updated_at),
+        )
+
+        def put(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                if expected_version == 0:
+                    cur = db.execute(
+                        "INSERT INTO oauth_grants (ciphertext, expires_at, lifetime, status,"
+                        " lease_until, version, updated_at, slug, user)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*values, g.slug, g.user),
+                    )
+                else:
+                    cur = db.execute(
+                        "UPDATE oauth_grants SET ciphertext = ?, expires_at = ?, lifetime = ?,"
+                        " status = ?, lease_until = ?, version = ?, updated_at = ?"
+                        " WHERE slug = ? AND user = ? AND version = ?",
+                        (*values, g.slug, g.user, expected_version),
+                    )
+                return cur.rowcount == 1
+
+        return await self._run(put)
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                if user is None:
+                    db.execute("DELETE FROM oauth_grants WHERE slug = ?", (slug,))
+                else:
+                    db.execute(
+                        "DELETE FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user)
+                    )
+
+        await self._run(delete)
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(self, key: ApiKey) -> ApiKey:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from .models import ApiKey, AuditEvent, AuthType, Connection, Scope
+from .models import ApiKey, AuditEvent, AuthType, Connection, OAuthGrant, Scope
 
 __all__ = [
     "MIGRATIONS",
@@ -20,6 +20,7 @@ __all__ = [
     "from_ms",
     "row_to_api_key",
     "row_to_connection",
+    "row_to_grant",
     "to_ms",
     "to_ms_ceil",
     "to_ms_opt",
@@ -118,6 +119,20 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
         oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
+    )
+
+
+def row_to_grant(row: sqlite3.Row) -> OAuthGrant:
+    return OAuthGrant(
+        slug=row["slug"],
+        user=row["user"],
+        ciphertext=None if row["ciphertext"] is None else bytes(row["ciphertext"]),
+        expires_at=from_ms_opt(row["expires_at"]),
+        lifetime=row["lifetime"],
+        status=row["status"],
+        lease_until=from_ms_opt(row["lease_until"]),
+        version=row["version"],
+        updated_at=from_ms(row["updated_at"]),
     )
 
 

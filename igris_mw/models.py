@@ -231,6 +231,28 @@ class Connection:
 
 
 @attrs.frozen(kw_only=True)
+class OAuthGrant:
+    """The OAuth tokens a connection holds (for one end user, or ``user=""``), sealed.
+
+    ``ciphertext`` is the envelope of the tokens (access and refresh), bound
+    to ``(slug, user)``; ``status`` is ``authorized``, ``refreshing`` (a
+    replica holds the right to refresh until ``lease_until``) or
+    ``reauthorization_required``. Every write is a compare-and-set on
+    ``version`` (``Store.put_oauth_grant``), which is how replicas take turns.
+    """
+
+    slug: str
+    user: str = ""
+    ciphertext: bytes | None = attrs.field(default=None, repr=False)
+    expires_at: datetime | None = None
+    lifetime: float | None = None
+    status: str = "authorized"
+    lease_until: datetime | None = None
+    version: int = 1
+    updated_at: datetime
+
+
+@attrs.frozen(kw_only=True)
 class ApiKey:
     """A gateway API key's record. The key itself is never stored, only its SHA-256."""
 

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 
 from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
-from .models import ApiKey, AuditEvent, Connection, Page
+from .models import ApiKey, AuditEvent, Connection, OAuthGrant, Page
 
 __all__ = [
     "Capabilities",
@@ -151,7 +151,26 @@ class Store(Protocol):
         ...
 
     async def delete_connection(self, slug: str) -> None:
-        """Raises ``NotFound`` for an unknown slug. The audit trail stays."""
+        """Raises ``NotFound`` for an unknown slug. The audit trail stays; the
+        connection's OAuth grants go with it."""
+        ...
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        """The grant of ``(slug, user)``, or ``None``."""
+        ...
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        """Write ``grant`` (every field) only if the stored version of
+        ``(grant.slug, grant.user)`` is ``expected_version`` (``0``: no row
+        yet); the stored version becomes ``expected_version + 1``. Atomic
+        with respect to every other writer, in this process or another: of
+        two writers with the same ``expected_version`` exactly one wins.
+        Returns whether it was written. The connection need not exist."""
+        ...
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        """Forget ``slug``'s grant of ``user`` (every grant of ``slug`` when None)."""
         ...
 
     # -- gateway API keys ------------------------------------------------

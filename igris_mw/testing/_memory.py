@@ -21,7 +21,7 @@ from .._errors import (
     VersionConflict,
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
-from ..models import ApiKey, AuditEvent, Connection, Page
+from ..models import ApiKey, AuditEvent, Connection, OAuthGrant, Page
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 __all__ = ["MemoryStore"]
@@ -56,6 +56,7 @@ class MemoryStore:
         self._events: dict[str, list[AuditEvent]] = {}
         self._event_ids: set[str] = set()
         self._listeners: list[ChangeListener] = []
+        self._grants: dict[tuple[str, str], OAuthGrant] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -135,7 +136,30 @@ class MemoryStore:
     async def delete_connection(self, slug: str) -> None:
         if self._connections.pop(slug, None) is None:
             raise NotFound(f"no connection {slug!r}")
+        await self.delete_oauth_grants(slug)
         self._notify(Change("connection", slug))
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        return self._grants.get((slug, user))
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        key = (grant.slug, grant.user)
+        current = self._grants.get(key)
+        if (current.version if current is not None else 0) != expected_version:
+            return False
+        self._grants[key] = attrs.evolve(
+            grant,
+            version=expected_version + 1,
+            expires_at=_ms_opt(grant.expires_at),
+            lease_until=_ms_opt(grant.lease_until),
+            updated_at=_ms(grant.updated_at),
+        )
+        return True
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        for key in [k for k in self._grants if k[0] == slug and (user is None or k[1] == user)]:
+            del self._grants[key]
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(self, key: ApiKey) -> ApiKey:

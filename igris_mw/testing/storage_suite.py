@@ -56,7 +56,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from .._errors import Conflict, NotFound, SlugTaken, ValidationError, VersionConflict
-from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope
+from ..models import ApiKey, AuditEvent, AuthType, Connection, OAuthGrant, Scope
 from ..storage import Capabilities, Change, Store, verify_chain
 
 __all__ = [
@@ -259,6 +259,69 @@ class StoreSuite:
         assert updated.oauth["scopes"] == []
         plain = await store.create_connection(make_connection("not-oauth"))
         assert plain.oauth is None
+
+    # -- OAuth grants --------------------------------------------------------
+    async def test_oauth_grant_compare_and_set(self, store: Store) -> None:
+        """put_oauth_grant writes only at the expected version and bumps it by one."""
+        assert await store.get_oauth_grant("granted") is None
+        first = OAuthGrant(
+            slug="granted",
+            ciphertext=bytes(range(256)),
+            expires_at=_at(5),
+            lifetime=3600.0,
+            updated_at=_at(1),
+        )
+        assert await store.put_oauth_grant(first, expected_version=0)
+        assert not await store.put_oauth_grant(first, expected_version=0)
+        got = await store.get_oauth_grant("granted")
+        assert got == attrs.evolve(first, version=1)
+        claim = attrs.evolve(got, status="refreshing", lease_until=_at(9), updated_at=_at(2))
+        assert not await store.put_oauth_grant(claim, expected_version=2)
+        assert await store.put_oauth_grant(claim, expected_version=1)
+        assert await store.get_oauth_grant("granted") == attrs.evolve(claim, version=2)
+        cleared = attrs.evolve(
+            claim, ciphertext=None, expires_at=None, lifetime=None, lease_until=None,
+            status="reauthorization_required",
+        )
+        assert await store.put_oauth_grant(cleared, expected_version=2)
+        assert await store.get_oauth_grant("granted") == attrs.evolve(cleared, version=3)
+
+    async def test_oauth_grants_are_per_user_and_deleted_with_their_connection(
+        self, store: Store
+    ) -> None:
+        """Each (slug, user) is its own row; deleting the connection deletes its grants."""
+        await store.create_connection(make_connection("with-grants"))
+        for user in ("", "alice", "bob ü/..", "x" * 200):
+            grant = OAuthGrant(slug="with-grants", user=user, ciphertext=user.encode() or b"-",
+                               updated_at=_at(1))  # fmt: skip
+            assert await store.put_oauth_grant(grant, expected_version=0)
+        alice = await store.get_oauth_grant("with-grants", "alice")
+        assert alice is not None
+        assert alice.ciphertext == b"alice"
+        await store.delete_oauth_grants("with-grants", "alice")
+        assert await store.get_oauth_grant("with-grants", "alice") is None
+        assert await store.get_oauth_grant("with-grants", "bob ü/..") is not None
+        await store.delete_connection("with-grants")
+        for user in ("", "bob ü/..", "x" * 200):
+            assert await store.get_oauth_grant("with-grants", user) is None
+
+    async def test_concurrent_grant_writers_one_wins(self, store: Store) -> None:
+        """Of 10 writers at the same expected version, exactly one writes."""
+        base = OAuthGrant(slug="race", updated_at=_at(1))
+        assert await store.put_oauth_grant(base, expected_version=0)
+        results = await asyncio.gather(
+            *(
+                store.put_oauth_grant(
+                    attrs.evolve(base, ciphertext=bytes([i])), expected_version=1
+                )
+                for i in range(10)
+            )
+        )
+        assert results.count(True) == 1
+        got = await store.get_oauth_grant("race")
+        assert got is not None
+        assert got.version == 2
+        assert got.ciphertext == bytes([results.index(True)])
 
     async def test_ciphertext_bytes_round_trip(self, store: Store) -> None:
         """Ciphertext comes back byte for byte (every byte value, NULs), and None stays None."""

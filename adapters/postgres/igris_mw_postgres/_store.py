@@ -38,7 +38,15 @@ from igris_mw._errors import (
 )
 from igris_mw._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from igris_mw._plugins import redact_url
-from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.models import (
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    OAuthGrant,
+    Page,
+    Scope,
+)
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 from ._notify import CHANNEL, Listener, payload
@@ -59,6 +67,9 @@ Row = dict[str, Any]
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
     "ciphertext, created_at, updated_at, rotated_at, version, oauth"
+)
+_GRANT_COLS = (
+    'slug, "user", ciphertext, expires_at, lifetime, status, lease_until, version, updated_at'
 )
 _API_KEY_COLS = "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at"
 _AUDIT_COLS = (
@@ -91,6 +102,20 @@ def _metadata_text(metadata: Any) -> str | None:
         return None
     # key order kept too, so the record reads back exactly as written
     return json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=True)
+
+
+def _grant_from_row(row: Row) -> OAuthGrant:
+    return OAuthGrant(
+        slug=row["slug"],
+        user=row["user"],
+        ciphertext=bytes(row["ciphertext"]) if row["ciphertext"] is not None else None,
+        expires_at=_utc(row["expires_at"]),
+        lifetime=row["lifetime"],
+        status=row["status"],
+        lease_until=_utc(row["lease_until"]),
+        version=row["version"],
+        updated_at=row["updated_at"].astimezone(UTC),
+    )
 
 
 def _oauth_text(c: Connection) -> str | None:
@@ -415,8 +440,54 @@ class PostgresStore:
             )
             if await cur.fetchone() is None:
                 raise NotFound(f"no connection {slug!r}")
+            await conn.execute("DELETE FROM igris_oauth_grants WHERE slug = %s", (slug,))
             await self._send(conn, "connection", slug)
         self._notify_local(Change("connection", slug))
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_GRANT_COLS} FROM igris_oauth_grants "  # noqa: S608
+                'WHERE slug = %s AND "user" = %s',
+                (slug, user),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _grant_from_row(row)
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        g = grant
+        values = (g.ciphertext, g.expires_at, g.lifetime, g.status, g.lease_until,
+                  expected_version + 1, g.updated_at)  # fmt: skip
+        async with self._connection() as conn, conn.transaction():
+            if expected_version == 0:
+                cur = await conn.execute(
+                    "INSERT INTO igris_oauth_grants (ciphertext, expires_at, lifetime, status, "
+                    'lease_until, version, updated_at, slug, "user") '
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (*values, g.slug, g.user),
+                )
+            else:
+                # A single-row UPDATE ... WHERE version = %s is atomic under
+                # READ COMMITTED: a concurrent writer re-checks the condition
+                # after the first commits, so exactly one of them matches.
+                cur = await conn.execute(
+                    "UPDATE igris_oauth_grants SET ciphertext = %s, expires_at = %s, "
+                    "lifetime = %s, status = %s, lease_until = %s, version = %s, "
+                    'updated_at = %s WHERE slug = %s AND "user" = %s AND version = %s',
+                    (*values, g.slug, g.user, expected_version),
+                )
+            return cur.rowcount == 1
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        async with self._connection() as conn, conn.transaction():
+            if user is None:
+                await conn.execute("DELETE FROM igris_oauth_grants WHERE slug = %s", (slug,))
+            else:
+                await conn.execute(
+                    'DELETE FROM igris_oauth_grants WHERE slug = %s AND "user" = %s',
+                    (slug, user),
+                )
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(self, key: ApiKey) -> ApiKey:

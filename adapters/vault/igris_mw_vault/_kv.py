@@ -41,7 +41,16 @@ from igris_mw._errors import (
     VersionConflict,
 )
 from igris_mw._paging import bad_cursor, check_limit
-from igris_mw.models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.models import (
+    SLUG_RE,
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    OAuthGrant,
+    Page,
+    Scope,
+)
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
 
 from ._client import VaultClient, errors_text, json_of
@@ -307,7 +316,61 @@ class VaultKVStore:
     async def delete_connection(self, slug: str) -> None:
         await self.get_connection(slug)
         await self._destroy(self._path("connections", slug))
+        await self.delete_oauth_grants(slug)
         self._notify(Change("connection", slug))
+
+    # -- OAuth grants: one secret per (slug, user), KV check-and-set as the guard --
+    def _grant_path(self, slug: str, user: str) -> str:
+        # The user is any text: hex keeps it one path segment.
+        return self._path("oauth-grants", slug, user.encode().hex() or "-")
+
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        path = self._grant_path(slug, user)
+        found = await self._read(path)
+        if found is None:
+            return None
+        data, version = found
+        try:
+            ct = data.get("ciphertext")
+            lifetime = data.get("lifetime")
+            return OAuthGrant(
+                slug=slug,
+                user=user,
+                ciphertext=base64.b64decode(ct, validate=True) if ct is not None else None,
+                expires_at=_parse_time(data.get("expires_at")),
+                lifetime=float(lifetime) if lifetime is not None else None,
+                status=str(data["status"]),
+                lease_until=_parse_time(data.get("lease_until")),
+                version=version,
+                updated_at=_need_time(data["updated_at"]),
+            )
+        except (KeyError, ValueError, TypeError, binascii.Error) as exc:
+            raise StoreUnavailable(
+                f"{self._client.where}: the secret at {path!r} is not an igris-mw OAuth grant",
+                code="vault_bad_record",
+            ) from exc
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        g = grant
+        data = {
+            "ciphertext": base64.b64encode(g.ciphertext).decode()
+            if g.ciphertext is not None
+            else None,
+            "expires_at": _time(g.expires_at),
+            "lifetime": g.lifetime,
+            "status": g.status,
+            "lease_until": _time(g.lease_until),
+            "updated_at": _time(g.updated_at),
+        }
+        version = await self._write(self._grant_path(g.slug, g.user), data, cas=expected_version)
+        return version is not None
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        if user is not None:
+            await self._destroy(self._grant_path(slug, user))
+            return
+        for name in await self._list(self._path("oauth-grants", slug)):
+            await self._destroy(self._path("oauth-grants", slug, name))
 
     # -- gateway API keys --------------------------------------------------------
     @staticmethod
