@@ -31,7 +31,7 @@ from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit_file import build_audit_sink
 from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
 from ._lifespan import Lifecycle
-from ._oauth.gateway import OAuthInjector
+from ._oauth.gateway import OAuthRuntime
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
 from ._resolver import Resolver, _Missing, _Resolved
@@ -153,7 +153,7 @@ class IgrisGateway:
         )
         self.forwarder = Forwarder(timeout=upstream_timeout)
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
-        self.oauth = OAuthInjector(on_refresh=self._token_refreshed)
+        self.oauth = OAuthRuntime(self.store, self.crypto, on_refresh=self._token_refreshed)
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -282,10 +282,8 @@ class IgrisGateway:
             resolved = found
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
-            if found.client_credentials is not None:
-                target, oauth_token = await self.oauth.client_credentials_target(
-                    slug, target, found.client_credentials
-                )
+            if found.oauth is not None:
+                target, oauth_token = await self.oauth.target(slug, target, found.oauth)
         except IgrisError as exc:
             await self._refuse(send, exc, fields, started, known=resolved is not None)
             return
@@ -354,8 +352,8 @@ class IgrisGateway:
             # Cannot tell (store down): keep the event rather than lose it.
             return True
 
-    def _token_refreshed(self, slug: str, result: str) -> None:
-        """Audit one OAuth token request of ``slug`` (its result, never the token)."""
+    def _token_refreshed(self, slug: str, user: str, result: str) -> None:
+        """Audit one OAuth token request of ``slug`` (its result, never a token)."""
         self.audit.emit(
             AuditEvent(
                 id=new_event_id(),
@@ -363,6 +361,7 @@ class IgrisGateway:
                 connection=slug,
                 kind="credential",
                 action="oauth_token",
+                user=user or None,
                 outcome=result,
             )
         )

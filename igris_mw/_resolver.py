@@ -30,7 +30,7 @@ import attrs
 from . import _auth
 from ._cache import RefreshingCache
 from ._errors import CryptoUnavailable, InvalidCiphertext, NotFound, Unauthorized, UnknownKeyId
-from ._oauth.client_credentials import ClientCredentialsConfig
+from ._oauth.gateway import OAuthConnection
 from ._proxy import Target
 from ._service import Service
 from .models import ApiKey, AuthType, Connection, utcnow
@@ -64,9 +64,9 @@ class _Resolved:
     connection: Connection
     target: Target | None = attrs.field(repr=False)
     fault: str | None = None
-    #: For ``oauth2_client_credentials``: the token request (holds the client
-    #: secret); ``target`` then injects nothing and the gateway adds the token.
-    client_credentials: ClientCredentialsConfig | None = attrs.field(default=None, repr=False)
+    #: For OAuth auth types (holds the client secret); ``target`` then injects
+    #: nothing and the gateway adds the access token per request.
+    oauth: OAuthConnection | None = attrs.field(default=None, repr=False)
 
     def unusable(self) -> CryptoUnavailable:
         """The client-facing error for a connection whose credential cannot be opened."""
@@ -198,10 +198,7 @@ class Resolver:
             return _Resolved(conn, None, _crypto_fault(conn, exc))
         inject = inject_headers(conn, secret.reveal() if secret is not None else None)
         target = Target(base_url=conn.upstream_url, inject=inject)
-        if conn.auth_type is AuthType.OAUTH2_CLIENT_CREDENTIALS and conn.oauth is not None:
-            config = ClientCredentialsConfig.from_oauth(conn.oauth, secret)
-            return _Resolved(conn, target, client_credentials=config)
-        return _Resolved(conn, target)
+        return _Resolved(conn, target, oauth=OAuthConnection.of(conn, secret))
 
 
 def _crypto_fault(conn: Connection, exc: InvalidCiphertext) -> str:

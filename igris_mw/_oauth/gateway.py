@@ -1,81 +1,252 @@
-"""The gateway side of OAuth connections: the access token for this request, as a Target.
+"""The gateway side of OAuth connections: tokens per request, consent, status.
 
-``OAuthInjector`` holds the process's token caches and one token client (its
-own aiohttp session: token endpoints are not upstreams, and a slow one must
-not hold a slot of the upstream pool). For each request of an OAuth
-connection it hands the gateway a ``Target`` that injects ``Authorization:
-Bearer <access token>``; the Target is built once per token and reused, so
-the warm path costs a dict lookup, a clock read and an identity check.
-When the upstream refuses the token (401), ``refused`` drops it so the next
-request gets a fresh one.
+``OAuthRuntime`` is created once per gateway and holds the process's OAuth
+state: one token client (its own aiohttp session: token endpoints are not
+upstreams, and a slow one must not hold a slot of the upstream pool), the
+``GrantManager`` over the store's sealed grants, the discovery cache, and the
+consent flows awaiting their callback.
+
+Per request of an OAuth connection, ``target`` hands the gateway a ``Target``
+that injects ``Authorization: Bearer <access token>``, built once per token
+and reused: once warm, a dict lookup, two identity checks and a clock read.
+``refused`` (the upstream answered 401) drops the token so the next request
+gets a fresh one.
+
+Consent: ``begin`` makes the authorization URL (discovering the endpoints
+from the upstream when the connection does not name them), ``complete``
+checks the callback, redeems the code and stores the grant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Literal
 
+import aiohttp
 import attrs
 
-from igris_mw._oauth.client_credentials import ClientCredentialsCache, ClientCredentialsConfig
-from igris_mw._oauth.errors import OAuthError
-from igris_mw._oauth.tokens import TokenClient
+from igris_mw._oauth.authorization_code import AuthorizationFlows, AuthorizationRequest
+from igris_mw._oauth.client_credentials import ClientCredentialsConfig
+from igris_mw._oauth.discovery import ServerMetadata, discover
+from igris_mw._oauth.errors import DiscoveryError, OAuthError
+from igris_mw._oauth.grants import GrantManager, GrantState, RefreshConfig, Renewal
+from igris_mw._oauth.sealed import SealedGrantStore
+from igris_mw._oauth.tokens import ClientAuth, TokenClient
 from igris_mw._proxy.upstream import Target
-from igris_mw.models import Secret
+from igris_mw.crypto import CryptoProvider
+from igris_mw.models import Connection, OAuthGrant, Secret, format_time
+from igris_mw.storage import Store
 
-__all__ = ["OAuthInjector", "RefreshListener"]
+__all__ = ["OAuthConnection", "OAuthRuntime", "RefreshListener", "oauth_status"]
 
-#: Called after every token request: (connection slug, "ok" or the error code).
-RefreshListener = Callable[[str, str], None]
+#: Told about every token request: (slug, user, "ok" or the error code).
+RefreshListener = Callable[[str, str, str], None]
+
+#: Discovered endpoints are reused this long.
+DISCOVERY_TTL = 3600.0
+_CAS_ATTEMPTS = 5
 
 
-class OAuthInjector:
-    """Access tokens for OAuth connections, turned into Targets.
+@attrs.frozen
+class OAuthConnection:
+    """What the resolver knows of an OAuth connection (the client secret included)."""
+
+    kind: Literal["oauth2_client_credentials", "oauth2"]
+    upstream_url: str
+    oauth: Mapping[str, Any] = attrs.field(repr=False)
+    client: ClientAuth = attrs.field(repr=False)
+
+    @classmethod
+    def of(cls, conn: Connection, secret: Secret | None) -> OAuthConnection | None:
+        if conn.oauth is None or conn.auth_type.value not in (
+            "oauth2_client_credentials",
+            "oauth2",
+        ):
+            return None
+        kind: Literal["oauth2_client_credentials", "oauth2"] = (
+            "oauth2" if conn.auth_type.value == "oauth2" else "oauth2_client_credentials"
+        )
+        return cls(kind, conn.upstream_url, conn.oauth, ClientAuth.from_oauth(conn.oauth, secret))
+
+
+def oauth_status(grant: OAuthGrant | None) -> dict[str, Any]:
+    """The read-only ``oauthStatus`` and ``tokenExpiresAt`` of a connection's grant."""
+    if grant is None:
+        return {"oauthStatus": "pending", "tokenExpiresAt": None}
+    status = "reauthorization_required" if grant.status == "reauthorization_required" else (
+        "authorized"
+    )
+    expires = grant.expires_at if status == "authorized" else None
+    return {"oauthStatus": status, "tokenExpiresAt": format_time(expires) if expires else None}
+
+
+class OAuthRuntime:
+    """Tokens, grants, discovery and consent for one gateway.
 
     Args:
+        store: where grants live (sealed).
+        crypto: seals and opens them.
         on_refresh: told about every token request and its result (audit, metrics).
-        timeout: seconds for one token request.
+        timeout: seconds for one token or discovery request.
+        clock: wall clock (injectable for tests).
     """
 
-    def __init__(self, *, on_refresh: RefreshListener | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        crypto: CryptoProvider,
+        *,
+        on_refresh: RefreshListener | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
         self._on_refresh = on_refresh
-        self.tokens = TokenClient(timeout=timeout)
-        self.client_credentials = ClientCredentialsCache(self.tokens, on_refresh=self._refreshed)
-        self._targets: dict[str, tuple[Secret, Target]] = {}
+        self._clock = clock
+        self.tokens = TokenClient(timeout=timeout, clock=clock)
+        self.grants = SealedGrantStore(store, crypto)
+        self.manager = GrantManager(self.grants, self.tokens, clock=clock, on_refresh=self._told)
+        self.flows = AuthorizationFlows()
+        self._configs: dict[str, tuple[OAuthConnection, Renewal]] = {}
+        self._targets: dict[Hashable, tuple[Secret, Target]] = {}
+        self._servers: dict[str, tuple[float, ServerMetadata]] = {}
 
     async def aclose(self) -> None:
         await self.tokens.close()
 
-    def _refreshed(self, key: Hashable, result: str, error: OAuthError | None) -> None:
-        if self._on_refresh is not None:
-            self._on_refresh(str(key), result if error is None else error.code)
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self.tokens.session
 
-    async def client_credentials_target(
-        self, slug: str, base: Target, config: ClientCredentialsConfig
+    def _told(self, key: Hashable, error: OAuthError | None, _: GrantState | None) -> None:
+        if self._on_refresh is not None and isinstance(key, tuple):
+            self._on_refresh(str(key[0]), str(key[1]), "ok" if error is None else error.code)
+
+    # -- the gateway path ------------------------------------------------
+    async def target(
+        self, slug: str, base: Target, conn: OAuthConnection, *, user: str = ""
     ) -> tuple[Target, Secret]:
-        """The Target carrying a valid token for ``slug``, and that token.
+        """The Target carrying a valid access token for ``slug`` (and ``user``).
 
         Raises:
+            InvalidGrant: nobody consented, or the grant is gone (502
+                ``reauthorization_required``).
             OAuthError: no token could be obtained (502).
         """
-        token = await self.client_credentials.token(slug, config)
-        return self._target(slug, base, token), token
-
-    def _target(self, slug: str, base: Target, token: Secret) -> Target:
-        memo = self._targets.get(slug)
+        config = await self._config(slug, conn)
+        key = (slug, user)
+        token = await self.manager.token(key, config)
+        memo = self._targets.get(key)
         if memo is not None and memo[0] is token and memo[1].base_url == base.base_url:
-            return memo[1]
+            return memo[1], token
         value = "Bearer " + token.reveal().decode("ascii", "replace")
         # evolve keeps the base's URL and strip list and recomputes the rest.
         target = attrs.evolve(base, inject=(("Authorization", value),))
-        self._targets[slug] = (token, target)
-        return target
+        self._targets[key] = (token, target)
+        return target, token
 
-    def refused(self, slug: str, token: Secret) -> None:
-        """The upstream answered 401 to ``token``: forget it (if it is still current)."""
-        if self.client_credentials.drop(slug, token):
-            self._targets.pop(slug, None)
+    def refused(self, slug: str, token: Secret, *, user: str = "") -> None:
+        """The upstream answered 401 to ``token``: the next request renews."""
+        if self.manager.drop((slug, user), token):
+            self._targets.pop((slug, user), None)
 
-    def forget(self, slug: str) -> None:
-        """The connection changed or went away."""
-        self.client_credentials.forget(slug)
-        self._targets.pop(slug, None)
+    async def _config(self, slug: str, conn: OAuthConnection) -> Renewal:
+        known = self._configs.get(slug)
+        if known is not None and known[0] is conn:
+            return known[1]
+        config: Renewal
+        if conn.kind == "oauth2_client_credentials":
+            config = ClientCredentialsConfig(
+                token_url=str(conn.oauth["tokenUrl"]),
+                client=conn.client,
+                scopes=tuple(conn.oauth.get("scopes", ())),
+                audience=conn.oauth.get("audience"),
+                resource=conn.oauth.get("resource"),
+            )
+        else:
+            token_url = conn.oauth.get("tokenUrl")
+            if token_url is None:
+                token_url = (await self.server(conn)).token_endpoint
+            config = RefreshConfig(
+                token_url=str(token_url),
+                client=conn.client,
+                resource=self.resource(conn),
+            )
+        self._configs[slug] = (conn, config)
+        return config
+
+    # -- discovery and consent -------------------------------------------
+    @staticmethod
+    def resource(conn: OAuthConnection) -> str:
+        """The RFC 8707 resource: the configured one, else the upstream's URL."""
+        return str(conn.oauth.get("resource") or conn.upstream_url)
+
+    async def server(self, conn: OAuthConnection) -> ServerMetadata:
+        """The authorization server's endpoints: configured, or discovered (cached).
+
+        Raises:
+            DiscoveryError: nothing configured and nothing to discover.
+        """
+        if conn.oauth.get("tokenUrl") and conn.oauth.get("authorizationUrl"):
+            return ServerMetadata(
+                issuer="",
+                authorization_endpoint=str(conn.oauth["authorizationUrl"]),
+                token_endpoint=str(conn.oauth["tokenUrl"]),
+            )
+        now = self._clock()
+        cached = self._servers.get(conn.upstream_url)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        _, server = await discover(self.session, conn.upstream_url)
+        if server.authorization_endpoint is None:
+            raise DiscoveryError("the authorization server has no authorization endpoint")
+        if server.code_challenge_methods_supported and (
+            "S256" not in server.code_challenge_methods_supported
+        ):
+            raise DiscoveryError("the authorization server does not support PKCE S256")
+        self._servers[conn.upstream_url] = (now + DISCOVERY_TTL, server)
+        return server
+
+    async def begin(
+        self, slug: str, conn: OAuthConnection, *, redirect_uri: str, user: str = ""
+    ) -> str:
+        """The URL a person opens to consent for ``slug`` (and ``user``)."""
+        server = await self.server(conn)
+        assert server.authorization_endpoint is not None
+        request = AuthorizationRequest(
+            authorization_endpoint=server.authorization_endpoint,
+            token_endpoint=server.token_endpoint,
+            client=conn.client,
+            redirect_uri=redirect_uri,
+            scopes=tuple(conn.oauth.get("scopes", ())),
+            resource=self.resource(conn),
+            issuer=server.issuer or None,
+            iss_required=server.authorization_response_iss_parameter_supported,
+        )
+        return self.flows.begin(request, connection=slug, user=user or None)
+
+    async def complete(self, query: Mapping[str, str]) -> tuple[str, str]:
+        """Check a callback, redeem its code, store the grant; returns (slug, user).
+
+        Raises:
+            InvalidAuthorizationResponse: unknown, used or expired state; bad ``iss``.
+            OAuthError: the person declined, or the code could not be redeemed.
+        """
+        pending, code = self.flows.complete(query)
+        tokens = await self.flows.exchange(self.tokens, pending, code)
+        slug, user = pending.connection, pending.user or ""
+        key = (slug, user)
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self.grants.load(key)
+            expected = current.version if current is not None else 0
+            if await self.grants.compare_and_set(
+                key, expected, GrantState.from_tokens(tokens, version=expected + 1)
+            ):
+                break
+        else:
+            raise OAuthError("the grant could not be stored: too many concurrent writers")
+        self.manager.forget(key)
+        self._targets.pop(key, None)
+        self._told(key, None, None)
+        return slug, user

@@ -1,22 +1,31 @@
-"""Access tokens from a stored authorization-code grant, refreshed safely across replicas.
+"""Access tokens from stored grants, renewed once across replicas.
 
 A grant (access token, refresh token, expiry) lives in a ``GrantStore`` row with
 a ``version``; every write is a compare-and-set on that version. With refresh
-token rotation, a refresh token may be used exactly once: a second use makes
+token rotation a refresh token may be used exactly once: a second use makes
 the server revoke the whole grant (RFC 9700 4.14.2). So a replica that wants
-to refresh first *claims* the row (status ``refreshing`` with a lease, version
+to renew first *claims* the row (status ``refreshing`` with a lease, version
 +1); only the replica whose claim landed talks to the token endpoint, then
-stores the rotated tokens (version +1 again). Others, in this process or in
+stores the new tokens (version +1 again). The others, in this process or in
 another, wait for that write and use its tokens; while the current access
 token is still valid they keep using it instead of waiting. A claim whose
-lease ran out (its replica died mid-refresh) may be taken over.
+lease ran out (its replica died mid-renewal) may be taken over.
 
-``invalid_grant`` marks the row ``reauthorization_required``: every replica
-answers ``InvalidGrant`` (502 ``reauthorization_required``) until a new
-consent replaces the row.
+Two kinds of renewal share this: ``RefreshConfig`` (authorization code grants:
+the refresh token, rotated) and ``ClientCredentialsConfig`` (a new token for
+the client itself; a missing row is created by the first renewal).
 
-Renewal uses the client-credentials skew (``renewal_skew``). The warm path is a
-dict lookup and a clock read.
+- Renewal happens ``renewal_skew(lifetime)`` before expiry.
+- ``invalid_grant`` marks the row ``reauthorization_required``: every replica
+  answers ``InvalidGrant`` (502 ``reauthorization_required``) until a new
+  consent replaces the row.
+- A failed renewal is remembered for ``failure_backoff`` seconds: a burst of
+  requests during an outage of the token endpoint makes one request.
+- ``drop`` (the upstream answered 401) forgets the token and marks it refused,
+  so the next request renews even though the token has not expired.
+
+The warm path is a dict lookup, an identity check and a clock read: no lock,
+no store read, no I/O.
 """
 
 from __future__ import annotations
@@ -33,11 +42,18 @@ from igris_mw._oauth.errors import InvalidGrant, OAuthError
 from igris_mw._oauth.tokens import ClientAuth, TokenClient, TokenSet
 from igris_mw.models import Secret
 
-__all__ = ["GrantManager", "GrantState", "GrantStore", "MemoryGrantStore", "RefreshConfig"]
+__all__ = [
+    "GrantManager",
+    "GrantState",
+    "GrantStore",
+    "MemoryGrantStore",
+    "RefreshConfig",
+    "Renewal",
+]
 
 GrantStatus = Literal["authorized", "refreshing", "reauthorization_required"]
 
-#: How long a claim to refresh holds before another replica may take it over.
+#: How long a claim to renew holds before another replica may take it over.
 LEASE_SECONDS = 30.0
 _POLL = 0.05
 
@@ -73,7 +89,23 @@ class GrantStore(Protocol):
         """The grant for ``key``, or None."""
 
     async def compare_and_set(self, key: Hashable, expected_version: int, new: GrantState) -> bool:
-        """Store ``new`` if the stored version is ``expected_version``; say whether it was."""
+        """Store ``new`` (at version ``expected_version + 1``) if the stored version is
+        ``expected_version`` (0: no row); say whether it was stored."""
+
+
+class Renewal(Protocol):
+    """How a grant gets a new access token."""
+
+    #: A missing row may be created by renewing (no consent needed).
+    creates: bool
+
+    async def renew(self, tokens: TokenClient, current: GrantState | None) -> TokenSet:
+        """New tokens for the grant ``current``.
+
+        Raises:
+            InvalidGrant: the grant cannot be renewed (someone must consent again).
+            OAuthError: the token endpoint failed.
+        """
 
 
 class MemoryGrantStore:
@@ -89,7 +121,7 @@ class MemoryGrantStore:
         current = self._rows.get(key)
         if (current.version if current is not None else 0) != expected_version:
             return False
-        self._rows[key] = new
+        self._rows[key] = attrs.evolve(new, version=expected_version + 1)
         return True
 
     def put(self, key: Hashable, state: GrantState) -> None:
@@ -98,30 +130,52 @@ class MemoryGrantStore:
 
 @attrs.frozen
 class RefreshConfig:
-    """What a refresh request carries for one connection (and user)."""
+    """Renewal of an authorization-code grant with its refresh token (RFC 6749 6)."""
 
     token_url: str
     client: ClientAuth
     resource: str | None = None
     scopes: tuple[str, ...] = ()
+    creates = False
+
+    async def renew(self, tokens: TokenClient, current: GrantState | None) -> TokenSet:
+        if current is None or current.refresh_token is None:
+            raise InvalidGrant("the connection's OAuth grant has no refresh token: consent again")
+        return await tokens.refresh(
+            self.token_url,
+            self.client,
+            refresh_token=current.refresh_token,
+            scopes=self.scopes,
+            resource=self.resource,
+        )
 
 
 @attrs.frozen
 class _Entry:
+    config: Renewal
     token: Secret
     renew_at: float  # wall clock
     expires_at: float  # wall clock
 
 
+@attrs.frozen
+class _Failure:
+    config: Renewal
+    error: OAuthError
+    until: float
+
+
 class GrantManager:
-    """Hands out access tokens of stored grants; refreshes once, across replicas.
+    """Hands out access tokens of stored grants; renews once, across replicas.
 
     Args:
         store: the grants.
         tokens: the token client.
-        clock: wall clock (shared meaning across replicas; injectable).
-        lease: seconds a refresh claim holds.
-        on_refresh: called after each refresh with the key and its result.
+        clock: wall clock (compared across replicas; injectable).
+        lease: seconds a renewal claim holds.
+        failure_backoff: seconds a failed renewal is answered from memory.
+        on_refresh: called after each renewal with the key, ``"ok"`` or the
+            error, and the new grant (None on failure); must not raise or block.
     """
 
     def __init__(
@@ -131,108 +185,137 @@ class GrantManager:
         *,
         clock: Callable[[], float] = time.time,
         lease: float = LEASE_SECONDS,
-        on_refresh: Callable[[Hashable, str, OAuthError | None], None] | None = None,
+        failure_backoff: float = 1.0,
+        on_refresh: Callable[[Hashable, OAuthError | None, GrantState | None], None] | None = None,
     ) -> None:
         self._store = store
         self._tokens = tokens
         self._clock = clock
         self._lease = lease
+        self._backoff = failure_backoff
         self._on_refresh = on_refresh
         self._entries: dict[Hashable, _Entry] = {}
+        self._failures: dict[Hashable, _Failure] = {}
+        self._refused: dict[Hashable, Secret] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
 
     def forget(self, key: Hashable) -> None:
-        """Drop the in-memory token (a new consent, or the connection changed)."""
+        """Drop what this process remembers of ``key`` (a new consent, a changed connection)."""
         self._entries.pop(key, None)
+        self._failures.pop(key, None)
+        self._refused.pop(key, None)
 
     def drop(self, key: Hashable, token: Secret) -> bool:
-        """The upstream refused ``token``: forget it if it is still the cached one."""
+        """The upstream refused ``token``: renew on the next request (if it is still current)."""
         entry = self._entries.get(key)
         if entry is not None and entry.token == token:
             del self._entries[key]
+            self._refused[key] = token
             return True
         return False
 
-    async def token(self, key: Hashable, config: RefreshConfig) -> Secret:
+    def expires_at(self, key: Hashable) -> float | None:
+        """Wall-clock expiry of the token this process holds for ``key``, if any."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.expires_at
+
+    async def token(self, key: Hashable, config: Renewal) -> Secret:
         """A valid access token for ``key``.
 
         Raises:
-            InvalidGrant: no grant, or the server no longer accepts it.
+            InvalidGrant: no grant (and ``config`` cannot create one), or the
+                server no longer accepts it.
             OAuthError: the token endpoint failed and no valid token is left.
         """
         now = self._clock()
         entry = self._entries.get(key)
-        if entry is not None and now < entry.renew_at:
-            return entry.token
+        if entry is not None and entry.config is config:
+            if now < entry.renew_at:
+                return entry.token
+            lock = self._locks.get(key)
+            if lock is not None and lock.locked() and now < entry.expires_at:
+                return entry.token
         lock = self._locks.setdefault(key, asyncio.Lock())
-        if entry is not None and lock.locked() and now < entry.expires_at:
-            return entry.token
         async with lock:
             return await self._resolve(key, config)
 
-    async def _resolve(self, key: Hashable, config: RefreshConfig) -> Secret:
+    async def _resolve(self, key: Hashable, config: Renewal) -> Secret:
         while True:
             state = await self._store.load(key)
             now = self._clock()
-            if state is None or state.status == "reauthorization_required":
+            if state is None and not config.creates:
                 self._entries.pop(key, None)
                 raise InvalidGrant(
-                    "the connection's OAuth grant needs a new consent (reauthorization_required)"
+                    "nobody has authorized this connection yet (oauthStatus pending)"
                 )
-            usable = self._usable(state, now)
+            if state is not None and state.status == "reauthorization_required":
+                self._entries.pop(key, None)
+                raise InvalidGrant(
+                    "the connection's OAuth grant is no longer valid "
+                    "(reauthorization_required): authorize it again"
+                )
+            usable = self._usable(key, state, config, now) if state is not None else None
             if usable is not None and now < usable.renew_at:
                 self._entries[key] = usable
+                self._refused.pop(key, None)
                 return usable.token
-            if state.status == "refreshing" and (state.lease_until or 0) > now:
-                # Another replica is refreshing: keep using a valid token, else wait.
+            failure = self._failures.get(key)
+            if failure is not None and failure.config is config and now < failure.until:
+                if usable is not None:
+                    return usable.token
+                raise failure.error
+            leased = state is not None and (state.lease_until or 0) > now
+            if state is not None and state.status == "refreshing" and leased:
+                # Another replica is renewing: keep using a valid token, else wait.
                 if usable is not None:
                     return usable.token
                 await asyncio.sleep(_POLL)
                 continue
-            claim = attrs.evolve(
-                state, status="refreshing", version=state.version + 1, lease_until=now + self._lease
-            )
-            if not await self._store.compare_and_set(key, state.version, claim):
+            if state is None:
+                claim = GrantState(None, None, None, status="refreshing")
+                expected = 0
+            else:
+                claim = attrs.evolve(state, status="refreshing")
+                expected = state.version
+            claim = attrs.evolve(claim, lease_until=now + self._lease, version=expected + 1)
+            if not await self._store.compare_and_set(key, expected, claim):
                 continue  # someone else moved first: look again
-            return await self._refresh(key, config, claim, usable)
+            return await self._renew(key, config, claim, usable)
 
-    async def _refresh(
-        self, key: Hashable, config: RefreshConfig, claim: GrantState, usable: _Entry | None
+    async def _renew(
+        self, key: Hashable, config: Renewal, claim: GrantState, usable: _Entry | None
     ) -> Secret:
-        if claim.refresh_token is None:
-            await self._settle(key, claim, attrs.evolve(claim, status="reauthorization_required"))
-            raise InvalidGrant("the connection's OAuth grant has no refresh token: consent again")
+        current = claim if claim.refresh_token is not None or claim.access_token else None
         try:
-            tokens = await self._tokens.refresh(
-                config.token_url,
-                config.client,
-                refresh_token=claim.refresh_token,
-                scopes=config.scopes,
-                resource=config.resource,
-            )
+            tokens = await config.renew(self._tokens, current)
         except InvalidGrant as exc:
-            await self._settle(key, claim, attrs.evolve(claim, status="reauthorization_required"))
+            dead = attrs.evolve(
+                claim, status="reauthorization_required", access_token=None, refresh_token=None
+            )
+            await self._settle(key, claim, dead)
             self._entries.pop(key, None)
-            self._notify(key, "reauthorization_required", exc)
+            self._notify(key, exc, None)
             raise
         except OAuthError as exc:
-            # Release the claim with the tokens unchanged: the refresh token was
-            # not consumed (or we cannot know; the next attempt will tell).
+            # Release the claim, tokens unchanged: a refresh token that failed
+            # for another reason than invalid_grant was not consumed.
             await self._settle(key, claim, attrs.evolve(claim, status="authorized"))
-            self._notify(key, "error", exc)
+            self._failures[key] = _Failure(config, exc, self._clock() + self._backoff)
+            self._notify(key, exc, None)
             if usable is not None and self._clock() < usable.expires_at:
                 return usable.token
             raise
+        self._failures.pop(key, None)
+        self._refused.pop(key, None)
         new = GrantState.from_tokens(tokens, version=claim.version + 1)
-        if not await self._store.compare_and_set(key, claim.version, new):
-            # Our lease ran out and another replica took over: its tokens win;
-            # ours were issued and are valid, so this request may still use them.
-            self._notify(key, "ok", None)
-            return tokens.access_token
-        self._notify(key, "ok", None)
-        entry = self._usable(new, self._clock())
-        if entry is not None:
+        stored = await self._store.compare_and_set(key, claim.version, new)
+        self._notify(key, None, new)
+        entry = self._usable(key, new, config, self._clock())
+        if stored and entry is not None:
             self._entries[key] = entry
+        # Not stored: our lease ran out and another replica took over. Its
+        # tokens win for everyone else; ours were issued and are valid, so
+        # this request may still use them.
         return tokens.access_token
 
     async def _settle(self, key: Hashable, claim: GrantState, new: GrantState) -> None:
@@ -240,15 +323,21 @@ class GrantManager:
             key, claim.version, attrs.evolve(new, version=claim.version + 1, lease_until=None)
         )
 
-    def _usable(self, state: GrantState, now: float) -> _Entry | None:
-        if state.access_token is None:
+    def _usable(
+        self, key: Hashable, state: GrantState, config: Renewal, now: float
+    ) -> _Entry | None:
+        token = state.access_token
+        if token is None or state.status == "reauthorization_required":
+            return None
+        refused = self._refused.get(key)
+        if refused is not None and refused == token:
             return None
         expires_at = state.expires_at if state.expires_at is not None else now + DEFAULT_LIFETIME
         if now >= expires_at:
             return None
         lifetime = state.lifetime if state.lifetime is not None else DEFAULT_LIFETIME
-        return _Entry(state.access_token, expires_at - renewal_skew(lifetime), expires_at)
+        return _Entry(config, token, expires_at - renewal_skew(lifetime), expires_at)
 
-    def _notify(self, key: Hashable, result: str, error: OAuthError | None) -> None:
+    def _notify(self, key: Hashable, error: OAuthError | None, state: GrantState | None) -> None:
         if self._on_refresh is not None:
-            self._on_refresh(key, result, error)
+            self._on_refresh(key, error, state)

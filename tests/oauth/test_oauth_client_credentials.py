@@ -1,10 +1,12 @@
-"""The client-credentials cache against the real provider: single flight, renewal, 401 drop."""
+"""Client-credentials tokens held by GrantManager, against the real provider: single flight,
+renewal, 401 drop, outage backoff, two replicas on one store."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Hashable
+from typing import Any
 
 import aiohttp
 import httpx
@@ -16,12 +18,9 @@ from oauth_harness import (
     ResourceServer,
 )
 
-from igris_mw._oauth.client_credentials import (
-    ClientCredentialsCache,
-    ClientCredentialsConfig,
-    renewal_skew,
-)
+from igris_mw._oauth.client_credentials import ClientCredentialsConfig, renewal_skew
 from igris_mw._oauth.errors import OAuthError
+from igris_mw._oauth.grants import GrantManager, MemoryGrantStore
 from igris_mw._oauth.tokens import ClientAuth, TokenClient
 from igris_mw.models import Secret
 
@@ -39,16 +38,20 @@ async def cc_requests(provider: AuthorizationServer) -> int:
     return await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
 
 
+def manager(session: aiohttp.ClientSession, **options: Any) -> GrantManager:
+    return GrantManager(MemoryGrantStore(), TokenClient(session), **options)
+
+
 async def test_fifty_concurrent_first_requests_make_one_token_request(
     provider: AuthorizationServer,
     resource_server: ResourceServer,
     session: aiohttp.ClientSession,
 ) -> None:
     """50 callers at once on a cold cache: exactly one token request, all get that token."""
-    cache = ClientCredentialsCache(TokenClient(session))
+    cache = manager(session)
     cfg = config(provider, resource_server.resource)
     before = await cc_requests(provider)
-    got = await asyncio.gather(*(cache.token("conn-1", cfg) for _ in range(50)))
+    got = await asyncio.gather(*(cache.token(("conn-1", ""), cfg) for _ in range(50)))
     assert await cc_requests(provider) - before == 1
     assert len({t.reveal() for t in got}) == 1
     resource_server.guard.validate(got[0].reveal().decode())
@@ -61,7 +64,7 @@ async def test_two_second_tokens_are_renewed_with_no_failed_request(
     short_tokens: int,
 ) -> None:
     """10 s of traffic with 2 s tokens: every upstream request is accepted, tokens renewed."""
-    cache = ClientCredentialsCache(TokenClient(session))
+    cache = manager(session)
     cfg = config(provider, resource_server.resource)
     before = await cc_requests(provider)
     statuses: list[int] = []
@@ -69,7 +72,7 @@ async def test_two_second_tokens_are_renewed_with_no_failed_request(
     async with httpx.AsyncClient() as client:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            token = await cache.token("conn-renew", cfg)
+            token = await cache.token(("conn-renew", ""), cfg)
             seen.add(token.reveal())
             resp = await client.post(
                 resource_server.resource,
@@ -95,30 +98,33 @@ async def test_an_upstream_401_drops_the_token_and_the_next_caller_gets_a_new_on
     session: aiohttp.ClientSession,
 ) -> None:
     """drop() forgets the refused token; a stale drop of an older token forgets nothing."""
-    cache = ClientCredentialsCache(TokenClient(session))
+    cache = manager(session)
     cfg = config(provider, resource_server.resource)
-    first = await cache.token("conn-drop", cfg)
-    assert await cache.token("conn-drop", cfg) == first
-    assert cache.drop("conn-drop", first)
-    second = await cache.token("conn-drop", cfg)
+    key = ("conn-drop", "")
+    first = await cache.token(key, cfg)
+    assert await cache.token(key, cfg) == first
+    assert cache.drop(key, first)
+    second = await cache.token(key, cfg)
     assert second != first
-    assert not cache.drop("conn-drop", first)
-    assert await cache.token("conn-drop", cfg) == second
+    assert not cache.drop(key, first)
+    assert await cache.token(key, cfg) == second
 
 
-async def test_a_changed_configuration_gets_a_new_token(
+async def test_two_replicas_on_one_store_request_one_token_between_them(
     provider: AuthorizationServer,
     resource_server: ResourceServer,
     session: aiohttp.ClientSession,
 ) -> None:
-    """A connection whose oauth settings changed does not reuse the old token."""
-    cache = ClientCredentialsCache(TokenClient(session))
+    """Two managers sharing a store, 25 callers each at once: one token request in all."""
+    store = MemoryGrantStore()
+    replicas = [GrantManager(store, TokenClient(session)) for _ in range(2)]
     cfg = config(provider, resource_server.resource)
-    first = await cache.token("conn-cfg", cfg)
-    other = ClientCredentialsConfig(
-        cfg.token_url, cfg.client, scopes=("mcp:tools", "mcp:admin"), resource=cfg.resource
+    before = await cc_requests(provider)
+    got = await asyncio.gather(
+        *(r.token(("conn-two", ""), cfg) for r in replicas for _ in range(25))
     )
-    assert await cache.token("conn-cfg", other) != first
+    assert await cc_requests(provider) - before == 1
+    assert len({t.reveal() for t in got}) == 1
 
 
 async def test_an_outage_makes_one_token_request_per_backoff_not_one_per_caller(
@@ -128,24 +134,24 @@ async def test_an_outage_makes_one_token_request_per_backoff_not_one_per_caller(
 ) -> None:
     """While the token endpoint fails, 20 callers make one request and all see the error."""
     results: list[tuple[Hashable, str]] = []
-    cache = ClientCredentialsCache(
-        TokenClient(session),
+    cache = manager(
+        session,
         failure_backoff=5.0,
-        on_refresh=lambda key, result, _err: results.append((key, result)),
+        on_refresh=lambda key, err, _state: results.append((key, "ok" if err is None else "error")),
     )
     cfg = config(provider, resource_server.resource)
     await provider.fail_next(100)
     try:
         before = await cc_requests(provider)
         outcomes = await asyncio.gather(
-            *(cache.token("conn-out", cfg) for _ in range(20)), return_exceptions=True
+            *(cache.token(("conn-out", ""), cfg) for _ in range(20)), return_exceptions=True
         )
     finally:
         await provider.fail_next(0)
     assert all(isinstance(o, OAuthError) for o in outcomes)
     # The 503s are answered before the provider's grant handling: it counts none.
     assert await cc_requests(provider) - before == 0
-    assert results == [("conn-out", "error")]
+    assert results == [(("conn-out", ""), "error")]
 
 
 async def test_a_failed_renewal_keeps_serving_the_still_valid_token(
@@ -154,19 +160,21 @@ async def test_a_failed_renewal_keeps_serving_the_still_valid_token(
     session: aiohttp.ClientSession,
 ) -> None:
     """Inside the renewal window an outage is invisible: the current token is still used."""
-    now = [1000.0]
-    cache = ClientCredentialsCache(TokenClient(session), clock=lambda: now[0])
+    now = [time.time()]
+    clock = lambda: now[0]  # noqa: E731
+    cache = GrantManager(MemoryGrantStore(), TokenClient(session, clock=clock), clock=clock)
     cfg = config(provider, resource_server.resource)
-    first = await cache.token("conn-keep", cfg)
+    key = ("conn-keep", "")
+    first = await cache.token(key, cfg)
     now[0] += 3600 - 30  # inside the 60 s renewal window of a 1 h token
     await provider.fail_next(1)
-    assert await cache.token("conn-keep", cfg) == first
+    assert await cache.token(key, cfg) == first
     before = await cc_requests(provider)
     now[0] += 0.5  # within the 1 s failure backoff: no new request
-    assert await cache.token("conn-keep", cfg) == first
+    assert await cache.token(key, cfg) == first
     assert await cc_requests(provider) == before
     now[0] += 1  # the backoff is over: renewed
-    assert await cache.token("conn-keep", cfg) != first
+    assert await cache.token(key, cfg) != first
 
 
 @pytest.mark.parametrize(
