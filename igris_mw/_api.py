@@ -17,7 +17,7 @@ import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from ._asgi import Receive, Scope, Send, local_path
@@ -31,11 +31,15 @@ from ._errors import (
     Unauthorized,
     ValidationError,
 )
+from ._oauth.config import OAUTH_AUTH_TYPES, oauth_status
 from ._openapi import OPERATIONS, REQUEST_FIELDS, Operation, build_document
 from ._responses import error_body, error_headers, send_json
 from ._service import Service
-from .models import ApiKey, Page, parse_time, validate_slug
+from .models import ApiKey, AuthType, Connection, Page, parse_time, validate_slug
 from .models import Scope as KeyScope
+
+if TYPE_CHECKING:
+    from ._oauth.gateway import OAuthRuntime
 
 __all__ = ["ManagementAPI"]
 
@@ -112,6 +116,7 @@ class ManagementAPI:
         authenticate: Authenticator | None = None,
         max_body: int = 65536,
         public_url: str | None = None,
+        oauth: OAuthRuntime | None = None,
     ) -> None:
         if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
             raise ValueError("max_body must be a positive int")
@@ -123,6 +128,7 @@ class ManagementAPI:
         self._authenticate: Authenticator = authenticate or service.authenticate
         self._max_body = max_body
         self._public_url = public_url
+        self._oauth = oauth
         # Imported here: the package's __init__ may import this module.
         from . import __version__
 
@@ -167,24 +173,25 @@ class ManagementAPI:
     async def _h_create_connection(self, ex: _Exchange) -> _Result:
         body = await ex.json_body("ConnectionCreate", check_fields=False)
         conn = await self._service.create_connection(body, actor=ex.actor)
-        return 201, conn.to_json(base_url=ex.base_url())
+        return 201, await self._connection_json(conn, ex.base_url())
 
     async def _h_list_connections(self, ex: _Exchange) -> _Result:
         page = await self._service.list_connections(
             limit=ex.limit(), cursor=ex.query_str("cursor")
         )
         base = ex.base_url()
-        return 200, _page_json(page, lambda c: c.to_json(base_url=base))
+        data = [await self._connection_json(c, base) for c in page.items]
+        return 200, {"data": data, "nextCursor": page.next_cursor}
 
     async def _h_get_connection(self, ex: _Exchange) -> _Result:
         conn = await self._service.get_connection(ex.slug())
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_update_connection(self, ex: _Exchange) -> _Result:
         slug = ex.slug()
         body = await ex.json_body("ConnectionUpdate", check_fields=False)
         conn = await self._service.update_connection(slug, body, actor=ex.actor)
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_delete_connection(self, ex: _Exchange) -> _Result:
         await self._service.delete_connection(ex.slug(), actor=ex.actor)
@@ -202,7 +209,7 @@ class ManagementAPI:
             auth_type=body.get("authType"),
             header_name=body.get("headerName"),
         )
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_disable_connection(self, ex: _Exchange) -> _Result:
         return await self._set_enabled(ex, False)
@@ -214,7 +221,7 @@ class ManagementAPI:
         slug = ex.slug()
         await ex.json_body("Empty", required=False)
         conn = await self._service.set_enabled(slug, enabled, actor=ex.actor)
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_list_audit(self, ex: _Exchange) -> _Result:
         slug = ex.slug()
@@ -238,8 +245,65 @@ class ManagementAPI:
         await self._service.revoke_api_key(ex.params["id"])
         return 204, None
 
+    async def _connection_json(self, conn: Connection, base_url: str) -> dict[str, Any]:
+        """The contract's connection JSON; OAuth connections add their grant's status."""
+        out = conn.to_json(base_url=base_url)
+        if conn.auth_type.value in OAUTH_AUTH_TYPES:
+            out.update(oauth_status(await self._service.store.get_oauth_grant(conn.slug)))
+        return out
+
+    async def _h_authorize_connection(self, ex: _Exchange) -> _Result:
+        slug = ex.slug()
+        await ex.json_body("Empty", required=False)
+        conn = await self._service.get_connection(slug)
+        if conn.auth_type is not AuthType.OAUTH2:
+            raise ValidationError(
+                "authType", "only an oauth2 connection is authorized by consent"
+            )
+        if self._oauth is None:
+            raise NotFound("OAuth consent is served by the gateway only")
+        from ._oauth.gateway import OAuthConnection
+
+        target = OAuthConnection.of(conn, await self._service.open_credential(conn))
+        assert target is not None
+        url = await self._oauth.begin(
+            slug, target, redirect_uri=f"{ex.base_url()}{PREFIX}/oauth/callback"
+        )
+        return 200, {"authorizeUrl": url}
+
+    async def _h_oauth_callback(self, ex: _Exchange) -> _Result:
+        from ._oauth.page import callback_page
+
+        if self._oauth is None:
+            raise NotFound("OAuth consent is served by the gateway only")
+        try:
+            slug, user = await self._oauth.complete(ex._query())
+        except IgrisError as exc:
+            page = callback_page(ok=False, slug=None, user=None, message=exc.message)
+            return exc.status, HtmlPage(page)
+        return 200, HtmlPage(callback_page(ok=True, slug=slug, user=user, message=""))
+
     async def _h_openapi(self, ex: _Exchange) -> _Result:
         return 200, self._document_bytes
+
+
+class HtmlPage:
+    """A handler's HTML answer (the OAuth callback page), sent with its own headers."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def send(self, send: Send, status: int) -> None:
+        from ._oauth.page import PAGE_HEADERS
+
+        headers = [*PAGE_HEADERS, (b"content-length", str(len(self.body)).encode())]
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": self.body, "more_body": False})
+        except OSError:
+            return
 
 
 def _page_json(page: Page[Any], render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
@@ -298,6 +362,9 @@ class _Exchange:
     async def _respond(
         self, status: int, payload: Any, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        if isinstance(payload, HtmlPage):
+            await payload.send(self.send, status)
+            return
         await send_json(self.send, status, payload, extra)
 
     async def _dispatch(self) -> _Result:

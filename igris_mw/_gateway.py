@@ -156,6 +156,7 @@ class IgrisGateway:
         self.oauth = OAuthRuntime(self.store, self.crypto, on_refresh=self._token_refreshed)
         self.api = ManagementAPI(
             self.service,
+            oauth=self.oauth,
             authenticate=self.resolver.authenticate,
             max_body=max_body,
             public_url=public_url,

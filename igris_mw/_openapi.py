@@ -41,6 +41,10 @@ class Operation:
     query: tuple[str, ...] = ()
     conflict: bool = False
     public: bool = False
+    #: Answers an HTML page for a browser (the OAuth callback), not JSON.
+    html: bool = False
+    #: May answer 502: an outside server (the OAuth authorization server) failed.
+    outside: bool = False
 
 
 _VK = "/api/v1/virtual-keys"
@@ -90,6 +94,15 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(method="DELETE", path=_AK + "/{id}", handler="revoke_api_key",
               operation_id="revokeApiKey", summary="Revoke a gateway API key at once",
               tag="api-keys", success=204),
+    Operation(method="POST", path=_VK_ONE + "/oauth/authorize", handler="authorize_connection",
+              operation_id="authorizeConnection",
+              summary="Start the OAuth consent of an oauth2 connection: the URL to open",
+              tag="connections", success=200, response="AuthorizeResponse", request="Empty",
+              outside=True),
+    Operation(method="GET", path="/api/v1/oauth/callback", handler="oauth_callback",
+              operation_id="oauthCallback",
+              summary="Where the authorization server sends the browser back (HTML page)",
+              tag="connections", success=200, public=True, html=True),
     Operation(method="GET", path="/api/v1/openapi.json", handler="openapi",
               operation_id="getOpenApi", summary="This document", tag="meta",
               success=200, public=True),
@@ -241,6 +254,11 @@ _SCHEMAS: dict[str, Any] = {
         ["credential"],
     ),
     "Empty": _object({}),
+    "AuthorizeResponse": _object(
+        {"authorizeUrl": {"type": "string", "format": "uri",
+                          "description": "open it in a browser; valid for 10 minutes, once"}},
+        ["authorizeUrl"],
+    ),
     "ConnectionList": _list_of("Connection"),
     "AuditEvent": _object(_AUDIT_FIELDS, list(_AUDIT_FIELDS)),
     "AuditList": _list_of("AuditEvent"),
@@ -296,6 +314,7 @@ _ERRORS: dict[str, str] = {
     "415": "The body is not application/json",
     "422": "A field is invalid; the message (and `field`) names it",
     "500": "Internal error (no details are given)",
+    "502": "An outside server failed: the OAuth authorization server, or its discovery",
     "503": "The store or the crypto provider is unavailable (see Retry-After)",
 }
 
@@ -331,6 +350,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     success: dict[str, Any] = {"description": op.summary}
     if op.response is not None:
         success["content"] = {JSON: {"schema": _ref(op.response)}}
+    elif op.html:
+        success["content"] = {"text/html": {"schema": {"type": "string"}}}
     elif op.public:
         success["content"] = {JSON: {"schema": {"type": "object"}}}
     responses: dict[str, Any] = {str(op.success): success}
@@ -346,6 +367,8 @@ def _operation(op: Operation) -> dict[str, Any]:
             errors += ["400", "413", "415", "422"]
         if op.conflict:
             errors.append("409")
+        if op.outside:
+            errors.append("502")
         for status in sorted(set(errors)):
             responses[status] = {"$ref": f"#/components/responses/E{status}"}
     out["responses"] = responses

@@ -93,6 +93,24 @@ def _oauth_for(
     return None
 
 
+def _grants_stale(
+    current: Connection, auth_type: AuthType, oauth: Mapping[str, Any] | None, *, rotated: bool
+) -> bool:
+    """Whether a change makes the connection's stored OAuth tokens unfit to keep.
+
+    Client-credentials tokens are cheap to replace: any change of their
+    settings or secret drops them. An oauth2 grant (a person's consent) is
+    kept unless the auth type or the client changes.
+    """
+    if current.oauth is None:
+        return False
+    if auth_type is not current.auth_type:
+        return True
+    if auth_type is AuthType.OAUTH2_CLIENT_CREDENTIALS:
+        return rotated or oauth != current.oauth
+    return oauth is None or oauth.get("clientId") != current.oauth.get("clientId")
+
+
 def _bind(conn: Connection) -> bytes:
     return binding(conn.slug, conn.credential_version, conn.upstream_url, conn.auth_type.value)
 
@@ -216,7 +234,10 @@ class Service:
         if set(changes) == {"enabled"} and new_enabled is not None:
             return await self.set_enabled(slug, new_enabled, actor=actor)
 
+        stale = False
+
         async def build(current: Connection) -> Connection:
+            nonlocal stale
             auth_type = new_type if new_type is not None else current.auth_type
             if "headerName" in changes:
                 header_value = changes["headerName"]
@@ -230,6 +251,7 @@ class Service:
                 kept = current.oauth if auth_type.value in OAUTH_AUTH_TYPES else None
                 source = changes if "oauth" in changes else {"oauth": kept}
                 oauth = _oauth_for(auth_type, source, has_secret=current.ciphertext is not None)
+            stale = _grants_stale(current, auth_type, oauth, rotated=False)
             updated = attrs.evolve(
                 current,
                 name=new_name if new_name is not None else current.name,
@@ -243,6 +265,8 @@ class Service:
             return await self._reseal(current, updated)
 
         stored = await self._guarded(slug, build)
+        if stale:
+            await self.store.delete_oauth_grants(slug)
         await self._record(stored, "update", actor, metadata={"fields": sorted(changes)})
         return stored
 
@@ -303,7 +327,10 @@ class Service:
         # Checked once here against the type we know of so far; again in build.
         validate_secret_text(credential)
 
+        stale = False
+
         async def build(current: Connection) -> Connection:
+            nonlocal stale
             kind = new_type if new_type is not None else current.auth_type
             if kind is AuthType.NONE:
                 raise ValidationError(
@@ -318,6 +345,7 @@ class Service:
             plaintext = parse_credential(credential, kind)
             kept = current.oauth if kind.value in OAUTH_AUTH_TYPES else None
             oauth = _oauth_for(kind, {"oauth": kept}, has_secret=True)
+            stale = _grants_stale(current, kind, oauth, rotated=True)
             now = self.clock()
             updated = attrs.evolve(
                 current,
@@ -333,6 +361,8 @@ class Service:
             )
 
         stored = await self._guarded(slug, build)
+        if stale:
+            await self.store.delete_oauth_grants(slug)
         await self._record(stored, "rotate", actor)
         return stored
 

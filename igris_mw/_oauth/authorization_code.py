@@ -7,8 +7,9 @@ short-lived (``ttl``, 10 minutes by default), and it is the only key to that
 record: the callback finds the connection and user from it, so a code can be
 redeemed only for the connection and user it was requested for.
 ``complete`` checks the callback (state known, not expired; ``iss`` equal to the
-issuer when present, and required when the server promises it) and consumes
-the state before anything else, so a replayed callback fails.
+issuer when present and the issuer is known from discovery, and required when
+the server promises it) and consumes the state before anything else, so a
+replayed callback fails.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ class AuthorizationFlows:
             )
         request = pending.request
         iss = query.get("iss")
-        if iss is not None and iss != request.issuer:
+        # Without a known issuer (endpoints configured, not discovered) there is
+        # nothing to compare: the code still goes only to this flow's endpoint.
+        if iss is not None and request.issuer is not None and iss != request.issuer:
             raise InvalidAuthorizationResponse(
                 "the authorization response came from another issuer than the one asked "
                 "(RFC 9207): start the authorization again"

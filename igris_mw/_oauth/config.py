@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from igris_mw._errors import ValidationError
+from igris_mw.models import OAuthGrant, format_time
 
 # Imported by the service (and so by the CLI): nothing here may pull in aiohttp.
-__all__ = ["OAUTH_AUTH_TYPES", "parse_oauth"]
+__all__ = ["OAUTH_AUTH_TYPES", "oauth_status", "parse_oauth"]
 
 OAUTH_AUTH_TYPES = frozenset({"oauth2_client_credentials", "oauth2"})
 
@@ -114,3 +115,13 @@ def parse_oauth(auth_type: str, value: object, *, has_secret: bool) -> dict[str,
         out["tokenEndpointAuthMethod"] = method
     return out
 
+
+
+def oauth_status(grant: OAuthGrant | None) -> dict[str, Any]:
+    """A connection's read-only ``oauthStatus`` and ``tokenExpiresAt``, from its grant."""
+    if grant is None:
+        return {"oauthStatus": "pending", "tokenExpiresAt": None}
+    if grant.status == "reauthorization_required":
+        return {"oauthStatus": "reauthorization_required", "tokenExpiresAt": None}
+    expires = format_time(grant.expires_at) if grant.expires_at else None
+    return {"oauthStatus": "authorized", "tokenExpiresAt": expires}

@@ -35,10 +35,10 @@ from igris_mw._oauth.sealed import SealedGrantStore
 from igris_mw._oauth.tokens import ClientAuth, TokenClient
 from igris_mw._proxy.upstream import Target
 from igris_mw.crypto import CryptoProvider
-from igris_mw.models import Connection, OAuthGrant, Secret, format_time
+from igris_mw.models import Connection, Secret
 from igris_mw.storage import Store
 
-__all__ = ["OAuthConnection", "OAuthRuntime", "RefreshListener", "oauth_status"]
+__all__ = ["OAuthConnection", "OAuthRuntime", "RefreshListener"]
 
 #: Told about every token request: (slug, user, "ok" or the error code).
 RefreshListener = Callable[[str, str, str], None]
@@ -68,17 +68,6 @@ class OAuthConnection:
             "oauth2" if conn.auth_type.value == "oauth2" else "oauth2_client_credentials"
         )
         return cls(kind, conn.upstream_url, conn.oauth, ClientAuth.from_oauth(conn.oauth, secret))
-
-
-def oauth_status(grant: OAuthGrant | None) -> dict[str, Any]:
-    """The read-only ``oauthStatus`` and ``tokenExpiresAt`` of a connection's grant."""
-    if grant is None:
-        return {"oauthStatus": "pending", "tokenExpiresAt": None}
-    status = "reauthorization_required" if grant.status == "reauthorization_required" else (
-        "authorized"
-    )
-    expires = grant.expires_at if status == "authorized" else None
-    return {"oauthStatus": status, "tokenExpiresAt": format_time(expires) if expires else None}
 
 
 class OAuthRuntime:

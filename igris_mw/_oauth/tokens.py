@@ -133,6 +133,12 @@ class TokenClient:
             await self._session.close()
             self._session = None
 
+    async def __aenter__(self) -> TokenClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def client_credentials(
         self,
         token_url: str,
