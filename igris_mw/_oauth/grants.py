@@ -15,7 +15,9 @@ Two kinds of renewal share this: ``RefreshConfig`` (authorization code grants:
 the refresh token, rotated) and ``ClientCredentialsConfig`` (a new token for
 the client itself; a missing row is created by the first renewal).
 
-- Renewal happens ``renewal_skew(lifetime)`` before expiry.
+- Renewal happens ``renewal_skew(lifetime)`` before expiry; a token is sent
+  at the latest ``usable_margin(lifetime)`` before it (while another caller
+  renews, the current token keeps serving until then).
 - ``invalid_grant`` marks the row ``reauthorization_required``: every replica
   answers ``InvalidGrant`` (502 ``reauthorization_required``) until a new
   consent replaces the row.
@@ -37,7 +39,7 @@ from typing import Literal, Protocol
 
 import attrs
 
-from igris_mw._oauth.client_credentials import DEFAULT_LIFETIME, renewal_skew
+from igris_mw._oauth.client_credentials import DEFAULT_LIFETIME, renewal_skew, usable_margin
 from igris_mw._oauth.errors import InvalidGrant, OAuthError
 from igris_mw._oauth.tokens import ClientAuth, TokenClient, TokenSet
 from igris_mw.models import Secret
@@ -333,10 +335,13 @@ class GrantManager:
         if refused is not None and refused == token:
             return None
         expires_at = state.expires_at if state.expires_at is not None else now + DEFAULT_LIFETIME
-        if now >= expires_at:
-            return None
         lifetime = state.lifetime if state.lifetime is not None else DEFAULT_LIFETIME
-        return _Entry(config, token, expires_at - renewal_skew(lifetime), expires_at)
+        # The last moment a token is sent: a margin before the stated expiry,
+        # for the whole-second rounding of exp and the request's time in flight.
+        last = expires_at - usable_margin(lifetime)
+        if now >= last:
+            return None
+        return _Entry(config, token, expires_at - renewal_skew(lifetime), last)
 
     def _notify(self, key: Hashable, error: OAuthError | None, state: GrantState | None) -> None:
         if self._on_refresh is not None:

@@ -71,7 +71,8 @@ class ClientAuth:
 
 @attrs.frozen
 class TokenSet:
-    """A token response. ``expires_at`` is wall-clock seconds (None: the server did not say)."""
+    """A token response. ``expires_at`` is wall-clock seconds, counted from when the
+    request was sent (None: the server did not say)."""
 
     access_token: Secret
     token_type: str
@@ -203,8 +204,11 @@ class TokenClient:
         await self._post(revocation_url, client, form)
 
     async def _token(self, url: str, client: ClientAuth, form: dict[str, str]) -> TokenSet:
+        # Lifetimes count from before the request: the server's clock started
+        # after this, so the token cannot outlive what we compute.
+        sent_at = self._clock()
         body = await self._post(url, client, form)
-        return self._parse(url, body)
+        return self._parse(url, body, sent_at)
 
     async def _post(self, url: str, client: ClientAuth, form: dict[str, str]) -> bytes:
         headers = {"Accept": "application/json"}
@@ -241,7 +245,7 @@ class TokenClient:
             f"the token endpoint at {host} answered {status}{detail}", error=error
         )
 
-    def _parse(self, url: str, body: bytes) -> TokenSet:
+    def _parse(self, url: str, body: bytes, sent_at: float) -> TokenSet:
         host = _host(url)
         try:
             data = json.loads(body)
@@ -266,7 +270,7 @@ class TokenClient:
             access_token=Secret(access.encode()),
             token_type="Bearer",  # noqa: S106 (a token type, not a secret)
             expires_in=expires_in,
-            expires_at=None if expires_in is None else self._clock() + expires_in,
+            expires_at=None if expires_in is None else sent_at + expires_in,
             refresh_token=Secret(refresh.encode()) if refresh else None,
             scope=scope if isinstance(scope, str) else None,
         )

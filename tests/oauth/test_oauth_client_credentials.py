@@ -18,7 +18,11 @@ from oauth_harness import (
     ResourceServer,
 )
 
-from igris_mw._oauth.client_credentials import ClientCredentialsConfig, renewal_skew
+from igris_mw._oauth.client_credentials import (
+    ClientCredentialsConfig,
+    renewal_skew,
+    usable_margin,
+)
 from igris_mw._oauth.errors import OAuthError
 from igris_mw._oauth.grants import GrantManager, MemoryGrantStore
 from igris_mw._oauth.tokens import ClientAuth, TokenClient
@@ -178,8 +182,14 @@ async def test_a_failed_renewal_keeps_serving_the_still_valid_token(
 
 
 @pytest.mark.parametrize(
-    ("lifetime", "skew"), [(3600, 60), (300, 30), (100, 10), (2, 1), (1, 0.5), (0, 0)]
+    ("lifetime", "skew"), [(3600, 60), (300, 30), (100, 10), (10, 2), (2, 1), (1, 0.5), (0, 0)]
 )
 def test_renewal_skew(lifetime: float, skew: float) -> None:
-    """min(60 s, max(1 s, 10 %)), never more than half the lifetime."""
+    """min(60 s, max(2 s, 10 %)), never more than half the lifetime."""
     assert renewal_skew(lifetime) == skew
+
+
+@pytest.mark.parametrize(("lifetime", "margin"), [(3600, 1.5), (4, 1.5), (2, 1), (1, 0.5)])
+def test_usable_margin(lifetime: float, margin: float) -> None:
+    """A token is not sent in the last min(1.5 s, 50 %) of its lifetime."""
+    assert usable_margin(lifetime) == margin

@@ -1,0 +1,181 @@
+"""Two ``igris-mw serve`` processes on one Postgres database share OAuth tokens.
+
+Client credentials: both replicas busy at once make one token request between
+them, and with 2 s tokens they renew once per expiry, not once each.
+Authorization code: with refresh-token rotation, the two never both use the
+same refresh token (the provider would revoke the grant): no request fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from oauth_harness import (
+    CONFIDENTIAL_CLIENT,
+    CONFIDENTIAL_SECRET,
+    PUBLIC_CLIENT,
+    AuthorizationServer,
+    ResourceServer,
+    drive_consent,
+    require_backends,
+)
+
+pytestmark = pytest.mark.slow
+
+MASTER = {"IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A database on a throwaway cluster (or IGRIS_TEST_POSTGRES_DSN's server)."""
+    from igris_mw_postgres.testing import TempCluster, create_database, find_bindir
+
+    given = os.environ.get("IGRIS_TEST_POSTGRES_DSN")
+    if given:
+        yield create_database(given)
+        return
+    if find_bindir() is None:
+        message = "the replica tests need PostgreSQL server binaries (initdb, pg_ctl)"
+        if require_backends():
+            pytest.fail(message)
+        pytest.skip(message)
+    with TempCluster() as cluster:
+        yield create_database(cluster.dsn)
+
+
+def cli(store: str, *args: str) -> Any:
+    out = subprocess.run(
+        [sys.executable, "-m", "igris_mw.cli", *args, "--store", store, "--json"],
+        env={**os.environ, **MASTER}, capture_output=True, text=True, check=True, timeout=60,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def replicas(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Two serve processes on the database, and an admin and an mcp key."""
+    from igris_mw_postgres.testing import GatewayProcess
+
+    admin = cli(pg_database, "api-keys", "create", "--name", "admin", "--scope", "admin")["key"]
+    mcp = cli(pg_database, "api-keys", "create", "--name", "agent", "--scope", "mcp")["key"]
+    home = tmp_path_factory.mktemp("replicas")
+    a = GatewayProcess(pg_database, home / "a", MASTER)
+    b = GatewayProcess(pg_database, home / "b", MASTER)
+    a.start()
+    try:
+        b.start()
+        try:
+            yield a, b, admin, mcp
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+
+
+async def hammer(base_urls: list[str], slug: str, key: str, seconds: float) -> list[int]:
+    """Ping ``slug`` through every replica in turn for ``seconds``; the statuses."""
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    statuses: list[int] = []
+    async with httpx.AsyncClient(timeout=30) as http:
+
+        async def loop(base: str) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                r = await http.post(f"{base}/v1/mcp/{slug}", json=PING, headers=headers)
+                statuses.append(r.status_code)
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(loop(b) for b in base_urls for _ in range(2)))
+    return statuses
+
+
+async def test_client_credentials_renew_once_between_two_replicas(
+    replicas: Any,
+    provider: AuthorizationServer,
+    resource_server: ResourceServer,
+    short_tokens: int,
+) -> None:
+    """50 first requests over both replicas: one token request; then 2 s tokens for 8 s."""
+    a, b, admin, mcp = replicas
+    slug = "cc-replicas"
+    async with httpx.AsyncClient(timeout=30) as http:
+        created = await http.post(
+            f"{a.base_url}/api/v1/virtual-keys",
+            headers={"Authorization": f"Bearer {admin}"},
+            json={
+                "slug": slug, "name": "cc", "upstreamUrl": resource_server.resource,
+                "authType": "oauth2_client_credentials", "credential": CONFIDENTIAL_SECRET,
+                "oauth": {"tokenUrl": provider.token_endpoint, "clientId": CONFIDENTIAL_CLIENT,
+                          "scopes": ["mcp:tools"], "resource": resource_server.resource},
+            },
+        )
+        assert created.status_code == 201, created.text
+        before = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
+        headers = {
+            "Authorization": f"Bearer {mcp}",
+            "Accept": "application/json, text/event-stream",
+        }
+        first = await asyncio.gather(
+            *(
+                http.post(f"{r.base_url}/v1/mcp/{slug}", json=PING, headers=headers)
+                for r in (a, b)
+                for _ in range(25)
+            )
+        )
+    assert [r.status_code for r in first if r.status_code in (401, 502)] == []
+    assert await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials") - before == 1
+
+    before = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
+    statuses = await hammer([a.base_url, b.base_url], slug, mcp, 8)
+    made = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials") - before
+    assert statuses.count(401) + statuses.count(502) == 0
+    # One renewal a second (2 s tokens renewed 1 s early), shared: about 8, never 16.
+    assert 4 <= made <= 11, made
+
+
+async def test_refresh_rotation_is_never_used_twice_by_two_replicas(
+    replicas: Any,
+    provider: AuthorizationServer,
+    resource_server: ResourceServer,
+    short_tokens: int,
+) -> None:
+    """Consent through replica A, traffic on both over 8 s of 2 s tokens: nothing fails."""
+    a, b, admin, mcp = replicas
+    slug = "oauth2-replicas"
+    auth = {"Authorization": f"Bearer {admin}"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        created = await http.post(
+            f"{a.base_url}/api/v1/virtual-keys", headers=auth,
+            json={"slug": slug, "name": "o2", "upstreamUrl": resource_server.resource,
+                  "authType": "oauth2",
+                  "oauth": {"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]}},
+        )
+        assert created.status_code == 201, created.text
+        started = await http.post(f"{a.base_url}/api/v1/virtual-keys/{slug}/oauth/authorize",
+                                  headers=auth)
+        assert started.status_code == 200, started.text
+        callback = await drive_consent(
+            started.json()["authorizeUrl"], account="carol",
+            redirect_prefix=f"{a.base_url}/api/v1/oauth/callback",
+        )
+        assert (await http.get(callback)).status_code == 200
+        before = await provider.token_requests(PUBLIC_CLIENT, "refresh_token")
+        statuses = await hammer([a.base_url, b.base_url], slug, mcp, 8)
+        shown = await http.get(f"{b.base_url}/api/v1/virtual-keys/{slug}", headers=auth)
+    refreshes = await provider.token_requests(PUBLIC_CLIENT, "refresh_token") - before
+    assert statuses.count(401) + statuses.count(502) == 0
+    assert 4 <= refreshes <= 11, refreshes
+    assert shown.json()["oauthStatus"] == "authorized"
