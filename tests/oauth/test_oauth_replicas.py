@@ -102,18 +102,11 @@ async def hammer(base_urls: list[str], slug: str, key: str, seconds: float) -> l
     return statuses
 
 
-async def test_client_credentials_renew_once_between_two_replicas(
-    replicas: Any,
-    provider: AuthorizationServer,
-    resource_server: ResourceServer,
-    short_tokens: int,
-) -> None:
-    """50 first requests over both replicas: one token request; then 2 s tokens for 8 s."""
-    a, b, admin, mcp = replicas
-    slug = "cc-replicas"
+async def create_cc(base_url: str, admin: str, slug: str, provider: AuthorizationServer,
+                    resource_server: ResourceServer) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         created = await http.post(
-            f"{a.base_url}/api/v1/virtual-keys",
+            f"{base_url}/api/v1/virtual-keys",
             headers={"Authorization": f"Bearer {admin}"},
             json={
                 "slug": slug, "name": "cc", "upstreamUrl": resource_server.resource,
@@ -122,12 +115,19 @@ async def test_client_credentials_renew_once_between_two_replicas(
                           "scopes": ["mcp:tools"], "resource": resource_server.resource},
             },
         )
-        assert created.status_code == 201, created.text
-        before = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
-        headers = {
-            "Authorization": f"Bearer {mcp}",
-            "Accept": "application/json, text/event-stream",
-        }
+    assert created.status_code == 201, created.text
+
+
+async def test_fifty_first_requests_over_two_replicas_make_one_token_request(
+    replicas: Any, provider: AuthorizationServer, resource_server: ResourceServer
+) -> None:
+    """25 first requests on each replica at once: one token request between them."""
+    a, b, admin, mcp = replicas
+    slug = "cc-replicas-first"
+    await create_cc(a.base_url, admin, slug, provider, resource_server)
+    before = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
+    headers = {"Authorization": f"Bearer {mcp}", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(timeout=30) as http:
         first = await asyncio.gather(
             *(
                 http.post(f"{r.base_url}/v1/mcp/{slug}", json=PING, headers=headers)
@@ -138,6 +138,17 @@ async def test_client_credentials_renew_once_between_two_replicas(
     assert [r.status_code for r in first if r.status_code in (401, 502)] == []
     assert await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials") - before == 1
 
+
+async def test_client_credentials_renew_once_between_two_replicas(
+    replicas: Any,
+    provider: AuthorizationServer,
+    resource_server: ResourceServer,
+    short_tokens: int,
+) -> None:
+    """Both replicas busy for 8 s with 2 s tokens: one renewal per expiry, shared."""
+    a, b, admin, mcp = replicas
+    slug = "cc-replicas-renew"
+    await create_cc(a.base_url, admin, slug, provider, resource_server)
     before = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
     statuses = await hammer([a.base_url, b.base_url], slug, mcp, 8)
     made = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials") - before
