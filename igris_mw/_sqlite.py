@@ -272,8 +272,9 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, oauth, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, oauth, credential_scope,"
+                    " created_at, updated_at, rotated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -301,6 +302,7 @@ class SQLiteStore:
             c.credential_version,
             c.ciphertext,
             None if c.oauth is None else json.dumps(dict(c.oauth)),
+            c.credential_scope,
         )
 
     @staticmethod
@@ -341,7 +343,8 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " oauth = ?, updated_at = ?, rotated_at = ?, version = version + 1"
+                    " oauth = ?, credential_scope = ?, updated_at = ?, rotated_at = ?,"
+                    " version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),
@@ -381,6 +384,15 @@ class SQLiteStore:
                 "SELECT * FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user)
             ).fetchone()
             return None if row is None else row_to_grant(row)
+
+        return await self._run(select)
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        def select(db: sqlite3.Connection) -> list[OAuthGrant]:
+            rows = db.execute(
+                "SELECT * FROM oauth_grants WHERE slug = ? ORDER BY user", (slug,)
+            ).fetchall()
+            return [row_to_grant(r) for r in rows]
 
         return await self._run(select)
 
@@ -434,7 +446,7 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, scopes, connections, created_at,"
-                    " expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, revoked_at, user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.id,
                         key.name,
@@ -444,6 +456,7 @@ class SQLiteStore:
                         to_ms(key.created_at),
                         to_ms_opt(key.expires_at),
                         to_ms_opt(key.revoked_at),
+                        key.user,
                     ),
                 )
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()

@@ -66,10 +66,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
     ],
     [
-        # The oauth object of OAuth connections (JSON, never a secret), and
-        # their grants: sealed tokens per (connection, user; "" for the
+        # The oauth object of OAuth connections (JSON, never a secret), the
+        # credential scope, the user an API key is bound to, and per-user or
+        # OAuth credentials: sealed per (connection, user; "" for the
         # connection's own), written by compare-and-set on ``version``.
         "ALTER TABLE connections ADD COLUMN oauth TEXT",
+        "ALTER TABLE connections ADD COLUMN credential_scope TEXT NOT NULL DEFAULT 'shared'",
+        "ALTER TABLE api_keys ADD COLUMN user TEXT",
         """CREATE TABLE oauth_grants (
             slug TEXT NOT NULL,
             user TEXT NOT NULL,
@@ -119,6 +122,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
         oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
+        credential_scope=row["credential_scope"],
     )
 
 
@@ -147,6 +151,7 @@ def row_to_api_key(row: sqlite3.Row) -> ApiKey:
         created_at=from_ms(row["created_at"]),
         expires_at=from_ms_opt(row["expires_at"]),
         revoked_at=from_ms_opt(row["revoked_at"]),
+        user=row["user"],
     )
 
 

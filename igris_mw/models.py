@@ -208,6 +208,8 @@ class Connection:
     version: int = 1
     #: The ``oauth`` object of an OAuth connection (never a secret), else None.
     oauth: Mapping[str, Any] | None = attrs.field(default=None, converter=_optional_dict)
+    #: ``shared`` (one credential) or ``per_user`` (one per end user).
+    credential_scope: str = "shared"
 
     def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
         """The contract's JSON (never the credential)."""
@@ -225,6 +227,8 @@ class Connection:
         }
         if self.oauth is not None:
             out["oauth"] = dict(self.oauth)
+        if self.credential_scope != "shared":
+            out["credentialScope"] = self.credential_scope
         if base_url is not None:
             out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"
         return out
@@ -264,6 +268,8 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    #: The end user this key acts for (per-user credentials), if bound to one.
+    user: str | None = None
 
     def is_usable(self, now: datetime) -> bool:
         if self.revoked_at is not None:
@@ -287,6 +293,7 @@ class ApiKey:
             "createdAt": format_time(self.created_at),
             "expiresAt": format_time(self.expires_at) if self.expires_at else None,
             "revokedAt": format_time(self.revoked_at) if self.revoked_at else None,
+            "user": self.user,
         }
 
 

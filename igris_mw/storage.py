@@ -155,9 +155,15 @@ class Store(Protocol):
         connection's OAuth grants go with it."""
         ...
 
-    # -- OAuth grants ----------------------------------------------------
+    # -- OAuth grants and per-user credentials ---------------------------
+    # A grant row holds sealed OAuth tokens, or (``status == "static"``) the
+    # sealed static credential of one end user of a per-user connection.
     async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
         """The grant of ``(slug, user)``, or ``None``."""
+        ...
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        """Every grant of ``slug`` (the connection's own and per user), ordered by user."""
         ...
 
     async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:

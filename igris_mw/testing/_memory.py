@@ -143,6 +143,9 @@ class MemoryStore:
     async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
         return self._grants.get((slug, user))
 
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        return [self._grants[k] for k in sorted(k for k in self._grants if k[0] == slug)]
+
     async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
         key = (grant.slug, grant.user)
         current = self._grants.get(key)

@@ -305,6 +305,30 @@ class StoreSuite:
         for user in ("", "bob ü/..", "x" * 200):
             assert await store.get_oauth_grant("with-grants", user) is None
 
+    async def test_per_user_scope_key_user_and_grant_listing_round_trip(
+        self, store: Store
+    ) -> None:
+        """credential_scope, an API key's user, and list_oauth_grants (ordered by user)."""
+        created = await store.create_connection(
+            make_connection("per-user", credential_scope="per_user", ciphertext=None)
+        )
+        assert created.credential_scope == "per_user"
+        assert (await store.get_connection("per-user")).credential_scope == "per_user"
+        assert (await store.create_connection(make_connection("shared"))).credential_scope == (
+            "shared"
+        )
+        key = await store.create_api_key(make_api_key("key_alice", user="alice ü"))
+        assert key.user == "alice ü"
+        assert (await store.get_api_key_by_hash(key.key_hash)) == key
+        assert (await store.create_api_key(make_api_key("key_nobody"))).user is None
+        for user in ("zed", "", "alice"):
+            grant = OAuthGrant(slug="per-user", user=user, status="static", updated_at=_at(1))
+            assert await store.put_oauth_grant(grant, expected_version=0)
+        listed = await store.list_oauth_grants("per-user")
+        assert [g.user for g in listed] == ["", "alice", "zed"]
+        assert all(g.status == "static" for g in listed)
+        assert await store.list_oauth_grants("nobody-here") == []
+
     async def test_concurrent_grant_writers_one_wins(self, store: Store) -> None:
         """Of 10 writers at the same expected version, exactly one writes."""
         base = OAuthGrant(slug="race", updated_at=_at(1))

@@ -80,11 +80,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
-    # 2: the oauth object of OAuth connections (JSON text, never a secret) and
-    # their grants: sealed tokens per (connection, user; '' for the
+    # 2: the oauth object of OAuth connections (JSON text, never a secret),
+    # the credential scope, the user an API key is bound to, and OAuth or
+    # per-user credentials: sealed per (connection, user; '' for the
     # connection's own), written by compare-and-set on version
     """
     ALTER TABLE igris_connections ADD COLUMN oauth text;
+    ALTER TABLE igris_connections ADD COLUMN credential_scope text NOT NULL DEFAULT 'shared';
+    ALTER TABLE igris_api_keys ADD COLUMN "user" text;
     CREATE TABLE igris_oauth_grants (
         slug text COLLATE "C" NOT NULL,
         "user" text COLLATE "C" NOT NULL,

@@ -66,12 +66,14 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version, oauth"
+    "ciphertext, created_at, updated_at, rotated_at, version, oauth, credential_scope"
 )
 _GRANT_COLS = (
     'slug, "user", ciphertext, expires_at, lifetime, status, lease_until, version, updated_at'
 )
-_API_KEY_COLS = "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at"
+_API_KEY_COLS = (
+    'id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, "user"'
+)
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
@@ -137,6 +139,7 @@ def _connection_from_row(row: Row) -> Connection:
         rotated_at=_utc(row["rotated_at"]),
         version=row["version"],
         oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
+        credential_scope=row["credential_scope"],
     )
 
 
@@ -150,6 +153,7 @@ def _api_key_from_row(row: Row) -> ApiKey:
         created_at=row["created_at"].astimezone(UTC),
         expires_at=_utc(row["expires_at"]),
         revoked_at=_utc(row["revoked_at"]),
+        user=row["user"],
     )
 
 
@@ -362,11 +366,11 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at, _oauth_text(c)),
+                         c.updated_at, c.rotated_at, _oauth_text(c), c.credential_scope),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "connection", c.slug)
@@ -413,11 +417,12 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, oauth = %s, version = version + 1 "
+                "updated_at = %s, rotated_at = %s, oauth = %s, credential_scope = %s, "
+                "version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
                  c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
-                 _oauth_text(c), c.slug, expected_version),
+                 _oauth_text(c), c.credential_scope, c.slug, expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:
@@ -454,6 +459,16 @@ class PostgresStore:
             )
             row = await cur.fetchone()
         return None if row is None else _grant_from_row(row)
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_GRANT_COLS} FROM igris_oauth_grants "  # noqa: S608
+                'WHERE slug = %s ORDER BY "user"',
+                (slug,),
+            )
+            rows = await cur.fetchall()
+        return [_grant_from_row(r) for r in rows]
 
     async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
         g = grant
@@ -497,10 +512,10 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_api_keys ({_API_KEY_COLS}) "  # noqa: S608
-                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
+                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
                         (k.id, k.name, k.key_hash, sorted(s.value for s in k.scopes),
                          sorted(k.connections) if k.connections is not None else None,
-                         k.created_at, k.expires_at, k.revoked_at),
+                         k.created_at, k.expires_at, k.revoked_at, k.user),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "api_key", k.id)

@@ -231,6 +231,7 @@ class VaultKVStore:
             "updated_at": _time(c.updated_at),
             "rotated_at": _time(c.rotated_at),
             "oauth": dict(c.oauth) if c.oauth is not None else None,
+            "credential_scope": c.credential_scope,
         }
 
     def _conn_from(self, data: Mapping[str, Any], version: int, path: str) -> Connection:
@@ -250,6 +251,7 @@ class VaultKVStore:
                 rotated_at=_parse_time(data.get("rotated_at")),
                 version=version,
                 oauth=data.get("oauth"),
+                credential_scope=str(data.get("credential_scope") or "shared"),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise StoreUnavailable(
@@ -350,6 +352,12 @@ class VaultKVStore:
                 code="vault_bad_record",
             ) from exc
 
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        names = await self._list(self._path("oauth-grants", slug))
+        users = [bytes.fromhex(n).decode() if n != "-" else "" for n in names]
+        found = await self._gather(sorted(users), lambda u: self.get_oauth_grant(slug, u))
+        return [g for g in found if g is not None]
+
     async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
         g = grant
         data = {
@@ -384,6 +392,7 @@ class VaultKVStore:
             "created_at": _time(k.created_at),
             "expires_at": _time(k.expires_at),
             "revoked_at": _time(k.revoked_at),
+            "user": k.user,
         }
 
     def _key_from(self, data: Mapping[str, Any], path: str) -> ApiKey:
@@ -398,6 +407,7 @@ class VaultKVStore:
                 created_at=_need_time(data["created_at"]),
                 expires_at=_parse_time(data.get("expires_at")),
                 revoked_at=_parse_time(data.get("revoked_at")),
+                user=data.get("user"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreUnavailable(
