@@ -35,6 +35,8 @@ from ._oauth.config import OAUTH_AUTH_TYPES, oauth_status
 from ._openapi import OPERATIONS, REQUEST_FIELDS, Operation, build_document
 from ._responses import error_body, error_headers, send_json
 from ._service import Service
+from ._user_credentials import UserCredentials
+from ._validation import parse_user
 from .models import ApiKey, AuthType, Connection, Page, parse_time, validate_slug
 from .models import Scope as KeyScope
 
@@ -129,6 +131,7 @@ class ManagementAPI:
         self._max_body = max_body
         self._public_url = public_url
         self._oauth = oauth
+        self._users = UserCredentials(service)
         # Imported here: the package's __init__ may import this module.
         from . import __version__
 
@@ -256,6 +259,16 @@ class ManagementAPI:
         slug = ex.slug()
         await ex.json_body("Empty", required=False)
         conn = await self._service.get_connection(slug)
+        if conn.credential_scope == "per_user":
+            raise ValidationError(
+                "credentialScope",
+                "a per_user connection is authorized per user: "
+                "POST .../users/{user}/oauth/authorize",
+            )
+        return await self._authorize(ex, conn, "")
+
+    async def _authorize(self, ex: _Exchange, conn: Connection, user: str) -> _Result:
+        slug = conn.slug
         if conn.auth_type is not AuthType.OAUTH2:
             raise ValidationError(
                 "authType", "only an oauth2 connection is authorized by consent"
@@ -267,9 +280,30 @@ class ManagementAPI:
         target = OAuthConnection.of(conn, await self._service.open_credential(conn))
         assert target is not None
         url = await self._oauth.begin(
-            slug, target, redirect_uri=f"{ex.base_url()}{PREFIX}/oauth/callback"
+            slug, target, redirect_uri=f"{ex.base_url()}{PREFIX}/oauth/callback", user=user
         )
         return 200, {"authorizeUrl": url}
+
+    async def _h_list_users(self, ex: _Exchange) -> _Result:
+        return 200, {"data": await self._users.list(ex.slug())}
+
+    async def _h_put_user_credential(self, ex: _Exchange) -> _Result:
+        slug = ex.slug()
+        body = await ex.json_body("UserCredentialPut")
+        return 200, await self._users.put(slug, ex.params["user"], body, actor=ex.actor)
+
+    async def _h_delete_user_credential(self, ex: _Exchange) -> _Result:
+        await self._users.delete(ex.slug(), ex.params["user"], actor=ex.actor)
+        return 204, None
+
+    async def _h_authorize_user(self, ex: _Exchange) -> _Result:
+        slug = ex.slug()
+        user = parse_user(ex.params["user"])
+        await ex.json_body("Empty", required=False)
+        conn = await self._service.get_connection(slug)
+        if conn.credential_scope != "per_user":
+            raise ValidationError("credentialScope", "this connection is not per_user")
+        return await self._authorize(ex, conn, user)
 
     async def _h_oauth_callback(self, ex: _Exchange) -> _Result:
         from ._oauth.page import callback_page

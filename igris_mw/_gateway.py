@@ -29,8 +29,18 @@ from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
 from ._audit_file import build_audit_sink
-from ._errors import BadRequest, Forbidden, IgrisError, NotFound, StoreUnavailable, Unauthorized
+from ._errors import (
+    BadRequest,
+    Forbidden,
+    IgrisError,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+    UserCredentialMissing,
+    UserMismatch,
+)
 from ._lifespan import Lifecycle
+from ._oauth.errors import GrantMissing
 from ._oauth.gateway import OAuthRuntime
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
@@ -154,6 +164,7 @@ class IgrisGateway:
         self.forwarder = Forwarder(timeout=upstream_timeout)
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.oauth = OAuthRuntime(self.store, self.crypto, on_refresh=self._token_refreshed)
+        self._public_url = public_url.rstrip("/") if public_url else None
         self.api = ManagementAPI(
             self.service,
             oauth=self.oauth,
@@ -283,7 +294,17 @@ class IgrisGateway:
             resolved = found
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
-            if found.oauth is not None:
+            if api_key.user is not None:
+                if fields["user"] is not None and fields["user"] != api_key.user:
+                    raise UserMismatch(
+                        "this key acts for its own user only: X-Igris-User names another"
+                    )
+                fields["user"] = api_key.user
+            if found.connection.credential_scope == "per_user":
+                target, oauth_token = await self._per_user_target(
+                    scope, slug, found, target, fields["user"]
+                )
+            elif found.oauth is not None:
                 target, oauth_token = await self.oauth.target(slug, target, found.oauth)
         except IgrisError as exc:
             await self._refuse(send, exc, fields, started, known=resolved is not None)
@@ -314,7 +335,8 @@ class IgrisGateway:
             prefix=prefix,
         )
         if oauth_token is not None and result.status == 401:
-            self.oauth.refused(slug, oauth_token)
+            per_user = resolved is not None and resolved.connection.credential_scope == "per_user"
+            self.oauth.refused(slug, oauth_token, user=(fields["user"] or "") if per_user else "")
         self._emit(
             fields,
             started,
@@ -352,6 +374,44 @@ class IgrisGateway:
         except Exception:
             # Cannot tell (store down): keep the event rather than lose it.
             return True
+
+    async def _per_user_target(
+        self, scope: Scope, slug: str, found: _Resolved, base: Target, user: str | None
+    ) -> tuple[Target, Secret | None]:
+        """The Target carrying ``user``'s own credential or token on a per_user connection.
+
+        Raises:
+            UserCredentialMissing: no user, or none stored for this user (for
+                oauth2: with the URL where that user consents).
+        """
+        if user is None:
+            raise UserCredentialMissing(
+                "this connection holds a credential per end user: send X-Igris-User, "
+                "or use a key bound to a user"
+            )
+        if found.oauth is not None:
+            try:
+                return await self.oauth.target(slug, base, found.oauth, user=user)
+            except GrantMissing:
+                url = await self.oauth.begin(
+                    slug, found.oauth, redirect_uri=self._callback_url(scope), user=user
+                )
+                raise UserCredentialMissing(
+                    "this user has not authorized this connection yet: open authorizeUrl",
+                    authorize_url=url,
+                ) from None
+        target = await self.resolver.user_target(found, user)
+        if target is None:
+            raise UserCredentialMissing("this connection holds no credential for this user")
+        return target, None
+
+    def _callback_url(self, scope: Scope) -> str:
+        """``<public base>/api/v1/oauth/callback``: configured, else from the request."""
+        if self._public_url is not None:
+            return f"{self._public_url}{API_PREFIX}/oauth/callback"
+        host = _wanted_headers(scope).get(b"host") or "localhost"
+        scheme = "https" if scope.get("scheme") == "https" else "http"
+        return f"{scheme}://{host}{scope.get('root_path', '')}{API_PREFIX}/oauth/callback"
 
     def _token_refreshed(self, slug: str, user: str, result: str) -> None:
         """Audit one OAuth token request of ``slug`` (its result, never a token)."""

@@ -99,6 +99,24 @@ OPERATIONS: tuple[Operation, ...] = (
               summary="Start the OAuth consent of an oauth2 connection: the URL to open",
               tag="connections", success=200, response="AuthorizeResponse", request="Empty",
               outside=True),
+    Operation(method="GET", path=_VK_ONE + "/users", handler="list_users",
+              operation_id="listUserCredentials",
+              summary="The users of a per_user connection (never a credential)",
+              tag="connections", success=200, response="UserCredentialList"),
+    Operation(method="PUT", path=_VK_ONE + "/users/{user}/credential",
+              handler="put_user_credential", operation_id="putUserCredential",
+              summary="Set one end user's credential on a per_user connection",
+              tag="connections", success=200, response="UserCredential",
+              request="UserCredentialPut"),
+    Operation(method="DELETE", path=_VK_ONE + "/users/{user}/credential",
+              handler="delete_user_credential", operation_id="deleteUserCredential",
+              summary="Forget one end user's credential or grant", tag="connections",
+              success=204),
+    Operation(method="POST", path=_VK_ONE + "/users/{user}/oauth/authorize",
+              handler="authorize_user", operation_id="authorizeUser",
+              summary="Start one end user's OAuth consent on a per_user oauth2 connection",
+              tag="connections", success=200, response="AuthorizeResponse", request="Empty",
+              outside=True),
     Operation(method="GET", path="/api/v1/oauth/callback", handler="oauth_callback",
               operation_id="oauthCallback",
               summary="Where the authorization server sends the browser back (HTML page)",
@@ -166,6 +184,8 @@ _OAUTH_READ_FIELDS: dict[str, Any] = {
     "oauthStatus": {"type": "string",
                     "enum": ["authorized", "pending", "reauthorization_required"]},
     "tokenExpiresAt": _TIME_OR_NULL,
+    "credentialScope": {"type": "string", "enum": ["shared", "per_user"],
+                        "description": "shown when per_user"},
 }
 
 _API_KEY_FIELDS: dict[str, Any] = {
@@ -176,6 +196,8 @@ _API_KEY_FIELDS: dict[str, Any] = {
     "createdAt": _TIME,
     "expiresAt": _TIME_OR_NULL,
     "revokedAt": _TIME_OR_NULL,
+    "user": {"type": ["string", "null"],
+             "description": "the end user the key acts for (per-user credentials)"},
 }
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -237,7 +259,10 @@ _SCHEMAS: dict[str, Any] = {
                                                       "the client secret for OAuth types; "
                                                       + _CREDENTIAL["description"]},
          "enabled": {"type": "boolean", "default": True},
-         "oauth": {**_ref("OAuthSettings"), "description": "required for OAuth auth types"}},
+         "oauth": {**_ref("OAuthSettings"), "description": "required for OAuth auth types"},
+         "credentialScope": {"type": "string", "enum": ["shared", "per_user"],
+                             "default": "shared",
+                             "description": "per_user: one credential per end user"}},
         ["slug", "name", "upstreamUrl"],
     ),
     "ConnectionUpdate": _object(
@@ -254,6 +279,19 @@ _SCHEMAS: dict[str, Any] = {
         ["credential"],
     ),
     "Empty": _object({}),
+    "UserCredentialPut": _object({"credential": _CREDENTIAL}, ["credential"]),
+    "UserCredential": _object(
+        {"user": {"type": "string"},
+         "kind": {"type": "string", "enum": ["static", "oauth2"]},
+         "updatedAt": _TIME,
+         "oauthStatus": {"type": "string",
+                         "enum": ["authorized", "pending", "reauthorization_required"]},
+         "tokenExpiresAt": _TIME_OR_NULL},
+        ["user", "kind", "updatedAt"],
+    ),
+    "UserCredentialList": _object(
+        {"data": {"type": "array", "items": _ref("UserCredential")}}, ["data"]
+    ),
     "AuthorizeResponse": _object(
         {"authorizeUrl": {"type": "string", "format": "uri",
                           "description": "open it in a browser; valid for 10 minutes, once"}},
@@ -269,7 +307,9 @@ _SCHEMAS: dict[str, Any] = {
                     "items": {"type": "string", "enum": ["admin", "mcp"]}},
          "connections": {"type": ["array", "null"], "items": _SLUG, "uniqueItems": True,
                          "description": "limit an mcp key to these connections"},
-         "expiresAt": _TIME_OR_NULL},
+         "expiresAt": _TIME_OR_NULL,
+         "user": {"type": ["string", "null"], "minLength": 1, "maxLength": 256,
+                  "description": "bind the key to this end user (X-Igris-User must match)"}},
         ["name", "scopes"],
     ),
     "ApiKeyCreated": _object(
@@ -284,7 +324,8 @@ _SCHEMAS: dict[str, Any] = {
 # The request fields the API accepts, per request schema: anything else is a 422.
 REQUEST_FIELDS: dict[str, frozenset[str]] = {
     name: frozenset(_SCHEMAS[name]["properties"])
-    for name in ("ConnectionCreate", "ConnectionUpdate", "RotateRequest", "Empty", "ApiKeyCreate")
+    for name in ("ConnectionCreate", "ConnectionUpdate", "RotateRequest", "Empty", "ApiKeyCreate",
+                 "UserCredentialPut")
 }
 
 _QUERY: dict[str, dict[str, Any]] = {
@@ -302,6 +343,9 @@ _QUERY: dict[str, dict[str, Any]] = {
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "slug": {"name": "slug", "in": "path", "required": True, "schema": _SLUG},
     "id": {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+    "user": {"name": "user", "in": "path", "required": True,
+             "description": "the end user's id (1-256 printable characters)",
+             "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
 }
 
 _ERRORS: dict[str, str] = {
@@ -337,7 +381,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         "summary": op.summary,
         "tags": [op.tag],
     }
-    params = [_PATH_PARAMS[p] for p in ("slug", "id") if "{" + p + "}" in op.path]
+    params = [_PATH_PARAMS[p] for p in ("slug", "id", "user") if "{" + p + "}" in op.path]
     params += [_QUERY[q] for q in op.query]
     if params:
         out["parameters"] = params

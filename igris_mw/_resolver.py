@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from typing import Final
 
 import attrs
@@ -33,6 +34,7 @@ from ._errors import CryptoUnavailable, InvalidCiphertext, NotFound, Unauthorize
 from ._oauth.gateway import OAuthConnection
 from ._proxy import Target
 from ._service import Service
+from ._user_credentials import UserCredentials
 from .models import ApiKey, AuthType, Connection, utcnow
 from .storage import Change, Store
 
@@ -77,6 +79,8 @@ class _Resolved:
         )
 
 
+_MAX_USER_TARGETS = 100_000
+
 # OAuth connections inject the access token obtained with the credential, not
 # the credential (the client secret) itself.
 _NO_STATIC_HEADER = frozenset({AuthType.NONE, AuthType.OAUTH2_CLIENT_CREDENTIALS, AuthType.OAUTH2})
@@ -117,6 +121,12 @@ class Resolver:
             self._load_connection, ttl=ttl, revalidate=self._revalidate_connection
         )
         self._key_hash_by_id: dict[str, bytes] = {}
+        self._ttl = ttl
+        self._users = UserCredentials(service)
+        # Per-user static credentials of per_user connections, keyed by (slug,
+        # user) and valid for one connection version (every per-user change
+        # bumps it) and at most ``ttl`` seconds: (version, loaded at, target).
+        self._user_targets: dict[tuple[str, str], tuple[int, float, Target | None]] = {}
 
     def attach(self) -> None:
         """Start following the store's changes (call once the store is open)."""
@@ -145,6 +155,32 @@ class Resolver:
     async def connection(self, slug: str) -> _Resolved | _Missing:
         """The connection for ``slug`` (``MISSING`` if there is none), from the cache."""
         return await self.connections.get(slug)
+
+    async def user_target(self, found: _Resolved, user: str) -> Target | None:
+        """``user``'s Target on a per_user connection (None: no credential), cached.
+
+        Raises:
+            CryptoUnavailable: the user's credential does not open.
+        """
+        conn = found.connection
+        key = (conn.slug, user)
+        now = time.monotonic()
+        hit = self._user_targets.get(key)
+        if hit is not None and hit[0] == conn.version and now - hit[1] < self._ttl:
+            return hit[2]
+        try:
+            secret = await self._users.open(conn, user)
+        except InvalidCiphertext as exc:
+            _crypto_fault(conn, exc)
+            raise found.unusable() from None
+        target = None
+        if secret is not None:
+            inject = inject_headers(conn, secret.reveal())
+            target = Target(base_url=conn.upstream_url, inject=inject)
+        if len(self._user_targets) > _MAX_USER_TARGETS:
+            self._user_targets.clear()
+        self._user_targets[key] = (conn.version, now, target)
+        return target
 
     # -- invalidation -------------------------------------------------------
     def on_change(self, change: Change) -> None:

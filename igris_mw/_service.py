@@ -27,12 +27,14 @@ from ._validation import (
     parse_auth_type,
     parse_bool,
     parse_credential,
+    parse_credential_scope,
     parse_cursor,
     parse_expires_at,
     parse_key_connections,
     parse_limit,
     parse_scopes,
     parse_since,
+    parse_user,
     require_mapping,
 )
 from .crypto import CryptoProvider, binding
@@ -161,8 +163,13 @@ class Service:
         raw_credential = body.get("credential")
         plaintext: bytes | None = None
         oauth = _oauth_for(auth_type, body, has_secret=raw_credential is not None)
+        scope = parse_credential_scope(
+            body.get("credentialScope"), auth_type, raw_credential is not None
+        )
         if auth_type is AuthType.OAUTH2 and raw_credential is None:
             pass  # a public client: PKCE is its only proof
+        elif scope == "per_user":
+            pass  # each user's credential comes later, per user
         elif auth_type is AuthType.NONE:
             if raw_credential is not None:
                 raise ValidationError("credential", "must be omitted when authType is 'none'")
@@ -183,6 +190,7 @@ class Service:
             created_at=now,
             updated_at=now,
             oauth=oauth,
+            credential_scope=scope,
         )
         if plaintext is not None:
             conn = attrs.evolve(conn, ciphertext=await self.crypto.encrypt(plaintext, _bind(conn)))
@@ -273,8 +281,10 @@ class Service:
     async def _reseal(self, current: Connection, updated: Connection) -> Connection:
         if updated.auth_type is AuthType.NONE:
             return attrs.evolve(updated, ciphertext=None)
-        if current.ciphertext is None and updated.auth_type is AuthType.OAUTH2:
-            return updated  # a public OAuth client: nothing to re-seal
+        if current.ciphertext is None and (
+            updated.auth_type is AuthType.OAUTH2 or updated.credential_scope == "per_user"
+        ):
+            return updated  # a public OAuth client, or credentials per user: nothing to re-seal
         if current.ciphertext is None:
             raise ValidationError(
                 "authType",
@@ -342,6 +352,12 @@ class Service:
                 header_value: object = header_name
             else:
                 header_value = current.header_name if kind is AuthType.HEADER else None
+            if current.credential_scope == "per_user" and kind is not AuthType.OAUTH2:
+                raise ValidationError(
+                    "credential",
+                    "this connection holds a credential per user: "
+                    "PUT .../users/{user}/credential instead",
+                )
             plaintext = parse_credential(credential, kind)
             kept = current.oauth if kind.value in OAUTH_AUTH_TYPES else None
             oauth = _oauth_for(kind, {"oauth": kept}, has_secret=True)
@@ -457,6 +473,7 @@ class Service:
         connections = parse_key_connections(body.get("connections"), scopes)
         now = self.clock()
         expires_at = parse_expires_at(body.get("expiresAt"), now)
+        user = parse_user(body["user"]) if body.get("user") is not None else None
         key = generate_key()
         record = ApiKey(
             id=new_key_id(),
@@ -466,6 +483,7 @@ class Service:
             connections=connections,
             created_at=now,
             expires_at=expires_at,
+            user=user,
         )
         return await self.store.create_api_key(record), key
 

@@ -31,17 +31,29 @@ __all__ = [
     "parse_auth_type",
     "parse_bool",
     "parse_credential",
+    "parse_credential_scope",
     "parse_cursor",
     "parse_expires_at",
     "parse_key_connections",
     "parse_limit",
     "parse_scopes",
     "parse_since",
+    "parse_user",
     "require_mapping",
 ]
 
 CREATE_FIELDS = frozenset(
-    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled", "oauth"}
+    {
+        "slug",
+        "name",
+        "upstreamUrl",
+        "authType",
+        "headerName",
+        "credential",
+        "enabled",
+        "oauth",
+        "credentialScope",
+    }
 )
 PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled", "oauth"})
 _READ_ONLY_FIELDS = frozenset(
@@ -55,7 +67,7 @@ _READ_ONLY_FIELDS = frozenset(
         "tokenExpiresAt",
     }
 )
-API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt"})
+API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt", "user"})
 # Only field names that look like field names are echoed back: a pasted
 # secret used as a JSON key must not end up in an error message.
 _ECHOABLE_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
@@ -125,6 +137,32 @@ def header_name_for(auth_type: AuthType, value: object) -> str | None:
     if value is not None:
         raise ValidationError("headerName", "is only allowed when authType is 'header'")
     return None
+
+
+def parse_user(value: object, field: str = "user") -> str:
+    """An end user's id: 1-256 printable characters (it names a per-user credential)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 256 or not value.isprintable():
+        raise ValidationError(field, "must be 1-256 printable characters")
+    return value
+
+
+def parse_credential_scope(value: object, auth_type: AuthType, has_credential: bool) -> str:
+    """``shared`` (default) or ``per_user``, checked against the auth type."""
+    if value is None or value == "shared":
+        return "shared"
+    if value != "per_user":
+        raise ValidationError("credentialScope", "must be shared or per_user")
+    if auth_type in (AuthType.NONE, AuthType.OAUTH2_CLIENT_CREDENTIALS):
+        raise ValidationError(
+            "credentialScope", f"per_user does not apply to authType '{auth_type}'"
+        )
+    if has_credential and auth_type is not AuthType.OAUTH2:
+        raise ValidationError(
+            "credential",
+            "must be omitted when credentialScope is per_user: give each user's credential "
+            "with PUT .../users/{user}/credential",
+        )
+    return "per_user"
 
 
 def parse_limit(value: object) -> int:

@@ -91,6 +91,29 @@ class AuthorizationFlows:
         self._clock = clock
         self._max = max_pending
         self._pending: dict[str, PendingAuthorization] = {}
+        # The URL of the newest open flow per (connection, user), for reuse.
+        self._urls: dict[tuple[str, str | None], tuple[str, float]] = {}
+
+    def begin_or_reuse(
+        self,
+        request: AuthorizationRequest,
+        *,
+        connection: str,
+        user: str | None = None,
+        min_left: float = 60.0,
+    ) -> str:
+        """Like ``begin``, but hand out the same URL again while its flow has
+        ``min_left`` seconds left (a user's repeated requests do not pile up flows)."""
+        known = self._urls.get((connection, user))
+        if known is not None:
+            url, expires_at = known
+            state = _state_of(url)
+            pending = self._pending.get(state) if state else None
+            if pending is not None and pending.request == request and (
+                expires_at - self._clock() > min_left
+            ):
+                return url
+        return self.begin(request, connection=connection, user=user)
 
     def begin(
         self, request: AuthorizationRequest, *, connection: str, user: str | None = None
@@ -123,7 +146,9 @@ class AuthorizationFlows:
         query = parse_qsl(parts.query, keep_blank_values=True)
         query = [(k, v) for k, v in query if k not in params]
         query += list(params.items())
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        self._urls[(connection, user)] = (url, self._pending[state].expires_at)
+        return url
 
     def complete(self, query: Mapping[str, str]) -> tuple[PendingAuthorization, Secret]:
         """Check a callback's query and consume its state.
@@ -194,5 +219,14 @@ class AuthorizationFlows:
         now = self._clock()
         for state in [s for s, p in self._pending.items() if now >= p.expires_at]:
             del self._pending[state]
+        for key in [k for k, (_, until) in self._urls.items() if now >= until]:
+            del self._urls[key]
         while len(self._pending) >= self._max:
             del self._pending[next(iter(self._pending))]
+
+
+def _state_of(url: str) -> str | None:
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name == "state":
+            return value
+    return None

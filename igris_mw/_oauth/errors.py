@@ -4,6 +4,7 @@
 UpstreamError (502)
 └── OAuthError                    oauth_error: the authorization server failed or refused
     ├── InvalidGrant              reauthorization_required: the grant is gone (invalid_grant)
+    │   └── GrantMissing          ... or was never given (nobody consented yet)
     └── DiscoveryError            oauth_discovery_failed: no usable metadata
 BadRequest (400)
 └── InvalidAuthorizationResponse  oauth_callback_invalid: bad state or iss
@@ -20,7 +21,13 @@ import re
 
 from igris_mw._errors import BadRequest, UpstreamError
 
-__all__ = ["DiscoveryError", "InvalidAuthorizationResponse", "InvalidGrant", "OAuthError"]
+__all__ = [
+    "DiscoveryError",
+    "GrantMissing",
+    "InvalidAuthorizationResponse",
+    "InvalidGrant",
+    "OAuthError",
+]
 
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -47,6 +54,10 @@ class InvalidGrant(OAuthError):
     """The grant (refresh token or code) is no longer valid: someone must consent again."""
 
     code = "reauthorization_required"
+
+
+class GrantMissing(InvalidGrant):
+    """Nobody has consented yet: there is no grant at all."""
 
 
 class DiscoveryError(OAuthError):

@@ -213,7 +213,7 @@ class OAuthRuntime:
             issuer=server.issuer or None,
             iss_required=server.authorization_response_iss_parameter_supported,
         )
-        return self.flows.begin(request, connection=slug, user=user or None)
+        return self.flows.begin_or_reuse(request, connection=slug, user=user or None)
 
     async def complete(self, query: Mapping[str, str]) -> tuple[str, str]:
         """Check a callback, redeem its code, store the grant; returns (slug, user).

@@ -40,7 +40,7 @@ from typing import Literal, Protocol
 import attrs
 
 from igris_mw._oauth.client_credentials import DEFAULT_LIFETIME, renewal_skew, usable_margin
-from igris_mw._oauth.errors import InvalidGrant, OAuthError
+from igris_mw._oauth.errors import GrantMissing, InvalidGrant, OAuthError
 from igris_mw._oauth.tokens import ClientAuth, TokenClient, TokenSet
 from igris_mw.models import Secret
 
@@ -247,8 +247,9 @@ class GrantManager:
             now = self._clock()
             if state is None and not config.creates:
                 self._entries.pop(key, None)
-                raise InvalidGrant(
-                    "nobody has authorized this connection yet (oauthStatus pending)"
+                raise GrantMissing(
+                    "nobody has authorized this connection yet (oauthStatus pending): "
+                    "POST .../oauth/authorize and consent"
                 )
             if state is not None and state.status == "reauthorization_required":
                 self._entries.pop(key, None)
