@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from ._asgi import Receive, Scope, Send, local_path
 from ._auth import bearer_token
@@ -401,17 +401,32 @@ class _Exchange:
             return
         await send_json(self.send, status, payload, extra)
 
-    async def _dispatch(self) -> _Result:
+    def _match(self) -> tuple[dict[str, str], dict[str, Operation]] | None:
         path = local_path(self.scope)
         for pattern, ops in self.api._routes:
             match = pattern.match(path)
-            if match is None:
-                continue
+            if match is not None:
+                return match.groupdict(), ops
+        # A parameter may hold an escaped '/' (an end user's id such as
+        # "org/alice"): match the still-escaped path, then unescape the values.
+        raw = self.scope.get("raw_path")
+        if raw and b"%2f" in bytes(raw).lower():
+            escaped = local_path({**self.scope, "path": bytes(raw).decode("latin-1")})
+            for pattern, ops in self.api._routes:
+                match = pattern.match(escaped.split("?", 1)[0])
+                if match is not None:
+                    return {k: unquote(v) for k, v in match.groupdict().items()}, ops
+        return None
+
+    async def _dispatch(self) -> _Result:
+        found = self._match()
+        if found is not None:
+            params, ops = found
             op = ops.get(self.method)
             if op is None:
                 raise _MethodNotAllowed(sorted(ops))
             self.route = op.path
-            self.params = match.groupdict()
+            self.params = params
             if not op.public:
                 key = await self._authorize()
                 self.actor = key.id

@@ -209,3 +209,40 @@ async def test_user_credential_on_a_shared_connection_is_422(
                      json={"credential": "x"})
     assert resp.status_code == 422
     assert resp.json()["error"]["field"] == "credentialScope"
+
+
+async def test_sdk_methods_for_oauth_and_per_user(
+    gateway: Gateway, provider: AuthorizationServer, resource_server: ResourceServer,
+    static_upstream: UpstreamServer,
+) -> None:
+    """AsyncIgrisClient creates OAuth and per-user connections, sets users, gets consent URLs."""
+    from igris_mw import ValidationError
+    from igris_mw.client import AsyncIgrisClient
+
+    async with AsyncIgrisClient(gateway.base_url, gateway.admin_key) as client:
+        slug = new_slug("sdk")
+        conn = await client.create_connection(
+            slug, "sdk", static_upstream.base_url + "/mcp", credential_scope="per_user"
+        )
+        assert conn["credentialScope"] == "per_user"
+        canary = new_credential("sdk-canary")
+        shown = await client.set_user_credential(slug, "dana/ü", canary)
+        assert shown["user"] == "dana/ü"
+        assert canary not in json.dumps(shown)
+        assert [u["user"] for u in await client.list_users(slug)] == ["dana/ü"]
+        await client.delete_user_credential(slug, "dana/ü")
+        assert await client.list_users(slug) == []
+
+        oauth_slug = new_slug("sdkoauth")
+        created = await client.create_connection(
+            oauth_slug, "sdk oauth", resource_server.resource, auth_type="oauth2",
+            oauth={"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]},
+        )
+        assert created["oauthStatus"] == "pending"
+        url = await client.authorize_connection(oauth_slug)
+        assert url.startswith(f"{provider.issuer}/auth?")
+        with pytest.raises(ValidationError) as info:
+            await client.authorize_connection(slug, user="dana")
+        assert info.value.field == "authType"
+        key = await client.create_api_key("bound", ["mcp"], user="dana")
+        assert key.record["user"] == "dana"
