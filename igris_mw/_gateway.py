@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 from . import _auth
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
-from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
-from ._audit_file import build_audit_sink
+from ._audit import PEEK_LIMIT, AuditWriter, build_audit_sink, new_event_id, peek_jsonrpc
 from ._errors import (
     BadRequest,
+    ConfigurationError,
     Forbidden,
     IgrisError,
     NotFound,
@@ -38,15 +38,20 @@ from ._errors import (
     Unauthorized,
     UserCredentialMissing,
     UserMismatch,
+    ValidationError,
 )
 from ._lifespan import Lifecycle
 from ._oauth.errors import GrantMissing
 from ._oauth.gateway import OAuthRuntime
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._proxy.outbound import UpstreamProxy, parse_upstream_proxy
+from ._proxy.tls import ContextCache
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
+from ._settings import Settings
+from ._tls_material import load_ca_file
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, Secret, utcnow
 from .models import Scope as KeyScope
@@ -77,17 +82,25 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
-def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _egress_settings(
+    settings: Settings,
+    ca_file: str | os.PathLike[str] | None,
+    proxy: str | None,
+) -> tuple[ContextCache, UpstreamProxy | None]:
+    """The TLS contexts and the forward proxy from the arguments, else the settings.
+
+    Raises:
+        ConfigurationError: the CA file cannot be read or used, or the proxy
+            URL is not ``http://host:port`` (the message never shows its password).
+    """
+    ca_file = ca_file if ca_file is not None else settings.upstream_ca_file
+    proxy = proxy if proxy is not None else settings.upstream_proxy
     try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
-    return value
+        ca_pem = load_ca_file(ca_file, "IGRIS_UPSTREAM_CA_FILE") if ca_file else None
+        parsed = parse_upstream_proxy(proxy, "IGRIS_UPSTREAM_PROXY") if proxy else None
+    except ValidationError as exc:
+        raise ConfigurationError(exc.message) from None
+    return ContextCache(ca_file_pem=ca_pem), parsed
 
 
 class IgrisGateway:
@@ -113,6 +126,12 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        upstream_ca_file: a PEM file of CA certificates trusted for every
+            ``https://`` upstream in addition to the system's (default
+            ``IGRIS_UPSTREAM_CA_FILE``); a connection's ``caCertificate`` adds more.
+        upstream_proxy: ``http://[user:password@]host:port`` of a forward proxy
+            for all upstream traffic (default ``IGRIS_UPSTREAM_PROXY``); the
+            process's ``HTTP(S)_PROXY`` is never used.
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -133,35 +152,48 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        upstream_ca_file: str | os.PathLike[str] | None = None,
+        upstream_proxy: str | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
         self.app = app
         if store is None:
-            store = env.get("IGRIS_STORE")
+            store = settings.store
             if not store:
-                raise ValueError("no store given: pass store=... or set IGRIS_STORE")
+                raise ConfigurationError("no store given: pass store=... or set IGRIS_STORE")
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.crypto: CryptoProvider = (
             crypto
             if crypto is not None and not isinstance(crypto, str)
-            else crypto_from_url(crypto or env.get("IGRIS_CRYPTO"), env)
+            else crypto_from_url(crypto or settings.crypto_url, settings.crypto_environ(env))
         )
+        audit = audit if audit is not None else settings.audit
+        if audit is None and not self.store.capabilities.audit:
+            raise ConfigurationError(
+                f"the {type(self.store).__name__} keeps no audit events: pass audit= "
+                "(a jsonl:///path/audit.jsonl URL, or a store URL that keeps them) "
+                "or set IGRIS_AUDIT"
+            )
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
         self.service = Service(self.store, self.crypto, audit=audit)
         if upstream_timeout is None:
-            upstream_timeout = _env_float(env, "IGRIS_UPSTREAM_TIMEOUT", 60.0)
+            upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
-        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl)
+        tls_contexts, proxy = _egress_settings(settings, upstream_ca_file, upstream_proxy)
+        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, tls=tls_contexts)
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
-        self.forwarder = Forwarder(timeout=upstream_timeout)
+        self.forwarder = Forwarder(
+            timeout=upstream_timeout, ssl=tls_contexts.default, proxy=proxy
+        )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.oauth = OAuthRuntime(self.store, self.crypto, on_refresh=self._token_refreshed)
         self._public_url = public_url.rstrip("/") if public_url else None
@@ -400,7 +432,7 @@ class IgrisGateway:
                     "this user has not authorized this connection yet: open authorizeUrl",
                     authorize_url=url,
                 ) from None
-        target = await self.resolver.user_target(found, user)
+        target = await self.resolver.user_target(found, base, user)
         if target is None:
             raise UserCredentialMissing("this connection holds no credential for this user")
         return target, None

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from igris_mw._errors import ConfigurationError
+from igris_mw.errors import ConfigurationError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
@@ -80,7 +80,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
-    # 2: the oauth object of OAuth connections (JSON text, never a secret),
+    # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
+    "ALTER TABLE igris_connections ADD COLUMN tls text;",
+    # 3: the oauth object of OAuth connections (JSON text, never a secret),
     # the credential scope, the user an API key is bound to, and OAuth or
     # per-user credentials: sealed per (connection, user; '' for the
     # connection's own), written by compare-and-set on version

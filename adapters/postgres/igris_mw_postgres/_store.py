@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from igris_mw._errors import (
+from igris_mw.errors import (
     ConfigurationError,
     Conflict,
     NotFound,
@@ -36,8 +36,6 @@ from igris_mw._errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from igris_mw._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
-from igris_mw._plugins import redact_url
 from igris_mw.models import (
     ApiKey,
     AuditEvent,
@@ -46,7 +44,11 @@ from igris_mw.models import (
     OAuthGrant,
     Page,
     Scope,
+    TlsConfig,
+    tls_text,
 )
+from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from igris_mw.plugins import redact_url
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 from ._notify import CHANNEL, Listener, payload
@@ -66,7 +68,7 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version, oauth, credential_scope"
+    "ciphertext, created_at, updated_at, rotated_at, version, tls, oauth, credential_scope"
 )
 _GRANT_COLS = (
     'slug, "user", ciphertext, expires_at, lifetime, status, lease_until, version, updated_at'
@@ -138,6 +140,7 @@ def _connection_from_row(row: Row) -> Connection:
         updated_at=row["updated_at"].astimezone(UTC),
         rotated_at=_utc(row["rotated_at"]),
         version=row["version"],
+        tls=TlsConfig.from_text(row["tls"]),
         oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
         credential_scope=row["credential_scope"],
     )
@@ -366,11 +369,12 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at, _oauth_text(c), c.credential_scope),
+                         c.updated_at, c.rotated_at, tls_text(c.tls), _oauth_text(c),
+                         c.credential_scope),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "connection", c.slug)
@@ -417,12 +421,12 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, oauth = %s, credential_scope = %s, "
-                "version = version + 1 "
+                "updated_at = %s, rotated_at = %s, tls = %s, oauth = %s, "
+                "credential_scope = %s, version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
                  c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
-                 _oauth_text(c), c.credential_scope, c.slug, expected_version),
+                 tls_text(c.tls), _oauth_text(c), c.credential_scope, c.slug, expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:

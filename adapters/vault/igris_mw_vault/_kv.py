@@ -13,7 +13,7 @@ A delete removes the metadata (every version), so a slug can be reused.
 
 Audit events are not a KV workload (append-heavy, hash-chained, listed by
 time): ``capabilities.audit`` is false and the service is given a separate
-sink (``igris_mw._audit_file.JsonlAuditSink``, SQLite or Postgres).
+sink (``--audit jsonl:///path``, SQLite or Postgres).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from igris_mw._errors import (
+from igris_mw.errors import (
     ConfigurationError,
     Conflict,
     NotFound,
@@ -40,7 +40,6 @@ from igris_mw._errors import (
     ValidationError,
     VersionConflict,
 )
-from igris_mw._paging import bad_cursor, check_limit
 from igris_mw.models import (
     SLUG_RE,
     ApiKey,
@@ -50,7 +49,10 @@ from igris_mw.models import (
     OAuthGrant,
     Page,
     Scope,
+    TlsConfig,
+    tls_text,
 )
+from igris_mw.paging import bad_cursor, check_limit
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
 
 from ._client import VaultClient, errors_text, json_of
@@ -232,6 +234,7 @@ class VaultKVStore:
             "rotated_at": _time(c.rotated_at),
             "oauth": dict(c.oauth) if c.oauth is not None else None,
             "credential_scope": c.credential_scope,
+            "tls": tls_text(c.tls),
         }
 
     def _conn_from(self, data: Mapping[str, Any], version: int, path: str) -> Connection:
@@ -252,6 +255,7 @@ class VaultKVStore:
                 version=version,
                 oauth=data.get("oauth"),
                 credential_scope=str(data.get("credential_scope") or "shared"),
+                tls=TlsConfig.from_text(data.get("tls")),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise StoreUnavailable(
@@ -488,7 +492,7 @@ class VaultKVStore:
         raise ConfigurationError(AUDIT_HINT)
 
 
-# A JSON cursor rather than ``igris_mw._paging.encode_cursor``'s prefix form:
+# A JSON cursor rather than ``igris_mw.paging.encode_cursor``'s prefix form:
 # kept so that cursors handed out before stay valid.
 def _encode_cursor(slug: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": slug}).encode()).decode().rstrip("=")

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from .models import ApiKey, AuditEvent, AuthType, Connection, OAuthGrant, Scope
+from ..models import ApiKey, AuditEvent, AuthType, Connection, OAuthGrant, Scope, TlsConfig
 
 __all__ = [
     "MIGRATIONS",
@@ -65,6 +65,9 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
     ],
+    # 2: a connection's TLS material (models.TlsConfig.to_text; the client key sealed)
+    ["ALTER TABLE connections ADD COLUMN tls TEXT"],
+    # 3: OAuth and per-user credentials
     [
         # The oauth object of OAuth connections (JSON, never a secret), the
         # credential scope, the user an API key is bound to, and per-user or
@@ -121,6 +124,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         updated_at=from_ms(row["updated_at"]),
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
+        tls=TlsConfig.from_text(row["tls"]),
         oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
         credential_scope=row["credential_scope"],
     )

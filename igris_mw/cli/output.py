@@ -1,6 +1,6 @@
 """What ``igris-mw`` prints: tables and key/value blocks for people, JSON for scripts.
 
-Kept apart from ``cli`` so the commands read as what they do, not how they
+Kept apart from the commands so the commands read as what they do, not how they
 format. Output goes to ``sys.stdout`` looked up at each call, so it follows
 any redirection (``contextlib.redirect_stdout``, pytest's capture).
 """
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .models import ApiKey, AuditEvent, Connection, format_time
+from ..models import ApiKey, AuditEvent, Connection, format_time
 
 __all__ = [
     "EVENT_HEADERS",
@@ -60,7 +60,13 @@ def show_connection(conn: Connection, as_json: bool) -> None:
     if as_json:
         print_json(conn.to_json())
     else:
-        show_fields(conn.to_json())
+        body = conn.to_json()
+        for field in ("caCertificate", "clientCertificate"):
+            # A PEM block is many lines: show how many certificates, --json shows the text.
+            if body.get(field):
+                count = body[field].count("-----BEGIN CERTIFICATE-----")
+                body[field] = f"PEM, {count} certificate{'s' if count != 1 else ''}"
+        show_fields(body)
 
 
 def show_api_key(key: ApiKey, as_json: bool) -> None:
