@@ -195,7 +195,12 @@ class IgrisGateway:
             timeout=upstream_timeout, ssl=tls_contexts.default, proxy=proxy
         )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
-        self.oauth = OAuthRuntime(self.store, self.crypto, on_refresh=self._token_refreshed)
+        self.oauth = OAuthRuntime(
+            self.store,
+            self.crypto,
+            open_credential=self.service.open_credential,
+            on_refresh=self._token_refreshed,
+        )
         self._public_url = public_url.rstrip("/") if public_url else None
         self.api = ManagementAPI(
             self.service,

@@ -19,6 +19,7 @@ import attrs
 from ._audit import new_event_id
 from ._errors import NotFound, ValidationError, VersionConflict
 from ._oauth.config import oauth_status
+from ._oauth.sealed import is_flow_row
 from ._service import Service
 from ._validation import parse_credential, parse_user, require_mapping
 from .crypto import binding
@@ -101,7 +102,7 @@ class UserCredentials:
         conn = await self._per_user(slug)
         out = []
         for grant in await self._service.store.list_oauth_grants(slug):
-            if not grant.user:
+            if not grant.user or is_flow_row(grant.user):
                 continue
             item: dict[str, Any] = {"user": grant.user, "updatedAt": format_time(grant.updated_at)}
             if grant.status == "static":

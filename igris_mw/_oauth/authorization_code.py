@@ -2,14 +2,19 @@
 
 ``AuthorizationFlows.begin`` builds the URL a person opens; it keeps, on the
 server and never in the URL, the PKCE verifier and what the flow is for (the
-connection and the end user). ``state`` is 256 random bits, single-use and
-short-lived (``ttl``, 10 minutes by default), and it is the only key to that
-record: the callback finds the connection and user from it, so a code can be
-redeemed only for the connection and user it was requested for.
+connection and the end user), in a ``FlowStore``: in memory, or sealed in the
+igris-mw store so that any gateway process (or the CLI) may begin a flow and
+any gateway process may complete it. ``state`` is ``<slug>.<256 random
+bits>``: single-use (the store hands a flow out once), short-lived (``ttl``,
+10 minutes by default), and the only key to the flow: the callback finds the
+connection and user from it, so a code can be redeemed only for the
+connection and user it was requested for.
+
 ``complete`` checks the callback (state known, not expired; ``iss`` equal to the
 issuer when present and the issuer is known from discovery, and required when
-the server promises it) and consumes the state before anything else, so a
-replayed callback fails.
+the server promises it). The state is consumed before anything else, so a
+replayed callback fails (and never reaches the token endpoint with a used
+code, which would make the server revoke what that code issued).
 """
 
 from __future__ import annotations
@@ -18,20 +23,24 @@ import base64
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
 from igris_mw._oauth.errors import InvalidAuthorizationResponse, OAuthError, safe_error_code
 from igris_mw._oauth.tokens import ClientAuth, TokenClient, TokenSet
-from igris_mw.models import Secret
+from igris_mw.models import SLUG_RE, Secret
 
 __all__ = [
     "AuthorizationFlows",
     "AuthorizationRequest",
+    "FlowStore",
+    "MemoryFlowStore",
     "PendingAuthorization",
     "code_challenge",
+    "slug_of_state",
 ]
 
 DEFAULT_TTL = 600.0
@@ -42,6 +51,18 @@ def code_challenge(verifier: Secret) -> str:
     """RFC 7636 4.2 S256: BASE64URL(SHA256(verifier)) without padding."""
     digest = hashlib.sha256(verifier.reveal()).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def slug_of_state(state: object) -> tuple[str, str] | None:
+    """``(slug, random part)`` of a state this module made, else None."""
+    if not isinstance(state, str) or len(state) > 200:
+        return None
+    slug, dot, nonce = state.partition(".")
+    if not dot or not SLUG_RE.match(slug) or len(nonce) < 40 or not nonce.isascii():
+        return None
+    if not all(c.isalnum() or c in "-_" for c in nonce):
+        return None
+    return slug, nonce
 
 
 @attrs.frozen
@@ -68,33 +89,60 @@ class PendingAuthorization:
     user: str | None
     request: AuthorizationRequest
     code_verifier: Secret = attrs.field(repr=False)
-    expires_at: float  # monotonic
+    expires_at: float  # wall clock
+
+
+class FlowStore(Protocol):
+    """Where flows wait for their callback. ``take`` hands a flow out once."""
+
+    async def save(self, state: str, pending: PendingAuthorization) -> None: ...
+
+    async def take(self, state: str) -> PendingAuthorization | None: ...
+
+
+class MemoryFlowStore:
+    """Flows in this process's memory (at most ``max_pending``; the oldest go first)."""
+
+    def __init__(self, *, max_pending: int = MAX_PENDING) -> None:
+        self._max = max_pending
+        self._pending: dict[str, PendingAuthorization] = {}
+
+    async def save(self, state: str, pending: PendingAuthorization) -> None:
+        while len(self._pending) >= self._max:
+            del self._pending[next(iter(self._pending))]
+        self._pending[state] = pending
+
+    async def take(self, state: str) -> PendingAuthorization | None:
+        return self._pending.pop(state, None)
+
+    def peek(self, state: str) -> PendingAuthorization | None:
+        return self._pending.get(state)
 
 
 class AuthorizationFlows:
-    """Flows awaiting their callback, in this process's memory.
+    """Begin and complete authorization-code flows.
 
     Args:
+        store: where flows wait (default: this process's memory).
         ttl: seconds a ``state`` stays redeemable.
-        clock: monotonic clock (injectable for tests).
-        max_pending: flows kept at most; the oldest go first.
+        clock: wall clock (flows may cross processes; injectable for tests).
     """
 
     def __init__(
         self,
+        store: FlowStore | None = None,
         *,
         ttl: float = DEFAULT_TTL,
-        clock: Callable[[], float] = time.monotonic,
-        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._store: FlowStore = store if store is not None else MemoryFlowStore()
         self._ttl = ttl
         self._clock = clock
-        self._max = max_pending
-        self._pending: dict[str, PendingAuthorization] = {}
-        # The URL of the newest open flow per (connection, user), for reuse.
-        self._urls: dict[tuple[str, str | None], tuple[str, float]] = {}
+        # The URL of the newest flow this process began per (connection, user),
+        # so that a user's repeated requests reuse it instead of piling up flows.
+        self._urls: dict[tuple[str, str | None], tuple[str, float, AuthorizationRequest]] = {}
 
-    def begin_or_reuse(
+    async def begin_or_reuse(
         self,
         request: AuthorizationRequest,
         *,
@@ -102,32 +150,31 @@ class AuthorizationFlows:
         user: str | None = None,
         min_left: float = 60.0,
     ) -> str:
-        """Like ``begin``, but hand out the same URL again while its flow has
-        ``min_left`` seconds left (a user's repeated requests do not pile up flows)."""
+        """Like ``begin``, but hand out the same URL again while its flow (begun
+        here, still unused) has ``min_left`` seconds left."""
         known = self._urls.get((connection, user))
         if known is not None:
-            url, expires_at = known
-            state = _state_of(url)
-            pending = self._pending.get(state) if state else None
-            if pending is not None and pending.request == request and (
-                expires_at - self._clock() > min_left
-            ):
+            url, expires_at, asked = known
+            if asked == request and expires_at - self._clock() > min_left:
                 return url
-        return self.begin(request, connection=connection, user=user)
+        return await self.begin(request, connection=connection, user=user)
 
-    def begin(
+    async def begin(
         self, request: AuthorizationRequest, *, connection: str, user: str | None = None
     ) -> str:
         """The authorization URL to open for ``connection`` (and ``user``)."""
-        self._expire()
-        state = secrets.token_urlsafe(32)
+        state = f"{connection}.{secrets.token_urlsafe(32)}"
         verifier = Secret(secrets.token_urlsafe(64).encode())  # 86 chars: RFC 7636 43..128
-        self._pending[state] = PendingAuthorization(
-            connection=connection,
-            user=user,
-            request=request,
-            code_verifier=verifier,
-            expires_at=self._clock() + self._ttl,
+        expires_at = self._clock() + self._ttl
+        await self._store.save(
+            state,
+            PendingAuthorization(
+                connection=connection,
+                user=user,
+                request=request,
+                code_verifier=verifier,
+                expires_at=expires_at,
+            ),
         )
         params = {
             "response_type": "code",
@@ -147,10 +194,13 @@ class AuthorizationFlows:
         query = [(k, v) for k, v in query if k not in params]
         query += list(params.items())
         url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-        self._urls[(connection, user)] = (url, self._pending[state].expires_at)
+        now = self._clock()
+        for key in [k for k, (_, until, _r) in self._urls.items() if now >= until]:
+            del self._urls[key]
+        self._urls[(connection, user)] = (url, expires_at, request)
         return url
 
-    def complete(self, query: Mapping[str, str]) -> tuple[PendingAuthorization, Secret]:
+    async def complete(self, query: Mapping[str, str]) -> tuple[PendingAuthorization, Secret]:
         """Check a callback's query and consume its state.
 
         Returns:
@@ -162,12 +212,16 @@ class AuthorizationFlows:
             OAuthError: the server answered an error (the person declined, ...).
         """
         state = query.get("state")
-        pending = self._pending.pop(state, None) if isinstance(state, str) else None
+        pending = None
+        if slug_of_state(state) is not None:
+            assert isinstance(state, str)
+            pending = await self._store.take(state)
         if pending is None or self._clock() >= pending.expires_at:
             raise InvalidAuthorizationResponse(
                 "this authorization response is unknown, already used or expired: "
                 "start the authorization again"
             )
+        self._urls.pop((pending.connection, pending.user), None)
         request = pending.request
         iss = query.get("iss")
         # Without a known issuer (endpoints configured, not discovered) there is
@@ -195,38 +249,24 @@ class AuthorizationFlows:
         return pending, Secret(code_value.encode())
 
     async def exchange(
-        self, tokens: TokenClient, pending: PendingAuthorization, code: Secret
+        self,
+        tokens: TokenClient,
+        pending: PendingAuthorization,
+        code: Secret,
+        *,
+        client: ClientAuth | None = None,
     ) -> TokenSet:
-        """Redeem ``code`` with the flow's verifier (RFC 6749 4.1.3, RFC 7636 4.5)."""
+        """Redeem ``code`` with the flow's verifier (RFC 6749 4.1.3, RFC 7636 4.5).
+
+        ``client`` replaces the flow's client authentication (a flow read back
+        from the store carries no client secret).
+        """
         request = pending.request
         return await tokens.authorization_code(
             request.token_endpoint,
-            request.client,
+            client if client is not None else request.client,
             code=code,
             redirect_uri=request.redirect_uri,
             code_verifier=pending.code_verifier,
             resource=request.resource,
         )
-
-    def pending_for(self, connection: str) -> Iterable[PendingAuthorization]:
-        """Flows still open for ``connection`` (for ``oauthStatus: pending``)."""
-        now = self._clock()
-        return [
-            p for p in self._pending.values() if p.connection == connection and now < p.expires_at
-        ]
-
-    def _expire(self) -> None:
-        now = self._clock()
-        for state in [s for s, p in self._pending.items() if now >= p.expires_at]:
-            del self._pending[state]
-        for key in [k for k, (_, until) in self._urls.items() if now >= until]:
-            del self._urls[key]
-        while len(self._pending) >= self._max:
-            del self._pending[next(iter(self._pending))]
-
-
-def _state_of(url: str) -> str | None:
-    for name, value in parse_qsl(urlsplit(url).query):
-        if name == "state":
-            return value
-    return None

@@ -20,7 +20,7 @@ checks the callback, redeems the code and stores the grant.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Literal
 
 import aiohttp
@@ -29,9 +29,9 @@ import attrs
 from igris_mw._oauth.authorization_code import AuthorizationFlows, AuthorizationRequest
 from igris_mw._oauth.client_credentials import ClientCredentialsConfig
 from igris_mw._oauth.discovery import ServerMetadata, discover
-from igris_mw._oauth.errors import DiscoveryError, OAuthError
+from igris_mw._oauth.errors import DiscoveryError, InvalidAuthorizationResponse, OAuthError
 from igris_mw._oauth.grants import GrantManager, GrantState, RefreshConfig, Renewal
-from igris_mw._oauth.sealed import SealedGrantStore
+from igris_mw._oauth.sealed import SealedFlowStore, SealedGrantStore
 from igris_mw._oauth.tokens import ClientAuth, TokenClient
 from igris_mw._proxy.upstream import Target
 from igris_mw.crypto import CryptoProvider
@@ -86,17 +86,19 @@ class OAuthRuntime:
         store: Store,
         crypto: CryptoProvider,
         *,
+        open_credential: Callable[[Connection], Awaitable[Secret | None]],
         on_refresh: RefreshListener | None = None,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._open_credential = open_credential
         self._on_refresh = on_refresh
         self._clock = clock
         self.tokens = TokenClient(timeout=timeout, clock=clock)
         self.grants = SealedGrantStore(store, crypto)
         self.manager = GrantManager(self.grants, self.tokens, clock=clock, on_refresh=self._told)
-        self.flows = AuthorizationFlows()
+        self.flows = AuthorizationFlows(SealedFlowStore(store, crypto), clock=clock)
         self._configs: dict[str, tuple[OAuthConnection, Renewal]] = {}
         self._targets: dict[Hashable, tuple[Secret, Target]] = {}
         self._servers: dict[str, tuple[float, ServerMetadata]] = {}
@@ -213,7 +215,7 @@ class OAuthRuntime:
             issuer=server.issuer or None,
             iss_required=server.authorization_response_iss_parameter_supported,
         )
-        return self.flows.begin_or_reuse(request, connection=slug, user=user or None)
+        return await self.flows.begin_or_reuse(request, connection=slug, user=user or None)
 
     async def complete(self, query: Mapping[str, str]) -> tuple[str, str]:
         """Check a callback, redeem its code, store the grant; returns (slug, user).
@@ -222,9 +224,22 @@ class OAuthRuntime:
             InvalidAuthorizationResponse: unknown, used or expired state; bad ``iss``.
             OAuthError: the person declined, or the code could not be redeemed.
         """
-        pending, code = self.flows.complete(query)
-        tokens = await self.flows.exchange(self.tokens, pending, code)
+        pending, code = await self.flows.complete(query)
         slug, user = pending.connection, pending.user or ""
+        # The flow keeps no client secret: read the connection as it is now.
+        conn = OAuthConnection.of(
+            record := await self.store.get_connection(slug),
+            await self._open_credential(record),
+        )
+        if (
+            conn is None
+            or conn.kind != "oauth2"
+            or conn.client.client_id != pending.request.client.client_id
+        ):
+            raise InvalidAuthorizationResponse(
+                "the connection changed since this authorization began: start it again"
+            )
+        tokens = await self.flows.exchange(self.tokens, pending, code, client=conn.client)
         key = (slug, user)
         for _ in range(_CAS_ATTEMPTS):
             current = await self.grants.load(key)

@@ -69,7 +69,7 @@ async def test_consent_code_refresh_rotation_and_revocation(
     """Consent by the forms, code for tokens, 3 rotations, then revoked: invalid_grant."""
     tokens = TokenClient(session)
     flows = AuthorizationFlows()
-    url = flows.begin(
+    url = await flows.begin(
         await request_for(session, resource_server, client), connection="notion", user="alice"
     )
     params = query(url)
@@ -80,7 +80,7 @@ async def test_consent_code_refresh_rotation_and_revocation(
     callback = await drive_consent(url, account="alice", redirect_prefix=REDIRECT)
     answer = query(callback)
     assert answer["iss"] == provider.issuer
-    pending, code = flows.complete(answer)
+    pending, code = await flows.complete(answer)
     assert (pending.connection, pending.user) == ("notion", "alice")
     got = await flows.exchange(tokens, pending, code)
     assert got.refresh_token is not None
@@ -122,8 +122,8 @@ async def test_reusing_a_rotated_refresh_token_strands_the_grant(
     tokens = TokenClient(session)
     flows = AuthorizationFlows()
     request = await request_for(session, resource_server, public())
-    url = flows.begin(request, connection="c")
-    pending, code = flows.complete(
+    url = await flows.begin(request, connection="conn-c")
+    pending, code = await flows.complete(
         query(await drive_consent(url, account="bob", redirect_prefix=REDIRECT))
     )
     first = await flows.exchange(tokens, pending, code)
@@ -148,42 +148,42 @@ async def test_state_is_single_use(
     """A replayed callback (same state) is refused."""
     flows = AuthorizationFlows()
     request = await request_for(session, resource_server, public())
-    url = flows.begin(request, connection="c")
+    url = await flows.begin(request, connection="conn-c")
     answer = query(await drive_consent(url, account="carol", redirect_prefix=REDIRECT))
-    flows.complete(answer)
+    await flows.complete(answer)
     with pytest.raises(InvalidAuthorizationResponse, match="already used"):
-        flows.complete(answer)
+        await flows.complete(answer)
 
 
-def test_state_expires() -> None:
+async def test_state_expires() -> None:
     """A state older than the ttl is refused, and it is consumed by the attempt."""
     now = [0.0]
     flows = AuthorizationFlows(ttl=600, clock=lambda: now[0])
     request = AuthorizationRequest("https://as/auth", "https://as/token", public(), REDIRECT)
-    state = query(flows.begin(request, connection="c"))["state"]
+    state = query(await flows.begin(request, connection="conn-c"))["state"]
     now[0] = 600.0
     with pytest.raises(InvalidAuthorizationResponse):
-        flows.complete({"state": state, "code": "x"})
+        await flows.complete({"state": state, "code": "x"})
 
 
-def test_unknown_state_is_refused() -> None:
+async def test_unknown_state_is_refused() -> None:
     """A callback with a state this process never issued is refused."""
     with pytest.raises(InvalidAuthorizationResponse):
-        AuthorizationFlows().complete({"state": "forged", "code": "x"})
+        await AuthorizationFlows().complete({"state": "forged", "code": "x"})
 
 
-def test_iss_mismatch_is_refused() -> None:
+async def test_iss_mismatch_is_refused() -> None:
     """RFC 9207: an iss other than the issuer asked is a mix-up, refused."""
     flows = AuthorizationFlows()
     request = AuthorizationRequest(
         "https://as/auth", "https://as/token", public(), REDIRECT, issuer="https://as"
     )
-    state = query(flows.begin(request, connection="c"))["state"]
+    state = query(await flows.begin(request, connection="conn-c"))["state"]
     with pytest.raises(InvalidAuthorizationResponse, match="another issuer"):
-        flows.complete({"state": state, "code": "x", "iss": "https://evil"})
+        await flows.complete({"state": state, "code": "x", "iss": "https://evil"})
 
 
-def test_missing_iss_is_refused_when_the_server_promised_it() -> None:
+async def test_missing_iss_is_refused_when_the_server_promised_it() -> None:
     """RFC 9207: a server that advertises iss must send it."""
     flows = AuthorizationFlows()
     request = AuthorizationRequest(
@@ -194,24 +194,24 @@ def test_missing_iss_is_refused_when_the_server_promised_it() -> None:
         issuer="https://as",
         iss_required=True,
     )
-    state = query(flows.begin(request, connection="c"))["state"]
+    state = query(await flows.begin(request, connection="conn-c"))["state"]
     with pytest.raises(InvalidAuthorizationResponse, match="iss"):
-        flows.complete({"state": state, "code": "x"})
+        await flows.complete({"state": state, "code": "x"})
 
 
-def test_an_error_answer_is_an_oauth_error_with_only_the_code() -> None:
+async def test_an_error_answer_is_an_oauth_error_with_only_the_code() -> None:
     """access_denied says consent was declined; the free-text description is not echoed."""
     flows = AuthorizationFlows()
     request = AuthorizationRequest("https://as/auth", "https://as/token", public(), REDIRECT)
-    state = query(flows.begin(request, connection="c"))["state"]
+    state = query(await flows.begin(request, connection="conn-c"))["state"]
     with pytest.raises(OAuthError, match="declined") as info:
-        flows.complete(
+        await flows.complete(
             {"state": state, "error": "access_denied", "error_description": "<script>canary"}
         )
     assert "canary" not in str(info.value)
 
 
-def test_the_authorize_url_keeps_the_endpoint_query_and_hides_the_verifier() -> None:
+async def test_the_authorize_url_keeps_the_endpoint_query_and_hides_the_verifier() -> None:
     """Endpoint query parameters survive; the challenge is S256 of a verifier kept server-side."""
     flows = AuthorizationFlows()
     request = AuthorizationRequest(
@@ -222,12 +222,12 @@ def test_the_authorize_url_keeps_the_endpoint_query_and_hides_the_verifier() -> 
         scopes=("a", "b"),
         resource="https://mcp.example/mcp",
     )
-    url = flows.begin(request, connection="c", user="u")
+    url = await flows.begin(request, connection="conn-c", user="u")
     params = query(url)
     assert params["tenant"] == "t1"
     assert params["scope"] == "a b"
     assert params["client_id"] == PUBLIC_CLIENT
-    pending, _ = flows.complete({"state": params["state"], "code": "x"})
+    pending, _ = await flows.complete({"state": params["state"], "code": "x"})
     assert params["code_challenge"] == code_challenge(pending.code_verifier)
     assert pending.code_verifier.reveal().decode() not in url
     assert "Secret('**********')" in repr(pending) or "code_verifier" not in repr(pending)

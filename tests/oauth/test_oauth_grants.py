@@ -39,10 +39,10 @@ async def consented(
         issuer=server.issuer,
     )
     flows = AuthorizationFlows()
-    url = flows.begin(request, connection="notion")
+    url = await flows.begin(request, connection="notion")
     callback = await drive_consent(url, account=account, redirect_prefix=REDIRECT)
     answer = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
-    pending, code = flows.complete(answer)
+    pending, code = await flows.complete(answer)
     tokens = await flows.exchange(TokenClient(session), pending, code)
     config = RefreshConfig(server.token_endpoint, client, resource=resource_server.resource)
     return GrantState.from_tokens(tokens, version=1), config, server.revocation_endpoint
