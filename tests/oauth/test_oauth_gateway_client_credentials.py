@@ -172,6 +172,41 @@ async def test_an_upstream_401_drops_the_token_and_the_next_request_gets_a_new_o
     assert await cc_requests(provider) - before == 1
 
 
+async def test_no_token_or_client_secret_in_logs_answers_or_audit(
+    gateway: Gateway,
+    provider: AuthorizationServer,
+    resource_server: ResourceServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The token the gateway holds and the client secret appear in no log line,
+    API answer or audit event (the upstream's 401 included)."""
+    caplog.set_level("DEBUG")
+    slug = new_slug("cccanary")
+    assert (await create(gateway, cc_body(slug, provider, resource_server))).status_code == 201
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    headers = {**client_headers(gateway.mcp_key), "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        await http.post(gateway.url(slug), json=ping, headers=headers)
+        state = await gateway.gw.oauth.grants.load((slug, ""))
+        assert state is not None
+        assert state.access_token is not None
+        token = state.access_token.reveal().decode()
+        resource_server.guard.revoke(token)
+        refused = await http.post(gateway.url(slug), json=ping, headers=headers)
+        shown = await http.get(
+            f"{gateway.base_url}/api/v1/virtual-keys/{slug}",
+            headers={"Authorization": f"Bearer {gateway.admin_key}"},
+        )
+    events = json.dumps([e.to_json() for e in await audit_events(gateway, slug)])
+    for secret in (token, CONFIDENTIAL_SECRET):
+        assert secret not in caplog.text
+        assert secret not in refused.text
+        assert secret not in shown.text
+        assert secret not in events
+    assert shown.json()["oauthStatus"] == "authorized"
+    assert shown.json()["tokenExpiresAt"] is not None
+
+
 async def test_a_token_endpoint_outage_is_a_502_without_secrets(
     gateway: Gateway, provider: AuthorizationServer, resource_server: ResourceServer
 ) -> None:
