@@ -58,6 +58,7 @@ def public() -> ClientAuth:
     return ClientAuth(PUBLIC_CLIENT, None, "none")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", [confidential(), public()], ids=["confidential", "public"])
 async def test_consent_code_refresh_rotation_and_revocation(
     provider: AuthorizationServer,

@@ -61,6 +61,7 @@ async def test_fifty_concurrent_first_requests_make_one_token_request(
     resource_server.guard.validate(got[0].reveal().decode())
 
 
+@pytest.mark.slow
 async def test_two_second_tokens_are_renewed_with_no_failed_request(
     provider: AuthorizationServer,
     resource_server: ResourceServer,

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from e2e_harness import Gateway, client_headers, new_slug, streamable_session
 from oauth_harness import (
     CONFIDENTIAL_CLIENT,
@@ -63,6 +64,7 @@ async def ping(gateway: Gateway, slug: str) -> httpx.Response:
         )
 
 
+@pytest.mark.slow
 async def test_consent_then_tools_then_rotation_then_revocation_then_consent_again(
     gateway: Gateway,
     provider: AuthorizationServer,

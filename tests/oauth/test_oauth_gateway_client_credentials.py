@@ -127,6 +127,7 @@ async def test_fifty_concurrent_first_requests_cause_one_token_request(
     assert len(resource_server.guard.refused) == refused_before
 
 
+@pytest.mark.slow
 async def test_two_second_tokens_over_ten_seconds_of_traffic_never_fail(
     gateway: Gateway,
     provider: AuthorizationServer,

@@ -52,6 +52,7 @@ async def refreshes(provider: AuthorizationServer) -> int:
     return await provider.token_requests(PUBLIC_CLIENT, "refresh_token")
 
 
+@pytest.mark.slow
 async def test_two_replicas_refresh_once_between_them_over_several_expiries(
     provider: AuthorizationServer,
     resource_server: ResourceServer,
