@@ -199,7 +199,7 @@ class IgrisGateway:
             self.store,
             self.crypto,
             open_credential=self.service.open_credential,
-            on_refresh=self._token_refreshed,
+            on_event=self._oauth_event,
         )
         self._public_url = public_url.rstrip("/") if public_url else None
         self.api = ManagementAPI(
@@ -450,15 +450,15 @@ class IgrisGateway:
         scheme = "https" if scope.get("scheme") == "https" else "http"
         return f"{scheme}://{host}{scope.get('root_path', '')}{API_PREFIX}/oauth/callback"
 
-    def _token_refreshed(self, slug: str, user: str, result: str) -> None:
-        """Audit one OAuth token request of ``slug`` (its result, never a token)."""
+    def _oauth_event(self, slug: str, user: str, action: str, result: str) -> None:
+        """Audit one OAuth token request or consent of ``slug`` (its result, never a token)."""
         self.audit.emit(
             AuditEvent(
                 id=new_event_id(),
                 timestamp=_now_ms(),
                 connection=slug,
                 kind="credential",
-                action="oauth_token",
+                action=action,
                 user=user or None,
                 outcome=result,
             )

@@ -222,30 +222,35 @@ class AuthorizationFlows:
                 "start the authorization again"
             )
         self._urls.pop((pending.connection, pending.user), None)
-        request = pending.request
-        iss = query.get("iss")
-        # Without a known issuer (endpoints configured, not discovered) there is
-        # nothing to compare: the code still goes only to this flow's endpoint.
-        if iss is not None and request.issuer is not None and iss != request.issuer:
-            raise InvalidAuthorizationResponse(
-                "the authorization response came from another issuer than the one asked "
-                "(RFC 9207): start the authorization again"
-            )
-        if iss is None and request.iss_required:
-            raise InvalidAuthorizationResponse(
-                "the authorization response lacks the iss its server promised (RFC 9207)"
-            )
-        error = query.get("error")
-        if error is not None:
-            code = safe_error_code(error)
-            raise OAuthError(
-                f"the authorization server answered {code or 'an error'}"
-                + (": consent was declined" if code == "access_denied" else ""),
-                error=code,
-            )
-        code_value = query.get("code")
-        if not code_value:
-            raise InvalidAuthorizationResponse("the authorization response carries no code")
+        try:
+            request = pending.request
+            iss = query.get("iss")
+            # Without a known issuer (endpoints configured, not discovered) there is
+            # nothing to compare: the code still goes only to this flow's endpoint.
+            if iss is not None and request.issuer is not None and iss != request.issuer:
+                raise InvalidAuthorizationResponse(
+                    "the authorization response came from another issuer than the one asked "
+                    "(RFC 9207): start the authorization again"
+                )
+            if iss is None and request.iss_required:
+                raise InvalidAuthorizationResponse(
+                    "the authorization response lacks the iss its server promised (RFC 9207)"
+                )
+            error = query.get("error")
+            if error is not None:
+                code = safe_error_code(error)
+                raise OAuthError(
+                    f"the authorization server answered {code or 'an error'}"
+                    + (": consent was declined" if code == "access_denied" else ""),
+                    error=code,
+                )
+            code_value = query.get("code")
+            if not code_value:
+                raise InvalidAuthorizationResponse("the authorization response carries no code")
+        except (InvalidAuthorizationResponse, OAuthError) as exc:
+            # Say which flow ended, so the caller can audit it on its connection.
+            exc.flow = (pending.connection, pending.user or "")
+            raise
         return pending, Secret(code_value.encode())
 
     async def exchange(

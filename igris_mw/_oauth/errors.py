@@ -43,6 +43,8 @@ class OAuthError(UpstreamError):
     """The authorization server was unreachable, broken, or refused the request."""
 
     code = "oauth_error"
+    #: (slug, user) of the consent flow this error ended, when there was one.
+    flow: tuple[str, str] | None = None
 
     def __init__(self, message: str, *, error: str | None = None, code: str | None = None) -> None:
         super().__init__(message, code=code)
@@ -70,3 +72,5 @@ class InvalidAuthorizationResponse(BadRequest):
     """The redirect back from the authorization server cannot be accepted."""
 
     code = "oauth_callback_invalid"
+    #: (slug, user) of the consent flow this error ended, when there was one.
+    flow: tuple[str, str] | None = None

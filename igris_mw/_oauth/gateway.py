@@ -26,7 +26,12 @@ from typing import Any, Literal
 import aiohttp
 import attrs
 
-from igris_mw._oauth.authorization_code import AuthorizationFlows, AuthorizationRequest
+from igris_mw._errors import IgrisError
+from igris_mw._oauth.authorization_code import (
+    AuthorizationFlows,
+    AuthorizationRequest,
+    PendingAuthorization,
+)
 from igris_mw._oauth.client_credentials import ClientCredentialsConfig
 from igris_mw._oauth.discovery import ServerMetadata, discover
 from igris_mw._oauth.errors import DiscoveryError, InvalidAuthorizationResponse, OAuthError
@@ -38,10 +43,11 @@ from igris_mw.crypto import CryptoProvider
 from igris_mw.models import Connection, Secret
 from igris_mw.storage import Store
 
-__all__ = ["OAuthConnection", "OAuthRuntime", "RefreshListener"]
+__all__ = ["OAuthConnection", "OAuthEventListener", "OAuthRuntime"]
 
-#: Told about every token request: (slug, user, "ok" or the error code).
-RefreshListener = Callable[[str, str, str], None]
+#: Told about every token request (action ``oauth_token``) and every end of a
+#: consent (``oauth_grant``): (slug, user, action, "ok" or the error code).
+OAuthEventListener = Callable[[str, str, str, str], None]
 
 #: Discovered endpoints are reused this long.
 DISCOVERY_TTL = 3600.0
@@ -76,7 +82,8 @@ class OAuthRuntime:
     Args:
         store: where grants live (sealed).
         crypto: seals and opens them.
-        on_refresh: told about every token request and its result (audit, metrics).
+        on_event: told about every token request and consent, and their results
+            (audit, metrics); must not raise or block.
         timeout: seconds for one token or discovery request.
         clock: wall clock (injectable for tests).
     """
@@ -87,13 +94,13 @@ class OAuthRuntime:
         crypto: CryptoProvider,
         *,
         open_credential: Callable[[Connection], Awaitable[Secret | None]],
-        on_refresh: RefreshListener | None = None,
+        on_event: OAuthEventListener | None = None,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._open_credential = open_credential
-        self._on_refresh = on_refresh
+        self._on_event = on_event
         self._clock = clock
         self.tokens = TokenClient(timeout=timeout, clock=clock)
         self.grants = SealedGrantStore(store, crypto)
@@ -111,8 +118,12 @@ class OAuthRuntime:
         return self.tokens.session
 
     def _told(self, key: Hashable, error: OAuthError | None, _: GrantState | None) -> None:
-        if self._on_refresh is not None and isinstance(key, tuple):
-            self._on_refresh(str(key[0]), str(key[1]), "ok" if error is None else error.code)
+        if isinstance(key, tuple):
+            self._event(str(key[0]), str(key[1]), "oauth_token", error)
+
+    def _event(self, slug: str, user: str, action: str, error: IgrisError | None) -> None:
+        if self._on_event is not None:
+            self._on_event(slug, user, action, "ok" if error is None else error.code)
 
     # -- the gateway path ------------------------------------------------
     async def target(
@@ -224,7 +235,22 @@ class OAuthRuntime:
             InvalidAuthorizationResponse: unknown, used or expired state; bad ``iss``.
             OAuthError: the person declined, or the code could not be redeemed.
         """
-        pending, code = await self.flows.complete(query)
+        try:
+            pending, code = await self.flows.complete(query)
+        except (InvalidAuthorizationResponse, OAuthError) as exc:
+            if exc.flow is not None:
+                self._event(*exc.flow, "oauth_grant", exc)
+            raise
+        slug, user = pending.connection, pending.user or ""
+        try:
+            await self._redeem(pending, code)
+        except IgrisError as exc:
+            self._event(slug, user, "oauth_grant", exc)
+            raise
+        self._event(slug, user, "oauth_grant", None)
+        return slug, user
+
+    async def _redeem(self, pending: PendingAuthorization, code: Secret) -> None:
         slug, user = pending.connection, pending.user or ""
         # The flow keeps no client secret: read the connection as it is now.
         conn = OAuthConnection.of(
@@ -252,5 +278,3 @@ class OAuthRuntime:
             raise OAuthError("the grant could not be stored: too many concurrent writers")
         self.manager.forget(key)
         self._targets.pop(key, None)
-        self._told(key, None, None)
-        return slug, user

@@ -145,9 +145,10 @@ async def test_consent_then_tools_then_rotation_then_revocation_then_consent_aga
     for secret in secrets:
         assert secret not in listing.text
         assert secret not in audit.text
-    kinds = {(e["kind"], e["outcome"]) for e in audit.json()["data"]}
-    assert ("credential", "ok") in kinds
-    assert ("credential", "reauthorization_required") in kinds
+    kinds = {(e["kind"], e["action"], e["outcome"]) for e in audit.json()["data"]}
+    assert ("credential", "oauth_grant", "ok") in kinds
+    assert ("credential", "oauth_token", "ok") in kinds
+    assert ("credential", "oauth_token", "reauthorization_required") in kinds
 
 
 async def test_a_confidential_client_with_configured_endpoints(
@@ -194,6 +195,33 @@ async def test_a_replayed_or_forged_callback_is_refused_with_a_page(
     assert "not authorized" in forged.text
     assert "<script>" not in forged.text
     assert forged.headers["x-frame-options"] == "DENY"
+
+
+async def test_a_declined_consent_is_audited_and_told_in_words(
+    gateway: Gateway, provider: AuthorizationServer, resource_server: ResourceServer
+) -> None:
+    """The provider answers access_denied: a 502 page saying consent was declined, audited."""
+    slug = new_slug("declined")
+    created = await api(
+        gateway, "POST", "/virtual-keys",
+        json={"slug": slug, "name": "d", "upstreamUrl": resource_server.resource,
+              "authType": "oauth2", "oauth": {"clientId": PUBLIC_CLIENT, "scopes": []}},
+    )
+    assert created.status_code == 201
+    started = await api(gateway, "POST", f"/virtual-keys/{slug}/oauth/authorize")
+    from urllib.parse import parse_qs, urlsplit
+
+    state = parse_qs(urlsplit(started.json()["authorizeUrl"]).query)["state"][0]
+    async with httpx.AsyncClient() as browser:
+        page = await browser.get(
+            f"{gateway.base_url}/api/v1/oauth/callback",
+            params={"state": state, "error": "access_denied", "iss": provider.issuer},
+        )
+    assert page.status_code == 502
+    assert "consent was declined" in page.text
+    await gateway.gw.audit.flush()
+    events = (await gateway.gw.service.audit.list_audit_events(slug, limit=50)).items
+    assert any(e.action == "oauth_grant" and e.outcome == "oauth_error" for e in events)
 
 
 async def test_authorize_is_for_oauth2_connections_and_admins_only(
