@@ -236,7 +236,9 @@ def _rotate_body(
 
 def _changes(**fields: Any) -> Record:
     names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName",
-             "ca_certificate": "caCertificate", "client_certificate": "clientCertificate"}
+             "ca_certificate": "caCertificate", "client_certificate": "clientCertificate",
+             "rate_limit": "rateLimit", "max_concurrent": "maxConcurrent",
+             "expires_at": "expiresAt"}
     return {names.get(k, k): v for k, v in fields.items() if v is not UNSET}
 
 
@@ -439,6 +441,8 @@ class IgrisClient(_Base):
         ca_certificate: str | None = None,
         client_certificate: str | None = None,
         client_key: str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
         oauth: Mapping[str, Any] | None = None,
         credential_scope: str | None = None,
     ) -> Record:
@@ -454,6 +458,7 @@ class IgrisClient(_Base):
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled, _tls_fields(ca_certificate, client_certificate,
                                                      client_key), oauth, credential_scope)
+        body.update(_policy(rate_limit, tools, None))
         result: Record = self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -489,15 +494,21 @@ class IgrisClient(_Base):
         enabled: bool | _Unset = UNSET,
         ca_certificate: str | _Unset | None = UNSET,
         client_certificate: _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
         oauth: Mapping[str, Any] | _Unset = UNSET,
     ) -> Record:
         """Change the given fields only (the credential and the client key change
         with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
-        ``ca_certificate=None`` the connection's CA)."""
+        ``ca_certificate=None`` the connection's CA).
+
+        ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
+        (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
+        """
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
                         header_name=header_name, enabled=enabled,
                         ca_certificate=ca_certificate, client_certificate=client_certificate,
-                        oauth=oauth)
+                        rate_limit=rate_limit, tools=tools, oauth=oauth)
         result: Record = self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -562,10 +573,14 @@ class IgrisClient(_Base):
         *,
         connections: Sequence[str] | None = None,
         expires_at: datetime | str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
+        max_concurrent: int | None = None,
         user: str | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
+        body.update(_policy(rate_limit, tools, max_concurrent))
         if user is not None:
             body["user"] = user
         return _issued(self._run(_Call("POST", f"{_API}/api-keys", json=body)))
@@ -573,6 +588,26 @@ class IgrisClient(_Base):
     def list_api_keys(self) -> list[Record]:
         """Every key record (never a key itself)."""
         return _page(self._run(_Call("GET", f"{_API}/api-keys"))).items
+
+    def update_api_key(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        connections: Sequence[str] | _Unset | None = UNSET,
+        expires_at: datetime | str | _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        max_concurrent: int | _Unset | None = UNSET,
+    ) -> Record:
+        """Change the given fields of a key (``None`` removes any but ``name``).
+
+        Raises:
+            ValidationError: a field is invalid (nothing changed). NotFound.
+        """
+        body = _key_changes(name, connections, expires_at, rate_limit, tools, max_concurrent)
+        result: Record = self._run(_Call("PATCH", _key_path(key_id), json=body))
+        return result
 
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""
@@ -613,6 +648,45 @@ def _api_key_body(
     if expires_at is not None:
         body["expiresAt"] = _time(expires_at)
     return body
+
+
+def _policy(
+    rate_limit: Mapping[str, int] | None,
+    tools: Mapping[str, Sequence[str]] | None,
+    max_concurrent: int | None,
+) -> Record:
+    body: Record = {}
+    if rate_limit is not None:
+        body["rateLimit"] = dict(rate_limit)
+    if tools is not None:
+        body["tools"] = {k: list(v) for k, v in tools.items()}
+    if max_concurrent is not None:
+        body["maxConcurrent"] = max_concurrent
+    return body
+
+
+def _key_changes(
+    name: str | _Unset,
+    connections: Sequence[str] | _Unset | None,
+    expires_at: datetime | str | _Unset | None,
+    rate_limit: Mapping[str, int] | _Unset | None,
+    tools: Mapping[str, Sequence[str]] | _Unset | None,
+    max_concurrent: int | _Unset | None,
+) -> Record:
+    return _changes(
+        name=name,
+        connections=(
+            connections if connections is None or isinstance(connections, _Unset)
+            else list(connections)
+        ),
+        expires_at=(
+            expires_at if expires_at is None or isinstance(expires_at, _Unset)
+            else _time(expires_at)
+        ),
+        rate_limit=rate_limit,
+        tools=tools,
+        max_concurrent=max_concurrent,
+    )
 
 
 class AsyncIgrisClient(_Base):
@@ -684,6 +758,8 @@ class AsyncIgrisClient(_Base):
         ca_certificate: str | None = None,
         client_certificate: str | None = None,
         client_key: str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
         oauth: Mapping[str, Any] | None = None,
         credential_scope: str | None = None,
     ) -> Record:
@@ -691,6 +767,7 @@ class AsyncIgrisClient(_Base):
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled, _tls_fields(ca_certificate, client_certificate,
                                                      client_key), oauth, credential_scope)
+        body.update(_policy(rate_limit, tools, None))
         result: Record = await self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -727,15 +804,21 @@ class AsyncIgrisClient(_Base):
         enabled: bool | _Unset = UNSET,
         ca_certificate: str | _Unset | None = UNSET,
         client_certificate: _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
         oauth: Mapping[str, Any] | _Unset = UNSET,
     ) -> Record:
         """Change the given fields only (the credential and the client key change
         with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
-        ``ca_certificate=None`` the connection's CA)."""
+        ``ca_certificate=None`` the connection's CA).
+
+        ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
+        (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
+        """
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
                         header_name=header_name, enabled=enabled,
                         ca_certificate=ca_certificate, client_certificate=client_certificate,
-                        oauth=oauth)
+                        rate_limit=rate_limit, tools=tools, oauth=oauth)
         result: Record = await self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -801,10 +884,14 @@ class AsyncIgrisClient(_Base):
         *,
         connections: Sequence[str] | None = None,
         expires_at: datetime | str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
+        max_concurrent: int | None = None,
         user: str | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
+        body.update(_policy(rate_limit, tools, max_concurrent))
         if user is not None:
             body["user"] = user
         return _issued(await self._run(_Call("POST", f"{_API}/api-keys", json=body)))
@@ -812,6 +899,26 @@ class AsyncIgrisClient(_Base):
     async def list_api_keys(self) -> list[Record]:
         """Every key record (never a key itself)."""
         return _page(await self._run(_Call("GET", f"{_API}/api-keys"))).items
+
+    async def update_api_key(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        connections: Sequence[str] | _Unset | None = UNSET,
+        expires_at: datetime | str | _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        max_concurrent: int | _Unset | None = UNSET,
+    ) -> Record:
+        """Change the given fields of a key (``None`` removes any but ``name``).
+
+        Raises:
+            ValidationError: a field is invalid (nothing changed). NotFound.
+        """
+        body = _key_changes(name, connections, expires_at, rate_limit, tools, max_concurrent)
+        result: Record = await self._run(_Call("PATCH", _key_path(key_id), json=body))
+        return result
 
     async def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""

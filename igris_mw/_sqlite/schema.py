@@ -11,7 +11,16 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from ..models import ApiKey, AuditEvent, AuthType, Connection, OAuthGrant, Scope, TlsConfig
+from ..models import (
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    OAuthGrant,
+    Scope,
+    TlsConfig,
+    policy_from_json,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -67,7 +76,12 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 2: a connection's TLS material (models.TlsConfig.to_text; the client key sealed)
     ["ALTER TABLE connections ADD COLUMN tls TEXT"],
-    # 3: OAuth and per-user credentials
+    [
+        # 3: access policy (rateLimit, tools, maxConcurrent) as one JSON text; NULL: none.
+        "ALTER TABLE connections ADD COLUMN policy TEXT",
+        "ALTER TABLE api_keys ADD COLUMN policy TEXT",
+    ],
+    # 4: OAuth and per-user credentials
     [
         # The oauth object of OAuth connections (JSON, never a secret), the
         # credential scope, the user an API key is bound to, and per-user or
@@ -125,6 +139,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
         tls=TlsConfig.from_text(row["tls"]),
+        **policy_from_json(row["policy"]),
         oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
         credential_scope=row["credential_scope"],
     )
@@ -155,6 +170,7 @@ def row_to_api_key(row: sqlite3.Row) -> ApiKey:
         created_at=from_ms(row["created_at"]),
         expires_at=from_ms_opt(row["expires_at"]),
         revoked_at=from_ms_opt(row["revoked_at"]),
+        **policy_from_json(row["policy"]),
         user=row["user"],
     )
 

@@ -49,6 +49,7 @@ from .output import (
     show_connection,
     table,
 )
+from .policy import add_policy_options, policy_changes, register_api_keys_update
 
 __all__ = ["FOLLOW_INTERVAL", "REGISTRARS"]
 
@@ -117,6 +118,7 @@ async def _api_keys_create(args: argparse.Namespace, svc: Service) -> int:
         body["connections"] = args.connection
     if args.expires_at is not None:
         body["expiresAt"] = args.expires_at
+    body.update(policy_changes(args))
     if args.user is not None:
         body["user"] = args.user
     record, key = await svc.create_api_key(body)
@@ -171,6 +173,7 @@ async def _connections_create(args: argparse.Namespace, svc: Service) -> int:
     }
     if args.header_name is not None:
         body["headerName"] = args.header_name
+    body.update(policy_changes(args))
     if needs_credential(args):
         body["credential"] = _read_credential(args.credential_file)
     body.update(_tls_body(args))
@@ -222,12 +225,14 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
         changes["caCertificate"] = None
     if args.remove_client_cert:
         changes["clientCertificate"] = None
+    changes.update(policy_changes(args))
     if args.oauth is not None:
         changes["oauth"] = parse_oauth_option(args.oauth)
     if not changes:
         raise UsageError(
             "nothing to change: give --name, --upstream-url, --auth-type, --header-name, "
-            "--ca-file, --remove-ca or --remove-client-cert"
+            "--ca-file, --remove-ca, --remove-client-cert, --rate-limit or "
+            "--tools-allow/--tools-deny/--no-tools"
         )
     show_connection(await svc.update_connection(args.slug, changes), args.json)
     return 0
@@ -392,6 +397,8 @@ def _register_api_keys(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--expires-at", metavar="RFC3339", help="e.g. 2030-01-01T00:00:00Z")
     create.add_argument("--user", metavar="U", help="bind the key to this end user")
+    add_policy_options(create, key=True)
+    register_api_keys_update(leaves, common, _leaf)
     _leaf(leaves, "list", common, _api_keys_list, "list keys (never the keys themselves)")
     revoke = _leaf(leaves, "revoke", common, _api_keys_revoke, "revoke a key at once")
     revoke.add_argument("id", metavar="ID")
@@ -415,6 +422,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--credential-file", metavar="F", help=cred_help)
     create.add_argument("--disabled", action="store_true", help="create it disabled")
     _add_tls_options(create, ca=True)
+    add_policy_options(create, key=False)
     add_create_options(create)
 
     _leaf(leaves, "list", common, _connections_list, "list connections")
@@ -443,6 +451,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
         "--remove-client-cert", action="store_true",
         help="drop the client certificate and key (replace them with rotate)",
     )
+    add_policy_options(update, key=False)
     update.add_argument("--oauth", metavar="JSON", help="replace the oauth object")
 
     rotate = _leaf(leaves, "rotate", common, _connections_rotate, "replace the credential")

@@ -51,6 +51,7 @@ from ._suite_data import T0, StoreFactory, make_api_key, make_connection, make_e
 from ._suite_keys import ApiKeyTests
 from ._suite_machine import StoreMachine, make_state_machine
 from ._suite_oauth import OAuthGrantTests
+from ._suite_policy import PolicySuite
 
 __all__ = [
     "T0",
@@ -64,5 +65,5 @@ __all__ = [
 ]
 
 
-class StoreSuite(ConnectionTests, ApiKeyTests, AuditTests, OAuthGrantTests):
+class StoreSuite(ConnectionTests, ApiKeyTests, AuditTests, PolicySuite, OAuthGrantTests):
     """Inherit under a ``Test*`` name and implement ``make_store``."""

@@ -82,7 +82,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
     "ALTER TABLE igris_connections ADD COLUMN tls text;",
-    # 3: the oauth object of OAuth connections (JSON text, never a secret),
+    # 3: access policy (rateLimit, tools, maxConcurrent) as one JSON text (NULL: none);
+    # the count of an audit event that stands for several repeated refusals
+    """
+    ALTER TABLE igris_connections ADD COLUMN policy text;
+    ALTER TABLE igris_api_keys ADD COLUMN policy text;
+    ALTER TABLE igris_audit_events ADD COLUMN count integer;
+    """,
+    # 4: the oauth object of OAuth connections (JSON text, never a secret),
     # the credential scope, the user an API key is bound to, and OAuth or
     # per-user credentials: sealed per (connection, user; '' for the
     # connection's own), written by compare-and-set on version

@@ -50,6 +50,8 @@ from igris_mw.models import (
     Page,
     Scope,
     TlsConfig,
+    policy_from_json,
+    policy_to_json,
     tls_text,
 )
 from igris_mw.paging import bad_cursor, check_limit
@@ -235,6 +237,7 @@ class VaultKVStore:
             "oauth": dict(c.oauth) if c.oauth is not None else None,
             "credential_scope": c.credential_scope,
             "tls": tls_text(c.tls),
+            "policy": policy_to_json(c),
         }
 
     def _conn_from(self, data: Mapping[str, Any], version: int, path: str) -> Connection:
@@ -256,6 +259,7 @@ class VaultKVStore:
                 oauth=data.get("oauth"),
                 credential_scope=str(data.get("credential_scope") or "shared"),
                 tls=TlsConfig.from_text(data.get("tls")),
+                **policy_from_json(data.get("policy")),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise StoreUnavailable(
@@ -397,6 +401,7 @@ class VaultKVStore:
             "expires_at": _time(k.expires_at),
             "revoked_at": _time(k.revoked_at),
             "user": k.user,
+            "policy": policy_to_json(k),
         }
 
     def _key_from(self, data: Mapping[str, Any], path: str) -> ApiKey:
@@ -412,6 +417,7 @@ class VaultKVStore:
                 expires_at=_parse_time(data.get("expires_at")),
                 revoked_at=_parse_time(data.get("revoked_at")),
                 user=data.get("user"),
+                **policy_from_json(data.get("policy")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreUnavailable(
@@ -453,6 +459,27 @@ class VaultKVStore:
         found = await self._gather(ids, self._get_key)
         keys = [f[0] for f in found if f is not None]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        for _ in range(_REVOKE_RETRIES):
+            found = await self._get_key(key.id)
+            if found is None:
+                raise NotFound(f"no API key {key.id!r}")
+            current, version = found
+            updated = attrs.evolve(
+                current,
+                name=key.name,
+                connections=key.connections,
+                expires_at=key.expires_at,
+                rate_limit=key.rate_limit,
+                tools=key.tools,
+                max_concurrent=key.max_concurrent,
+            )
+            path = self._path("api-keys", key.id)
+            if await self._write(path, self._key_data(updated), cas=version) is not None:
+                self._notify(Change("api_key", key.id))
+                return updated
+        raise VersionConflict(f"API key {key.id!r} kept changing; retry")
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         for _ in range(_REVOKE_RETRIES):
