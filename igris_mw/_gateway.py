@@ -543,7 +543,11 @@ class IgrisGateway:
         if ticket.revoked:
             result = await _end_revoked(tracked, result)
         assert result is not None
-        if oauth_token is not None and result.status == 401:
+        # The upstream refused the token (answered 401, relayed as 502
+        # upstream_auth_failed): drop it, so the next request gets a fresh one.
+        if oauth_token is not None and (
+            result.status == 401 or result.outcome == "upstream_auth_failed"
+        ):
             per_user = conn.credential_scope == "per_user"
             self.oauth.refused(slug, oauth_token, user=(fields["user"] or "") if per_user else "")
         self._emit(
