@@ -311,3 +311,25 @@ async def test_oauth_without_an_oauth_type_and_missing_secret_are_422(gateway: G
     )
     assert resp.status_code == 422
     assert resp.json()["error"]["field"] == "credential"
+
+
+async def test_token_requests_are_counted_in_the_refresh_metric(
+    gateway: Gateway, provider: AuthorizationServer, resource_server: ResourceServer
+) -> None:
+    """igris_credential_refresh_total{connection, result} counts ok and failed renewals."""
+    metrics_app = gateway.gw.metrics_app  # turns collection on
+    slug = new_slug("ccmetric")
+    assert (await create(gateway, cc_body(slug, provider, resource_server))).status_code == 201
+    bad = new_slug("ccmetricbad")
+    wrong = cc_body(bad, provider, resource_server, secret="wrong")
+    assert (await create(gateway, wrong)).status_code == 201
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    headers = {**client_headers(gateway.mcp_key), "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        await http.post(gateway.url(slug), json=ping, headers=headers)
+        await http.post(gateway.url(bad), json=ping, headers=headers)
+    transport = httpx.ASGITransport(app=metrics_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as scrape:
+        text = (await scrape.get("/")).text
+    assert f'igris_credential_refresh_total{{connection="{slug}",result="ok"}} 1' in text
+    assert f'igris_credential_refresh_total{{connection="{bad}",result="failed"}} 1' in text
