@@ -311,6 +311,7 @@ class IgrisGateway:
             self.crypto,
             open_credential=self.service.open_credential,
             on_event=self._oauth_event,
+            egress=self.egress,
         )
         self._public_url = public_url.rstrip("/") if public_url else None
         self._denials = DenialAggregator(self.audit.emit)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +25,7 @@ import aiohttp
 import attrs
 
 from igris_mw._oauth.errors import DiscoveryError
+from igris_mw._policy.egress import EgressForbidden
 
 __all__ = [
     "ResourceMetadata",
@@ -132,16 +134,24 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str))
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    """The JSON object at ``url``, or None when there is none (404, not JSON, unreachable)."""
+HostCheck = Callable[[str], None]
+
+
+async def _get_json(
+    session: aiohttp.ClientSession, url: str, check_host: HostCheck | None = None
+) -> dict[str, Any] | None:
+    """The JSON object at ``url``, or None when there is none (404, not JSON,
+    unreachable, or a host the egress policy refuses)."""
     try:
+        if check_host is not None:
+            check_host(urlsplit(url).hostname or "")
         async with session.get(
             url, allow_redirects=False, timeout=_TIMEOUT, headers={"Accept": "application/json"}
         ) as resp:
             if resp.status != 200:
                 return None
             body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
-    except (aiohttp.ClientError, OSError, TimeoutError):
+    except (aiohttp.ClientError, OSError, TimeoutError, EgressForbidden):
         return None
     if len(body) > MAX_DOCUMENT_BYTES:
         return None
@@ -152,9 +162,13 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] 
     return data if isinstance(data, dict) else None
 
 
-async def _probe_hint(session: aiohttp.ClientSession, resource: str) -> str | None:
+async def _probe_hint(
+    session: aiohttp.ClientSession, resource: str, check_host: HostCheck | None = None
+) -> str | None:
     """Ask the resource itself, without credentials, for its ``resource_metadata`` hint."""
     try:
+        if check_host is not None:
+            check_host(urlsplit(resource).hostname or "")
         async with session.get(
             resource,
             allow_redirects=False,
@@ -162,7 +176,7 @@ async def _probe_hint(session: aiohttp.ClientSession, resource: str) -> str | No
             headers={"Accept": "application/json, text/event-stream"},
         ) as resp:
             header = resp.headers.get("WWW-Authenticate", "")
-    except (aiohttp.ClientError, OSError, TimeoutError):
+    except (aiohttp.ClientError, OSError, TimeoutError, EgressForbidden):
         return None
     return resource_metadata_hint(header) if resp.status == 401 else None
 
@@ -178,7 +192,11 @@ def _parse_resource(data: dict[str, Any], resource: str) -> ResourceMetadata | N
 
 
 async def discover_resource(
-    session: aiohttp.ClientSession, resource: str, *, www_authenticate: str | None = None
+    session: aiohttp.ClientSession,
+    resource: str,
+    *,
+    www_authenticate: str | None = None,
+    check_host: HostCheck | None = None,
 ) -> ResourceMetadata:
     """RFC 9728 metadata for ``resource`` (the upstream's URL).
 
@@ -190,11 +208,12 @@ async def discover_resource(
     for url in candidates:
         if _http_url(url) is None:
             continue
-        data = await _get_json(session, url)
+        data = await _get_json(session, url, check_host)
         if data is not None and (found := _parse_resource(data, resource)) is not None:
             return found
-    if hint is None and (probed := await _probe_hint(session, resource)) is not None:
-        data = await _get_json(session, probed) if _http_url(probed) else None
+    probed = await _probe_hint(session, resource, check_host) if hint is None else None
+    if probed is not None:
+        data = await _get_json(session, probed, check_host) if _http_url(probed) else None
         if data is not None and (found := _parse_resource(data, resource)) is not None:
             return found
     host = urlsplit(resource).hostname or "the upstream"
@@ -227,7 +246,9 @@ def _parse_server(data: dict[str, Any], issuer: str) -> ServerMetadata | None:
     )
 
 
-async def discover_server(session: aiohttp.ClientSession, issuer: str) -> ServerMetadata:
+async def discover_server(
+    session: aiohttp.ClientSession, issuer: str, *, check_host: HostCheck | None = None
+) -> ServerMetadata:
     """RFC 8414 / OpenID metadata of ``issuer``, whose ``issuer`` must match.
 
     Raises:
@@ -237,7 +258,7 @@ async def discover_server(session: aiohttp.ClientSession, issuer: str) -> Server
         raise DiscoveryError("the authorization server's issuer is not an http(s) URL")
     mismatched = False
     for url in authorization_server_metadata_urls(issuer):
-        data = await _get_json(session, url)
+        data = await _get_json(session, url, check_host)
         if data is None:
             continue
         found = _parse_server(data, issuer)
@@ -254,8 +275,22 @@ async def discover_server(session: aiohttp.ClientSession, issuer: str) -> Server
 
 
 async def discover(
-    session: aiohttp.ClientSession, resource: str, *, www_authenticate: str | None = None
+    session: aiohttp.ClientSession,
+    resource: str,
+    *,
+    www_authenticate: str | None = None,
+    check_host: HostCheck | None = None,
 ) -> tuple[ResourceMetadata, ServerMetadata]:
-    """Both documents for ``resource``: its metadata, then its first authorization server's."""
-    found = await discover_resource(session, resource, www_authenticate=www_authenticate)
-    return found, await discover_server(session, found.authorization_servers[0])
+    """Both documents for ``resource``: its metadata, then its first authorization server's.
+
+    ``check_host`` (the egress policy's) refuses hosts before any request: the
+    metadata URLs come from the upstream, which must not steer the gateway
+    into an internal network.
+    """
+    found = await discover_resource(
+        session, resource, www_authenticate=www_authenticate, check_host=check_host
+    )
+    server = await discover_server(
+        session, found.authorization_servers[0], check_host=check_host
+    )
+    return found, server

@@ -38,6 +38,7 @@ from igris_mw._oauth.errors import DiscoveryError, InvalidAuthorizationResponse,
 from igris_mw._oauth.grants import GrantManager, GrantState, RefreshConfig, Renewal
 from igris_mw._oauth.sealed import SealedFlowStore, SealedGrantStore
 from igris_mw._oauth.tokens import ClientAuth, TokenClient
+from igris_mw._policy.egress import EgressPolicy
 from igris_mw._proxy.upstream import Target
 from igris_mw.crypto import CryptoProvider
 from igris_mw.models import Connection, Secret
@@ -86,6 +87,7 @@ class OAuthRuntime:
             (audit, metrics); must not raise or block.
         timeout: seconds for one token or discovery request.
         clock: wall clock (injectable for tests).
+        egress: the upstream egress policy, applied to token and discovery requests.
     """
 
     def __init__(
@@ -97,12 +99,14 @@ class OAuthRuntime:
         on_event: OAuthEventListener | None = None,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.store = store
         self._open_credential = open_credential
         self._on_event = on_event
         self._clock = clock
-        self.tokens = TokenClient(timeout=timeout, clock=clock)
+        # Token and discovery requests obey the upstream egress policy.
+        self.tokens = TokenClient(timeout=timeout, clock=clock, egress=egress)
         self.grants = SealedGrantStore(store, crypto)
         self.manager = GrantManager(self.grants, self.tokens, clock=clock, on_refresh=self._told)
         self.flows = AuthorizationFlows(SealedFlowStore(store, crypto), clock=clock)
@@ -200,7 +204,9 @@ class OAuthRuntime:
         cached = self._servers.get(conn.upstream_url)
         if cached is not None and now < cached[0]:
             return cached[1]
-        _, server = await discover(self.session, conn.upstream_url)
+        _, server = await discover(
+            self.session, conn.upstream_url, check_host=self.tokens.check_host
+        )
         if server.authorization_endpoint is None:
             raise DiscoveryError("the authorization server has no authorization endpoint")
         if server.code_challenge_methods_supported and (

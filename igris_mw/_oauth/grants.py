@@ -308,6 +308,13 @@ class GrantManager:
             if usable is not None and self._clock() < usable.expires_at:
                 return usable.token
             raise
+        except BaseException:
+            # Anything else (a bug, a cancelled request): release the claim
+            # rather than leave the others waiting for the lease to run out.
+            await asyncio.shield(
+                self._settle(key, claim, attrs.evolve(claim, status="authorized"))
+            )
+            raise
         self._failures.pop(key, None)
         self._refused.pop(key, None)
         new = GrantState.from_tokens(tokens, version=claim.version + 1)

@@ -20,6 +20,8 @@ import aiohttp
 import attrs
 
 from igris_mw._oauth.errors import InvalidGrant, OAuthError, safe_error_code
+from igris_mw._policy.egress import EgressForbidden, EgressPolicy
+from igris_mw._policy.resolver import EgressResolver
 from igris_mw.models import Secret
 
 __all__ = ["ClientAuth", "TokenClient", "TokenSet"]
@@ -117,17 +119,34 @@ class TokenClient:
         *,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._session = session
         self._own_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock
+        self.egress = egress
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            # Under an egress policy every address a name resolves to is
+            # checked at connect time, as on the upstream path.
+            resolver = EgressResolver(self.egress.allowed) if self.egress is not None else None
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                connector=aiohttp.TCPConnector(resolver=resolver),
+            )
         return self._session
+
+    def check_host(self, host: str) -> None:
+        """Refuse a host (an IP literal is never resolved) the egress policy forbids.
+
+        Raises:
+            EgressForbidden: the host is a forbidden address.
+        """
+        if self.egress is not None:
+            self.egress.check_connect_host(host)
 
     async def close(self) -> None:
         if self._own_session and self._session is not None:
@@ -215,6 +234,7 @@ class TokenClient:
         client.apply(form, headers)
         host = _host(url)
         try:
+            self.check_host(urlsplit(url).hostname or "")
             async with self.session.post(
                 url,
                 data=form,
@@ -226,6 +246,12 @@ class TokenClient:
                 status = resp.status
         except TimeoutError as exc:
             raise OAuthError(f"the token request to {host} timed out") from exc
+        except EgressForbidden as exc:
+            # Its message names the host, never the address it resolved to.
+            raise OAuthError(
+                f"the token endpoint is refused by the egress policy: {exc.message}",
+                code="upstream_forbidden",
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             # Never str(exc): aiohttp's messages may carry the URL and its query.
             raise OAuthError(f"the token endpoint at {host} could not be reached") from exc

@@ -86,7 +86,9 @@ async def _authorize(args: argparse.Namespace, svc: Service) -> int:
         )
     target = OAuthConnection.of(conn, await svc.open_credential(conn))
     assert target is not None
-    runtime = OAuthRuntime(svc.store, svc.crypto, open_credential=svc.open_credential)
+    runtime = OAuthRuntime(
+        svc.store, svc.crypto, open_credential=svc.open_credential, egress=svc.egress
+    )
     try:
         url = await runtime.begin(
             conn.slug,

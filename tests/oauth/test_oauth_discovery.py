@@ -117,3 +117,26 @@ def test_resource_metadata_hint_never_raises(header: str) -> None:
     """Any header text gives a string or None, never an exception."""
     result = resource_metadata_hint(header)
     assert result is None or isinstance(result, str)
+
+
+async def test_discovery_never_follows_a_hint_into_a_forbidden_network(
+    resource_server: ResourceServer, session: aiohttp.ClientSession
+) -> None:
+    """An upstream's resource_metadata hint naming a metadata endpoint is not fetched."""
+    from igris_mw._policy.egress import EgressPolicy
+
+    policy = EgressPolicy.from_setting("127.0.0.0/8")
+    hint = 'Bearer resource_metadata="http://169.254.169.254/latest/meta-data/"'
+    with pytest.raises(DiscoveryError):
+        await discover_resource(
+            session, resource_server.resource, www_authenticate=hint,
+            check_host=policy.check_connect_host,
+        )
+    with pytest.raises(DiscoveryError):
+        await discover(
+            session, resource_server.resource, check_host=EgressPolicy().check_connect_host
+        )
+    found, _ = await discover(
+        session, resource_server.resource, check_host=policy.check_connect_host
+    )
+    assert found.resource == resource_server.resource

@@ -125,3 +125,27 @@ def test_basic_auth_form_encodes_id_and_secret() -> None:
     decoded = base64.b64decode(headers["Authorization"].removeprefix("Basic ")).decode()
     assert decoded == "a%3Ab:p%40ss%20word%2F%2B"
     assert form == {}
+
+
+async def test_the_egress_policy_refuses_a_token_endpoint_before_any_request(
+    provider: AuthorizationServer,
+) -> None:
+    """Under the default policy a loopback token endpoint is refused: nothing is sent."""
+    from igris_mw._policy.egress import EgressPolicy
+
+    tokens = TokenClient(egress=EgressPolicy())
+    try:
+        before = await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials")
+        with pytest.raises(OAuthError) as info:
+            await tokens.client_credentials(provider.token_endpoint, confidential())
+        assert info.value.code == "upstream_forbidden"
+        assert "loopback" in info.value.message
+        assert await provider.token_requests(CONFIDENTIAL_CLIENT, "client_credentials") == before
+        allowed = TokenClient(egress=EgressPolicy.from_setting("127.0.0.0/8"))
+        try:
+            got = await allowed.client_credentials(provider.token_endpoint, confidential())
+            assert got.access_token.reveal()
+        finally:
+            await allowed.close()
+    finally:
+        await tokens.close()
