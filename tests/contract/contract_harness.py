@@ -1,0 +1,165 @@
+"""Black-box harness for the contract tests: a real ``igris-mw serve``
+subprocess on a free loopback port and a real upstream MCP server.
+
+These tests know the product only through /work/shared/CONTRACT.md: HTTP,
+the MCP SDK and the ``igris-mw`` command line. One serve process per module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+
+# The upstream MCP server lives with the e2e tests; importlib mode puts nothing on sys.path.
+sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
+
+from upstream import UpstreamServer
+
+KEY_RE = re.compile(r"ig_[0-9A-Za-z]{20,}")
+LOOPBACK = "127.0.0.0/8"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def igris_command() -> list[str]:
+    """The installed ``igris-mw`` console script next to this interpreter."""
+    script = Path(sys.executable).parent / "igris-mw"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("igris-mw")
+    assert found, "igris-mw is not installed"
+    return [found]
+
+
+def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
+    env.pop("HTTP_PROXY", None)
+    env.pop("HTTPS_PROXY", None)
+    env["IGRIS_HOME"] = str(home)
+    env["IGRIS_ALLOW_UPSTREAM_NETWORKS"] = LOOPBACK
+    return {**env, **(extra or {})}
+
+
+def new_slug(prefix: str = "ct") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@attrs.define
+class Served:
+    """One running ``igris-mw serve``."""
+
+    url: str
+    admin: str
+    home: Path
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def h(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin}", **extra}
+
+    def api(self, method: str, path: str, *, key: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {**self.h(key), **kw.pop("headers", {})}
+        return httpx.request(method, self.url + path, headers=headers, timeout=20, **kw)
+
+    def create_connection(self, upstream: UpstreamServer | None, **fields: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "slug": new_slug(),
+            "name": "contract",
+            "upstreamUrl": (upstream.base_url + "/mcp") if upstream else "http://127.0.0.1:9/mcp",
+            "credential": "cred-" + secrets.token_hex(8),
+        }
+        body.update(fields)
+        r = self.api("POST", "/api/v1/virtual-keys", json=body)
+        assert r.status_code == 201, r.text
+        out: dict[str, Any] = r.json()
+        out["_credential"] = body.get("credential")
+        return out
+
+    def mcp_key(self, **fields: Any) -> tuple[str, str]:
+        r = self.api("POST", "/api/v1/api-keys", json={"name": "mcp", "scopes": ["mcp"], **fields})
+        assert r.status_code == 201, r.text
+        return r.json()["key"], r.json()["id"]
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*igris_command(), *args], env=self.env, cwd=self.home.parent, input=stdin,
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve(
+    home: Path, *args: str, env: Mapping[str, str] | None = None, port: int | None = None,
+    admin: str | None = None,
+) -> Iterator[Served]:
+    """Start ``igris-mw serve`` and wait for /healthz; its first-start admin key comes back."""
+    port = port or free_port()
+    full_env = clean_env(home, env)
+    log = home.parent / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*igris_command(), "serve", "--port", str(port), *args],
+            env=full_env, cwd=home.parent, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        key = admin
+        if key is None:
+            found = KEY_RE.findall(log.read_text())
+            assert found, log.read_text()
+            key = found[0]
+        yield Served(url, key, home, full_env, log, proc)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert the contract's error shape and return its ``error`` object."""
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error"}, body
+    err: dict[str, Any] = body["error"]
+    assert isinstance(err.get("code"), str), err
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", err["code"]), err
+    assert isinstance(err.get("message"), str), err
+    assert err["message"], err
+    if code is not None:
+        assert err["code"] == code, err
+    return err
