@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
 
-from contract_harness import Served, serve
+from contract_harness import ScriptedUpstream, Served, serve
 from upstream import UpstreamServer
 
 
@@ -32,3 +32,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
 
 
+
+
+@pytest.fixture(scope="session")
+def scripted() -> Iterator[ScriptedUpstream]:
+    """The scripted plain-HTTP upstream (see contract_harness.ScriptedUpstream)."""
+    server = ScriptedUpstream()
+    server.start()
+    yield server
+    server.stop()

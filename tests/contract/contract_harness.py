@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import httpx
@@ -48,13 +48,19 @@ def igris_command() -> list[str]:
     return [found]
 
 
-def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def clean_env(home: Path, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The process environment without IGRIS_*, loopback upstreams allowed; None unsets."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
     env.pop("HTTP_PROXY", None)
     env.pop("HTTPS_PROXY", None)
     env["IGRIS_HOME"] = str(home)
     env["IGRIS_ALLOW_UPSTREAM_NETWORKS"] = LOOPBACK
-    return {**env, **(extra or {})}
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 def new_slug(prefix: str = "ct") -> str:
@@ -110,7 +116,7 @@ class Served:
 
 @contextmanager
 def serve(
-    home: Path, *args: str, env: Mapping[str, str] | None = None, port: int | None = None,
+    home: Path, *args: str, env: Mapping[str, str | None] | None = None, port: int | None = None,
     admin: str | None = None,
 ) -> Iterator[Served]:
     """Start ``igris-mw serve`` and wait for /healthz; its first-start admin key comes back."""
@@ -163,3 +169,100 @@ def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[st
     if code is not None:
         assert err["code"] == code, err
     return err
+
+
+# -- a scripted upstream: plain HTTP answers a test chooses by path -------------
+
+
+class ScriptedUpstream:
+    """A tiny ASGI upstream in its own thread; the first path segment picks the answer.
+
+    ``/echo``: 200 JSON of the request (method, path, query, headers);
+    ``/status/<n>``: status n with ``WWW-Authenticate`` and the headers of
+    ``/leaky``; ``/leaky``: 200 with headers the gateway must never relay;
+    ``/reflect``: 400 whose body and a header repeat the request's Authorization;
+    ``/idle``: an SSE stream with one event, then silence for a minute.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        import uvicorn
+        from upstream import QuietServer, free_socket
+
+        self.seen: list[dict[str, Any]] = []
+        self._sock = free_socket()
+        self.port = int(self._sock.getsockname()[1])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_config=None, lifespan="off", ws="none",
+                                interface="asgi3", timeout_graceful_shutdown=1)
+        self._server = QuietServer(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "scripted upstream did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+        self._sock.close()
+
+    LEAKY: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"set-cookie", b"sid=upstream; Path=/"),
+        (b"alt-svc", b'h3=":443"'),
+        (b"strict-transport-security", b"max-age=31536000"),
+        (b"clear-site-data", b'"*"'),
+        (b"x-upstream-ok", b"1"),
+    ]
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+        import json
+
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
+                   for k, v in scope["headers"]}
+        seen = {"method": scope["method"], "path": scope["path"],
+                "query": bytes(scope["query_string"]).decode(), "headers": headers,
+                "bodyLength": len(body)}
+        self.seen.append(seen)
+        parts = scope["path"].strip("/").split("/")
+        kind = parts[0]
+        if kind == "idle":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": b"data: first\n\n",
+                        "more_body": True})
+            await asyncio.sleep(60)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        status, extra, out = 200, [], json.dumps(seen).encode()
+        if kind == "status":
+            status = int(parts[1])
+            extra = [(b"www-authenticate", b'Bearer resource_metadata="https://x/.well-known"'),
+                     *self.LEAKY]
+            out = b'{"error": "no"}'
+        elif kind == "leaky":
+            extra = list(self.LEAKY)
+        elif kind == "reflect":
+            status = 400
+            auth = headers.get("authorization", "")
+            extra = [(b"x-echo-auth", auth.encode("latin-1"))]
+            out = json.dumps({"error": f"bad token {auth}"}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(out)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": out})
