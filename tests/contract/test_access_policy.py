@@ -39,7 +39,8 @@ def _events(gw: Served, slug: str, want: str, n: int = 1) -> list[dict[str, Any]
 def _rate_limited(r: httpx.Response) -> None:
     error_of(r, 429, "rate_limited")
     retry = r.headers["retry-after"]
-    assert retry.isdigit() and int(retry) >= 1, retry
+    assert retry.isdigit(), retry
+    assert int(retry) >= 1, retry
 
 
 def test_connection_rate_limit(gw: Served, scripted: ScriptedUpstream) -> None:
@@ -72,11 +73,13 @@ def test_patch_connection_rate_limit_and_null_removes_it(
     c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
     path = f"/api/v1/virtual-keys/{c['slug']}"
     r = gw.api("PATCH", path, json={"rateLimit": {"requestsPerMinute": 1}})
-    assert r.status_code == 200 and r.json()["rateLimit"]["requestsPerMinute"] == 1
+    assert r.status_code == 200
+    assert r.json()["rateLimit"]["requestsPerMinute"] == 1
     httpx.post(c["gatewayUrl"], headers=gw.h(), json=PING, timeout=10)
     _rate_limited(httpx.post(c["gatewayUrl"], headers=gw.h(), json=PING, timeout=10))
     r = gw.api("PATCH", path, json={"rateLimit": None})
-    assert r.status_code == 200 and r.json()["rateLimit"] is None
+    assert r.status_code == 200
+    assert r.json()["rateLimit"] is None
     assert httpx.post(c["gatewayUrl"], headers=gw.h(), json=PING, timeout=10).status_code == 200
 
 
@@ -87,7 +90,8 @@ def test_api_key_rate_limit_via_patch(gw: Served, scripted: ScriptedUpstream) ->
     r = gw.api("PATCH", f"/api/v1/api-keys/{kid}",
                json={"rateLimit": {"requestsPerMinute": 60, "burst": 1}, "name": "renamed"})
     assert r.status_code == 200, r.text
-    assert r.json()["name"] == "renamed" and "key" not in r.json()
+    assert r.json()["name"] == "renamed"
+    assert "key" not in r.json()
     assert httpx.post(c["gatewayUrl"], headers=gw.h(key), json=PING).status_code == 200
     _rate_limited(httpx.post(c["gatewayUrl"], headers=gw.h(key), json=PING, timeout=10))
     assert gw.api("PATCH", f"/api/v1/api-keys/{kid}", json={"rateLimit": None}).status_code == 200
@@ -98,7 +102,8 @@ def test_rate_limit_on_api_key_create(gw: Served) -> None:
     """rateLimit is settable on POST /api-keys."""
     r = gw.api("POST", "/api/v1/api-keys", json={
         "name": "rl", "scopes": ["mcp"], "rateLimit": {"requestsPerMinute": 5, "burst": 7}})
-    assert r.status_code == 201 and r.json()["rateLimit"] == {"requestsPerMinute": 5, "burst": 7}
+    assert r.status_code == 201
+    assert r.json()["rateLimit"] == {"requestsPerMinute": 5, "burst": 7}
 
 
 @pytest.mark.parametrize(
@@ -164,14 +169,16 @@ async def test_tool_policy_denies_call_and_filters_list(
     before = len(upstream.requests())
     async with streamable_session(c["gatewayUrl"], gw.h()) as session:
         names = {t.name for t in (await session.list_tools()).tools}
-        assert "whoami" not in names and "echo" in names
+        assert "whoami" not in names
+        assert "echo" in names
         with pytest.raises(MCPError) as caught:
             await session.call_tool("whoami", {})
         assert caught.value.error.code == -32003
         assert caught.value.error.message == "tool whoami is not allowed"
     assert len(upstream.requests()) > before
     denied = _events(gw, c["slug"], "tool_denied")
-    assert denied and denied[0]["tool"] == "whoami"
+    assert denied
+    assert denied[0]["tool"] == "whoami"
 
 
 async def test_key_tool_allow_list(gw: Served, upstream: UpstreamServer) -> None:
@@ -227,7 +234,8 @@ async def test_max_concurrent(gw: Served, upstream: UpstreamServer) -> None:
     upstream.accept(c["_credential"])
     key, kid = gw.mcp_key()
     r = gw.api("PATCH", f"/api/v1/api-keys/{kid}", json={"maxConcurrent": 2})
-    assert r.status_code == 200 and r.json()["maxConcurrent"] == 2
+    assert r.status_code == 200
+    assert r.json()["maxConcurrent"] == 2
     async with streamable_session(c["gatewayUrl"], gw.h(key)) as session:
         slow = asyncio.create_task(session.call_tool("slow_progress",
                                                      {"steps": 4, "delay": 0.5}))
