@@ -214,6 +214,32 @@ class ScriptedUpstream:
         self._thread.join(5)
         self._sock.close()
 
+    token_requests: ClassVar[list[dict[str, str]]] = []
+
+    async def _token(self, mode: str, body: bytes, send: Any) -> None:
+        """An OAuth token endpoint: ``ok`` (1 h tokens), ``short`` (2 s tokens whose
+        refresh answers invalid_grant)."""
+        import asyncio
+        import json
+        from urllib.parse import parse_qsl
+
+        form = dict(parse_qsl(body.decode()))
+        self.token_requests.append({"mode": mode, **form})
+        await asyncio.sleep(0.2)  # a slow provider: concurrent renewals would overlap
+        n = len(self.token_requests)
+        status, out = 200, {"access_token": f"at-{mode}-{n}", "token_type": "Bearer",
+                            "expires_in": 3600, "refresh_token": f"rt-{n}"}
+        if mode == "short":
+            if form.get("grant_type") == "refresh_token":
+                status, out = 400, {"error": "invalid_grant"}
+            else:
+                out["expires_in"] = 2
+        data = json.dumps(out).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
     LEAKY: ClassVar[list[tuple[bytes, bytes]]] = [
         (b"set-cookie", b"sid=upstream; Path=/"),
         (b"alt-svc", b'h3=":443"'),
@@ -241,6 +267,9 @@ class ScriptedUpstream:
         self.seen.append(seen)
         parts = scope["path"].strip("/").split("/")
         kind = parts[0]
+        if kind == "token":
+            await self._token(parts[1] if len(parts) > 1 else "ok", body, send)
+            return
         if kind == "idle":
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream")]})
