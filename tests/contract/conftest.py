@@ -24,9 +24,12 @@ def upstream() -> Iterator[UpstreamServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One ``igris-mw serve`` per test module, embedded SQLite, loopback upstreams allowed."""
+    """The shared ``igris-mw serve``: embedded SQLite, loopback upstreams allowed.
+
+    A module that needs other options, or a store of its own (listings), defines its own.
+    """
     home = tmp_path_factory.mktemp("contract") / "home"
     with serve(home) as served:
         yield served

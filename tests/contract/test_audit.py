@@ -6,7 +6,6 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,8 @@ WRITER = pytest.mark.xfail(strict=True, reason="lands with branch audit-writer")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("contract-audit") / "home"
-    with serve(home) as served:
-        yield served
-
-
 def _trail(gw: Served, slug: str, n: int = 1, **params: Any) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 5
     while True:
         r = gw.api("GET", f"/api/v1/virtual-keys/{slug}/audit", params={"limit": 200, **params})
         assert r.status_code == 200, r.text

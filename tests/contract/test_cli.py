@@ -6,11 +6,20 @@ import base64
 import json
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from contract_harness import Served, clean_env, igris_command, new_slug
+from contract_harness import Served, clean_env, igris_command, new_slug, serve
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A store of this module's own: its listings are walked whole."""
+    home = tmp_path_factory.mktemp("contract-cli") / "home"
+    with serve(home) as served:
+        yield served
 
 
 def _ok(p: subprocess.CompletedProcess[str]) -> Any:

@@ -44,7 +44,7 @@ def _text(result: Any) -> str:
 
 def _audit(gw: Served, slug: str, n: int = 1, **params: Any) -> list[dict[str, Any]]:
     """The connection's trail once it holds at least n events (the writer may lag)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 5
     while True:
         r = gw.api("GET", f"/api/v1/virtual-keys/{slug}/audit", params={"limit": 200, **params})
         assert r.status_code == 200, r.text

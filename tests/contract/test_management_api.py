@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from contract_harness import Served, error_of, new_slug
+from contract_harness import Served, error_of, new_slug, serve
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 CONNECTION_FIELDS = {
     "slug", "name", "upstreamUrl", "authType", "headerName", "enabled",
     "credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl",
 }
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A store of this module's own: its listings are walked whole."""
+    home = tmp_path_factory.mktemp("contract-management_api") / "home"
+    with serve(home) as served:
+        yield served
 
 
 def _body(**fields: Any) -> dict[str, Any]:

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from contract_harness import ScriptedUpstream, Served, error_of, serve
+from contract_harness import ScriptedUpstream, Served, error_of
 
 OAUTH = pytest.mark.xfail(strict=True, reason="lands with branch oauth")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("contract-oauth") / "home"
-    with serve(home) as served:
-        yield served
 
 
 def _cc(gw: Served, scripted: ScriptedUpstream, mode: str = "ok") -> dict[str, Any]:

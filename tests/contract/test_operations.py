@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,13 +19,6 @@ METRICS = [
     "igris_audit_events_written_total", "igris_audit_events_spilled_total",
     "igris_rate_limited_total", "igris_credential_refresh_total",
 ]
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("contract-ops") / "home"
-    with serve(home) as served:
-        yield served
 
 
 def test_healthz_stays_the_liveness_check(gw: Served) -> None:

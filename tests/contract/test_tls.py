@@ -39,13 +39,6 @@ def tls_up(ca: trustme.CA) -> Iterator[TlsUpstreamServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("contract-tls") / "home"
-    with serve(home) as served:
-        yield served
-
-
 def _init(gw: Served, url: str, key: str | None = None) -> httpx.Response:
     return httpx.post(url, headers=gw.h(key, **ACCEPT), json=INIT, timeout=15)
 
