@@ -8,7 +8,6 @@ import httpx
 import pytest
 from contract_harness import ScriptedUpstream, Served, error_of, new_slug, serve
 
-POLICY = pytest.mark.xfail(strict=True, reason="lands with branch policy")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 
 FORBIDDEN = [
@@ -40,7 +39,6 @@ def _forbidden_422(r: httpx.Response) -> None:
     assert err.get("field") == "upstreamUrl", err
 
 
-@POLICY
 @pytest.mark.parametrize("url", FORBIDDEN + METADATA)
 def test_forbidden_literal_on_create_is_422_upstream_forbidden(gw: Served, url: str) -> None:
     """A literal forbidden address in any spelling, or a metadata name: 422 on upstreamUrl."""
@@ -49,7 +47,6 @@ def test_forbidden_literal_on_create_is_422_upstream_forbidden(gw: Served, url: 
     assert gw.api("GET", f"/api/v1/virtual-keys/{body['slug']}").status_code == 404
 
 
-@POLICY
 def test_forbidden_literal_on_patch_is_422_and_changes_nothing(gw: Served) -> None:
     """PATCH to a forbidden literal is 422 upstream_forbidden; the connection is unchanged."""
     c = gw.create_connection(None, upstreamUrl="https://mcp.example.com/mcp")
@@ -73,7 +70,6 @@ def test_public_names_are_not_resolved_at_create(gw: Served) -> None:
     assert c["upstreamUrl"] == "http://localhost:9/mcp"
 
 
-@POLICY
 def test_name_resolving_to_forbidden_address_is_502_at_connect(
     gw: Served, scripted: ScriptedUpstream
 ) -> None:
@@ -85,7 +81,6 @@ def test_name_resolving_to_forbidden_address_is_502_at_connect(
     assert len(scripted.seen) == before
 
 
-@POLICY
 def test_allowed_networks_open_ranges_but_never_metadata(tmp_path_factory: pytest.TempPathFactory,
                                                          scripted: ScriptedUpstream) -> None:
     """--allow-upstream-network opens a range; metadata addresses stay refused."""
@@ -100,7 +95,6 @@ def test_allowed_networks_open_ranges_but_never_metadata(tmp_path_factory: pytes
             _forbidden_422(s.api("POST", "/api/v1/virtual-keys", json=body))
 
 
-@POLICY
 def test_env_allowed_networks(tmp_path_factory: pytest.TempPathFactory,
                               scripted: ScriptedUpstream) -> None:
     """IGRIS_ALLOW_UPSTREAM_NETWORKS (comma-separated CIDRs) opens loopback for serve."""
