@@ -278,6 +278,18 @@ class ScriptedUpstream:
             await asyncio.sleep(60)
             await send({"type": "http.response.body", "body": b""})
             return
+        if kind in ("legacy-abs", "legacy-rel") and scope["method"] == "GET":
+            # a legacy HTTP+SSE server's stream: the endpoint event, absolute or relative
+            target = f"/{kind}/messages/?session_id=s123"
+            if kind == "legacy-abs":
+                target = f"http://127.0.0.1:{self.port}{target}"
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": f"event: endpoint\ndata: {target}\n\n".encode()})
+            await asyncio.sleep(2)
+            await send({"type": "http.response.body", "body": b""})
+            return
         status, extra, out = 200, [], json.dumps(seen).encode()
         if kind == "status":
             status = int(parts[1])

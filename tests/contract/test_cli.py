@@ -204,3 +204,41 @@ def test_serve_help_lists_first_part_options() -> None:
                        timeout=60, check=False)
     for flag in ("--host", "--port", "--store", "--upstream-timeout"):
         assert flag in p.stdout
+
+
+def test_every_command_prints_json_with_json(gw: Served) -> None:
+    """--json makes delete, revoke and audit verify print JSON too."""
+    c = gw.create_connection(None)
+    out = _ok(gw.cli("api-keys", "create", "--name", "j", "--scope", "mcp", "--json"))
+    for args in (("audit", "verify", "--json"), ("audit", "verify", c["slug"], "--json"),
+                 ("api-keys", "revoke", out["id"], "--json"),
+                 ("connections", "delete", c["slug"], "--json")):
+        p = gw.cli(*args)
+        assert p.returncode == 0, (args, p.stderr)
+        json.loads(p.stdout)
+
+
+def test_audit_follow_prints_new_events(gw: Served) -> None:
+    """audit SLUG --follow keeps printing events made after it started."""
+    import selectors
+    import time
+
+    c = gw.create_connection(None)
+    with subprocess.Popen([*igris_command(), "audit", c["slug"], "--follow", "--json"],
+                          env=gw.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as proc:
+        try:
+            time.sleep(2.0)
+            gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/disable")
+            deadline = time.monotonic() + 10
+            seen = ""
+            assert proc.stdout is not None
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                while time.monotonic() < deadline and "disable" not in seen:
+                    if sel.select(0.2):
+                        seen += proc.stdout.readline()
+            assert "disable" in seen, seen
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from contract_harness import Served, error_of, new_slug, serve
+from contract_harness import ScriptedUpstream, Served, error_of, new_slug, serve
 from e2e_harness import legacy_session, streamable_session
 from mcp.types import TextContent
 from upstream import UpstreamServer, fingerprint
@@ -289,3 +289,93 @@ def test_502_body_names_no_store_path(gw: Served) -> None:
     assert r.status_code == 502
     assert str(gw.home) not in r.text
     assert "Traceback" not in r.text
+
+
+def test_mcp_transport_headers_reach_the_upstream(gw: Served, scripted: ScriptedUpstream) -> None:
+    """Mcp-Session-Id, MCP-Protocol-Version and Last-Event-ID pass through unchanged."""
+    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
+    sent = {"Mcp-Session-Id": "sess-1", "MCP-Protocol-Version": "2025-06-18",
+            "Last-Event-ID": "ev-9"}
+    r = httpx.get(c["gatewayUrl"], headers=gw.h(**sent), timeout=10)
+    assert r.status_code == 200
+    got = r.json()["headers"]
+    assert got["mcp-session-id"] == "sess-1"
+    assert got["mcp-protocol-version"] == "2025-06-18"
+    assert got["last-event-id"] == "ev-9"
+    assert r.json()["method"] == "GET"
+    for method in ("DELETE", "PUT", "PATCH"):
+        r = httpx.request(method, c["gatewayUrl"], headers=gw.h(), timeout=10)
+        assert r.status_code == 200
+        assert r.json()["method"] == method
+
+
+@pytest.mark.parametrize("kind", ["legacy-abs", "legacy-rel"])
+def test_legacy_endpoint_event_is_rewritten(
+    gw: Served, scripted: ScriptedUpstream, kind: str
+) -> None:
+    """The endpoint event, relative or absolute, points under /v1/mcp/<slug>/ on the gateway."""
+    c = gw.create_connection(None, upstreamUrl=f"{scripted.base_url}/{kind}")
+    with httpx.stream("GET", c["gatewayUrl"] + "/sse", headers=gw.h(), timeout=10) as r:
+        assert r.status_code == 200
+        lines: list[str] = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("data:"):
+                break
+    data = lines[-1].removeprefix("data:").strip()
+    assert data.endswith(f"/v1/mcp/{c['slug']}/messages/?session_id=s123"), data
+    assert str(scripted.port) not in data
+
+
+def test_sse_events_are_not_buffered(gw: Served, scripted: ScriptedUpstream) -> None:
+    """An SSE event reaches the client while the upstream keeps the stream open."""
+    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/idle")
+    started = time.monotonic()
+    with httpx.stream("GET", c["gatewayUrl"], headers=gw.h(), timeout=10) as r:
+        first = next(r.iter_raw())
+        assert b"data: first" in first
+        assert time.monotonic() - started < 3
+    events = _audit(gw, c["slug"], 1)
+    assert events[0]["outcome"] == "client_closed"
+
+
+def test_upstream_timeout_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """IGRIS_UPSTREAM_TIMEOUT bounds the wait for response headers: 504."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        home = tmp_path_factory.mktemp("contract-timeout-env") / "home"
+        with serve(home, env={"IGRIS_UPSTREAM_TIMEOUT": "1"}) as s:
+            c = s.create_connection(
+                None, upstreamUrl=f"http://127.0.0.1:{listener.getsockname()[1]}/mcp")
+            started = time.monotonic()
+            error_of(httpx.post(c["gatewayUrl"], headers=s.h(), json=PING, timeout=20), 504)
+            assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+
+
+async def test_key_expiry_ends_open_requests(gw: Served, upstream: UpstreamServer) -> None:
+    """A key whose expiresAt passes while a call is open: the call ends; outcome revoked."""
+    from datetime import UTC, datetime, timedelta
+
+    from mcp.shared.exceptions import MCPError
+
+    c = gw.create_connection(upstream)
+    upstream.accept(c["_credential"])
+    expires = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    key, _ = gw.mcp_key(expiresAt=expires)
+    async with streamable_session(c["gatewayUrl"], gw.h(key)) as session:
+        slow = asyncio.create_task(session.call_tool("slow_progress", {"steps": 40, "delay": 0.5}))
+        with pytest.raises(MCPError):
+            await asyncio.wait_for(slow, 10)
+    events = _audit(gw, c["slug"], 1)
+    assert "revoked" in [e["outcome"] for e in events]
+
+
+def test_async_client_exists() -> None:
+    """The SDK offers AsyncIgrisClient beside IgrisClient."""
+    from igris_mw import AsyncIgrisClient
+
+    assert callable(AsyncIgrisClient)
