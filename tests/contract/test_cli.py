@@ -242,3 +242,41 @@ def test_audit_follow_prints_new_events(gw: Served) -> None:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_stdin_credential_is_injected_without_its_newline(
+    gw: Served, scripted: Any
+) -> None:
+    """A credential read from stdin ("tok\\n") reaches the upstream as "Bearer tok"."""
+    import httpx
+
+    slug = new_slug("cli")
+    _ok(gw.cli("connections", "create", "--slug", slug, "--name", "S", "--upstream-url",
+               scripted.base_url + "/echo", "--json", stdin="stdin-tok-42\n"))
+    r = httpx.post(f"{gw.url}/v1/mcp/{slug}", headers=gw.h(), json={"jsonrpc": "2.0"})
+    assert r.status_code == 200, r.text
+    assert r.json()["headers"]["authorization"] == "Bearer stdin-tok-42"
+
+
+def test_master_key_rotation_newest_first(
+    tmp_path_factory: pytest.TempPathFactory, scripted: Any
+) -> None:
+    """IGRIS_MASTER_KEY="new,old": a credential sealed under the old key is still injected."""
+    import httpx
+
+    old = base64.b64encode(secrets.token_bytes(32)).decode()
+    new = base64.b64encode(secrets.token_bytes(32)).decode()
+    home = tmp_path_factory.mktemp("contract-mk") / "home"
+    env = clean_env(home, {"IGRIS_MASTER_KEY": old})
+    p = subprocess.run([*igris_command(), "connections", "create", "--slug", "mk-old",
+                        "--name", "x", "--upstream-url", scripted.base_url + "/echo"],
+                       env=env, input="old-sealed-cred\n", capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert p.returncode == 0, p.stderr
+    admin = _ok(subprocess.run(
+        [*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False))["key"]
+    with serve(home, env={"IGRIS_MASTER_KEY": f"{new},{old}"}, admin=admin) as s:
+        r = httpx.post(f"{s.url}/v1/mcp/mk-old", headers=s.h(), json={"jsonrpc": "2.0"})
+        assert r.status_code == 200, r.text
+        assert r.json()["headers"]["authorization"] == "Bearer old-sealed-cred"

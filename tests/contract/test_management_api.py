@@ -334,3 +334,85 @@ def test_expired_key_is_401(gw: Served) -> None:
         return
     assert r.status_code == 201
     error_of(gw.api("GET", "/api/v1/virtual-keys", key=r.json()["key"]), 401)
+
+
+@pytest.mark.parametrize("name", ["é" * 200, "😀" * 200, "a", "名前"])
+def test_name_counts_characters(gw: Served, name: str) -> None:
+    """name is 1-200 characters, whatever their UTF-8 length."""
+    r = gw.api("POST", "/api/v1/virtual-keys", json=_body(name=name))
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == name
+
+
+@pytest.mark.parametrize("header", ["X_Key", "X.Key", "x-api-key", "!#$%&'*+-.^_`|~0Az"])
+def test_header_name_accepts_rfc9110_tokens(gw: Served, header: str) -> None:
+    """Any RFC 9110 token that is not a reserved header is a valid headerName."""
+    r = gw.api("POST", "/api/v1/virtual-keys",
+               json=_body(authType="header", headerName=header))
+    assert r.status_code == 201, r.text
+
+
+def test_default_page_is_50(gw: Served) -> None:
+    """GET /virtual-keys without limit answers at most 50, with a nextCursor when there is more."""
+    have = len(gw.api("GET", "/api/v1/virtual-keys", params={"limit": 200}).json()["data"])
+    for _ in range(max(0, 51 - have)):
+        gw.create_connection(None)
+    page = gw.api("GET", "/api/v1/virtual-keys").json()
+    assert len(page["data"]) == 50
+    assert page["nextCursor"] is not None
+
+
+def test_bad_cursor_is_a_client_error(gw: Served) -> None:
+    """A cursor the server never issued is a 4xx with the error shape, never a 500."""
+    for path in ("/api/v1/virtual-keys", "/api/v1/api-keys"):
+        r = gw.api("GET", path, params={"cursor": "not-a-cursor!!"})
+        if r.status_code != 200:
+            assert 400 <= r.status_code < 500
+            error_of(r, r.status_code)
+
+
+def test_since_accepts_an_rfc3339_offset(gw: Served) -> None:
+    """since takes any RFC 3339 time, a numeric offset too."""
+    c = gw.create_connection(None)
+    r = gw.api("GET", f"/api/v1/virtual-keys/{c['slug']}/audit",
+               params={"since": "2020-01-01T00:00:00+02:00"})
+    assert r.status_code == 200 and r.json()["data"]
+
+
+def test_expires_at_accepts_an_offset(gw: Served) -> None:
+    """expiresAt takes an RFC 3339 time with an offset and reads back in UTC."""
+    r = gw.api("POST", "/api/v1/api-keys", json={"name": "o", "scopes": ["mcp"],
+                                                  "expiresAt": "2099-01-01T02:00:00+02:00"})
+    assert r.status_code == 201, r.text
+    assert r.json()["expiresAt"].startswith("2099-01-01T00:00:00")
+
+
+def test_unknown_method_and_route_have_the_error_shape(gw: Served) -> None:
+    """An unknown route or method under /api/v1 answers the JSON error shape."""
+    r = gw.api("PUT", "/api/v1/virtual-keys")
+    assert r.status_code in (404, 405)
+    error_of(r, r.status_code)
+    error_of(gw.api("GET", "/api/v1/nothing-here"), 404)
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"12"])
+def test_non_object_body_is_a_client_error(gw: Served, body: bytes) -> None:
+    """A JSON body that is not an object is 400 or 422 with the error shape."""
+    r = gw.api("POST", "/api/v1/virtual-keys", content=body,
+               headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 422)
+    error_of(r, r.status_code)
+
+
+def test_rotate_basic_needs_user_password(gw: Served) -> None:
+    """Rotating a basic connection to a credential without ':' is 422; nothing changes."""
+    c = gw.create_connection(None, authType="basic", credential="u:p")
+    path = f"/api/v1/virtual-keys/{c['slug']}"
+    error_of(gw.api("POST", path + "/rotate", json={"credential": "no-colon"}), 422)
+    assert gw.api("GET", path).json()["credentialVersion"] == c["credentialVersion"]
+
+
+def test_errors_are_json(gw: Served) -> None:
+    """Error answers are application/json."""
+    r = gw.api("GET", "/api/v1/virtual-keys/no-such-slug")
+    assert r.headers["content-type"].startswith("application/json")
