@@ -376,7 +376,8 @@ def test_since_accepts_an_rfc3339_offset(gw: Served) -> None:
     c = gw.create_connection(None)
     r = gw.api("GET", f"/api/v1/virtual-keys/{c['slug']}/audit",
                params={"since": "2020-01-01T00:00:00+02:00"})
-    assert r.status_code == 200 and r.json()["data"]
+    assert r.status_code == 200
+    assert r.json()["data"]
 
 
 def test_expires_at_accepts_an_offset(gw: Served) -> None:
