@@ -282,3 +282,59 @@ def test_serve_policy_flags_in_help(gw: Served) -> None:
     out = gw.cli("serve", "--help").stdout
     for flag in ("--auth-failures-per-minute", "--rate-limit-store", "--max-stale"):
         assert flag in out
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, no persistence."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    from contract_harness import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("no redis-server on PATH (scripts/test installs it)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, "no redis"
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_rate_limit_store_shares_buckets_across_replicas(
+    tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream, redis_url: str
+) -> None:
+    """Two serve processes on one store with --rate-limit-store / IGRIS_RATE_LIMIT_STORE
+    admit one bucket's worth between them."""
+    home = tmp_path_factory.mktemp("contract-redis") / "home"
+    with serve(home, "--rate-limit-store", redis_url) as a:
+        with serve(home, env={"IGRIS_RATE_LIMIT_STORE": redis_url}, admin=a.admin) as b:
+            c = a.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
+                                    rateLimit={"requestsPerMinute": 60, "burst": 4})
+            codes = []
+            for i in range(8):
+                s = (a, b)[i % 2]
+                codes.append(httpx.post(f"{s.url}/v1/mcp/{c['slug']}", headers=s.h(),
+                                        json=PING, timeout=10).status_code)
+            assert codes.count(200) == 4, codes
+            assert codes.count(429) == 4, codes

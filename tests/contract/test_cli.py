@@ -280,3 +280,19 @@ def test_master_key_rotation_newest_first(
         r = httpx.post(f"{s.url}/v1/mcp/mk-old", headers=s.h(), json={"jsonrpc": "2.0"})
         assert r.status_code == 200, r.text
         assert r.json()["headers"]["authorization"] == "Bearer old-sealed-cred"
+
+
+def test_serve_store_option_and_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """serve --store URL uses that store; IGRIS_STORE sets the default for serve too."""
+    home = tmp_path_factory.mktemp("contract-store") / "home"
+    db = home.parent / "chosen.db"
+    with serve(home, "--store", f"sqlite:///{db}") as s:
+        s.create_connection(None)
+    assert db.exists()
+    assert not (home / "igris.db").exists()
+    home2 = tmp_path_factory.mktemp("contract-store-env") / "home"
+    db2 = home2.parent / "from-env.db"
+    with serve(home2, env={"IGRIS_STORE": f"sqlite:///{db2}"}) as s:
+        s.create_connection(None)
+    assert db2.exists()
+    assert not (home2 / "igris.db").exists()
