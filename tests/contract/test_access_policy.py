@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -313,7 +314,8 @@ def redis_url() -> Iterator[str]:
                             break
                 except OSError:
                     pass
-                assert time.monotonic() < deadline and proc.poll() is None, "no redis"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                assert proc.poll() is None, "redis-server exited"
                 time.sleep(0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
@@ -328,7 +330,8 @@ def test_rate_limit_store_shares_buckets_across_replicas(
     admit one bucket's worth between them."""
     home = tmp_path_factory.mktemp("contract-redis") / "home"
     with serve(home, "--rate-limit-store", redis_url) as a:
-        with serve(home, env={"IGRIS_RATE_LIMIT_STORE": redis_url}, admin=a.admin) as b:
+        b_env: dict[str, str | None] = {"IGRIS_RATE_LIMIT_STORE": redis_url}
+        with serve(home, env=b_env, admin=a.admin) as b:
             c = a.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
                                     rateLimit={"requestsPerMinute": 60, "burst": 4})
             codes = []
