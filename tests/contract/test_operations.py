@@ -10,7 +10,6 @@ import httpx
 import pytest
 from contract_harness import ScriptedUpstream, Served, free_port, serve
 
-OPS = pytest.mark.xfail(strict=True, reason="lands with branch ops")
 PERF = pytest.mark.xfail(strict=True, reason="lands with branch perf (serve --workers)")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 METRICS = [
@@ -26,7 +25,6 @@ def test_healthz_stays_the_liveness_check(gw: Served) -> None:
     assert httpx.get(gw.url + "/healthz").status_code == 200
 
 
-@OPS
 def test_readyz(gw: Served) -> None:
     """/readyz answers 200 when the store answers and the audit keeps up."""
     r = httpx.get(gw.url + "/readyz")
@@ -40,7 +38,6 @@ def test_metrics_not_on_the_public_listener(gw: Served) -> None:
     assert "igris_gateway_requests_total" not in r.text
 
 
-@OPS
 def test_metrics_on_their_own_port(
     tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream
 ) -> None:
@@ -64,7 +61,6 @@ def test_metrics_on_their_own_port(
         assert s.admin not in r.text
 
 
-@OPS
 def test_json_logs(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream) -> None:
     """--log-format json: one JSON object per line; an access line per request, no secrets."""
     home = tmp_path_factory.mktemp("contract-logs") / "home"
@@ -88,7 +84,6 @@ def test_json_logs(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedU
         assert secret not in text
 
 
-@OPS
 def test_ops_flags_in_help(gw: Served) -> None:
     """serve takes --metrics-port, --metrics-host and --log-format."""
     out = gw.cli("serve", "--help").stdout
