@@ -379,3 +379,54 @@ def test_async_client_exists() -> None:
     from igris_mw import AsyncIgrisClient
 
     assert callable(AsyncIgrisClient)
+
+
+def test_unauthenticated_request_is_audited_denied(gw: Served, scripted: ScriptedUpstream) -> None:
+    """A request without a valid key on a known connection is on its trail as denied (401)."""
+    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
+    before = len(scripted.seen)
+    error_of(httpx.post(c["gatewayUrl"], json=PING, timeout=10), 401)
+    assert len(scripted.seen) == before
+    events = _audit(gw, c["slug"], 1)
+    assert [(e["outcome"], e["status"]) for e in events] == [("denied", 401)]
+    assert events[0]["apiKeyId"] is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/mcp/", "/v1/mcp", "/v1/mcp/UPPER", "/v1/mcp/%2e%2e", "/v1/mcp/ab",
+     "/v1/mcp/x%00y", "/v1/mcp/" + "a" * 300, "/v1/mcp/%ff%fe"],
+)
+def test_odd_gateway_paths_are_client_errors(gw: Served, path: str) -> None:
+    """Odd gateway paths get a 4xx with the error shape, never a 5xx, with a valid key too."""
+    r = httpx.post(gw.url + path, headers=gw.h(), json=PING, timeout=10)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    error_of(r, r.status_code)
+
+
+def test_traversal_under_a_connection_stays_under_its_upstream(
+    gw: Served, scripted: ScriptedUpstream
+) -> None:
+    """/v1/mcp/{slug}/../.. never reaches a path outside upstreamUrl (refused or normalised)."""
+    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
+    before = len(scripted.seen)
+    for tail in ("/%2e%2e/%2e%2e/status/500", "/..%2f..%2fstatus/500", "/..;/status/500"):
+        r = httpx.post(c["gatewayUrl"] + tail, headers=gw.h(), json=PING, timeout=10)
+        assert r.status_code < 500, (tail, r.status_code, r.text)
+    assert all(s["path"].startswith("/echo") for s in scripted.seen[before:])
+
+
+async def test_rotation_lets_requests_in_flight_finish(
+    gw: Served, upstream: UpstreamServer
+) -> None:
+    """A call open across a rotate finishes; the next call carries the new credential."""
+    c = gw.create_connection(upstream)
+    upstream.accept(c["_credential"], "rotated-inflight-7")
+    async with streamable_session(c["gatewayUrl"], gw.h()) as session:
+        slow = asyncio.create_task(session.call_tool("slow_progress", {"steps": 4, "delay": 0.4}))
+        await asyncio.sleep(0.5)
+        r = gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/rotate",
+                   json={"credential": "rotated-inflight-7"})
+        assert r.status_code == 200
+        assert _text(await asyncio.wait_for(slow, 15)) == "done after 4 steps"
+        assert _text(await session.call_tool("whoami", {})) == fingerprint("rotated-inflight-7")
