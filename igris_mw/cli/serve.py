@@ -59,6 +59,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
 
 
+def _bytes(text: str) -> int:
+    # The same rule as IGRIS_MAX_REQUEST_BODY: a bad value is argparse's one line, not a traceback.
+    try:
+        return int(Settings.from_env({"IGRIS_MAX_REQUEST_BODY": text}).max_request_body)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of bytes, got {text!r}"
+        ) from None
+
+
 def _at_least_one(text: str) -> int:
     try:
         return int(Settings.from_env({"IGRIS_AUTH_FAILURES_PER_MINUTE": text})
@@ -163,7 +173,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-request-body",
-        type=int,
+        type=_bytes,
         default=None,
         metavar="BYTES",
         help="largest request body on gateway paths (default: $IGRIS_MAX_REQUEST_BODY, else 8 MiB)",

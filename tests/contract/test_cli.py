@@ -296,3 +296,54 @@ def test_serve_store_option_and_env(tmp_path_factory: pytest.TempPathFactory) ->
         s.create_connection(None)
     assert db2.exists()
     assert not (home2 / "igris.db").exists()
+
+
+@pytest.fixture(scope="module")
+def ready_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A data directory past its first start (a master key and an admin key exist)."""
+    home = tmp_path_factory.mktemp("contract-ready-home") / "home"
+    env = clean_env(home, {"IGRIS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()})
+    p = subprocess.run([*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin"],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr
+    return env
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--max-stale", "abc"), ("--max-request-body", "-1"), ("--max-request-body", "0"),
+        ("--stream-idle-timeout", "0"),
+        ("--auth-failures-per-minute", "0"), ("--metrics-port", "99999"),
+        ("--log-format", "xml"), ("--allow-upstream-network", "not-a-cidr"),
+        ("--upstream-timeout", "-5"), ("--shutdown-timeout", "x"),
+        ("--rate-limit-store", "ftp://nowhere"), ("--upstream-ca-file", "/no/such/ca.pem"),
+        ("--upstream-proxy", "not a url"), ("--store", "nosuch://x"), ("--port", "70000"),
+    ],
+)
+def test_bad_serve_option_is_one_line(ready_env: dict[str, str], args: tuple[str, ...]) -> None:
+    """A bad serve option value: non-zero exit, one line on stderr, no traceback."""
+    from contract_harness import free_port
+
+    p = subprocess.run([*igris_command(), "serve", "--port", str(free_port()), *args],
+                       env=ready_env, capture_output=True, text=True, timeout=60, check=False)
+    _user_error(p)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"IGRIS_MAX_STALE": "abc"}, {"IGRIS_MAX_REQUEST_BODY": "lots"},
+        {"IGRIS_ALLOW_UPSTREAM_NETWORKS": "10.0.0.0/33"}, {"IGRIS_UPSTREAM_TIMEOUT": "soon"},
+        {"IGRIS_AUTH_FAILURES_PER_MINUTE": "-3"}, {"IGRIS_MASTER_KEY": "too-short"},
+    ],
+)
+def test_bad_environment_is_one_line(ready_env: dict[str, str], env: dict[str, str]) -> None:
+    """A bad IGRIS_* value stops serve with one line naming it, no traceback."""
+    from contract_harness import free_port
+
+    p = subprocess.run([*igris_command(), "serve", "--port", str(free_port())],
+                       env={**ready_env, **env}, capture_output=True, text=True,
+                       timeout=60, check=False)
+    _user_error(p)
+    assert next(iter(env)) in p.stderr
