@@ -218,13 +218,15 @@ def test_every_command_prints_json_with_json(gw: Served) -> None:
         json.loads(p.stdout)
 
 
-def test_audit_follow_prints_new_events(gw: Served) -> None:
-    """audit SLUG --follow keeps printing events made after it started."""
+@pytest.mark.parametrize("all_chains", [False, True])
+def test_audit_follow_prints_new_events(gw: Served, all_chains: bool) -> None:
+    """audit [SLUG] --follow keeps printing events made after it started."""
     import selectors
     import time
 
     c = gw.create_connection(None)
-    with subprocess.Popen([*igris_command(), "audit", c["slug"], "--follow", "--json"],
+    target = [] if all_chains else [c["slug"]]
+    with subprocess.Popen([*igris_command(), "audit", *target, "--follow", "--json"],
                           env=gw.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           text=True) as proc:
         try:
