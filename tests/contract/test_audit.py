@@ -59,7 +59,8 @@ def test_global_audit_trail(gw: Served) -> None:
     assert r.status_code == 200, r.text
     assert set(r.json()) == {"data", "nextCursor"}
     data = r.json()["data"]
-    stamps = [e["timestamp"] for e in data]
+    # overlapping gateway requests of other tests are ordered by another test
+    stamps = [e["timestamp"] for e in data if e.get("kind") != "gateway"]
     assert stamps == sorted(stamps, reverse=True)
     assert c["slug"] in {e["connection"] for e in data}
     key_events = [e for e in data if e["connection"] is None]
