@@ -8,10 +8,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 from contract_harness import ScriptedUpstream, Served, error_of
 
-OAUTH = pytest.mark.xfail(strict=True, reason="lands with branch oauth")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 
 
@@ -24,7 +22,6 @@ def _cc(gw: Served, scripted: ScriptedUpstream, mode: str = "ok") -> dict[str, A
     )
 
 
-@OAUTH
 async def test_client_credentials_token_is_injected_once(
     gw: Served, scripted: ScriptedUpstream
 ) -> None:
@@ -56,7 +53,6 @@ async def test_client_credentials_token_is_injected_once(
     assert "client-secret-canary-9" not in read.text
 
 
-@OAUTH
 def test_oauth_fields_are_validated(gw: Served) -> None:
     """Without tokenUrl an oauth2_client_credentials connection is a 422; with it, a 201."""
     body = {"slug": "oauth-bad", "name": "x", "upstreamUrl": "https://a.example/",
@@ -88,7 +84,6 @@ def _consent(gw: Served, authorize_url: str) -> httpx.Response:
                      params={"code": "the-code", "state": query["state"][0]}, timeout=15)
 
 
-@OAUTH
 def test_authorization_code_flow_and_reauthorization(
     gw: Served, scripted: ScriptedUpstream
 ) -> None:
@@ -117,7 +112,6 @@ def test_authorization_code_flow_and_reauthorization(
     assert "at-short" not in str(read)
 
 
-@OAUTH
 def test_per_user_static_credentials(gw: Served, scripted: ScriptedUpstream) -> None:
     """per_user: PUT/GET/DELETE users; X-Igris-User picks the credential; missing is 403."""
     c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
@@ -150,7 +144,6 @@ def test_per_user_static_credentials(gw: Served, scripted: ScriptedUpstream) -> 
              403, "user_credential_missing")
 
 
-@OAUTH
 def test_per_user_oauth2_missing_grant_carries_authorize_url(
     gw: Served, scripted: ScriptedUpstream
 ) -> None:
