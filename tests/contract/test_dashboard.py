@@ -71,17 +71,21 @@ def _forms(html: str) -> Forms:
 
 def _sign_in(gw: Served, key: str) -> tuple[httpx.Client, httpx.Response]:
     client = httpx.Client(base_url=gw.url, follow_redirects=True, timeout=15)
-    page = client.get("/ui/")
-    assert page.status_code == 200, page.text
-    form = next(f for f in _forms(page.text).forms
-                if any(i.get("type") in ("password", "text") for i in f["inputs"]))
-    data = {}
-    for i in form["inputs"]:
-        if not i.get("name"):
-            continue
-        data[i["name"]] = key if i.get("type") in ("password", "text") else i.get("value", "")
-    resp = client.post(urljoin(str(page.url), form["action"]), data=data,
-                       follow_redirects=False)
+    try:
+        page = client.get("/ui/")
+        assert page.status_code == 200, page.text
+        form = next(f for f in _forms(page.text).forms
+                    if any(i.get("type") in ("password", "text") for i in f["inputs"]))
+        data = {}
+        for i in form["inputs"]:
+            if not i.get("name"):
+                continue
+            data[i["name"]] = key if i.get("type") in ("password", "text") else i.get("value", "")
+        resp = client.post(urljoin(str(page.url), form["action"]), data=data,
+                           follow_redirects=False)
+    except BaseException:
+        client.close()  # a failing sign-in must not leave its socket to a later test's GC
+        raise
     return client, resp
 
 
