@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import yarl
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import yarl
 
 from igris_mw._proxy.sse import WITHHELD, EndpointRewriter, endpoint_rewrite
 
