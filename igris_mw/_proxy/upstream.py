@@ -286,6 +286,11 @@ def request_headers(scope: Scope, target: Target) -> tuple[CIMultiDict[str], boo
     named = _connection_tokens(v for n, v in raw if n == "connection")
     if named:
         drop = drop | named
+    if any(n == "transfer-encoding" for n, _ in raw):
+        # Transfer-Encoding is the body's real framing (RFC 9112 6.3); a Content-Length
+        # beside it, sent upstream with the streamed body, would let the bytes past it
+        # be read there as a second request (smuggling). An h11 host lets both through.
+        drop = drop | {"content-length"}
     headers: CIMultiDict[str] = CIMultiDict()
     has_body = False
     for name, value in raw:
