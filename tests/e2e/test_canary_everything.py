@@ -4,7 +4,9 @@
 deployment runs (``igris-mw serve --log-format json --log-level debug
 --access-log --metrics-port``), with every upstream call going through a
 forward proxy whose password is a canary, and connections of every
-``authType`` (bearer, header, basic, a client certificate) holding canaries.
+``authType`` (bearer, header, basic, a client certificate,
+``oauth2_client_credentials`` with a canary client secret and access token,
+a ``per_user`` credential) holding canaries.
 It drives the official MCP client, a denied tool, a rate-limited request,
 rotation, disabling, an upstream 401 that echoes the credential back and a
 dead upstream, then searches every place a secret could land: each HTTP
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -53,7 +56,7 @@ def _forms(secret: str) -> set[str]:
     raw = secret.encode()
     forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
     # base64 of the secret alone and as the tail of "user:secret" (Basic auth).
-    for data in (raw, b"igris:" + raw, b"user:" + raw):
+    for data in (raw, b"igris:" + raw, b"user:" + raw, b"canary-client:" + raw):
         encoded = base64.b64encode(data).decode()
         forms |= {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(data).decode()}
     return forms
@@ -101,6 +104,45 @@ class EchoingUpstream:
         self.server = await asyncio.start_server(
             self._handle, "127.0.0.1", 0, ssl=self.context
         )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class TokenEndpoint:
+    """A plain-HTTP OAuth token endpoint that hands out one canary access token."""
+
+    def __init__(self, access_token: str) -> None:
+        self.access_token = access_token
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-length:")),
+                0,
+            )
+            self.requests.append(head + await reader.readexactly(length))
+            body = json.dumps(
+                {"access_token": self.access_token, "token_type": "Bearer", "expires_in": 3600}
+            ).encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> TokenEndpoint:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -184,7 +226,10 @@ async def test_no_secret_leaves_a_served_gateway(
     bearer, rotated, header_cred, basic_pw, mtls_cred, echoed, dead_cred = (
         _canary(t) for t in ("bearer", "rotated", "header", "basic", "mtls", "echoed", "dead")
     )
+    client_secret, access_token = _canary("client-secret"), _canary("access-token")
+    alice_cred = _canary("per-user")
     canaries = [bearer, rotated, header_cred, basic_pw, mtls_cred, echoed, dead_cred]
+    canaries += [client_secret, access_token, alice_cred]
     canaries.append(canary_proxy.password)
 
     home = tmp_path / "data"
@@ -197,9 +242,9 @@ async def test_no_secret_leaves_a_served_gateway(
         running(TlsUpstreamServer(leaf)) as upstream,
         running(TlsFront(leaf, canary_ca)) as mtls,
     ):
-        upstream.accept(bearer, rotated)
+        upstream.accept(bearer, rotated, access_token, alice_cred)
         mtls.accept(mtls_cred)
-        async with EchoingUpstream(leaf) as echo:
+        async with EchoingUpstream(leaf) as echo, TokenEndpoint(access_token) as tokens:
             with _serve(
                 home,
                 {"IGRIS_UPSTREAM_PROXY": canary_proxy.url_with()},
@@ -256,6 +301,12 @@ async def test_no_secret_leaves_a_served_gateway(
                     await call("POST", "/virtual-keys", conn(
                         "c-echo", f"https://127.0.0.1:{echo.port}/mcp", credential=echoed
                     ), 201)
+                    await call("POST", "/virtual-keys", conn(
+                        "c-oauth", upstream.url("/mcp"), authType="oauth2_client_credentials",
+                        credential=client_secret,
+                        oauth={"tokenUrl": f"http://127.0.0.1:{tokens.port}/token",
+                               "clientId": "canary-client", "scopes": ["mcp"]},
+                    ), 201)
                     dead_port = _free_port()
                     await call("POST", "/virtual-keys", conn(
                         "c-dead", f"https://127.0.0.1:{dead_port}/mcp", credential=dead_cred
@@ -288,6 +339,37 @@ async def test_no_secret_leaves_a_served_gateway(
                     ) as session:
                         responses.append((await session.call_tool("whoami", {})).model_dump_json())
                     assert mtls.client_names, "the mTLS upstream saw no client certificate"
+                    async with streamable_session(
+                        gw + "c-oauth", client_headers(mcp_key), on_response=keep
+                    ) as session:
+                        responses.append((await session.call_tool("whoami", {})).model_dump_json())
+                    assert tokens.requests, "the token endpoint was never asked"
+                    assert upstream.guard.seen_with(access_token)
+                    await call("GET", "/virtual-keys/c-oauth")
+
+                    await call("POST", "/virtual-keys", conn(
+                        "c-peruser", upstream.url("/mcp"), credentialScope="per_user"
+                    ), 201)
+                    await call(
+                        "PUT", "/virtual-keys/c-peruser/users/alice/credential",
+                        {"credential": alice_cred},
+                    )
+                    await call("GET", "/virtual-keys/c-peruser/users")
+                    alice = client_headers(mcp_key, {"X-Igris-User": "alice"})
+                    async with streamable_session(
+                        gw + "c-peruser", alice, on_response=keep
+                    ) as session:
+                        responses.append((await session.call_tool("whoami", {})).model_dump_json())
+                    assert upstream.guard.seen_with(alice_cred)
+                    bob = await http.post(
+                        gw + "c-peruser", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                        headers={
+                            "Authorization": f"Bearer {mcp_key}", "X-Igris-User": "bob",
+                            "Accept": "application/json, text/event-stream",
+                        },
+                    )
+                    responses.append(_text(bob))
+                    assert bob.status_code == 403
 
                     init = {
                         "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -358,7 +440,7 @@ async def test_no_secret_leaves_a_served_gateway(
 
                     for slug in (
                         "c-bearer", "c-limited", "c-legacy", "c-header", "c-basic", "c-mtls",
-                        "c-echo", "c-dead",
+                        "c-echo", "c-dead", "c-oauth", "c-peruser",
                     ):
                         await call("GET", f"/virtual-keys/{slug}/audit?limit=200")
                     await call("GET", "/audit?limit=200")
