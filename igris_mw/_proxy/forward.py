@@ -767,8 +767,10 @@ async def _relay(
             {
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": response_headers(
-                    resp.raw_headers, rewriting=rewriter is not None or filtering is not None
+                "headers": target.without_credential(
+                    response_headers(
+                        resp.raw_headers, rewriting=rewriter is not None or filtering is not None
+                    )
                 ),
             }
         )
