@@ -69,8 +69,9 @@ def _free_port() -> int:
 
 
 class EchoingUpstream:
-    """A TLS upstream that answers 401 and echoes every request header back,
-    in its body and in ``WWW-Authenticate``: the worst upstream there is."""
+    """A TLS upstream that echoes the request's credential back in its headers
+    and (but for ``/ok``) its body, as 401, 400 (``/bad...``) or 200 (``/ok...``):
+    the worst upstream there is."""
 
     def __init__(self, cert: trustme.LeafCert) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -90,10 +91,17 @@ class EchoingUpstream:
                  if line.lower().startswith(b"authorization:")),
                 b"none",
             )
+            path = head.split(b" ", 2)[1]
+            status = b"401 Unauthorized"
+            if path.startswith(b"/ok"):  # a success that echoes it in its headers only
+                status, body = b"200 OK", b'{"jsonrpc": "2.0", "id": 1, "result": {}}'
+            elif path.startswith(b"/bad"):
+                status = b"400 Bad Request"
             writer.write(
-                b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n"
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
                 b"www-authenticate: Bearer error=\"" + auth + b"\"\r\n"
                 b"x-echo: " + auth + b"\r\n"
+                b"location: https://elsewhere.example/?t=" + auth.partition(b" ")[2] + b"\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n"
                 b"connection: close\r\n\r\n" + body
             )
@@ -395,6 +403,12 @@ async def test_no_secret_leaves_a_served_gateway(
                     assert r.status_code == 502
                     assert r.json()["error"]["code"] == "upstream_auth_failed"
                     assert echo.hits >= 1, "the echoing upstream was never reached"
+                    echo_cases = (("c-echo-ok", "/ok", 200), ("c-echo-bad", "/bad", 502))
+                    for slug, sub, status in echo_cases:
+                        await call("POST", "/virtual-keys", conn(
+                            slug, f"https://127.0.0.1:{echo.port}{sub}", credential=echoed
+                        ), 201)
+                        assert (await mcp(slug)).status_code == status
                     assert (await mcp("c-dead")).status_code in (502, 503, 504)
                     assert (await mcp("c-bearer", "ig_" + "x" * 36)).status_code == 401
                     assert (await mcp("c-nope")).status_code == 404
