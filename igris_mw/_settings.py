@@ -82,6 +82,16 @@ def _port(name: str, raw: str) -> int:
     return value
 
 
+def _count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= 512:
+        raise ConfigurationError(f"{name} must be from 1 to 512, got {value}")
+    return value
+
+
 def _log_level(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in LOG_LEVELS:
@@ -136,6 +146,7 @@ class Settings:
         host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
         public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
         log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
+        workers: ``IGRIS_WORKERS``, processes ``serve`` runs on its port (default 1).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -161,6 +172,7 @@ class Settings:
     port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))
     public_url: str | None = attrs.field(default=None, metadata=_env("IGRIS_PUBLIC_URL", _http_url))
     log_level: str = attrs.field(default="info", metadata=_env("IGRIS_LOG_LEVEL", _log_level))
+    workers: int = attrs.field(default=1, metadata=_env("IGRIS_WORKERS", _count))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

@@ -52,6 +52,13 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_PORT ", "")) from None
 
 
+def _workers_count(text: str) -> int:
+    try:
+        return int(Settings.from_env({"IGRIS_WORKERS": text}).workers)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_WORKERS ", "")) from None
+
+
 def _positive(text: str) -> float:
     try:
         return float(Settings.from_env({"IGRIS_UPSTREAM_TIMEOUT": text}).upstream_timeout)
@@ -123,6 +130,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="uvicorn log level (default: $IGRIS_LOG_LEVEL, else info)",
     )
     p.add_argument("--access-log", action="store_true", help="log each request line")
+    p.add_argument(
+        "--workers",
+        type=_workers_count,
+        help="processes serving the port (default: $IGRIS_WORKERS, else 1; docs/workers.md)",
+    )
     add_location_options(p)
     p.set_defaults(run=run_serve)
 
@@ -157,6 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .._gateway import IgrisGateway
     from .._plugins import redact_url, store_from_url
     from ._shutdown import run_bounded
+    from ._workers import fork_workers, worker_path
 
     environ = dict(os.environ)
     settings = Settings.from_env(environ).override(
@@ -168,6 +181,7 @@ def run_serve(args: argparse.Namespace) -> int:
         upstream_timeout=args.upstream_timeout,
         public_url=args.public_url,
         log_level=args.log_level,
+        workers=args.workers,
     )
     # Only the embedded store gets a generated key: a shared store's key
     # must come from its operator, or each process would make its own.
@@ -186,6 +200,12 @@ def run_serve(args: argparse.Namespace) -> int:
             "first start: an admin key was issued. It is shown this once only:\n\n"
             f"    {admin_key}\n"
         )
+    if settings.workers > 1:
+        status = fork_workers(
+            settings.host, settings.port, settings.workers, shutdown_timeout=args.shutdown_timeout
+        )
+        if status is not None:  # the parent, once every worker has stopped
+            return status
     store = store_from_url(settings.store_url)
     audit_url, defaulted = audit_url_for(settings, store)
     if defaulted:
@@ -203,7 +223,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allowed_origins=args.allowed_origin or (),
         public_url=settings.public_url,
         cache_ttl=args.cache_ttl,
-        audit_spill=settings.audit_spill_path,
+        audit_spill=worker_path(settings.audit_spill_path),
         environ=environ,
         upstream_ca_file=args.upstream_ca_file,
         upstream_proxy=args.upstream_proxy,
