@@ -1,0 +1,194 @@
+"""The gateway's own cost per warm request, in instructions (valgrind) or CPU time.
+
+Wall-clock figures are noise on a shared machine; instruction counts are not.
+This drives ``IgrisGateway`` in-process, with no HTTP server in front (an ASGI
+call per request, the way uvicorn makes it: the body in one message, then a
+``receive`` that waits until the response is done), against the fast
+upstream (``upstream.py``, a separate process), SQLite store, audit on.
+
+    # CPU time per request, this checkout:
+    python benchmarks/hotpath.py --requests 3000
+    # instructions per request of two checkouts, interleaved (needs valgrind):
+    python benchmarks/hotpath.py --callgrind --compare /path/to/old/checkout
+
+With ``--callgrind``, each variant runs under ``valgrind --tool=callgrind``
+twice, with ``--requests`` and ``3 x --requests`` requests; the difference of
+the totals over the difference of the counts is the per-request figure, with
+start-up and teardown cancelled out. ``--compare DIR`` runs the same with
+``PYTHONPATH=DIR`` (another checkout of igris-mw) before each run of this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+_BODY = (
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+    b'"params":{"name":"echo","arguments":{"text":"hello"}}}'
+)
+
+
+async def drive(requests: int, upstream: str, token: str, work: Path) -> float:
+    """Run ``requests`` warm requests; the process CPU seconds they took."""
+    from igris_mw import IgrisGateway
+    from igris_mw._plugins import crypto_from_url, store_from_url
+    from igris_mw._service import Service
+
+    store_url = f"sqlite:///{work / 'hot.db'}"
+    store = store_from_url(store_url)
+    await store.open()
+    service = Service(store, crypto_from_url(None, dict(os.environ)))
+    await service.create_connection(
+        {"slug": "hot", "name": "hot", "upstreamUrl": upstream, "credential": token}
+    )
+    _, key = await service.create_api_key({"name": "hot", "scopes": ["mcp"]})
+    await store.close()
+
+    gateway = IgrisGateway(None, store=store_url, audit_spill=work / "spill.jsonl")
+    await gateway.startup()
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"authorization", b"Bearer " + key.encode()),
+        (b"content-length", str(len(_BODY)).encode()),
+    ]
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/mcp/hot", "raw_path": b"/v1/mcp/hot", "root_path": "",
+        "query_string": b"", "headers": headers, "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8080),
+    }  # fmt: skip
+
+    async def one() -> int:
+        done = asyncio.Event()
+        sent = False
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": _BODY, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body", False):
+                done.set()
+
+        await gateway(dict(scope), receive, send)
+        return status
+
+    for _ in range(50):  # warm: caches, pool, first allocations
+        assert await one() == 200
+    await asyncio.sleep(0.1)
+    cpu = time.process_time()
+    for _ in range(requests):
+        await one()
+    await gateway.aclose()  # the audit writer's last batch is counted too
+    return time.process_time() - cpu
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_variant(
+    pythonpath: str | None, requests: int, callgrind: bool, env: dict[str, str]
+) -> float:
+    """Instructions (callgrind) or CPU seconds for ``requests`` requests in a fresh process."""
+    run_env = dict(env)
+    if pythonpath:
+        run_env["PYTHONPATH"] = pythonpath
+    cmd = [sys.executable, str(Path(__file__)), "--child", str(requests)]
+    if callgrind:
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd]
+    out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=True)
+    if callgrind:
+        match = re.search(r"Collected : (\d+)", out.stderr)
+        assert match, out.stderr[-2000:]
+        return float(match.group(1))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--compare", metavar="DIR", help="another checkout to run first")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        import uvloop
+
+        work = Path(tempfile.mkdtemp(prefix="igris-hot-"))
+        cpu = uvloop.run(
+            drive(args.child, os.environ["BENCH_UPSTREAM"], os.environ["BENCH_UPSTREAM_TOKEN"],
+                  work)
+        )  # fmt: skip
+        print(cpu)
+        return 0
+
+    token = secrets.token_urlsafe(24)
+    port = _free_port()
+    env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token,
+           "BENCH_UPSTREAM": f"http://127.0.0.1:{port}/mcp",
+           "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}  # fmt: skip
+    up = subprocess.Popen(
+        [sys.executable, str(HERE / "upstream.py"), "--port", str(port)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "upstream did not start"
+                time.sleep(0.1)
+        variants = [("compare", args.compare)] if args.compare else []
+        variants.append(("this", None))
+        results: dict[str, list[float]] = {name: [] for name, _ in variants}
+        n1, n2 = args.requests, 3 * args.requests
+        for _ in range(args.rounds):
+            for name, path in variants:
+                if args.callgrind:
+                    small = _run_variant(path, n1, True, env)
+                    large = _run_variant(path, n2, True, env)
+                    results[name].append((large - small) / (n2 - n1))
+                else:
+                    results[name].append(_run_variant(path, n1, False, env) / n1 * 1e6)
+                print(f"{name}: {results[name][-1]:,.0f}", file=sys.stderr)
+        unit = "instructions" if args.callgrind else "us CPU"
+        summary = {name: min(values) for name, values in results.items()}
+        print(json.dumps({"unit": f"{unit} per request (min of rounds)", **summary}))
+    finally:
+        up.terminate()
+        up.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
