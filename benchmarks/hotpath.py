@@ -42,8 +42,11 @@ _BODY = (
 )
 
 
-async def drive(requests: int, upstream: str, token: str, work: Path) -> float:
-    """Run ``requests`` warm requests; the process CPU seconds they took."""
+async def drive(
+    requests: int, upstream: str, token: str, work: Path, latencies: list[float] | None = None
+) -> float:
+    """Run ``requests`` warm requests; the process CPU seconds they took
+    (each one's wall time appended to ``latencies``)."""
     from igris_mw import IgrisGateway
     from igris_mw._plugins import crypto_from_url, store_from_url
     from igris_mw._service import Service
@@ -101,10 +104,34 @@ async def drive(requests: int, upstream: str, token: str, work: Path) -> float:
         assert await one() == 200
     await asyncio.sleep(0.1)
     cpu = time.process_time()
+    clock = time.perf_counter
     for _ in range(requests):
-        await one()
+        if latencies is None:
+            await one()
+        else:
+            start = clock()
+            await one()
+            latencies.append(clock() - start)
     await gateway.aclose()  # the audit writer's last batch is counted too
     return time.process_time() - cpu
+
+
+async def _switch_blocks(requests: int, upstream: str, token: str, work: Path) -> dict[str, Any]:
+    intervals = [float(x) for x in os.environ["BENCH_SWITCH"].split(",")]
+    samples: dict[float, list[float]] = {s: [] for s in intervals}
+    for block in range(10):
+        for s in intervals if block % 2 == 0 else reversed(intervals):
+            sys.setswitchinterval(s)
+            await drive(requests, upstream, token, work / f"{block}-{s}", samples[s])
+    out: dict[str, Any] = {}
+    for s, values in samples.items():
+        values.sort()
+        out[f"{s * 1000:g} ms"] = {
+            "p50_ms": round(values[len(values) // 2] * 1000, 3),
+            "p99_ms": round(values[int(len(values) * 0.99)] * 1000, 3),
+            "n": len(values),
+        }
+    return out
 
 
 def _free_port() -> int:
@@ -137,17 +164,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--compare", metavar="DIR", help="another checkout to run first")
+    parser.add_argument(
+        "--switch-intervals", metavar="S,S",
+        help="p50/p99 of sequential requests with sys.setswitchinterval at each value, "
+        "in alternating blocks in one process (the audit writer thread's GIL holds)",
+    )  # fmt: skip
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         import uvloop
 
         work = Path(tempfile.mkdtemp(prefix="igris-hot-"))
-        cpu = uvloop.run(
-            drive(args.child, os.environ["BENCH_UPSTREAM"], os.environ["BENCH_UPSTREAM_TOKEN"],
-                  work)
-        )  # fmt: skip
-        print(cpu)
+        up, tok = os.environ["BENCH_UPSTREAM"], os.environ["BENCH_UPSTREAM_TOKEN"]
+        if not os.environ.get("BENCH_SWITCH"):
+            print(uvloop.run(drive(args.child, up, tok, work)))
+            return 0
+        print(json.dumps(uvloop.run(_switch_blocks(args.child, up, tok, work))))
         return 0
 
     token = secrets.token_urlsafe(24)
@@ -168,6 +200,14 @@ def main() -> int:
             except OSError:
                 assert time.monotonic() < deadline, "upstream did not start"
                 time.sleep(0.1)
+        if args.switch_intervals:
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__)), "--child", str(args.requests)],
+                env={**env, "BENCH_SWITCH": args.switch_intervals}, capture_output=True,
+                text=True, check=True,
+            )  # fmt: skip
+            print(out.stdout.strip())
+            return 0
         variants = [("compare", args.compare)] if args.compare else []
         variants.append(("this", None))
         results: dict[str, list[float]] = {name: [] for name, _ in variants}
