@@ -290,3 +290,29 @@ async def test_sqlite_poller_that_fell_behind_the_pruned_log_hears_all(tmp_path:
     finally:
         await store.close()
         await peer.close()
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_stops_every_worker(tmp_path: Path) -> None:
+    """A worker killed while serving is replaced (the port keeps answering); SIGTERM to
+    the parent stops all workers and the parent exits 0."""
+    home = tmp_path / "data"
+    with _serve_workers(home, 2) as (port, proc, log):
+        first = _children(proc.pid)
+        time.sleep(1.2)  # past the start-up window in which a death stops the server
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while True:
+            now = _children(proc.pid)
+            if len(now) == 2 and first[0] not in now:
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        while not _healthy(port):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert f"worker {first[0]} exited" in log.read_text()
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    # The parent reaped them before exiting.
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []

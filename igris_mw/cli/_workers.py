@@ -34,12 +34,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from .._errors import ConfigurationError
 
-__all__ = ["fork_workers", "inherited_socket", "worker_path"]
+__all__ = ["fork_workers", "inherited_socket", "worker_path", "worker_slot"]
 
 # A worker that dies sooner than this after its start is not replaced.
 _MIN_LIFETIME = 1.0
@@ -53,6 +54,15 @@ _slot = 0
 def inherited_socket() -> socket.socket | None:
     """In a worker, the listening socket it shares; ``None`` in a single process."""
     return _socket
+
+
+def worker_slot() -> int | None:
+    """This worker's number (0 .. N-1) under ``--workers N``; ``None`` in a single process.
+
+    For what one worker does for all: e.g. only worker 0 listens on the
+    metrics port (with ``PROMETHEUS_MULTIPROC_DIR``, any worker's scrape
+    returns the sum over all of them)."""
+    return None if _socket is None else _slot
 
 
 def worker_path(path: Path) -> Path:
@@ -82,12 +92,21 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def fork_workers(host: str, port: int, workers: int, *, shutdown_timeout: float) -> int | None:
+def fork_workers(
+    host: str,
+    port: int,
+    workers: int,
+    *,
+    shutdown_timeout: float,
+    on_exit: Callable[[int], None] | None = None,
+) -> int | None:
     """Bind ``host:port`` and fork ``workers`` workers.
 
     Returns ``None`` in each worker (which goes on to serve on
     ``inherited_socket()``), and in the parent, once every worker has
-    stopped, the exit status of the server.
+    stopped, the exit status of the server. ``on_exit(pid)`` runs in the
+    parent after each worker exits (e.g. ``prometheus_client.multiprocess.
+    mark_process_dead``).
 
     Raises:
         ConfigurationError: the address cannot be bound.
@@ -141,6 +160,11 @@ def fork_workers(host: str, port: int, workers: int, *, shutdown_timeout: float)
             continue
         slot, born = slots.pop(pid, (0, 0.0))
         code = os.waitstatus_to_exitcode(wait_status)
+        if on_exit is not None:
+            try:
+                on_exit(pid)
+            except Exception as exc:  # a bookkeeping hook must not stop the supervisor
+                _say(f"after worker {pid} exited: {type(exc).__name__}: {exc}")
         if stopping:
             continue
         if code == _STARTUP_FAILURE or time.monotonic() - born < _MIN_LIFETIME:
