@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import os
@@ -40,11 +41,12 @@ def _free_port() -> int:
 
 @contextmanager
 def _serve_workers(
-    home: Path, workers: int, *args: str
+    home: Path, workers: int, *args: str, env_extra: dict[str, str] | None = None
 ) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
     env["IGRIS_HOME"] = str(home)
+    env.update(env_extra or {})
     log = home.parent / f"serve-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -153,40 +155,69 @@ def _wait_for(check: object, bound: float) -> float:
         time.sleep(0.01)
 
 
+def _check_propagation(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Both PIDs serve; disable and revoke through one worker are refused by the other."""
+    pids = _children(proc.pid)
+    assert len(pids) == 2
+    conns = _one_connection_per_worker(port, pids)
+    assert sorted(conns) == sorted(pids)  # both PIDs serve requests
+    admin = KEY_RE.findall(log.read_text())
+    assert len(admin) == 1  # printed once, by the parent, not once per worker
+    a, b = conns[pids[0]], conns[pids[1]]
+
+    status, body = _request(a, "POST", "/api/v1/api-keys", admin[0],
+                            {"name": "client", "scopes": ["mcp"]})
+    assert status == 201, body
+    mcp_key, mcp_id = json.loads(body)["key"], json.loads(body)["id"]
+    status, body = _request(a, "POST", "/api/v1/virtual-keys", admin[0], {
+        "slug": "wrk", "name": "wrk", "upstreamUrl": "http://127.0.0.1:9/mcp",
+        "authType": "bearer", "credential": "workers-canary-Qm2"})
+    assert status == 201, body
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    # Worker b caches the key and the connection (the upstream is closed: 502).
+    assert _request(b, "POST", "/v1/mcp/wrk", mcp_key, call)[0] == 502
+
+    status, _ = _request(a, "POST", "/api/v1/virtual-keys/wrk/disable", admin[0])
+    assert status == 200
+    took = _wait_for(lambda: _request(b, "POST", "/v1/mcp/wrk", mcp_key, call)[0] == 403, BOUND)
+    assert took < BOUND
+
+    assert _request(a, "DELETE", f"/api/v1/api-keys/{mcp_id}", admin[0])[0] == 204
+    took = _wait_for(lambda: _request(b, "POST", "/v1/mcp/wrk", mcp_key, call)[0] == 401, BOUND)
+    assert took < BOUND
+    assert "workers-canary-Qm2" not in log.read_text()
+
+
 def test_two_workers_share_the_port_and_honour_each_others_changes(tmp_path: Path) -> None:
     """Both worker PIDs serve; a key revoked and a connection disabled through one worker
     are refused by the other within the stated bound (far below the cache TTL); one admin key."""
     home = tmp_path / "data"
     with _serve_workers(home, 2, "--cache-ttl", "60") as (port, proc, log):
-        pids = _children(proc.pid)
-        assert len(pids) == 2
-        conns = _one_connection_per_worker(port, pids)
-        assert sorted(conns) == sorted(pids)  # both PIDs serve requests
-        admin = KEY_RE.findall(log.read_text())
-        assert len(admin) == 1  # printed once, by the parent, not once per worker
-        a, b = conns[pids[0]], conns[pids[1]]
+        _check_propagation(port, proc, log)
 
-        status, body = _request(a, "POST", "/api/v1/api-keys", admin[0],
-                                {"name": "client", "scopes": ["mcp"]})
-        assert status == 201, body
-        mcp_key, mcp_id = json.loads(body)["key"], json.loads(body)["id"]
-        status, body = _request(a, "POST", "/api/v1/virtual-keys", admin[0], {
-            "slug": "wrk", "name": "wrk", "upstreamUrl": "http://127.0.0.1:9/mcp",
-            "authType": "bearer", "credential": "workers-canary-Qm2"})
-        assert status == 201, body
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-        # Worker b caches the key and the connection (the upstream is closed: 502).
-        assert _request(b, "POST", "/v1/mcp/wrk", mcp_key, call)[0] == 502
 
-        status, _ = _request(a, "POST", "/api/v1/virtual-keys/wrk/disable", admin[0])
-        assert status == 200
-        took = _wait_for(lambda: _request(b, "POST", "/v1/mcp/wrk", mcp_key, call)[0] == 403, BOUND)
-        assert took < BOUND
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A database on a throwaway Postgres cluster for this module."""
+    pg_testing = pytest.importorskip("igris_mw_postgres.testing")
+    if pg_testing.find_bindir() is None:
+        message = "no PostgreSQL server binaries (initdb, pg_ctl)"
+        if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with pg_testing.TempCluster() as cluster:
+        yield pg_testing.create_database(cluster.dsn)
 
-        assert _request(a, "DELETE", f"/api/v1/api-keys/{mcp_id}", admin[0])[0] == 204
-        took = _wait_for(lambda: _request(b, "POST", "/v1/mcp/wrk", mcp_key, call)[0] == 401, BOUND)
-        assert took < BOUND
-        assert "workers-canary-Qm2" not in log.read_text()
+
+def test_two_workers_on_postgres_honour_each_others_changes(tmp_path: Path, pg_dsn: str) -> None:
+    """The same on a Postgres store: each worker LISTENs, so a change through one is
+    refused by the other well within the bound; the admin key is printed once."""
+    master = base64.b64encode(os.urandom(32)).decode()
+    env = {"IGRIS_STORE": pg_dsn, "IGRIS_MASTER_KEY": master}
+    with _serve_workers(tmp_path / "data", 2, "--cache-ttl", "60", env_extra=env) as (
+        port, proc, log,
+    ):  # fmt: skip
+        _check_propagation(port, proc, log)
 
 
 def test_two_workers_audit_one_connection_into_one_linear_chain(tmp_path: Path) -> None:
