@@ -20,6 +20,7 @@ import pytest_asyncio
 import uvicorn
 from aiohttp import web
 
+import igris_mw._proxy.forward as forward_module
 from igris_mw._proxy import (
     BodyPrefix,
     Forwarder,
@@ -621,9 +622,13 @@ def _direct_call(path: str) -> tuple[dict[str, Any], list[str]]:
     return scope, []
 
 
-async def test_quick_call_runs_without_a_receive_watcher(env: Env) -> None:
-    """A call with its body in hand whose sized answer comes at once never reads receive
-    again: no watcher task is started for it."""
+async def test_quick_call_runs_without_a_receive_watcher(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with its body in hand whose sized answer comes before the watch delay never
+    reads receive again: no watcher task is started for it."""
+    # The delay is 5 ms in production; long here so a loaded machine cannot cross it.
+    monkeypatch.setattr(forward_module, "_WATCH_AFTER", 30.0)
     target = Target(f"http://127.0.0.1:{env.upstream.port}", inject=(("X-Key", SECRET),))
     scope, calls = _direct_call("/echo/quick")
     sent: list[MutableMapping[str, Any]] = []
