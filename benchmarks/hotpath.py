@@ -63,6 +63,10 @@ async def drive(
 
     gateway = IgrisGateway(None, store=store_url, audit_spill=work / "spill.jsonl")
     await gateway.startup()
+    if os.environ.get("BENCH_NO_AUDIT"):
+        # The event is still built; only the writer thread (whose batch sizes,
+        # and so cost per event, follow the timing) is left out.
+        gateway.audit.emit = lambda event: None  # type: ignore[method-assign]
     headers = [
         (b"host", b"127.0.0.1"),
         (b"content-type", b"application/json"),
@@ -169,6 +173,10 @@ def main() -> int:
         help="p50/p99 of sequential requests with sys.setswitchinterval at each value, "
         "in alternating blocks in one process (the audit writer thread's GIL holds)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-audit", action="store_true",
+        help="events are built but not written: the request path alone, steadier counts",
+    )  # fmt: skip
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -185,6 +193,7 @@ def main() -> int:
     token = secrets.token_urlsafe(24)
     port = _free_port()
     env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token,
+           "BENCH_NO_AUDIT": "1" if args.no_audit else "",
            "BENCH_UPSTREAM": f"http://127.0.0.1:{port}/mcp",
            "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}  # fmt: skip
     up = subprocess.Popen(

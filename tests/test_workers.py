@@ -194,6 +194,8 @@ def test_two_workers_share_the_port_and_honour_each_others_changes(tmp_path: Pat
     home = tmp_path / "data"
     with _serve_workers(home, 2, "--cache-ttl", "60") as (port, proc, log):
         _check_propagation(port, proc, log)
+        # Without a shared rate-limit store, serve says the limits count per worker.
+        assert "count per worker" in log.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -239,6 +239,12 @@ def run_serve(args: argparse.Namespace) -> int:
             f"    {admin_key}\n"
         )
     if settings.workers > 1:
+        if settings.rate_limit_store is None:
+            _say(
+                f"{settings.workers} workers without --rate-limit-store: rate limits, "
+                "maxConcurrent and the failed-authentication throttle count per worker "
+                f"(up to {settings.workers}x each limit in all; docs/workers.md)"
+            )
         status = fork_workers(
             settings.host, settings.port, settings.workers, shutdown_timeout=args.shutdown_timeout
         )
