@@ -119,13 +119,18 @@ def fork_workers(
     def fork(slot: int) -> bool:
         """True in the new worker."""
         global _socket, _slot
+        # Blocked across the fork, so the parent's handler never runs in a worker.
+        signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
             _socket, _slot = sock, slot
             return True
         slots[pid] = (slot, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         return False
 
     def stop(sig: int, frame: FrameType | None) -> None:
