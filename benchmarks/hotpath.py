@@ -154,7 +154,9 @@ def _run_variant(
     cmd = [sys.executable, str(Path(__file__)), "--child", str(requests)]
     if callgrind:
         cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd]
-    out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[-4:])} failed:\n{out.stderr[-3000:]}")
     if callgrind:
         match = re.search(r"Collected : (\d+)", out.stderr)
         assert match, out.stderr[-2000:]
