@@ -196,6 +196,7 @@ def main() -> int:
     port = _free_port()
     env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token,
            "BENCH_NO_AUDIT": "1" if args.no_audit else "",
+           "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",  # the upstream is on loopback
            "BENCH_UPSTREAM": f"http://127.0.0.1:{port}/mcp",
            "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}  # fmt: skip
     up = subprocess.Popen(
