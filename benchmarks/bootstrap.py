@@ -15,6 +15,16 @@ import os
 import sys
 
 
+def service_options(environ: dict[str, str]) -> dict[str, object]:
+    """``Service`` keyword arguments: the egress allow-list from the environment,
+    when this igris-mw has an egress policy (an older checkout has none)."""
+    try:
+        from igris_mw._policy.egress import EgressPolicy
+    except ImportError:
+        return {}
+    return {"egress": EgressPolicy.from_setting(environ.get("IGRIS_ALLOW_UPSTREAM_NETWORKS"))}
+
+
 async def bootstrap(cfg: dict[str, object]) -> str:
     from igris_mw._plugins import crypto_from_url, store_from_url
     from igris_mw._service import Service
@@ -22,7 +32,8 @@ async def bootstrap(cfg: dict[str, object]) -> str:
     store = store_from_url(str(cfg["store"]))
     await store.open()
     try:
-        service = Service(store, crypto_from_url(None, dict(os.environ)))
+        env = dict(os.environ)
+        service = Service(store, crypto_from_url(None, env), **service_options(env))  # type: ignore[arg-type]
         for slug in cfg["slugs"]:  # type: ignore[attr-defined]
             await service.create_connection(
                 {"slug": slug, "name": slug, "upstreamUrl": cfg["upstream"],

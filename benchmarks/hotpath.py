@@ -54,7 +54,10 @@ async def drive(
     store_url = f"sqlite:///{work / 'hot.db'}"
     store = store_from_url(store_url)
     await store.open()
-    service = Service(store, crypto_from_url(None, dict(os.environ)))
+    from bootstrap import service_options
+
+    env = dict(os.environ)
+    service = Service(store, crypto_from_url(None, env), **service_options(env))  # type: ignore[arg-type]
     await service.create_connection(
         {"slug": "hot", "name": "hot", "upstreamUrl": upstream, "credential": token}
     )

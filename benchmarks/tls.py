@@ -95,7 +95,9 @@ async def _bootstrap(store_url: str, env: dict[str, str], upstream: str, token: 
     store = store_from_url(store_url)
     await store.open()
     try:
-        service = Service(store, crypto_from_url(None, env))
+        from bootstrap import service_options
+
+        service = Service(store, crypto_from_url(None, env), **service_options(env))  # type: ignore[arg-type]
         await service.create_connection(
             {"slug": SLUG, "name": SLUG, "upstreamUrl": upstream, "credential": token}
         )
