@@ -225,9 +225,11 @@ def test_two_workers_on_postgres_honour_each_others_changes(tmp_path: Path, pg_d
 
 def test_two_workers_audit_one_connection_into_one_linear_chain(tmp_path: Path) -> None:
     """Requests through two workers at once, all to one connection: every event is
-    stored and `igris-mw audit verify` finds one unbroken chain."""
+    stored, `igris-mw audit verify` finds one unbroken chain, and the one metrics
+    listener counts the requests of both workers."""
     home = tmp_path / "data"
-    with _serve_workers(home, 2) as (port, proc, log):
+    metrics_port = _free_port()
+    with _serve_workers(home, 2, "--metrics-port", str(metrics_port)) as (port, proc, log):
         pids = _children(proc.pid)
         conns = _one_connection_per_worker(port, pids)
         admin = KEY_RE.findall(log.read_text())[0]
@@ -251,6 +253,16 @@ def test_two_workers_audit_one_connection_into_one_linear_chain(tmp_path: Path) 
         with ThreadPoolExecutor(2) as pool:
             done = list(pool.map(drive, conns.values()))
         assert done == [per_worker, per_worker]
+        scrape = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=10)
+        scrape.request("GET", "/metrics")
+        text = scrape.getresponse().read().decode()
+        scrape.close()
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("igris_gateway_requests_total{") and 'connection="chain"' in line
+        )
+        assert counted == 2 * per_worker, text
     # serve has stopped: every queued event is written.
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
     env["IGRIS_HOME"] = str(home)
