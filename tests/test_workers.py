@@ -17,14 +17,16 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 
 from igris_mw._sqlite import SQLiteStore
 from igris_mw._sqlite.store import CHANGE_POLL
 from igris_mw.storage import Change
-from igris_mw.testing.storage_suite import make_connection, make_event
+from igris_mw.testing.storage_suite import make_api_key, make_connection, make_event
 
 KEY_RE = re.compile(r"ig_[0-9A-Za-z]{36}")
 # The bound docs/workers.md states for a change made through another process.
@@ -362,3 +364,39 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_every_worker(tmp_path: Path
         assert proc.wait(20) == 0
     # The parent reaped them before exiting.
     assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+
+
+async def test_sqlite_every_write_through_a_peer_reaches_listeners(tmp_path: Path) -> None:
+    """Each kind of connection and key write made through another store object is heard,
+    as the precise change, by this one: none is left to the cache TTL."""
+    store, peer = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    await peer.open()
+    heard: list[Change] = []
+    store.add_listener(heard.append)
+
+    async def expect(change: Change) -> None:
+        start = time.monotonic()
+        while change not in heard:
+            assert time.monotonic() - start < BOUND, (change, heard)
+            await asyncio.sleep(0.01)
+        heard.clear()
+
+    try:
+        created = await peer.create_connection(make_connection("every"))
+        await expect(Change("connection", "every"))
+        await peer.update_connection(
+            attrs.evolve(created, name="renamed"), expected_version=created.version
+        )
+        await expect(Change("connection", "every"))
+        await peer.delete_connection("every")
+        await expect(Change("connection", "every"))
+        key = await peer.create_api_key(make_api_key("key_every"))
+        await expect(Change("api_key", "key_every"))
+        await peer.update_api_key(attrs.evolve(key, name="renamed"))
+        await expect(Change("api_key", "key_every"))
+        await peer.revoke_api_key("key_every", at=datetime.now(UTC))
+        await expect(Change("api_key", "key_every"))
+    finally:
+        await store.close()
+        await peer.close()
