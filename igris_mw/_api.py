@@ -568,6 +568,12 @@ class _Exchange:
             ) from None
         except (ValueError, RecursionError):
             raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+        if _SURROGATE_ESCAPE.search(raw) is not None and _has_lone_surrogate(value):
+            # Valid JSON syntax but no Unicode text: no store could keep it (a 500 before).
+            raise BadRequest(
+                "the body holds a lone UTF-16 surrogate escape, which is not valid Unicode",
+                code="invalid_json",
+            )
         if not isinstance(value, dict):
             raise BadRequest("the body must be a JSON object", code="invalid_body")
         if check_fields:
@@ -582,3 +588,15 @@ class _Exchange:
                 raise ValidationError(name, "is not a known field here")
         return value
 
+
+
+# Only a \uD800-\uDFFF escape can put a surrogate in parsed JSON (raw UTF-8 cannot).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

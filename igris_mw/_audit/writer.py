@@ -439,10 +439,12 @@ class AuditWriter:
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=True, default=repr) + "\n"
         self.quarantine_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.quarantine_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="ascii") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            # One write() per record: workers sharing the file never interleave lines.
+            _write_all(fd, line.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         log.error(
             "audit: event %s refused by the sink, kept in %s: %s",
             event.id,
