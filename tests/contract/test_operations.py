@@ -10,7 +10,6 @@ import httpx
 import pytest
 from contract_harness import ScriptedUpstream, Served, free_port, serve
 
-PERF = pytest.mark.xfail(strict=True, reason="lands with branch perf (serve --workers)")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 METRICS = [
     "igris_gateway_requests_total", "igris_gateway_request_duration_seconds",
@@ -91,7 +90,6 @@ def test_ops_flags_in_help(gw: Served) -> None:
         assert flag in out
 
 
-@PERF
 def test_workers_share_one_port_and_changes(
     tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream
 ) -> None:
