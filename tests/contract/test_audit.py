@@ -13,7 +13,6 @@ import httpx
 import pytest
 from contract_harness import ScriptedUpstream, Served, error_of, serve
 
-WRITER = pytest.mark.xfail(strict=True, reason="lands with branch audit-writer")
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 
 
@@ -93,7 +92,6 @@ def test_api_key_changes_in_global_trail(gw: Served) -> None:
     assert patch["changes"]["connections"]["to"] == [c["slug"]]
 
 
-@WRITER
 def test_hostile_input_is_stored_escaped_and_truncated(
     gw: Served, scripted: ScriptedUpstream
 ) -> None:
@@ -207,7 +205,6 @@ def test_cli_audit_without_slug_lists_the_global_trail(gw: Served) -> None:
     assert c["slug"] in p.stdout
 
 
-@WRITER
 def test_audit_failure_flag(gw: Served) -> None:
     """serve takes --audit-failure closed|open; another value is a one-line error."""
     out = gw.cli("serve", "--help").stdout
