@@ -139,6 +139,7 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        dashboard: serve the admin dashboard at ``/ui/`` (see docs/dashboard.md).
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -159,6 +160,7 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        dashboard: bool = False,
     ) -> None:
         env = os.environ if environ is None else environ
         self.app = app
@@ -193,6 +195,13 @@ class IgrisGateway:
         self.api = ManagementAPI(
             self.service, authenticate=self._authenticate, max_body=max_body, public_url=public_url
         )
+        self.dashboard: Any = None
+        if dashboard:
+            from ._dashboard import Dashboard  # imported only when on: jinja2 loads lazily
+
+            self.dashboard = Dashboard(
+                self.service, authenticate=self._authenticate, public_url=public_url
+            )
         self._keys: RefreshingCache[bytes, ApiKey | _Missing] = RefreshingCache(
             self._load_key, ttl=cache_ttl
         )
@@ -322,6 +331,10 @@ class IgrisGateway:
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
                 if await self._started_or_refused(send):
                     await self.api(scope, receive, send)
+                return
+            if self.dashboard is not None and (path == "/ui" or path.startswith("/ui/")):
+                if await self._started_or_refused(send):
+                    await self.dashboard(scope, receive, send)
                 return
             if self._health_path is not None and path == self._health_path:
                 await _send_json(send, 200, {"status": "ok"})

@@ -136,6 +136,7 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_ttl=args.cache_ttl,
         audit_spill=data_dir(environ) / "audit-spill.jsonl",
         environ=environ,
+        dashboard=True,
     )
     try:
         import uvloop  # noqa: F401
