@@ -427,7 +427,7 @@ class Dashboard:
 
     async def _h_connection_delete_form(self, req: _Request, slug: str) -> _Response:
         conn = await self.service.get_connection(slug)
-        return req.page("connection_delete.html", nav="connections", conn=conn)
+        return req.page("connection_delete.html", nav="connections", conn=conn, error=None)
 
     async def _h_connection_delete(self, req: _Request, slug: str) -> _Response:
         form = await req.form()

@@ -1,0 +1,377 @@
+"""The dashboard in a real browser: the OS's headless Chromium driven by Playwright.
+
+The gateway runs as a real uvicorn server with ``dashboard=True`` in front of
+the real MCP upstream; MCP traffic goes through the real SDK. The browser is
+started once per session and each test gets a fresh context (no cookies).
+Screenshots land in a temporary directory, or in ``docs/images/`` with
+``IGRIS_UPDATE_SCREENSHOTS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from e2e_harness import (
+    Gateway,
+    client_headers,
+    make_gateway,
+    new_credential,
+    new_slug,
+    raw_post,
+    serve,
+    streamable_session,
+)
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from upstream import UpstreamServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+HOSTILE_USER = "<script>alert(1)</script>"
+INIT = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "dashboard-test", "version": "1"},
+    },
+}
+
+
+async def gateway_status(dash: Gateway, slug: str, key: str | None = None) -> int:
+    """The status of one MCP initialize through the gateway."""
+    return (await raw_post(dash.url(slug), key or dash.mcp_key, INIT)).status_code
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """One headless Chromium for the session (the OS's, never a downloaded one)."""
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        message = f"{CHROMIUM} is missing: apt-get install chromium (scripts/test does)"
+        if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture(scope="session")
+async def dash(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """A real gateway server with the dashboard on, and an admin and an mcp key."""
+    store_dir = tmp_path_factory.mktemp("dashboard")
+    gw = make_gateway(store_dir, dashboard=True)
+    async with serve(gw) as base_url:
+        service = gw.service
+        mcp_record, mcp_key = await service.create_api_key({"name": "agent", "scopes": ["mcp"]})
+        _, admin_key = await service.create_api_key({"name": "ops admin", "scopes": ["admin"]})
+        yield Gateway(gw, base_url, store_dir / "igris.db", mcp_key, mcp_record.id, admin_key)
+
+
+@attrs.define
+class Tab:
+    """A fresh browser context and page, and what the page raised."""
+
+    context: BrowserContext
+    page: Page
+    dialogs: list[str]
+    console_errors: list[str]
+
+
+@pytest.fixture
+async def tab(browser: Browser) -> AsyncIterator[Tab]:
+    """A page in a fresh context (no cookies) at desktop width; records dialogs."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(10_000)
+    found = Tab(context, page, [], [])
+
+    async def on_dialog(dialog: Any) -> None:
+        found.dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+
+    def on_console(message: Any) -> None:
+        # A refused form's 4xx is expected; script errors and CSP violations are not.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            found.console_errors.append(message.text)
+
+    page.on("console", on_console)
+    yield found
+    await context.close()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: docs/images with IGRIS_UPDATE_SCREENSHOTS=1, else a temp dir."""
+    if os.environ.get("IGRIS_UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        return DOCS_IMAGES
+    return tmp_path_factory.mktemp("screenshots")
+
+
+async def sign_in(page: Page, dash: Gateway) -> None:
+    await page.goto(dash.base_url + "/ui/")
+    await page.get_by_label("Admin key").fill(dash.admin_key)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Connections")).to_be_visible()
+
+
+async def create_via_form(
+    page: Page, dash: Gateway, upstream: UpstreamServer, credential: str, *, name: str = ""
+) -> str:
+    """Fill New connection and press Create; returns the slug."""
+    upstream.accept(credential)
+    slug = new_slug("ui")
+    await page.goto(dash.base_url + "/ui/connections")
+    await page.get_by_role("link", name="New connection").click()
+    await page.get_by_label("Slug", exact=True).fill(slug)
+    await page.get_by_label("Name", exact=True).fill(name or f"Upstream {slug}")
+    await page.get_by_label("Upstream URL", exact=True).fill(upstream.base_url + "/mcp")
+    await page.get_by_label("Auth type", exact=True).select_option("bearer")
+    await page.get_by_label("Credential", exact=True).fill(credential)
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.locator("h1 .slug")).to_have_text(slug)
+    return slug
+
+
+async def test_sign_in_with_an_admin_key_shows_the_governance_pages(
+    tab: Tab, dash: Gateway, shots: Path
+) -> None:
+    """A wrong key is refused next to the field; the admin key opens Connections."""
+    page = tab.page
+    await page.goto(dash.base_url + "/ui/")
+    assert page.url.endswith("/ui/login")
+    await page.screenshot(path=shots / "sign-in.png")
+    await page.get_by_label("Admin key").fill(dash.mcp_key)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#e-key")).to_contain_text("no admin scope")
+    assert await page.get_by_label("Admin key").input_value() == ""
+    await sign_in(page, dash)
+    nav = page.get_by_role("navigation", name="Governance")
+    for link in ("Connections", "API keys", "Audit"):
+        await expect(nav.get_by_role("link", name=link)).to_be_visible()
+    assert dash.admin_key not in await page.content()
+    cookies = await tab.context.cookies()
+    session = next(c for c in cookies if c["name"] == "igris_session")
+    assert session["httpOnly"] is True
+    assert session["sameSite"] == "Strict"
+    assert session["value"] != dash.admin_key
+    assert not tab.console_errors
+
+
+async def test_a_connection_created_through_the_form_is_listed(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+) -> None:
+    """New connection: a bad slug is shown next to Slug without the credential; fixed, it lists."""
+    page = tab.page
+    await sign_in(page, dash)
+    credential = new_credential("form")
+    await page.get_by_role("link", name="New connection").click()
+    await page.get_by_label("Slug", exact=True).fill("A")
+    await page.get_by_label("Name", exact=True).fill("GitHub")
+    await page.get_by_label("Upstream URL", exact=True).fill(upstream.base_url + "/mcp")
+    await page.get_by_label("Credential", exact=True).fill(credential)
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.locator("#e-slug")).to_contain_text("3-64 characters")
+    assert await page.get_by_label("Credential", exact=True).input_value() == ""
+    assert credential not in await page.content()
+    assert await page.get_by_label("Credential", exact=True).get_attribute("autocomplete") == "off"
+    await page.screenshot(path=shots / "new-connection-error.png", full_page=True)
+
+    slug = await create_via_form(page, dash, upstream, credential, name="GitHub MCP")
+    assert credential not in page.url
+    await page.get_by_role("link", name="Connections").click()
+    row = page.locator("table.list tbody tr", has_text=slug)
+    await expect(row).to_contain_text("GitHub MCP")
+    await expect(row).to_contain_text("bearer")
+    await expect(row).to_contain_text("enabled")
+    await page.screenshot(path=shots / "connections.png", full_page=True)
+    assert credential not in await page.content()
+    assert (await dash.gw.service.get_connection(slug)).name == "GitHub MCP"
+
+
+async def test_an_mcp_call_shows_up_in_the_connection_audit_without_a_reload(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+) -> None:
+    """A real MCP SDK tools/call through the gateway appears in the open page by polling."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("live"))
+    await page.evaluate("window.__stillSamePage = true")
+    headers = client_headers(dash.mcp_key, {"X-Igris-User": "alice@example.com"})
+    async with streamable_session(dash.url(slug), headers) as session:
+        result = await session.call_tool("echo", {"text": "hello"})
+    assert not result.is_error
+    table = page.locator("table.audit tbody")
+    await expect(table).to_contain_text("tools/call", timeout=10_000)
+    row = table.locator("tr", has_text="tools/call")
+    await expect(row).to_contain_text("echo")
+    await expect(row).to_contain_text("alice@example.com")
+    assert await page.evaluate("window.__stillSamePage") is True
+    await page.screenshot(path=shots / "connection.png", full_page=True)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.screenshot(path=shots / "connection-phone.png", full_page=True)
+    assert not tab.console_errors
+
+
+async def test_rotate_disable_and_enable_from_the_page_are_honoured_by_the_next_request(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Rotate: the next request carries the new credential; Disable: 403; Enable: 200 again."""
+    page = tab.page
+    await sign_in(page, dash)
+    old, new = new_credential("old"), new_credential("new")
+    slug = await create_via_form(page, dash, upstream, old)
+    assert await gateway_status(dash, slug) == 200
+
+    upstream.accept(new)
+    await page.get_by_label("Credential", exact=True).fill(new)
+    await page.get_by_role("button", name="Rotate").click()
+    await expect(page.locator(".notice")).to_contain_text("credential version 2")
+    upstream.guard.refuse(old)
+    before = len(upstream.guard.seen_with(new))
+    assert await gateway_status(dash, slug) == 200
+    assert len(upstream.guard.seen_with(new)) == before + 1
+
+    await page.get_by_role("button", name="Disable").click()
+    await expect(page.locator(".badge.off")).to_have_text("disabled")
+    refused = await raw_post(dash.url(slug), dash.mcp_key, INIT)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "connection_disabled"
+
+    await page.get_by_role("button", name="Enable").click()
+    await expect(page.locator(".badge.ok")).to_have_text("enabled")
+    assert await gateway_status(dash, slug) == 200
+    await expect(page.locator("table.audit tbody")).to_contain_text("management: rotate")
+
+
+async def test_delete_asks_to_confirm_then_the_gateway_forgets_the_connection(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Delete leads to a confirm page; only the typed slug deletes; then the gateway says 404."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("del"))
+    await page.get_by_role("link", name="Delete").click()
+    await page.get_by_role("button", name="Delete").click()  # empty: the browser refuses
+    await page.get_by_label(re.compile("Type the slug")).fill("wrong")
+    await page.get_by_role("button", name="Delete").click()
+    await expect(page.locator("#e-confirm")).to_be_visible()
+    await dash.gw.service.get_connection(slug)
+    await page.get_by_label(re.compile("Type the slug")).fill(slug)
+    await page.get_by_role("button", name="Delete").click()
+    await expect(page.locator(".notice")).to_contain_text(f"{slug} deleted")
+    assert await gateway_status(dash, slug) == 404
+
+
+async def test_a_key_created_in_the_page_works_for_an_mcp_client_until_revoked_there(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+) -> None:
+    """New API key is shown once, serves a real MCP session, and Revoke ends it (401)."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("key"))
+    name = f"agent {slug}"
+    await page.get_by_role("link", name="API keys").click()
+    await page.get_by_role("link", name="New API key").click()
+    await page.get_by_label("Name", exact=True).fill(name)
+    await page.get_by_label("Scope", exact=True).select_option("mcp")
+    await page.get_by_label(slug, exact=True).check()
+    await page.get_by_role("button", name="Create").click()
+    key = (await page.locator("#new-key").inner_text()).strip()
+    assert key.startswith("ig_")
+    await page.screenshot(
+        path=shots / "api-key-created.png", full_page=True, mask=[page.locator("#new-key")]
+    )
+    await page.reload()
+    assert key not in await page.content()  # shown once only
+
+    async with streamable_session(dash.url(slug), client_headers(key)) as session:
+        assert (await session.call_tool("echo", {"text": "ok"})).content[0].text == "ok"
+
+    await page.goto(dash.base_url + "/ui/api-keys")
+    row = page.locator("table.list tbody tr", has_text=name)
+    await expect(row).to_contain_text(slug)
+    await page.screenshot(path=shots / "api-keys.png", full_page=True)
+    await row.get_by_role("button", name="Revoke").click()
+    await expect(row).to_contain_text("revoked")
+    refused = await raw_post(dash.url(slug), key, INIT)
+    assert refused.status_code == 401
+
+
+async def test_hostile_names_and_users_render_as_text_and_open_no_dialog(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+) -> None:
+    """A connection named <img onerror> and an X-Igris-User <script> show as text everywhere."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("xss"), name=HOSTILE_NAME)
+    headers = client_headers(dash.mcp_key, {"X-Igris-User": HOSTILE_USER})
+    async with streamable_session(dash.url(slug), headers) as session:
+        await session.call_tool("echo", {"text": "<b>bold</b>"})
+    await expect(page.locator("table.audit tbody")).to_contain_text(HOSTILE_USER)
+    await expect(page.locator("h1")).to_contain_text(HOSTILE_NAME)
+    for path in ("/ui/connections", f"/ui/connections/{slug}", f"/ui/audit?slug={slug}"):
+        await page.goto(dash.base_url + path)
+        await expect(page.locator("main")).to_contain_text(
+            HOSTILE_USER if "audit" in path else HOSTILE_NAME
+        )
+        assert await page.locator("main img").count() == 0
+        assert await page.locator("main script").count() == 0
+    await page.screenshot(path=shots / "audit.png", full_page=True)
+    await page.wait_for_timeout(500)
+    assert tab.dialogs == []
+
+
+async def test_a_form_posted_without_its_csrf_token_is_refused(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Disable with the CSRF field removed: 403, and the connection stays enabled."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("csrf"))
+    await page.evaluate(
+        "document.querySelectorAll('input[name=csrf]').forEach(function (e) { e.remove(); })"
+    )
+    async with page.expect_navigation() as nav:
+        await page.get_by_role("button", name="Disable").click()
+    response = await nav.value
+    assert response is not None and response.status == 403
+    await expect(page.locator("main")).to_contain_text("CSRF")
+    assert (await dash.gw.service.get_connection(slug)).enabled is True
+
+
+async def test_after_sign_out_the_pages_show_nothing_of_the_data(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Sign out ends the session: back, reload and direct URLs land on the empty sign-in form."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("out"))
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("Admin key")).to_be_visible()
+    assert slug not in await page.content()
+    await page.go_back()
+    assert slug not in await page.content()
+    for path in (f"/ui/connections/{slug}", "/ui/connections", "/ui/audit", "/ui/api-keys"):
+        await page.goto(dash.base_url + path)
+        await expect(page.get_by_label("Admin key")).to_be_visible()
+        assert slug not in await page.content()
+        assert "agent" not in await page.content()
+    response = await page.request.get(dash.base_url + f"/ui/connections/{slug}/audit.json")
+    assert response.status == 401
