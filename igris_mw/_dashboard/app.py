@@ -33,6 +33,7 @@ from .._errors import (
     Forbidden,
     IgrisError,
     NotFound,
+    PayloadTooLarge,
     ServiceUnavailable,
     SlugTaken,
     Unauthorized,
@@ -768,7 +769,7 @@ class _Request:
             chunk = bytes(message.get("body", b""))
             size += len(chunk)
             if size > limit:
-                raise _BadForm(f"the form is larger than {limit} bytes")
+                raise PayloadTooLarge(f"the form is larger than {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -841,7 +842,7 @@ class _Request:
             return _Response(exc.status, body, "application/json", headers)
         titles = {
             400: "Bad request", 401: "Not signed in", 403: "Refused", 404: "Not found",
-            405: "Method not allowed", 409: "Conflict", 422: "Invalid input",
+            405: "Method not allowed", 409: "Conflict", 413: "Too large", 422: "Invalid input",
             429: "Too many requests", 503: "Unavailable",
         }
         body = self.render(

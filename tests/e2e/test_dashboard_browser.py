@@ -351,7 +351,8 @@ async def test_a_form_posted_without_its_csrf_token_is_refused(
     async with page.expect_navigation() as nav:
         await page.get_by_role("button", name="Disable").click()
     response = await nav.value
-    assert response is not None and response.status == 403
+    assert response is not None
+    assert response.status == 403
     await expect(page.locator("main")).to_contain_text("CSRF")
     assert (await dash.gw.service.get_connection(slug)).enabled is True
 
