@@ -150,13 +150,12 @@ async def create_via_form(
 
 
 async def test_sign_in_with_an_admin_key_shows_the_governance_pages(
-    tab: Tab, dash: Gateway, shots: Path
+    tab: Tab, dash: Gateway
 ) -> None:
     """A wrong key is refused next to the field; the admin key opens Connections."""
     page = tab.page
     await page.goto(dash.base_url + "/ui/")
     assert page.url.endswith("/ui/login")
-    await page.screenshot(path=shots / "sign-in.png")
     await page.get_by_label("Admin key").fill(dash.mcp_key)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#e-key")).to_contain_text("no admin scope")
@@ -175,7 +174,7 @@ async def test_sign_in_with_an_admin_key_shows_the_governance_pages(
 
 
 async def test_a_connection_created_through_the_form_is_listed(
-    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
 ) -> None:
     """New connection: a bad slug is shown next to Slug without the credential; fixed, it lists."""
     page = tab.page
@@ -191,7 +190,6 @@ async def test_a_connection_created_through_the_form_is_listed(
     assert await page.get_by_label("Credential", exact=True).input_value() == ""
     assert credential not in await page.content()
     assert await page.get_by_label("Credential", exact=True).get_attribute("autocomplete") == "off"
-    await page.screenshot(path=shots / "new-connection-error.png", full_page=True)
 
     slug = await create_via_form(page, dash, upstream, credential, name="GitHub MCP")
     assert credential not in page.url
@@ -200,13 +198,12 @@ async def test_a_connection_created_through_the_form_is_listed(
     await expect(row).to_contain_text("GitHub MCP")
     await expect(row).to_contain_text("bearer")
     await expect(row).to_contain_text("enabled")
-    await page.screenshot(path=shots / "connections.png", full_page=True)
     assert credential not in await page.content()
     assert (await dash.gw.service.get_connection(slug)).name == "GitHub MCP"
 
 
 async def test_an_mcp_call_shows_up_in_the_connection_audit_without_a_reload(
-    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
 ) -> None:
     """A real MCP SDK tools/call through the gateway appears in the open page by polling."""
     page = tab.page
@@ -223,9 +220,6 @@ async def test_an_mcp_call_shows_up_in_the_connection_audit_without_a_reload(
     await expect(row).to_contain_text("echo")
     await expect(row).to_contain_text("alice@example.com")
     assert await page.evaluate("window.__stillSamePage") is True
-    await page.screenshot(path=shots / "connection.png", full_page=True)
-    await page.set_viewport_size({"width": 390, "height": 844})
-    await page.screenshot(path=shots / "connection-phone.png", full_page=True)
     assert not tab.console_errors
 
 
@@ -280,7 +274,7 @@ async def test_delete_asks_to_confirm_then_the_gateway_forgets_the_connection(
 
 
 async def test_a_key_created_in_the_page_works_for_an_mcp_client_until_revoked_there(
-    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
 ) -> None:
     """New API key is shown once, serves a real MCP session, and Revoke ends it (401)."""
     page = tab.page
@@ -295,9 +289,6 @@ async def test_a_key_created_in_the_page_works_for_an_mcp_client_until_revoked_t
     await page.get_by_role("button", name="Create").click()
     key = (await page.locator("#new-key").inner_text()).strip()
     assert key.startswith("ig_")
-    await page.screenshot(
-        path=shots / "api-key-created.png", full_page=True, mask=[page.locator("#new-key")]
-    )
     await page.reload()
     assert key not in await page.content()  # shown once only
 
@@ -307,7 +298,6 @@ async def test_a_key_created_in_the_page_works_for_an_mcp_client_until_revoked_t
     await page.goto(dash.base_url + "/ui/api-keys")
     row = page.locator("table.list tbody tr", has_text=name)
     await expect(row).to_contain_text(slug)
-    await page.screenshot(path=shots / "api-keys.png", full_page=True)
     await row.get_by_role("button", name="Revoke").click()
     await expect(row).to_contain_text("revoked")
     refused = await raw_post(dash.url(slug), key, INIT)
@@ -315,7 +305,7 @@ async def test_a_key_created_in_the_page_works_for_an_mcp_client_until_revoked_t
 
 
 async def test_hostile_names_and_users_render_as_text_and_open_no_dialog(
-    tab: Tab, dash: Gateway, upstream: UpstreamServer, shots: Path
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
 ) -> None:
     """A connection named <img onerror> and an X-Igris-User <script> show as text everywhere."""
     page = tab.page
@@ -333,7 +323,6 @@ async def test_hostile_names_and_users_render_as_text_and_open_no_dialog(
         )
         assert await page.locator("main img").count() == 0
         assert await page.locator("main script").count() == 0
-    await page.screenshot(path=shots / "audit.png", full_page=True)
     await page.wait_for_timeout(500)
     assert tab.dialogs == []
 
@@ -376,3 +365,146 @@ async def test_after_sign_out_the_pages_show_nothing_of_the_data(
         assert "agent" not in await page.content()
     response = await page.request.get(dash.base_url + f"/ui/connections/{slug}/audit.json")
     assert response.status == 401
+
+
+async def focus_by_tab(page: Page, predicate: str, limit: int = 40) -> None:
+    """Press Tab until ``predicate`` (a JS expression on ``el``) holds for the focused element."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await page.evaluate(f"(function (el) {{ return !!({predicate}); }})"
+                               "(document.activeElement)"):
+            return
+    raise AssertionError(f"Tab never reached {predicate}")
+
+
+async def test_keyboard_only_sign_in_and_create(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Sign in, open New connection and create one with Tab, typing and Enter only."""
+    page = tab.page
+    credential = new_credential("kbd")
+    upstream.accept(credential)
+    slug = new_slug("kbd")
+    await page.goto(dash.base_url + "/ui/login")
+    await focus_by_tab(page, "el.id === 'f-key'")
+    await page.keyboard.type(dash.admin_key)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Connections")).to_be_visible()
+    await focus_by_tab(page, "el.textContent.trim() === 'New connection'")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="New connection")).to_be_visible()
+    await focus_by_tab(page, "el.id === 'f-slug'")
+    for text in (slug, "Keyboard made", upstream.base_url + "/mcp"):
+        await page.keyboard.type(text)
+        await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.id") == "f-authType"
+    await page.keyboard.press("Tab")  # bearer stays selected
+    await page.keyboard.press("Tab")  # Header name stays empty
+    assert await page.evaluate("document.activeElement.id") == "f-credential"
+    await page.keyboard.type(credential)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("h1 .slug")).to_have_text(slug)
+    assert (await dash.gw.service.get_connection(slug)).name == "Keyboard made"
+
+
+async def test_pages_fit_a_phone_width(tab: Tab, dash: Gateway, upstream: UpstreamServer) -> None:
+    """At 390 px no page scrolls sideways as a whole (wide tables scroll in their own box)."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("phone"))
+    await page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/ui/connections", f"/ui/connections/{slug}", "/ui/api-keys", "/ui/audit",
+                 "/ui/new/connection", "/ui/new/api-key"):
+        await page.goto(dash.base_url + path)
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+
+
+async def test_screenshots_of_the_main_pages(
+    browser: Browser, upstream: UpstreamServer, shots: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A fresh gateway with a few connections, keys and calls; each main page is pictured."""
+    store_dir = tmp_path_factory.mktemp("tour")
+    gw = make_gateway(store_dir, dashboard=True)
+    async with serve(gw) as base_url:
+        service = gw.service
+        _, admin_key = await service.create_api_key({"name": "platform admin",
+                                                     "scopes": ["admin"]})
+        credential, rotated = new_credential("gh"), new_credential("gh2")
+        upstream.accept(credential, rotated)
+        await service.create_connection({
+            "slug": "github", "name": "GitHub MCP", "upstreamUrl": upstream.base_url + "/mcp",
+            "credential": credential,
+        })
+        await service.create_connection({
+            "slug": "slack", "name": "Slack MCP", "upstreamUrl": "https://mcp.slack.example/mcp",
+            "authType": "header", "headerName": "X-Slack-Token", "credential": "xoxb-demo",
+        })
+        await service.create_connection({
+            "slug": "internal-docs", "name": "Docs search (internal)",
+            "upstreamUrl": "https://docs.internal.example/mcp", "authType": "none",
+            "enabled": False,
+        })
+        _, agent_key = await service.create_api_key(
+            {"name": "ci agent", "scopes": ["mcp"], "connections": ["github"]}
+        )
+        bot, _ = await service.create_api_key({"name": "support bot", "scopes": ["mcp"]})
+        await service.revoke_api_key(bot.id)
+        gateway_url = f"{base_url}/v1/mcp/github"
+        for user, role in (("alice@company.com", "developer"), ("bob@company.com", "sre")):
+            headers = client_headers(
+                agent_key, {"X-Igris-User": user, "X-Igris-Metadata": f'{{"role": "{role}"}}'}
+            )
+            async with streamable_session(gateway_url, headers) as session:
+                await session.call_tool("echo", {"text": "hi"})
+        await service.rotate_credential("github", rotated)
+        await raw_post(gateway_url, "ig_" + "0" * 40, INIT)  # refused: audited as denied
+
+        context = await browser.new_context(viewport={"width": 1280, "height": 860})
+        page = await context.new_page()
+        page.set_default_timeout(10_000)
+        await page.goto(base_url + "/ui/login")
+        await page.screenshot(path=shots / "sign-in.png")
+        await page.get_by_label("Admin key").fill(admin_key)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Connections")).to_be_visible()
+        await page.screenshot(path=shots / "connections.png")
+
+        await page.get_by_role("link", name="github", exact=True).click()
+        await expect(page.locator("table.audit tbody")).to_contain_text("tools/call")
+        await page.wait_for_timeout(2500)  # the live table's highlight fades
+        await page.screenshot(path=shots / "connection.png", full_page=True)
+
+        await page.get_by_role("link", name="Connections").click()
+        await page.get_by_role("link", name="New connection").click()
+        await page.get_by_label("Slug", exact=True).fill("Jira Cloud")
+        await page.get_by_label("Name", exact=True).fill("Jira Cloud")
+        await page.get_by_label("Upstream URL", exact=True).fill("https://mcp.atlassian.example/v1/sse")
+        await page.get_by_label("Credential", exact=True).fill("secret")
+        await page.get_by_role("button", name="Create").click()
+        await expect(page.locator("#e-slug")).to_be_visible()
+        await page.screenshot(path=shots / "new-connection.png", full_page=True)
+
+        await page.get_by_role("link", name="API keys").click()
+        await page.screenshot(path=shots / "api-keys.png")
+        await page.get_by_role("link", name="New API key").click()
+        await page.get_by_label("Name", exact=True).fill("notebook agent")
+        await page.get_by_label("github", exact=True).check()
+        await page.get_by_role("button", name="Create").click()
+        await page.screenshot(path=shots / "api-key-created.png",
+                              mask=[page.locator("#new-key")])
+
+        await page.get_by_role("link", name="Audit").click()
+        await expect(page.locator("table.audit tbody")).to_contain_text("denied")
+        await page.wait_for_timeout(2500)
+        await page.screenshot(path=shots / "audit.png", full_page=True)
+
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.goto(base_url + "/ui/connections/github")
+        await page.wait_for_timeout(2500)
+        await page.screenshot(path=shots / "connection-phone.png")
+        await context.close()
+    for name in ("sign-in", "connections", "connection", "new-connection", "api-keys",
+                 "api-key-created", "audit", "connection-phone"):
+        assert (shots / f"{name}.png").stat().st_size > 5000
