@@ -458,8 +458,8 @@ async def test_client_configuration_uses_the_public_url() -> None:
     assert CANARY not in page
 
 
-async def test_delete_needs_the_typed_slug(signed_in: Env) -> None:
-    """Delete without the confirmation keeps the connection; with it, deletes it."""
+async def test_delete_needs_the_confirm_field(signed_in: Env) -> None:
+    """A delete POST without the confirm page's field keeps the connection; with it, deletes."""
     env = signed_in
     await env.create()
     token = await env.csrf()

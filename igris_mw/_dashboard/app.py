@@ -37,7 +37,7 @@ from .._errors import (
     ValidationError,
 )
 from .._service import Service
-from ..models import ApiKey, Connection
+from ..models import SLUG_RE, ApiKey, Connection
 from ..models import Scope as KeyScope
 from .audit_view import AUDIT_COLUMNS, PAGE_ROWS, audit_row, global_audit, last_used
 from .forms import errors_for, form_time
@@ -178,7 +178,10 @@ class Dashboard:
                             "reload the page and try again",
                             code="csrf_failed",
                         )
-            return await handler(req, **match.groupdict())
+            params = match.groupdict()
+            if "slug" in params and not SLUG_RE.match(params["slug"]):
+                raise NotFound("no such connection")
+            return await handler(req, **params)
         raise NotFound("no such page")
 
     # -- sign in / out -------------------------------------------------------
@@ -361,7 +364,7 @@ class Dashboard:
             conn = await self.service.get_connection(slug)
             return req.page(
                 "connection_delete.html", status=422, nav="connections", conn=conn,
-                error="Type the connection's slug to confirm.",
+                error="Confirm the deletion with the Delete button on this page.",
             )
         await self.service.delete_connection(slug, actor=req.key_id)
         req.notice(f"Connection {slug} deleted. Its audit trail is kept.")
