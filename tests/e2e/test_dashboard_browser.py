@@ -9,6 +9,7 @@ Screenshots land in a temporary directory, or in ``docs/images/`` with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -220,6 +221,28 @@ async def test_an_mcp_call_shows_up_in_the_connection_audit_without_a_reload(
     await expect(row).to_contain_text("alice@example.com")
     assert await page.evaluate("window.__stillSamePage") is True
     assert not tab.console_errors
+
+
+async def test_the_copied_client_configuration_reaches_the_connection(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Copy gatewayUrl / mcpServers JSON with the buttons; an MCP client using them works."""
+    page = tab.page
+    origin = dash.base_url
+    await tab.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("copy"))
+    await page.get_by_role("button", name="Copy gateway URL").click()
+    await expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    url = await page.evaluate("navigator.clipboard.readText()")
+    assert url == dash.url(slug)
+    await page.get_by_role("button", name="Copy mcpServers JSON").click()
+    block = json.loads(await page.evaluate("navigator.clipboard.readText()"))
+    server = block["mcpServers"][slug]
+    assert server["url"] == url
+    headers = {**server["headers"], "Authorization": f"Bearer {dash.mcp_key}"}
+    async with streamable_session(server["url"], headers) as session:
+        assert (await session.call_tool("echo", {"text": "copied"})).content[0].text == "copied"
 
 
 async def test_rotate_disable_and_enable_from_the_page_are_honoured_by_the_next_request(

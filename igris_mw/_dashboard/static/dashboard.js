@@ -33,15 +33,19 @@
     Array.prototype.forEach.call(body.rows, function (row) {
       if (row.getAttribute("data-id")) known[row.getAttribute("data-id")] = true;
     });
-    var first = true;
+    var shown = Object.keys(known).join(" ");
 
     function render(rows) {
+      var ids = rows.map(function (row) { return row.id; }).join(" ");
+      if (ids === shown) return 0;  // nothing new: leave the table (and any selection) alone
+      shown = ids;
+      var fresh = 0;
       var fragment = document.createDocumentFragment();
       rows.forEach(function (row) {
         var tr = document.createElement("tr");
         tr.setAttribute("data-outcome", row.outcome);
         tr.setAttribute("data-id", row.id);
-        if (!first && !known[row.id]) tr.className = "fresh";
+        if (!known[row.id]) { tr.className = "fresh"; fresh += 1; }
         row.cells.forEach(function (text) {
           var td = document.createElement("td");
           td.textContent = text;
@@ -60,24 +64,39 @@
       }
       known = {};
       rows.forEach(function (row) { known[row.id] = true; });
-      first = false;
       body.replaceChildren(fragment);
+      return fresh;
+    }
+
+    // Announced (aria-live) only when something changes, not on every poll.
+    function say(text) {
+      if (status && status.textContent !== text) { status.hidden = false; status.textContent = text; }
     }
 
     function poll() {
       if (document.hidden) { setTimeout(poll, 2000); return; }
       fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
         .then(function (response) {
+          if (response.status === 401) {
+            say("Your session has ended: reload the page to sign in again.");
+            return null;
+          }
           if (!response.ok) throw new Error("HTTP " + response.status);
           return response.json();
         })
         .then(function (data) {
-          render(data.rows || []);
-          if (status) { status.hidden = false; status.textContent = "Live: updated " + new Date().toLocaleTimeString(); }
+          if (data === null) return;  // signed out: stop polling
+          var fresh = render(data.rows || []);
+          if (fresh) {
+            say(fresh + (fresh === 1 ? " new event" : " new events") + " at " +
+                new Date().toLocaleTimeString() + ".");
+          } else if (status && !status.textContent) {
+            say("Updated live.");
+          }
           setTimeout(poll, 1500);
         })
         .catch(function () {
-          if (status) { status.hidden = false; status.textContent = "Live updates paused (reload to resume)."; }
+          say("Live updates paused; they resume by themselves.");
           setTimeout(poll, 10000);
         });
     }
