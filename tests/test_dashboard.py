@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -579,3 +584,44 @@ def test_the_dashboard_refuses_a_zero_throttle() -> None:
 
     with pytest.raises(ValueError, match="sign_in_failures_per_minute"):
         Dashboard(Service(MemoryStore(), FixedKeyring()), sign_in_failures_per_minute=0)
+
+
+def test_serve_turns_the_dashboard_on(tmp_path: Path) -> None:
+    """`igris-mw serve` (a real process) serves /ui/; its first admin key signs in."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
+    env["IGRIS_HOME"] = str(tmp_path / "data")
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "igris_mw.cli", "serve", "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        admin = re.findall(r"ig_[0-9A-Za-z]{36}", log.read_text())[0]
+        with httpx.Client(base_url=url) as http:
+            form = http.get("/ui/login")
+            assert form.status_code == 200
+            token = CSRF_RE.search(form.text)
+            assert token is not None
+            signed_in = http.post("/ui/login", data={"csrf": token.group(1), "key": admin})
+            assert signed_in.status_code == 303
+            page = http.get("/ui/connections")
+            assert page.status_code == 200
+            assert "New connection" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
