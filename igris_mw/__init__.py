@@ -1,6 +1,11 @@
 """igris-mw: a credential-injecting gateway for MCP servers.
 
 Mount ``IgrisGateway`` in any ASGI app, or run ``igris-mw serve``.
+
+Public modules: this package's names, ``errors``, ``models``, ``storage``,
+``crypto``, ``paging``, ``plugins``, ``client``, ``cli`` and ``testing``.
+Modules whose name starts with ``_`` are internal and may change in any
+release; a store or crypto plug-in needs none of them (``docs/backends.md``).
 """
 
 from __future__ import annotations
@@ -25,11 +30,10 @@ from ._errors import (
     ValidationError,
     VersionConflict,
 )
+from ._version import __version__
 from .crypto import CryptoProvider
 from .models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope, Secret
 from .storage import Capabilities, Change, Store
-
-__version__ = "0.1.0"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

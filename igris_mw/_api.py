@@ -20,18 +20,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ._asgi import Receive, Scope, Send
+from ._asgi import Receive, Scope, Send, local_path
+from ._auth import bearer_token
 from ._errors import (
     BadRequest,
     Forbidden,
     IgrisError,
     NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
     Unauthorized,
     ValidationError,
 )
 from ._openapi import OPERATIONS, REQUEST_FIELDS, Operation, build_document
+from ._responses import error_body, error_headers, send_json
 from ._service import Service
 from .models import ApiKey, Page, parse_time, validate_slug
 from .models import Scope as KeyScope
@@ -46,7 +47,6 @@ _Result = tuple[int, Any]
 
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
-_COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
 
 class _MethodNotAllowed(IgrisError):
@@ -70,13 +70,6 @@ class _Disconnected(Exception):
 def _compile(template: str) -> re.Pattern[str]:
     pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
     return re.compile(f"^{pattern}\\Z")
-
-
-def _error_json(exc: IgrisError) -> dict[str, Any]:
-    body = exc.to_json()
-    if isinstance(exc, ValidationError):
-        body["error"]["field"] = exc.field
-    return body
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -278,13 +271,10 @@ class _Exchange:
             logger.debug("management %s %s: client went away", self.method, self.route)
             return
         except IgrisError as exc:
-            status, payload = exc.status, _error_json(exc)
-            if isinstance(exc, Unauthorized):
-                headers.append((b"www-authenticate", b'Bearer realm="igris-mw"'))
-            elif isinstance(exc, _MethodNotAllowed):
+            status, payload = exc.status, error_body(exc)
+            headers = error_headers(exc)
+            if isinstance(exc, _MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allow).encode()))
-            elif isinstance(exc, ServiceUnavailable) and exc.retry_after is not None:
-                headers.append((b"retry-after", str(int(exc.retry_after)).encode()))
         except Exception as exc:
             # Only the type and the frames (source lines, no values): an
             # unexpected exception's message may hold anything.
@@ -308,31 +298,10 @@ class _Exchange:
     async def _respond(
         self, status: int, payload: Any, extra: list[tuple[bytes, bytes]]
     ) -> None:
-        headers = list(_COMMON_HEADERS) + extra
-        if payload is None:
-            body = b""
-        else:
-            body = (
-                payload
-                if isinstance(payload, bytes)
-                else json.dumps(payload, separators=(",", ":")).encode()
-            )
-            headers.append((b"content-type", b"application/json"))
-            headers.append((b"content-length", str(len(body)).encode()))
-        await self.send({"type": "http.response.start", "status": status, "headers": headers,
-                         "trailers": False})
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
-
-    def _local_path(self) -> str:
-        path: str = self.scope["path"]
-        root: str = self.scope.get("root_path", "") or ""
-        # Servers differ on whether scope["path"] carries root_path; accept both.
-        if root and path.startswith(root + PREFIX):
-            path = path[len(root):]
-        return path
+        await send_json(self.send, status, payload, extra)
 
     async def _dispatch(self) -> _Result:
-        path = self._local_path()
+        path = local_path(self.scope)
         for pattern, ops in self.api._routes:
             match = pattern.match(path)
             if match is None:
@@ -363,9 +332,8 @@ class _Exchange:
         raw = self.header(b"authorization")
         if raw is None:
             raise Unauthorized("a gateway key is required: Authorization: Bearer ig_...")
-        scheme, _, token = raw.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(raw)
+        if token is None:
             raise Unauthorized("the Authorization header must be 'Bearer ig_...'")
         key = await self.api._authenticate(token)
         if KeyScope.ADMIN not in key.scopes:

@@ -21,6 +21,7 @@ import zlib
 __all__ = [
     "KEY_LENGTH",
     "PREFIX",
+    "bearer_token",
     "generate_key",
     "hash_key",
     "hashes_equal",
@@ -77,3 +78,18 @@ def hashes_equal(a: bytes, b: bytes) -> bool:
 def new_key_id() -> str:
     """A public, non-secret id for a key record, e.g. ``key_3f9a...``."""
     return "key_" + secrets.token_hex(8)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else ``None``.
+
+    The scheme is case-insensitive (RFC 9110); surrounding blanks are ignored.
+    The one parser for the gateway path and the management API.
+    """
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token

@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -96,6 +97,17 @@ def _parse_keys(text: str, source: str) -> list[bytes]:
     entries = text.replace("\n", ",").split(",")
     total = len(entries)
     return [_decode_key(e, f"{source} entry {i} of {total}") for i, e in enumerate(entries, 1)]
+
+
+def _refuse_loose_mode(path: str | os.PathLike[str], mode: int) -> None:
+    """Refuse a key file that group or others may read, as ssh refuses a
+    private key: the key is as exposed as the file is."""
+    if os.name == "nt" or not mode & 0o077:
+        return
+    raise ConfigurationError(
+        f"master key file {os.fspath(path)!r} is readable by group or others "
+        f"(mode {stat.S_IMODE(mode):04o}); protect it with: chmod 600 {os.fspath(path)}"
+    )
 
 
 def _write_exclusive(path: Path, data: bytes) -> None:
@@ -182,6 +194,7 @@ class Keyring:
         where = f"{ENV_KEY_FILE} {os.fspath(path)!r}"
         try:
             raw = Path(path).read_bytes()
+            mode = os.stat(path).st_mode
         except FileNotFoundError:
             raise ConfigurationError(f"{where} does not exist") from None
         except PermissionError:
@@ -195,7 +208,9 @@ class Keyring:
         except UnicodeDecodeError:
             raise ConfigurationError(f"{where} is not a text file of base64 keys") from None
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        return cls(_parse_keys("\n".join(lines), where))
+        keyring = cls(_parse_keys("\n".join(lines), where))
+        _refuse_loose_mode(path, mode)
+        return keyring
 
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> Keyring:

@@ -4,6 +4,7 @@ The core registers its own SQLite store and keyring in ``pyproject.toml``
 the same way adapters do, so there is one loading path. An entry point in
 ``igris_mw.stores`` names a class with ``from_url(url) -> Store``; one in
 ``igris_mw.crypto`` names a class with ``from_url(url, environ) -> CryptoProvider``.
+Plug-ins reach these names through the public ``igris_mw.plugins``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from ._errors import ConfigurationError
 from .crypto import CryptoProvider
 from .storage import Store
 
-__all__ = ["crypto_from_url", "installed_schemes", "redact_url", "store_from_url"]
+__all__ = [
+    "CRYPTO",
+    "STORES",
+    "crypto_from_url",
+    "installed_schemes",
+    "redact_url",
+    "store_from_url",
+]
 
 STORES = "igris_mw.stores"
 CRYPTO = "igris_mw.crypto"
@@ -32,6 +40,7 @@ def _entry_points(group: str) -> dict[str, EntryPoint]:
 
 
 def installed_schemes(group: str = STORES) -> list[str]:
+    """The URL schemes registered in the entry-point ``group``, sorted."""
     return sorted(_entry_points(group))
 
 

@@ -9,15 +9,23 @@ Built in: the local ``Keyring`` (AES-256-GCM envelope encryption under a
 master key; ``igris_mw._keyring`` and ``docs/crypto.md``). Adapters add
 more through the ``igris_mw.crypto`` entry-point group (for example Vault
 Transit in ``igris-mw-vault``).
+
+``rewrap_all`` re-seals every stored credential under the primary key,
+online; it needs only the ``Store`` and ``CryptoProvider`` protocols, so it
+works for any pair of plug-ins (``igris-mw crypto rewrap`` runs it).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from ._errors import InvalidCiphertext, UnknownKeyId
+import attrs
 
-__all__ = ["CryptoProvider", "InvalidCiphertext", "UnknownKeyId", "binding"]
+from ._errors import InvalidCiphertext, NotFound, UnknownKeyId, VersionConflict
+from .models import Connection
+from .storage import Store
+
+__all__ = ["CryptoProvider", "InvalidCiphertext", "UnknownKeyId", "binding", "rewrap_all"]
 
 _BINDING_PREFIX = b"igris-mw/credential/v1"
 
@@ -92,3 +100,71 @@ class CryptoProvider(Protocol):
     async def aclose(self) -> None:
         """Release resources (HTTP sessions); idempotent."""
         ...
+
+
+# -- rewrap: move every stored envelope to the primary key -----------------
+# Each record is rewritten by a version-guarded update, so a concurrent
+# rotate or edit is never overwritten: on a conflict the record is read
+# again and the rewrap retried.
+
+_RETRIES = 5
+_PAGE = 200
+
+
+async def _rewrap_one(store: Store, crypto: CryptoProvider, connection: Connection) -> bool:
+    for _ in range(_RETRIES):
+        if connection.ciphertext is None:
+            return False
+        ad = binding(
+            connection.slug,
+            connection.credential_version,
+            connection.upstream_url,
+            connection.auth_type.value,
+        )
+        fresh = await crypto.rewrap(connection.ciphertext, ad)
+        if crypto.key_id_of(fresh) == crypto.key_id_of(connection.ciphertext):
+            return False  # already under the primary key: no write, no version bump
+        try:
+            await store.update_connection(
+                attrs.evolve(connection, ciphertext=fresh), expected_version=connection.version
+            )
+            return True
+        except VersionConflict:
+            try:
+                connection = await store.get_connection(connection.slug)
+            except NotFound:
+                return False
+        except NotFound:
+            return False
+    raise VersionConflict(
+        f"connection {connection.slug!r} kept changing during rewrap; run it again"
+    )
+
+
+async def rewrap_all(service_or_store: Any, crypto: CryptoProvider | None = None) -> int:
+    """Re-seal every stored credential under ``crypto``'s primary key.
+
+    Args:
+        service_or_store: an object with ``store`` and ``crypto``
+            attributes (the management service) or a ``Store``.
+        crypto: the provider; defaults to the service's.
+
+    Returns:
+        How many envelopes were moved to another key.
+
+    Raises:
+        InvalidCiphertext: an envelope cannot be opened (its binding or key is wrong).
+        VersionConflict: a record kept changing through every retry.
+    """
+    store: Store = getattr(service_or_store, "store", service_or_store)
+    provider = crypto if crypto is not None else service_or_store.crypto
+    moved = 0
+    cursor: str | None = None
+    while True:
+        page = await store.list_connections(limit=_PAGE, cursor=cursor)
+        for connection in page.items:
+            if await _rewrap_one(store, provider, connection):
+                moved += 1
+        if page.next_cursor is None:
+            return moved
+        cursor = page.next_cursor

@@ -98,3 +98,22 @@ def test_key_ids_are_public_and_distinct() -> None:
     ids = {_auth.new_key_id() for _ in range(500)}
     assert len(ids) == 500
     assert all(re.match(r"^key_[0-9a-f]{16}\Z", i) for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer ig_abc", "ig_abc"),
+        ("bearer ig_abc", "ig_abc"),
+        ("  BEARER   ig_abc  ", "ig_abc"),
+        (None, None),
+        ("", None),
+        ("Bearer", None),
+        ("Bearer   ", None),
+        ("Basic Zm9vOmJhcg==", None),
+        ("Bearerig_abc", None),
+    ],
+)
+def test_bearer_token_parses_only_the_bearer_scheme(header: str | None, token: str | None) -> None:
+    """The one bearer parser: case-insensitive scheme, blanks ignored, anything else None."""
+    assert _auth.bearer_token(header) == token

@@ -268,7 +268,7 @@ def test_audit_follow_prints_new_events_until_ctrl_c(
 ) -> None:
     """--follow prints the backlog, then events appended later; Ctrl-C exits 130."""
     run.json(*create_args("gh-prod", "--credential-file", "cred.txt"))
-    monkeypatch.setattr(cli, "FOLLOW_INTERVAL", 0.02)
+    monkeypatch.setattr(cli.commands, "FOLLOW_INTERVAL", 0.02)
     errors: list[BaseException] = []
 
     def writer() -> None:
@@ -486,3 +486,38 @@ def test_audit_option_sends_management_events_to_a_separate_sink(home: Path, run
     assert [e["action"] for e in events["data"]] == ["create"]
     assert run.json("audit", "gh-prod")["data"] == []  # the store itself holds none
     assert CRED not in sink.read_text()
+
+
+def test_master_key_file_readable_by_others_is_refused(
+    home: Path, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file readable by group or others: one line naming it and `chmod 600`, exit 2."""
+    key_file = home / "loose.key"
+    Keyring.generate_key_file(key_file)
+    key_file.chmod(0o640)
+    monkeypatch.delenv("IGRIS_MASTER_KEY")
+    monkeypatch.setenv("IGRIS_MASTER_KEY_FILE", str(key_file))
+    assert run("connections", "list")[0] == 0  # needs no key; creates the store
+    before = dump(home)
+    code, out, err = run(*create_args("gh-prod", "--credential-file", "cred.txt"))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("igris-mw: error: ")
+    assert str(key_file) in err
+    assert "chmod 600" in err
+    assert "Traceback" not in err
+    assert dump(home) == before
+    key_file.chmod(0o600)
+    assert run(*create_args("gh-prod", "--credential-file", "cred.txt"))[0] == 0
+    run.assert_no_credential()
+
+
+def test_igris_audit_environment_is_the_cli_audit_sink(
+    home: Path, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IGRIS_AUDIT, like --audit, sends management events to that sink."""
+    sink = home / "env-audit.jsonl"
+    monkeypatch.setenv("IGRIS_AUDIT", f"jsonl://{sink}")
+    assert run(*create_args("gh-prod", "--credential-file", "cred.txt"))[0] == 0
+    assert [json.loads(line)["action"] for line in sink.read_text().splitlines()] == ["create"]

@@ -457,3 +457,100 @@ async def test_upstream_timeout_is_a_504_and_audited(upstream: Upstream) -> None
         assert events[0]["status"] == 504
     finally:
         await gw.aclose()
+
+
+@pytest.mark.parametrize("gateway_keys", [("other",), ("other", "another")])
+async def test_undecryptable_credential_is_a_503_and_nothing_goes_upstream(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture, gateway_keys: tuple[str, ...]
+) -> None:
+    """A credential sealed under a master key the gateway lacks: 503 crypto_unavailable
+    with Retry-After, no upstream request, and the missing key id (no key material) logged."""
+    import base64
+
+    from igris_mw._service import Service
+
+    store = MemoryStore()
+    gw = IgrisGateway(None, store=store, crypto=FixedKeyring(*gateway_keys))
+    await gw.startup()
+    try:
+        sealed_with = FixedKeyring("written-elsewhere")
+        await Service(store, sealed_with).create_connection(
+            {
+                "slug": "conn-a",
+                "name": "A",
+                "upstreamUrl": upstream.url + "/mcp",
+                "credential": UPSTREAM_TOKEN,
+            }
+        )
+        _, key = await gw.service.create_api_key({"name": "m", "scopes": ["mcp"]})
+        caplog.set_level(logging.DEBUG)
+        upstream.requests.clear()
+        headers = {"Authorization": f"Bearer {key}"}
+        async with _client(gw) as c:
+            for _ in range(2):
+                r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "crypto_unavailable"
+                assert int(r.headers["retry-after"]) > 0
+        assert upstream.requests == []
+        assert sealed_with.primary_key_id in caplog.text
+        material = [FixedKeyring.key_for(n) for n in ("written-elsewhere", *gateway_keys)]
+        for raw in material:
+            for shown in (raw.hex(), base64.b64encode(raw).decode(), repr(raw)):
+                assert shown not in caplog.text
+        assert UPSTREAM_TOKEN not in caplog.text + r.text
+        events = await _audit(gw)
+        assert [e["outcome"] for e in events] == ["crypto_unavailable"] * 2
+        assert all(e["status"] == 503 for e in events)
+    finally:
+        await gw.aclose()
+
+
+async def _run_lifespan(gw: IgrisGateway) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    task = asyncio.create_task(gw({"type": "lifespan"}, inbox.get, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.sleep(0.05)
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, 5)
+    return sent
+
+
+async def test_standalone_lifespan_starts_and_stops_the_gateway() -> None:
+    """Standalone, the gateway alone speaks the lifespan protocol and closes on shutdown."""
+    gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring())
+    sent = await _run_lifespan(gw)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not gw._started
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+async def test_lifespan_start_failure_is_reported(wrapped: bool) -> None:
+    """A store that cannot open: lifespan.startup.failed with the store's own message."""
+
+    class DownStore(MemoryStore):
+        async def open(self) -> None:
+            from igris_mw import StoreUnavailable
+
+            raise StoreUnavailable("postgres unreachable at postgresql://u:***@db/x")
+
+    async def no_lifespan(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("no lifespan here")
+
+    gw = IgrisGateway(no_lifespan if wrapped else None, store=DownStore(), crypto=FixedKeyring())
+    sent: list[dict[str, Any]] = []
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.wait_for(gw({"type": "lifespan"}, inbox.get, send), 5)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "postgres unreachable" in sent[0]["message"]
+    assert not gw._started

@@ -332,6 +332,7 @@ def test_key_file_lines_commas_and_comments(tmp_path: Path) -> None:
     """A key file holds keys one per line or comma-separated, with # comments."""
     path = tmp_path / "master.key"
     path.write_text(f"# rotated 2025-01\n{b64(K3)}\n\n{b64(K2)}, {b64(K1)}\n")
+    path.chmod(0o600)  # a key file others can read is refused
     ring = Keyring.from_env({"IGRIS_MASTER_KEY_FILE": str(path)})
     assert ring.key_ids == [kek_id(k).hex() for k in (K3, K2, K1)]
 
@@ -472,3 +473,18 @@ def test_vectors_file_is_what_the_generator_writes() -> None:
     written: list[str] = []
     module.main(written.append)
     assert written == [(VECTORS / "keyring_v1.json").read_text()]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_key_file_readable_by_group_or_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """A key file group or others can read is refused, naming the file and `chmod 600`."""
+    path = tmp_path / "master.key"
+    path.write_text(b64(K1) + "\n")
+    path.chmod(mode)
+    with pytest.raises(ConfigurationError, match="chmod 600") as info:
+        Keyring.from_env({"IGRIS_MASTER_KEY_FILE": str(path)})
+    assert str(path) in str(info.value)
+    assert b64(K1) not in str(info.value)
+    path.chmod(0o600)
+    assert Keyring.from_env({"IGRIS_MASTER_KEY_FILE": str(path)}).key_ids == [kek_id(K1).hex()]

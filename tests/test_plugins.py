@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from igris_mw import ConfigurationError
-from igris_mw._plugins import installed_schemes, redact_url, store_from_url
 from igris_mw._sqlite import SQLiteStore
+from igris_mw.plugins import installed_schemes, redact_url, store_from_url
 from igris_mw.testing import MemoryStore
 
 

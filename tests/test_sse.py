@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igris_mw._sse import EndpointRewriter, endpoint_rewrite
+from igris_mw._proxy.sse import EndpointRewriter, endpoint_rewrite
 
 _REWRITE = endpoint_rewrite("/legacy", "/root/v1/mcp/s")
 

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ._store import SCHEMA_VERSION, PostgresStore
+from ._version import __version__
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore"]
-__version__ = "0.1.0"
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "__version__"]

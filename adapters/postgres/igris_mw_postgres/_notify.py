@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from igris_mw._errors import StoreUnavailable
+from igris_mw.errors import StoreUnavailable
 from igris_mw.storage import Change
 
 __all__ = ["CHANNEL", "Listener", "payload"]

@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from igris_mw._errors import (
+from igris_mw.errors import (
     ConfigurationError,
     Conflict,
     NotFound,
@@ -36,9 +36,9 @@ from igris_mw._errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from igris_mw._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
-from igris_mw._plugins import redact_url
 from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from igris_mw.plugins import redact_url
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
 
 from ._notify import CHANNEL, Listener, payload

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from igris_mw_postgres import SCHEMA_VERSION, PostgresStore
 
-from igris_mw._errors import ConfigurationError
+from igris_mw.errors import ConfigurationError
 from igris_mw.testing.storage_suite import make_connection
 
 

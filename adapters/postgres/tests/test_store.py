@@ -13,8 +13,8 @@ import pytest
 from igris_mw_postgres import PostgresStore
 from igris_mw_postgres.testing import TempCluster, create_database, drop_database
 
-from igris_mw._errors import ConfigurationError, StoreUnavailable
-from igris_mw._plugins import store_from_url
+from igris_mw.errors import ConfigurationError, StoreUnavailable
+from igris_mw.plugins import store_from_url
 from igris_mw.storage import Change, Store, verify_chain
 from igris_mw.testing.storage_suite import (
     StoreSuite,

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from igris_mw._rewrap import rewrap_all
+from igris_mw.crypto import rewrap_all
 
 from ._kv import VaultKVStore
 from ._transit import TransitProvider

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from igris_mw._errors import ServiceUnavailable
+from igris_mw.errors import ServiceUnavailable
 
 from ._config import Credentials, Endpoint
 

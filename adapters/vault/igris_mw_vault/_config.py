@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
-from igris_mw._errors import ConfigurationError
+from igris_mw.errors import ConfigurationError
 
 __all__ = ["Credentials", "Endpoint", "parse_store_url", "parse_transit_url"]
 

@@ -13,7 +13,7 @@ A delete removes the metadata (every version), so a slug can be reused.
 
 Audit events are not a KV workload (append-heavy, hash-chained, listed by
 time): ``capabilities.audit`` is false and the service is given a separate
-sink (``igris_mw._audit_file.JsonlAuditSink``, SQLite or Postgres).
+sink (``--audit jsonl:///path``, SQLite or Postgres).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from igris_mw._errors import (
+from igris_mw.errors import (
     ConfigurationError,
     Conflict,
     NotFound,
@@ -40,8 +40,8 @@ from igris_mw._errors import (
     ValidationError,
     VersionConflict,
 )
-from igris_mw._paging import bad_cursor, check_limit
 from igris_mw.models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.paging import bad_cursor, check_limit
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
 
 from ._client import VaultClient, errors_text, json_of
@@ -413,7 +413,7 @@ class VaultKVStore:
         raise ConfigurationError(AUDIT_HINT)
 
 
-# A JSON cursor rather than ``igris_mw._paging.encode_cursor``'s prefix form:
+# A JSON cursor rather than ``igris_mw.paging.encode_cursor``'s prefix form:
 # kept so that cursors handed out before stay valid.
 def _encode_cursor(slug: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": slug}).encode()).decode().rstrip("=")

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from igris_mw._errors import CryptoUnavailable, InvalidCiphertext, UnknownKeyId
+from igris_mw.errors import CryptoUnavailable, InvalidCiphertext, UnknownKeyId
 
 from ._client import VaultClient, errors_text, json_of
 from ._config import Credentials, parse_transit_url

@@ -15,7 +15,7 @@ from igris_mw_vault._client import VaultClient
 from igris_mw_vault._config import Credentials, Endpoint
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._errors import CryptoUnavailable, StoreUnavailable
+from igris_mw.errors import CryptoUnavailable, StoreUnavailable
 from igris_mw.testing.storage_suite import make_connection
 
 POLICY = """

@@ -6,7 +6,7 @@ import pytest
 from igris_mw_vault import TransitProvider, VaultKVStore
 from igris_mw_vault._config import Credentials, parse_store_url, parse_transit_url
 
-from igris_mw._errors import ConfigurationError
+from igris_mw.errors import ConfigurationError
 
 TOKEN = "hvs.SECRET-token-value-1234"
 ENV = {"VAULT_TOKEN": TOKEN}

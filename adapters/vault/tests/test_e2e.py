@@ -1,65 +1,98 @@
-"""End to end: the Service on a Vault KV store, Transit crypto and a separate audit sink."""
+"""End to end: igris-mw's commands on a Vault KV store, Transit crypto and a separate audit sink.
+
+Only public names: the commands (``igris_mw.cli.main``), the adapter's classes
+and ``igris_mw.crypto.binding``, as a user of both distributions has them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
-from igris_mw_vault import TransitProvider, VaultKVStore, rewrap_all
+import pytest
+from igris_mw_vault import TransitProvider, VaultKVStore
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._audit_file import JsonlAuditSink
-from igris_mw._service import Service
+from igris_mw.cli import main
 from igris_mw.crypto import binding
 
 
-async def test_service_on_vault_with_jsonl_audit(
-    bao: BaoDevServer, store_url: str, transit_key: str, tmp_path: Path
-) -> None:
-    """Create, rotate, read, rewrap after a key rotation; audit goes to the JSONL sink, intact."""
-    env = {"VAULT_TOKEN": bao.root_token}
-    store = VaultKVStore.from_url(store_url, env)
-    crypto = TransitProvider.from_url(
-        f"vault-transit://{bao.hostport}/transit/{transit_key}?tls=false", env
-    )
-    sink = JsonlAuditSink(tmp_path / "audit.jsonl")
-    await store.open()
-    await sink.open()
-    service = Service(store, crypto, audit=sink)
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    """Run one ``igris-mw`` command that must succeed; its JSON output."""
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+async def _rotate_transit_key(crypto_url: str, env: dict[str, str]) -> None:
+    crypto = TransitProvider.from_url(crypto_url, env)
     try:
-        created = await service.create_connection(
-            {
-                "slug": "gh-prod",
-                "name": "GitHub",
-                "upstreamUrl": "https://mcp.example/gh",
-                "credential": "ghp_first-secret",
-            }
-        )
-        rotated = await service.rotate_credential("gh-prod", "ghp_second-secret")
-        assert rotated.credential_version == created.credential_version + 1
-        secret = await service.open_credential(await service.get_connection("gh-prod"))
-        assert secret is not None
-        assert secret.reveal() == b"ghp_second-secret"
-
         await crypto.rotate()
-        assert await rewrap_all(service) == 1
-        after = await service.get_connection("gh-prod")
-        assert after.ciphertext is not None
-        assert crypto.key_id_of(after.ciphertext) == f"{transit_key}:v2"
-        again = await service.open_credential(after)
-        assert again is not None
-        assert again.reveal() == b"ghp_second-secret"
-        ad = binding(
-            after.slug, after.credential_version, after.upstream_url, after.auth_type.value
-        )
-        assert await crypto.decrypt(after.ciphertext, ad) == b"ghp_second-secret"
+    finally:
+        await crypto.aclose()
 
-        audit = await service.list_audit("gh-prod")
-        assert [e.action for e in audit.items] == ["rotate", "create"]
-        assert await service.verify_audit() == {"gh-prod": []}
-        text = (tmp_path / "audit.jsonl").read_text()
-        assert "ghp_" not in text
-        assert bao.root_token not in text
+
+async def _stored_envelope(
+    store_url: str, crypto_url: str, env: dict[str, str]
+) -> tuple[str | None, bytes]:
+    """The stored envelope's key id and what it decrypts to under its record's binding."""
+    store = VaultKVStore.from_url(store_url, env)
+    crypto = TransitProvider.from_url(crypto_url, env)
+    await store.open()
+    try:
+        conn = await store.get_connection("gh-prod")
+        assert conn.ciphertext is not None
+        ad = binding(conn.slug, conn.credential_version, conn.upstream_url, conn.auth_type.value)
+        return crypto.key_id_of(conn.ciphertext), await crypto.decrypt(conn.ciphertext, ad)
     finally:
         await crypto.aclose()
         await store.close()
-        await sink.close()
+
+
+def test_commands_on_vault_with_jsonl_audit(
+    bao: BaoDevServer,
+    store_url: str,
+    transit_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Create, rotate, rewrap after a key rotation; audit goes to the JSONL sink, intact."""
+    env = {"VAULT_TOKEN": bao.root_token}
+    monkeypatch.setenv("VAULT_TOKEN", bao.root_token)
+    crypto_url = f"vault-transit://{bao.hostport}/transit/{transit_key}?tls=false"
+    audit_file = tmp_path / "audit.jsonl"
+    where = ["--store", store_url, "--crypto", crypto_url, "--audit", f"jsonl://{audit_file}"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_text("ghp_first-secret")
+    second.write_text("ghp_second-secret")
+
+    created = _run(
+        capsys, "connections", "create", "--slug", "gh-prod", "--name", "GitHub",
+        "--upstream-url", "https://mcp.example/gh", "--credential-file", str(first), *where,
+    )  # fmt: skip
+    rotated = _run(
+        capsys, "connections", "rotate", "gh-prod", "--credential-file", str(second), *where
+    )
+    assert rotated["credentialVersion"] == created["credentialVersion"] + 1
+    assert asyncio.run(_stored_envelope(store_url, crypto_url, env)) == (
+        f"{transit_key}:v1",
+        b"ghp_second-secret",
+    )
+
+    asyncio.run(_rotate_transit_key(crypto_url, env))
+    rewrap = _run(capsys, "crypto", "rewrap", *where)
+    assert rewrap == {"rewrapped": 1, "primaryKeyId": f"{transit_key}:v2"}
+    assert asyncio.run(_stored_envelope(store_url, crypto_url, env)) == (
+        f"{transit_key}:v2",
+        b"ghp_second-secret",
+    )
+
+    audit = _run(capsys, "audit", "gh-prod", *where)
+    assert [e["action"] for e in audit["data"]] == ["rotate", "create"]
+    assert _run(capsys, "audit", "verify", *where) == {"ok": True, "connections": {"gh-prod": []}}
+    text = audit_file.read_text()
+    assert "ghp_" not in text
+    assert bao.root_token not in text

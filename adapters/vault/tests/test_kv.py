@@ -8,8 +8,8 @@ import pytest
 from igris_mw_vault import VaultKVStore
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._errors import ConfigurationError, StoreUnavailable
-from igris_mw._plugins import store_from_url
+from igris_mw.errors import ConfigurationError, StoreUnavailable
+from igris_mw.plugins import store_from_url
 from igris_mw.storage import Store
 from igris_mw.testing.storage_suite import (
     StoreSuite,

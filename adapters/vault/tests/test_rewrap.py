@@ -9,8 +9,8 @@ import pytest
 from igris_mw_vault import TransitProvider, rewrap_all
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._errors import VersionConflict
 from igris_mw.crypto import binding
+from igris_mw.errors import VersionConflict
 from igris_mw.models import Connection
 from igris_mw.testing._memory import MemoryStore
 from igris_mw.testing.storage_suite import make_connection

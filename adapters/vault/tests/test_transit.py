@@ -9,9 +9,9 @@ import pytest
 from igris_mw_vault import TransitProvider
 from igris_mw_vault.testing import BaoDevServer
 
-from igris_mw._errors import CryptoUnavailable, InvalidCiphertext
-from igris_mw._plugins import crypto_from_url
 from igris_mw.crypto import CryptoProvider
+from igris_mw.errors import CryptoUnavailable, InvalidCiphertext
+from igris_mw.plugins import crypto_from_url
 from igris_mw.testing.crypto_suite import CryptoProviderSuite
 
 

@@ -1,4 +1,5 @@
-"""The streaming forwarder: headers, URL, streaming, SSE rewrite, timeouts, disconnects."""
+"""Tests for igris_mw._proxy.forward: forwarding through a real uvicorn server to a real
+upstream: headers, URL, streaming, SSE rewrite, timeouts, disconnects."""
 
 from __future__ import annotations
 
@@ -19,14 +20,12 @@ import pytest_asyncio
 import uvicorn
 from aiohttp import web
 
-from igris_mw._errors import BadRequest
 from igris_mw._proxy import (
     BodyPrefix,
     Forwarder,
     ProxyResult,
     Target,
     read_body_prefix,
-    upstream_url,
 )
 
 SECRET = "sk-live-upstream-credential-0123456789"
@@ -583,65 +582,6 @@ async def test_path_escaping_the_base_is_refused(env: Env, path: str) -> None:
 
 
 # ---------------------------------------------------------------- units
-
-
-def test_target_repr_hides_injected_values() -> None:
-    """A Target's repr names the upstream but never the credential."""
-    target = Target("https://u:p@mcp.example:8443/x", inject=(("Authorization", SECRET),))
-    assert SECRET not in repr(target)
-    assert target.label == "mcp.example:8443"
-
-
-def test_target_refuses_header_injection() -> None:
-    """An injected value with a line break is refused, and the error does not echo it."""
-    with pytest.raises(ValueError, match="X-Key") as info:
-        Target("https://h/", inject=(("X-Key", "abc\r\nEvil: 1"),))
-    assert "Evil" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("base", "subpath", "query", "expected"),
-    [
-        ("https://h/mcp", "", b"", "https://h/mcp"),
-        ("https://h/mcp/", "", b"", "https://h/mcp/"),
-        ("https://h/mcp", "/", b"", "https://h/mcp/"),
-        (
-            "https://h/legacy",
-            "/messages/",
-            b"session_id=1",
-            "https://h/legacy/messages/?session_id=1",
-        ),
-        ("https://h/mcp?k=v", "/a%2Fb", b"q=%20x", "https://h/mcp/a%2Fb?k=v&q=%20x"),
-        ("https://h", "/x y", b"a=b c", "https://h/x%20y?a=b%20c"),
-        ("https://h/a", "/.well-known/x", b"", "https://h/a/.well-known/x"),
-    ],
-)
-def test_upstream_url(base: str, subpath: str, query: bytes, expected: str) -> None:
-    """The upstream URL is upstreamUrl + subpath, raw encodings kept, queries joined."""
-    assert str(upstream_url(Target(base), subpath, query)) == expected
-
-
-@pytest.mark.parametrize(
-    "subpath",
-    [
-        "/..",
-        "/a/../b",
-        "/%2e%2e/x",
-        "/.%2E/x",
-        "/.",
-        "/a/%2E",
-        "//h/x",
-        "/a//b",
-        "/..%5c..",
-        "/a%2F..%2Fb",
-        "/%ff%fe",
-        "/a%0d%0aX: y",
-    ],
-)
-def test_upstream_url_refuses_escapes(subpath: str) -> None:
-    """Every way out of the upstream base is a BadRequest."""
-    with pytest.raises(BadRequest):
-        upstream_url(Target("https://h/base"), subpath)
 
 
 async def test_read_body_prefix_stops_at_limit_and_reports_completion() -> None:

@@ -1,6 +1,6 @@
 """What ``igris-mw`` prints: tables and key/value blocks for people, JSON for scripts.
 
-Kept apart from ``cli`` so the commands read as what they do, not how they
+Kept apart from the commands so the commands read as what they do, not how they
 format. Output goes to ``sys.stdout`` looked up at each call, so it follows
 any redirection (``contextlib.redirect_stdout``, pytest's capture).
 """
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .models import ApiKey, AuditEvent, Connection, format_time
+from ..models import ApiKey, AuditEvent, Connection, format_time
 
 __all__ = [
     "EVENT_HEADERS",

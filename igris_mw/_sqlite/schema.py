@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from .models import ApiKey, AuditEvent, AuthType, Connection, Scope
+from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope
 
 __all__ = [
     "MIGRATIONS",

@@ -1,20 +1,10 @@
-"""The ``igris-mw`` command: the management operations, straight against the store.
+"""The management commands of ``igris-mw``, straight against the store:
+``api-keys``, ``connections``, ``audit`` and ``crypto``.
 
-Defaults (every command takes ``--store`` and ``--crypto``):
-
-* data directory: ``$IGRIS_HOME``, else ``./.igris``;
-* store: ``--store``, else ``$IGRIS_STORE``, else ``sqlite:///<data dir>/igris.db``;
-* crypto: ``--crypto``, else ``$IGRIS_CRYPTO``, else ``keyring:``, whose master
-  key comes from ``$IGRIS_MASTER_KEY`` or ``$IGRIS_MASTER_KEY_FILE``, else
-  from ``<data dir>/master.key`` if that file exists (``serve`` creates it).
-
-User errors print one line (``igris-mw: error: ...``) and exit 2 for usage
-and configuration errors, 1 for the others; Ctrl-C exits 130. Startup stays
-light: nothing here imports the gateway or its HTTP client.
-
-Commands are registered from ``_REGISTRARS``; ``serve`` joins them from
-``igris_mw._serve`` (``register(subparsers, common)`` if it defines one, else
-``add_serve_parser(subparsers)`` + ``run_serve(args)``) when that module exists.
+Each handler takes the parsed arguments and a ``Service`` on the opened
+store; ``_store_command`` opens and closes everything around it. A little
+over 400 lines: each group's handlers and its parser stay side by side, so
+an option and the code that reads it are read together.
 """
 
 from __future__ import annotations
@@ -22,15 +12,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import importlib
-import importlib.util
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any
 
-from ._cli_output import (
+from .._errors import IgrisError
+from .._service import Service
+from ..models import AuthType, Connection, Scope, format_time
+from ._common import (
+    EXIT_ERROR,
+    LazyCrypto,
+    UsageError,
+    audit_url_for,
+    close_audit_sink,
+    make_data_dir,
+    open_audit_sink,
+    settings_for,
+)
+from .output import (
     EVENT_HEADERS,
     cell,
     event_row,
@@ -41,124 +42,10 @@ from ._cli_output import (
     show_connection,
     table,
 )
-from ._errors import ConfigurationError, IgrisError
-from ._service import Service
-from .crypto import CryptoProvider
-from .models import AuthType, Connection, Scope, format_time
 
-__all__ = [
-    "build_parser",
-    "crypto_environ",
-    "data_dir",
-    "default_master_key_file",
-    "default_store_url",
-    "main",
-    "resolve_store_url",
-]
+__all__ = ["FOLLOW_INTERVAL", "REGISTRARS"]
 
-ENV_HOME = "IGRIS_HOME"
-ENV_STORE = "IGRIS_STORE"
-ENV_CRYPTO = "IGRIS_CRYPTO"
-ENV_MASTER_KEY = "IGRIS_MASTER_KEY"
-ENV_MASTER_KEY_FILE = "IGRIS_MASTER_KEY_FILE"
-DEFAULT_HOME = ".igris"
 FOLLOW_INTERVAL = 0.5
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-# -- defaults shared with `serve` -------------------------------------------
-
-
-def data_dir(environ: Mapping[str, str]) -> Path:
-    """``$IGRIS_HOME``, else ``./.igris`` (absolute)."""
-    return Path(environ.get(ENV_HOME) or DEFAULT_HOME).expanduser().absolute()
-
-
-def default_store_url(environ: Mapping[str, str]) -> str:
-    """``sqlite:///<data dir>/igris.db`` (an absolute path: four slashes)."""
-    return f"sqlite:///{data_dir(environ) / 'igris.db'}"
-
-
-def resolve_store_url(option: str | None, environ: Mapping[str, str]) -> str:
-    """``--store``, else ``$IGRIS_STORE``, else the embedded default."""
-    return option or environ.get(ENV_STORE) or default_store_url(environ)
-
-
-def default_master_key_file(environ: Mapping[str, str]) -> Path:
-    """``<data dir>/master.key``."""
-    return data_dir(environ) / "master.key"
-
-
-def crypto_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment the keyring reads, with the default key file filled in
-    when neither ``IGRIS_MASTER_KEY`` nor ``IGRIS_MASTER_KEY_FILE`` is set
-    and it exists."""
-    env = dict(environ)
-    if not env.get(ENV_MASTER_KEY) and not env.get(ENV_MASTER_KEY_FILE):
-        env.pop(ENV_MASTER_KEY, None)
-        default = default_master_key_file(environ)
-        if default.exists():
-            env[ENV_MASTER_KEY_FILE] = str(default)
-    return env
-
-
-def _load_crypto(url: str | None, environ: Mapping[str, str]) -> CryptoProvider:
-    from ._plugins import crypto_from_url
-
-    url = url or environ.get(ENV_CRYPTO) or "keyring:"
-    env = crypto_environ(environ)
-    if url.split(":", 1)[0].lower() == "keyring" and not (
-        env.get(ENV_MASTER_KEY) or env.get(ENV_MASTER_KEY_FILE)
-    ):
-        raise ConfigurationError(
-            f"no master key configured: set {ENV_MASTER_KEY} (base64 of 32 random bytes) "
-            f"or {ENV_MASTER_KEY_FILE} (a file holding it), or run 'igris-mw serve' once "
-            f"to create {default_master_key_file(environ)}"
-        )
-    return crypto_from_url(url, env)
-
-
-class _LazyCrypto:
-    """Builds the real provider on first use, so commands that never touch a
-    credential (list, disable, audit ...) need no master key."""
-
-    name = "lazy"
-
-    def __init__(self, url: str | None, environ: Mapping[str, str]) -> None:
-        self._url = url
-        self._environ = environ
-        self._provider: CryptoProvider | None = None
-
-    def _get(self) -> CryptoProvider:
-        if self._provider is None:
-            self._provider = _load_crypto(self._url, self._environ)
-        return self._provider
-
-    async def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
-        return await self._get().encrypt(plaintext, associated_data)
-
-    async def decrypt(self, envelope: bytes, associated_data: bytes) -> bytes:
-        return await self._get().decrypt(envelope, associated_data)
-
-    async def rewrap(self, envelope: bytes, associated_data: bytes) -> bytes:
-        return await self._get().rewrap(envelope, associated_data)
-
-    def key_id_of(self, envelope: bytes) -> str | None:
-        return self._get().key_id_of(envelope)
-
-    @property
-    def primary_key_id(self) -> str:
-        return self._get().primary_key_id
-
-    async def aclose(self) -> None:
-        if self._provider is not None:
-            await self._provider.aclose()
-
-    def __repr__(self) -> str:
-        return f"_LazyCrypto(loaded={self._provider is not None})"
 
 
 # -- credential input ------------------------------------------------------
@@ -295,7 +182,7 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
         if getattr(args, attr) is not None:
             changes[field] = getattr(args, attr)
     if not changes:
-        raise _UsageError(
+        raise UsageError(
             "nothing to change: give --name, --upstream-url, --auth-type or --header-name"
         )
     show_connection(await svc.update_connection(args.slug, changes), args.json)
@@ -336,7 +223,7 @@ async def _audit(args: argparse.Namespace, svc: Service) -> int:
     if args.target == "verify":
         return await _audit_verify(args, svc)
     if args.extra is not None:
-        raise _UsageError(f"unexpected argument {args.extra!r}")
+        raise UsageError(f"unexpected argument {args.extra!r}")
     page = await svc.list_audit(args.target, limit=args.limit, cursor=args.cursor, since=args.since)
     if not args.follow:
         if args.json:
@@ -382,47 +269,7 @@ async def _audit_verify(args: argparse.Namespace, svc: Service) -> int:
     return 0
 
 
-# -- parser -----------------------------------------------------------------
-
-
-class _UsageError(IgrisError):
-    """A command line that parses but makes no sense; exits 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors on one line, like every other user error."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"igris-mw: error: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(EXIT_USAGE)
-
-
-def _add_location_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        help=f"store URL (default: ${ENV_STORE}, else sqlite:///<data dir>/igris.db, "
-        f"data dir = ${ENV_HOME} or ./{DEFAULT_HOME})",
-    )
-    parser.add_argument(
-        "--crypto",
-        metavar="URL",
-        help=f"crypto provider URL (default: ${ENV_CRYPTO}, else keyring:, keyed by "
-        f"${ENV_MASTER_KEY} / ${ENV_MASTER_KEY_FILE} / <data dir>/master.key)",
-    )
-    parser.add_argument(
-        "--audit",
-        metavar="URL",
-        help="separate audit sink: a store URL that keeps audit events, or jsonl:///path "
-        "(default: $IGRIS_AUDIT, else the store itself; a vault:// store needs one)",
-    )
-
-
-def _common() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    _add_location_options(common)
-    common.add_argument("--json", action="store_true", help="print JSON")
-    return common
+# -- running a command -----------------------------------------------------
 
 
 def _store_command(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -435,38 +282,27 @@ def _store_command(handler: Handler) -> Callable[[argparse.Namespace], int]:
 
 
 async def _with_service(args: argparse.Namespace, handler: Handler) -> int:
-    from ._plugins import store_from_url
+    from .._plugins import store_from_url
 
     environ = os.environ
-    url = resolve_store_url(args.store, environ)
-    store = store_from_url(url)
-    if not args.store and not environ.get(ENV_STORE):
+    settings = settings_for(args, environ)
+    store = store_from_url(settings.store_url)
+    if settings.store is None:
         # The embedded default lives in the data dir; make it on first use.
-        home = data_dir(environ)
-        try:
-            home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot create the data directory {str(home)!r} ({exc.strerror}); "
-                f"set {ENV_HOME} or --store"
-            ) from None
-    crypto = _LazyCrypto(args.crypto, environ)
-    audit_url = getattr(args, "audit", None) or environ.get("IGRIS_AUDIT")
+        make_data_dir(settings)
+    audit_url, _ = audit_url_for(settings, store)
+    crypto = LazyCrypto(settings, environ)
     await store.open()
     audit: Any = None
     try:
-        if audit_url:
-            from ._audit_file import audit_sink_from_url
-
-            audit = await audit_sink_from_url(audit_url)
+        audit = await open_audit_sink(audit_url)
         return await handler(args, Service(store, crypto, audit=audit))
     finally:
         try:
             await crypto.aclose()
         finally:
             try:
-                if audit is not None and audit is not store:
-                    await audit.close()
+                await close_audit_sink(audit, store)
             finally:
                 await store.close()
 
@@ -566,23 +402,8 @@ def _register_audit(sub: Any, common: argparse.ArgumentParser) -> None:
     audit.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
 
 
-def _register_serve(sub: Any, common: argparse.ArgumentParser) -> None:
-    # `serve` pulls in the gateway (aiohttp, uvicorn) only when it runs: its
-    # module imports them inside `run_serve`, so listing it here stays light.
-    if importlib.util.find_spec("igris_mw._serve") is None:
-        return
-    module = importlib.import_module("igris_mw._serve")
-    register = getattr(module, "register", None)
-    if register is not None:
-        register(sub, common)
-        return
-    parser = module.add_serve_parser(sub)
-    _add_location_options(parser)
-    parser.set_defaults(run=module.run_serve)
-
-
 async def _crypto_rewrap(args: argparse.Namespace, svc: Service) -> int:
-    from ._rewrap import rewrap_all
+    from .._rewrap import rewrap_all
 
     moved = await rewrap_all(svc)
     if args.json:
@@ -602,60 +423,9 @@ def _register_crypto(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
-_REGISTRARS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
-    _register_serve,
+REGISTRARS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _register_api_keys,
     _register_connections,
     _register_audit,
     _register_crypto,
 ]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The whole ``igris-mw`` parser; each leaf sets ``run(args) -> exit code``."""
-    parser = _Parser(
-        prog="igris-mw",
-        description="Credential-injecting gateway for MCP servers.",
-    )
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"igris-mw {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common()
-    for register in _REGISTRARS:
-        register(sub, common)
-    return parser
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
-
-
-def _fail(message: str, code: int, stream: TextIO | None = None) -> int:
-    (stream or sys.stderr).write(f"igris-mw: error: {_one_line(message)}\n")
-    return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``igris-mw``; returns the exit code (the console script exits with it)."""
-    try:
-        args = build_parser().parse_args(argv)
-        run: Callable[[argparse.Namespace], int] = args.run
-        return run(args)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except (ConfigurationError, _UsageError) as exc:
-        return _fail(exc.message, EXIT_USAGE)
-    except IgrisError as exc:
-        return _fail(exc.message, EXIT_ERROR)
-    except BrokenPipeError:
-        # `igris-mw ... | head`: stop quietly, and keep Python from complaining at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_ERROR
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

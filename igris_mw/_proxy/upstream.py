@@ -1,0 +1,226 @@
+"""The proxy's pure part: where a request goes upstream and with which headers.
+
+No I/O here: ``Target`` (a connection's upstream and injected headers, built
+once and cached), ``upstream_url`` (the upstream URL for a raw subpath and
+query, with the path-escape rules), and the header policy both ways
+(``request_headers``, ``response_headers``). ``forward`` does the I/O.
+
+``subpath`` is the request's *raw* (still percent-encoded, as in
+``scope["raw_path"]``) path after ``/v1/mcp/<slug>``: ``""`` proxies to
+``upstreamUrl`` exactly, ``"/x"`` to ``upstreamUrl + "/x"``. Segments that
+decode to ``.`` or ``..`` (``%2e%2e`` too, and ``..`` hidden behind an
+encoded ``/`` or ``\\``), empty inner segments (``//host``), NUL, CR and LF
+are refused with 400 ``bad_request`` rather than normalised: a client has no
+business sending them, and a normalisation that differs from the upstream's
+is how path confusion starts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import quote, unquote
+
+import attrs
+import yarl
+from multidict import CIMultiDict
+
+from .._asgi import Scope
+from .._errors import BadRequest
+
+__all__ = [
+    "ALWAYS_STRIP",
+    "HOP_BY_HOP",
+    "Target",
+    "request_headers",
+    "response_headers",
+    "upstream_url",
+]
+
+# RFC 9110 7.6.1, plus the legacy Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded upstream: the gateway key, the client's cookies, the gateway's
+# own headers (X-Igris-* is matched by prefix), Host (aiohttp derives it from
+# the URL), and Expect (the ASGI server already answered 100-continue).
+ALWAYS_STRIP = frozenset({"authorization", "cookie", "host", "expect"})
+_GATEWAY_HEADER_PREFIX = "x-igris-"
+_RESPONSE_STRIP = frozenset({"set-cookie", "set-cookie2"})
+# aiohttp would otherwise invent these; a proxy sends only what the client sent.
+_SAFE_PATH = "/%:@!$&'()*+,;=-._~"
+_SAFE_QUERY = _SAFE_PATH + "?"
+
+
+@attrs.frozen
+class Target:
+    """Where and how to forward one connection's requests; build once, cache, reuse.
+
+    Args:
+        base_url: the connection's ``upstreamUrl``.
+        inject: headers to add (name, value); the values are credentials and
+            never appear in a repr.
+        strip: extra lower-case header names to remove from the client request
+            (the injected names are always removed).
+
+    Raises:
+        ValueError: an injected header holds CR, LF or NUL.
+    """
+
+    base_url: yarl.URL = attrs.field(converter=yarl.URL)
+    inject: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    strip: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    _drop: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
+    _base_path: str = attrs.field(init=False, repr=False, eq=False)
+    # The URL for the common request (no subpath, no query), built once, not per request.
+    _plain_url: yarl.URL = attrs.field(init=False, repr=False, eq=False)
+
+    @_drop.default
+    def _compute_drop(self) -> frozenset[str]:
+        for name, value in self.inject:
+            if any(c in value or c in name for c in "\r\n\0"):
+                # Name the header, not the value: the value is the credential.
+                raise ValueError(f"injected header {name!r} holds a line break or NUL")
+        return (
+            HOP_BY_HOP
+            | ALWAYS_STRIP
+            | {s.lower() for s in self.strip}
+            | {name.lower() for name, _ in self.inject}
+        )
+
+    @_base_path.default
+    def _compute_base_path(self) -> str:
+        return self.base_url.raw_path.rstrip("/")
+
+    @_plain_url.default
+    def _compute_plain_url(self) -> yarl.URL:
+        return _build_url(self.base_url, self.base_url.raw_path, self.base_url.raw_query_string)
+
+    @property
+    def label(self) -> str:
+        """The upstream's host[:port], the only part of it an error message shows."""
+        host = self.base_url.host or "?"
+        port = self.base_url.explicit_port
+        return f"{host}:{port}" if port else host
+
+
+def _segment_escapes(segment: str) -> bool:
+    decoded = unquote(segment, errors="strict") if "%" in segment else segment
+    if any(c in decoded for c in "\0\r\n"):
+        return True
+    return any(part in (".", "..") for part in re.split(r"[/\\]", decoded))
+
+
+def upstream_url(target: Target, subpath: str, query_string: bytes | str = b"") -> yarl.URL:
+    """The upstream URL for a raw ``subpath`` and query (the query is appended to upstreamUrl's).
+
+    Raises:
+        BadRequest: the subpath would leave the upstream base (dot segments, plain
+            or percent-encoded, empty inner segments) or is not valid.
+    """
+    if not subpath and not query_string:
+        return target._plain_url
+    base = target.base_url
+    if isinstance(query_string, bytes):
+        query_string = query_string.decode("latin-1")
+    if subpath:
+        if not subpath.startswith("/"):
+            subpath = "/" + subpath
+        segments = subpath[1:].split("/")
+        try:
+            # The last segment may be empty: "messages/" is a legitimate path.
+            bad = any(not s for s in segments[:-1]) or any(_segment_escapes(s) for s in segments)
+        except UnicodeDecodeError:
+            bad = True
+        if bad:
+            raise BadRequest("the path is not allowed: it would leave the upstream base")
+        path = target._base_path + quote(subpath, safe=_SAFE_PATH)
+    else:
+        path = base.raw_path
+    query = "&".join(q for q in (base.raw_query_string, quote(query_string, safe=_SAFE_QUERY)) if q)
+    return _build_url(base, path, query)
+
+
+def _build_url(base: yarl.URL, path: str, query: str) -> yarl.URL:
+    return yarl.URL.build(
+        scheme=base.scheme,
+        authority=base.raw_authority,
+        path=path,
+        query_string=query,
+        encoded=True,
+    )
+
+
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+
+
+def request_headers(scope: Scope, target: Target) -> tuple[CIMultiDict[str], bool]:
+    """The headers to send upstream, and whether the client announced a body.
+
+    Drops hop-by-hop headers (and those named in ``Connection``), the gateway
+    key, cookies, ``X-Igris-*`` and the names the target injects; adds the
+    injected ones.
+
+    Raises:
+        BadRequest: ``Content-Length`` is not a number.
+    """
+    raw: list[tuple[str, str]] = [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in scope.get("headers", ())
+    ]
+    drop = target._drop
+    named = _connection_tokens(v for n, v in raw if n == "connection")
+    if named:
+        drop = drop | named
+    headers: CIMultiDict[str] = CIMultiDict()
+    has_body = False
+    for name, value in raw:
+        if name == "content-length":
+            try:
+                has_body = has_body or int(value) > 0
+            except ValueError:
+                raise BadRequest("the Content-Length header is not a number") from None
+        elif name == "transfer-encoding":
+            has_body = True
+        if name in drop or name.startswith(_GATEWAY_HEADER_PREFIX):
+            continue
+        headers.add(name, value)
+    for name, value in target.inject:
+        headers.add(name, value)
+    return headers, has_body
+
+
+def response_headers(
+    raw_headers: Iterable[tuple[bytes, bytes]], *, rewriting: bool
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers as the client gets them.
+
+    Hop-by-hop headers (and those named in ``Connection``) and ``Set-Cookie``
+    are dropped; so is ``Content-Length`` when ``rewriting`` changes the body.
+    """
+    raw = [(name.lower(), value) for name, value in raw_headers]
+    named = {
+        t.encode("latin-1")
+        for t in _connection_tokens(v.decode("latin-1") for n, v in raw if n == b"connection")
+    }
+    out = []
+    for name, value in raw:
+        text = name.decode("latin-1")
+        if text in HOP_BY_HOP or text in _RESPONSE_STRIP or name in named:
+            continue
+        # A rewritten stream changes length; SSE rarely has one, but be exact.
+        if rewriting and text == "content-length":
+            continue
+        out.append((name, value))
+    return out

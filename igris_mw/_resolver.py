@@ -1,0 +1,208 @@
+"""Key and connection resolution for the gateway path, with its caches and their invalidation.
+
+``Resolver`` turns a raw ``ig_`` token into a usable ``ApiKey`` and a slug
+into a ``_Resolved`` connection (the record plus a ready ``Target`` with the
+decrypted credential headers), from two ``RefreshingCache`` maps kept fresh
+by the store's ``Change`` notifications (see ``_cache`` for the freshness
+rules). Once warm, neither reads the store nor unwraps a key. It needs no
+ASGI: tests drive it directly.
+
+A credential the configured crypto cannot open (sealed under a master key
+that is not configured, or a damaged envelope) is resolved, not raised: the
+entry holds no target and names the fault, the gateway answers 503
+``crypto_unavailable`` without contacting the upstream, and the operator is
+told once per cache fill which key id is missing (an id, never key material).
+
+This is where per-key and per-connection bookkeeping belongs (for example a
+registry of open requests and streams, so that a disable or revoke can end
+them, or a bound on how stale an entry may be served): it sees every
+resolution and every invalidation.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Final
+
+import attrs
+
+from . import _auth
+from ._cache import RefreshingCache
+from ._errors import CryptoUnavailable, InvalidCiphertext, NotFound, Unauthorized, UnknownKeyId
+from ._proxy import Target
+from ._service import Service
+from .models import ApiKey, AuthType, Connection, utcnow
+from .storage import Change, Store
+
+__all__ = ["MISSING", "Resolver", "_Missing", "_Resolved"]
+
+log = logging.getLogger("igris_mw.gateway")
+
+# A crypto fault will not heal by itself (the keys are read at start): ask
+# clients to come back in a while, not to hammer.
+CRYPTO_RETRY_AFTER: Final = 30
+
+
+@attrs.frozen
+class _Missing:
+    """A cached "no such connection / key"."""
+
+
+MISSING: Final = _Missing()
+
+
+@attrs.frozen
+class _Resolved:
+    """A connection as the hot path needs it: the record and a ready Target.
+
+    ``target`` is ``None`` when the credential cannot be opened with the
+    configured crypto; ``fault`` then says why, for the operator's log.
+    """
+
+    connection: Connection
+    target: Target | None = attrs.field(repr=False)
+    fault: str | None = None
+
+    def unusable(self) -> CryptoUnavailable:
+        """The client-facing error for a connection whose credential cannot be opened."""
+        return CryptoUnavailable(
+            "the gateway cannot decrypt this connection's credential; "
+            "the operator must configure the master key it was sealed with",
+            retry_after=CRYPTO_RETRY_AFTER,
+        )
+
+
+def inject_headers(conn: Connection, credential: bytes | None) -> tuple[tuple[str, str], ...]:
+    """The headers that carry ``credential`` to the upstream, per the connection's auth type."""
+    if conn.auth_type is AuthType.NONE or credential is None:
+        return ()
+    text = credential.decode("utf-8")
+    if conn.auth_type is AuthType.BEARER:
+        return (("Authorization", f"Bearer {text}"),)
+    if conn.auth_type is AuthType.BASIC:
+        return (("Authorization", "Basic " + base64.b64encode(credential).decode("ascii")),)
+    assert conn.header_name is not None
+    return ((conn.header_name, text),)
+
+
+class Resolver:
+    """Cached resolution of gateway keys and connections for one store.
+
+    Args:
+        store: where keys and connections live; its ``Change`` notices
+            invalidate the caches (``attach`` registers the listener).
+        service: opens credentials (decrypts them under the binding).
+        ttl: the backstop bound on how long an unnotified change can go unseen.
+    """
+
+    def __init__(self, store: Store, service: Service, *, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError("cache_ttl must be positive")
+        self.store = store
+        self.service = service
+        self.keys: RefreshingCache[bytes, ApiKey | _Missing] = RefreshingCache(
+            self._load_key, ttl=ttl
+        )
+        self.connections: RefreshingCache[str, _Resolved | _Missing] = RefreshingCache(
+            self._load_connection, ttl=ttl, revalidate=self._revalidate_connection
+        )
+        self._key_hash_by_id: dict[str, bytes] = {}
+
+    def attach(self) -> None:
+        """Start following the store's changes (call once the store is open)."""
+        self.store.add_listener(self.on_change)
+
+    async def aclose(self) -> None:
+        """Stop the background refreshes."""
+        await self.keys.aclose()
+        await self.connections.aclose()
+
+    # -- the two lookups ----------------------------------------------------
+    async def authenticate(self, token: str) -> ApiKey:
+        """The usable key record for a raw bearer token, from the cache.
+
+        Raises:
+            Unauthorized: malformed (refused without a store read), unknown,
+                revoked or expired.
+        """
+        if not _auth.is_well_formed(token):
+            raise Unauthorized("the gateway key is missing or malformed")
+        record = await self.keys.get(_auth.hash_key(token))
+        if isinstance(record, _Missing) or not record.is_usable(utcnow()):
+            raise Unauthorized("the gateway key is unknown, revoked or expired")
+        return record
+
+    async def connection(self, slug: str) -> _Resolved | _Missing:
+        """The connection for ``slug`` (``MISSING`` if there is none), from the cache."""
+        return await self.connections.get(slug)
+
+    # -- invalidation -------------------------------------------------------
+    def on_change(self, change: Change) -> None:
+        """Forget what ``change`` made stale (a store listener)."""
+        if change.kind == "all":
+            self.connections.clear()
+            self.keys.clear()
+            self._key_hash_by_id.clear()
+        elif change.kind == "connection" and change.key is not None:
+            self.connections.invalidate(change.key)
+        elif change.kind == "api_key":
+            key_hash = self._key_hash_by_id.pop(change.key, None) if change.key else None
+            if key_hash is not None:
+                self.keys.invalidate(key_hash)
+            else:
+                # A new key may replace a cached "unknown": forget every negative entry.
+                self.keys.clear()
+        else:
+            self.connections.clear()
+
+    # -- loading ------------------------------------------------------------
+    async def _load_key(self, key_hash: bytes) -> ApiKey | _Missing:
+        record = await self.store.get_api_key_by_hash(key_hash)
+        if record is None:
+            return MISSING
+        self._key_hash_by_id[record.id] = key_hash
+        return record
+
+    async def _load_connection(self, slug: str) -> _Resolved | _Missing:
+        try:
+            conn = await self.store.get_connection(slug)
+        except NotFound:
+            return MISSING
+        return await self._resolve(conn)
+
+    async def _revalidate_connection(
+        self, slug: str, old: _Resolved | _Missing
+    ) -> _Resolved | _Missing:
+        try:
+            conn = await self.store.get_connection(slug)
+        except NotFound:
+            return MISSING
+        if isinstance(old, _Resolved) and old.connection.version == conn.version:
+            return old  # unchanged: no second unwrap
+        return await self._resolve(conn)
+
+    async def _resolve(self, conn: Connection) -> _Resolved:
+        try:
+            secret = await self.service.open_credential(conn)
+        except InvalidCiphertext as exc:
+            return _Resolved(conn, None, _crypto_fault(conn, exc))
+        inject = inject_headers(conn, secret.reveal() if secret is not None else None)
+        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject))
+
+
+def _crypto_fault(conn: Connection, exc: InvalidCiphertext) -> str:
+    """Log, for the operator, why ``conn``'s credential does not open; return the reason."""
+    if isinstance(exc, UnknownKeyId):
+        # The key id is a one-way fingerprint (HMAC of the key), safe to log.
+        why = f"it was sealed with master key id {exc.key_id}, which is not configured"
+        log.error(
+            "connection %r: cannot decrypt its credential: %s; add that master key "
+            "(after the primary) to IGRIS_MASTER_KEY or IGRIS_MASTER_KEY_FILE",
+            conn.slug,
+            why,
+        )
+    else:
+        why = "its envelope does not open under the configured master keys (damaged or moved)"
+        log.error("connection %r: cannot decrypt its credential: %s", conn.slug, why)
+    return why

@@ -1,0 +1,249 @@
+"""Every ``IGRIS_*`` environment variable, its default and its validation.
+
+The CLI, ``serve`` and ``IgrisGateway`` all read their configuration through
+``Settings.from_env`` and nothing else reads ``IGRIS_*`` names, so a
+variable means the same thing everywhere (``docs/configuration.md`` is the
+user's table of them). Options given in code or on the command line win over
+the environment: ``settings.override(store=..., port=...)`` keeps every
+value that is ``None``.
+
+Rules that hold for every variable:
+
+* set to the empty string is the same as unset (shells and compose files
+  write ``VAR=`` to mean "nothing"), except ``IGRIS_MASTER_KEY``: a master
+  key variable that is present but empty is an error when the key is used
+  (a missing secret in a deployment must stop it, never let ``serve``
+  generate a new key beside an existing store);
+* a value that cannot be used is a ``ConfigurationError`` (a ``ValueError``)
+  whose message names the variable and never echoes a secret.
+
+A new setting is one field:
+``name: T = attrs.field(default=..., metadata=_env("IGRIS_...", parser))``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_CRYPTO",
+    "DEFAULT_HOME",
+    "ENV_MASTER_KEY",
+    "ENV_MASTER_KEY_FILE",
+    "LOG_LEVELS",
+    "Settings",
+]
+
+DEFAULT_HOME = ".igris"
+DEFAULT_CRYPTO = "keyring:"
+ENV_MASTER_KEY = "IGRIS_MASTER_KEY"
+ENV_MASTER_KEY_FILE = "IGRIS_MASTER_KEY_FILE"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+_Parser = Callable[[str, str], Any]
+
+
+# -- parsers: (variable name, non-empty raw value) -> value ------------------
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw).expanduser().absolute()
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a TCP port number, got {raw!r}") from None
+    if not 0 < value < 65536:
+        raise ConfigurationError(f"{name} must be a TCP port from 1 to 65535, got {value}")
+    return value
+
+
+def _log_level(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"{name} must be an http:// or https:// URL such as https://gw.example, got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
+def _master_key(name: str, raw: str) -> str:
+    # Validated by the keyring when it is used, which names the bad entry
+    # by position; a message here could only leak the value.
+    return raw
+
+
+def _env(variable: str, parser: _Parser, *, keep_empty: bool = False) -> dict[str, Any]:
+    """The metadata of a settings field read from ``variable`` through ``parser``."""
+    return {"env": variable, "parse": parser, "keep_empty": keep_empty}
+
+
+def _default_home() -> Path:
+    return Path(DEFAULT_HOME).absolute()
+
+
+@attrs.frozen
+class Settings:
+    """The configuration of one igris-mw process, from the environment.
+
+    Attributes:
+        home: the data directory (``IGRIS_HOME``, default ``./.igris``): the
+            embedded store, the generated master key, the audit spill file
+            and the default JSON-lines audit sink live here.
+        store: ``IGRIS_STORE``; ``None`` means the embedded SQLite store.
+        crypto: ``IGRIS_CRYPTO``; ``None`` means ``keyring:``.
+        audit: ``IGRIS_AUDIT``, a separate audit sink URL; ``None`` means
+            the store itself when it keeps audit events.
+        master_key: ``IGRIS_MASTER_KEY`` (never in a repr).
+        master_key_file: ``IGRIS_MASTER_KEY_FILE``.
+        upstream_timeout: ``IGRIS_UPSTREAM_TIMEOUT`` seconds (default 60).
+        host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
+        public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
+        log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
+    """
+
+    home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
+    store: str | None = attrs.field(default=None, metadata=_env("IGRIS_STORE", _text))
+    crypto: str | None = attrs.field(default=None, metadata=_env("IGRIS_CRYPTO", _text))
+    audit: str | None = attrs.field(default=None, metadata=_env("IGRIS_AUDIT", _text))
+    master_key: str | None = attrs.field(
+        default=None, repr=False, metadata=_env(ENV_MASTER_KEY, _master_key, keep_empty=True)
+    )
+    master_key_file: Path | None = attrs.field(
+        default=None, metadata=_env(ENV_MASTER_KEY_FILE, _path)
+    )
+    upstream_timeout: float = attrs.field(
+        default=60.0, metadata=_env("IGRIS_UPSTREAM_TIMEOUT", _seconds)
+    )
+    host: str = attrs.field(default="127.0.0.1", metadata=_env("IGRIS_HOST", _text))
+    port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))
+    public_url: str | None = attrs.field(default=None, metadata=_env("IGRIS_PUBLIC_URL", _http_url))
+    log_level: str = attrs.field(default="info", metadata=_env("IGRIS_LOG_LEVEL", _log_level))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every ``IGRIS_*`` variable in ``environ``.
+
+        Raises:
+            ConfigurationError: a value that cannot be used; the message
+                names the variable.
+        """
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            variable = field.metadata["env"]
+            raw = environ.get(variable)
+            if raw or (raw is not None and field.metadata["keep_empty"]):
+                values[field.name] = field.metadata["parse"](variable, raw)
+        return cls(**values)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """``{variable: field name}`` for every setting (docs and tests use it)."""
+        return {f.metadata["env"]: f.name for f in attrs.fields(cls)}
+
+    def override(self, **options: Any) -> Settings:
+        """These settings with each option that is not ``None`` put in place."""
+        given = {k: v for k, v in options.items() if v is not None}
+        return attrs.evolve(self, **given) if given else self
+
+    # -- derived values ----------------------------------------------------
+    @property
+    def store_url(self) -> str:
+        """``IGRIS_STORE``, else ``sqlite:///<home>/igris.db`` (absolute: four slashes)."""
+        return self.store or self.default_store_url
+
+    @property
+    def default_store_url(self) -> str:
+        return f"sqlite:///{self.home / 'igris.db'}"
+
+    @property
+    def crypto_url(self) -> str:
+        return self.crypto or DEFAULT_CRYPTO
+
+    @property
+    def uses_keyring(self) -> bool:
+        return self.crypto_url.split(":", 1)[0].lower() == "keyring"
+
+    @property
+    def default_master_key_file(self) -> Path:
+        """``<home>/master.key``, which ``serve`` creates on first start."""
+        return self.home / "master.key"
+
+    @property
+    def master_key_configured(self) -> bool:
+        """The one rule: a master key is configured when ``IGRIS_MASTER_KEY`` is
+        present (even empty, which the keyring then refuses) or
+        ``IGRIS_MASTER_KEY_FILE`` is non-empty. Only when none is configured
+        is the default key file used, or created by ``serve``."""
+        return self.master_key is not None or self.master_key_file is not None
+
+    def key_file(self) -> Path | None:
+        """The key file the keyring reads: ``IGRIS_MASTER_KEY_FILE``, else
+        ``<home>/master.key`` when no key is configured and that file exists."""
+        if self.master_key is not None:
+            return None
+        if self.master_key_file is not None:
+            return self.master_key_file
+        default = self.default_master_key_file
+        return default if default.exists() else None
+
+    def crypto_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` as the crypto provider should see it: the master key
+        variables per the rule above (the default key file filled in), the
+        rest (``VAULT_TOKEN`` ...) as they are."""
+        env = {k: v for k, v in environ.items() if k not in (ENV_MASTER_KEY, ENV_MASTER_KEY_FILE)}
+        if self.master_key is not None:
+            env[ENV_MASTER_KEY] = self.master_key
+        else:
+            path = self.key_file()
+            if path is not None:
+                env[ENV_MASTER_KEY_FILE] = str(path)
+        return env
+
+    def missing_master_key_message(self) -> str:
+        return (
+            f"no master key configured: set {ENV_MASTER_KEY} (base64 of 32 random bytes) "
+            f"or {ENV_MASTER_KEY_FILE} (a file holding it, mode 0600), or run "
+            f"'igris-mw serve' once to create {self.default_master_key_file}"
+        )
+
+    @property
+    def default_audit_url(self) -> str:
+        """``jsonl:///<home>/audit.jsonl``: the audit sink of a store that keeps none."""
+        return f"jsonl://{self.home / 'audit.jsonl'}"
+
+    @property
+    def audit_spill_path(self) -> Path:
+        """``<home>/audit-spill.jsonl``: events the audit sink cannot take yet."""
+        return self.home / "audit-spill.jsonl"

@@ -1,0 +1,3 @@
+"""The igris-mw version: the one place it is written (hatch reads it too)."""
+
+__version__ = "0.1.0"

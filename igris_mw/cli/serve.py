@@ -1,0 +1,212 @@
+"""``igris-mw serve``: the standalone gateway on uvicorn.
+
+First start with no configuration works: the embedded SQLite store and a
+master key file (mode 0600) are created in the data directory
+(``IGRIS_HOME``, default ``./.igris``), and when the store has no admin key
+yet, one is issued and printed once. A store that keeps no audit events
+(``vault://``) gets a JSON-lines audit sink in the data directory unless
+``--audit`` / ``IGRIS_AUDIT`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._settings import LOG_LEVELS, Settings
+from ._common import LazyCrypto, add_location_options, audit_url_for, load_crypto, make_data_dir
+
+if TYPE_CHECKING:
+    from ..storage import Store
+
+__all__ = ["ensure_master_key", "register", "run_serve"]
+
+
+def ensure_master_key(settings: Settings, *, create: bool) -> Path | None:
+    """Create ``<data dir>/master.key`` (0600) when ``create`` and no master
+    key is configured (``Settings.master_key_configured``) and it does not
+    exist yet. A configured key is never replaced by a generated one.
+
+    Returns the path of a key file created now, else ``None``.
+    """
+    path = settings.default_master_key_file
+    if settings.master_key_configured or not create or path.exists():
+        return None
+    from .._keyring import Keyring
+
+    make_data_dir(settings)
+    Keyring.generate_key_file(path)
+    return path
+
+
+def _port(text: str) -> int:
+    # The same rule as IGRIS_PORT, with argparse's one-line error.
+    try:
+        return int(Settings.from_env({"IGRIS_PORT": text}).port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_PORT ", "")) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        return float(Settings.from_env({"IGRIS_UPSTREAM_TIMEOUT": text}).upstream_timeout)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``serve`` to the ``igris-mw`` parser. Defaults are ``None`` so the
+    environment (``Settings``) fills them in when the command runs."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="run the standalone gateway", description=__doc__
+    )
+    p.add_argument("--host", help="address to listen on (default: $IGRIS_HOST, else 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, help="port to listen on (default: $IGRIS_PORT, else 8080)"
+    )
+    p.add_argument(
+        "--upstream-timeout",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="wait for upstream response headers (default: $IGRIS_UPSTREAM_TIMEOUT, else 60)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="browser Origin allowed to call the gateway (repeat; '*' for any)",
+    )
+    p.add_argument(
+        "--public-url",
+        help="base URL for gatewayUrl (default: $IGRIS_PUBLIC_URL, else from each request)",
+    )
+    p.add_argument(
+        "--cache-ttl",
+        type=_positive,
+        default=5.0,
+        metavar="SECONDS",
+        help="bound on how long an unnotified change can go unseen (default 5)",
+    )
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="uvicorn log level (default: $IGRIS_LOG_LEVEL, else info)",
+    )
+    p.add_argument("--access-log", action="store_true", help="log each request line")
+    add_location_options(p)
+    p.set_defaults(run=run_serve)
+
+
+def _say(message: str) -> None:
+    print(f"igris-mw: {message}", file=sys.stderr, flush=True)
+
+
+async def _bootstrap_admin_key(
+    store: Store, settings: Settings, environ: Mapping[str, str]
+) -> str | None:
+    """Issue an admin key when the store has none that is live; ``None`` if it has."""
+    from .._service import Service
+    from ..models import Scope
+    crypto = LazyCrypto(settings, environ)
+    await store.open()
+    try:
+        keys = await store.list_api_keys()
+        if any(Scope.ADMIN in k.scopes and k.revoked_at is None for k in keys):
+            return None
+        service = Service(store, crypto)
+        _, key = await service.create_api_key({"name": "bootstrap admin", "scopes": ["admin"]})
+        return key
+    finally:
+        try:
+            await crypto.aclose()
+        finally:
+            await store.close()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .._gateway import IgrisGateway
+    from .._plugins import redact_url, store_from_url
+
+    environ = dict(os.environ)
+    settings = Settings.from_env(environ).override(
+        store=args.store,
+        crypto=args.crypto,
+        audit=args.audit,
+        host=args.host,
+        port=args.port,
+        upstream_timeout=args.upstream_timeout,
+        public_url=args.public_url,
+        log_level=args.log_level,
+    )
+    # Only the embedded store gets a generated key: a shared store's key
+    # must come from its operator, or each process would make its own.
+    embedded = settings.store_url.startswith("sqlite:")
+    created = ensure_master_key(settings, create=embedded)
+    if created is not None:
+        _say(f"created master key file {created} (mode 0600); back it up")
+    if embedded:
+        make_data_dir(settings)
+    crypto = load_crypto(settings, environ)
+    admin_key = asyncio.run(
+        _bootstrap_admin_key(store_from_url(settings.store_url), settings, environ)
+    )
+    if admin_key is not None:
+        _say(
+            "first start: an admin key was issued. It is shown this once only:\n\n"
+            f"    {admin_key}\n"
+        )
+    store = store_from_url(settings.store_url)
+    audit_url, defaulted = audit_url_for(settings, store)
+    if defaulted:
+        make_data_dir(settings)
+        _say(
+            f"the store keeps no audit events; the audit trail goes to {audit_url} "
+            "(choose another with --audit or IGRIS_AUDIT)"
+        )
+    app = IgrisGateway(
+        None,
+        store=store,
+        crypto=crypto,
+        audit=audit_url,
+        upstream_timeout=settings.upstream_timeout,
+        allowed_origins=args.allowed_origin or (),
+        public_url=settings.public_url,
+        cache_ttl=args.cache_ttl,
+        audit_spill=settings.audit_spill_path,
+        environ=environ,
+        dashboard=True,
+    )
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    _say(
+        f"serving on http://{settings.host}:{settings.port} "
+        f"(store {redact_url(settings.store_url)})"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=args.access_log,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
