@@ -625,3 +625,42 @@ def test_serve_turns_the_dashboard_on(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_the_form_creates_every_auth_type(signed_in: Env) -> None:
+    """header (with its name), basic and none (no credential) are created as the API would."""
+    env = signed_in
+    header = await env.create("hdr", authType="header", headerName="X-Api-Key")
+    assert header.status_code == 303
+    basic = await env.create("bsc", authType="basic", credential="user:" + CANARY)
+    assert basic.status_code == 303
+    none = await env.create("non", authType="none", credential="")
+    assert none.status_code == 303
+    conns = {c.slug: c for c in (await env.gw.service.list_connections()).items}
+    assert conns["hdr"].header_name == "X-Api-Key"
+    assert conns["bsc"].auth_type.value == "basic"
+    assert conns["non"].ciphertext is None
+    secret = await env.gw.service.open_credential(conns["hdr"])
+    assert secret is not None
+    assert secret.reveal() == CANARY.encode()
+    page = await env.http.get("/ui/connections")
+    assert CANARY not in page.text
+
+
+async def test_management_changes_from_the_page_are_audited_with_the_admin_key(
+    signed_in: Env,
+) -> None:
+    """Create, rotate, disable, enable and delete record the signed-in key's id as actor."""
+    env = signed_in
+    await env.create()
+    for action, data in (("rotate", {"credential": "new-" + CANARY}), ("disable", {}),
+                         ("enable", {})):
+        response = await env.http.post(f"/ui/connections/github/{action}",
+                                       data={"csrf": await env.csrf(), **data})
+        assert response.status_code == 303, action
+    await env.http.post("/ui/connections/github/delete",
+                        data={"csrf": await env.csrf(), "confirm": "github"})
+    trail = (await env.gw.service.list_audit("github")).items
+    assert [e.action for e in trail] == ["delete", "enable", "disable", "rotate", "create"]
+    assert {e.api_key_id for e in trail} == {env.admin_id}
+    assert trail[1].credential_version == 2
