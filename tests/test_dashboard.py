@@ -22,7 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from igris_mw import IgrisGateway
-from igris_mw._dashboard import Dashboard
+from igris_mw._dashboard import Dashboard, policy
+from igris_mw._dashboard import app as dashboard_app
+from igris_mw._dashboard import http as dashboard_http
+from igris_mw._dashboard.policy import Features, input_for, policy_body, policy_values
 from igris_mw._dashboard.sessions import SessionStore, SignInThrottle
 from igris_mw.models import AuditEvent, utcnow
 from igris_mw.testing import FixedKeyring, MemoryStore
@@ -664,3 +667,81 @@ async def test_management_changes_from_the_page_are_audited_with_the_admin_key(
     assert [e.action for e in trail] == ["delete", "enable", "disable", "rotate", "create"]
     assert {e.api_key_id for e in trail} == {env.admin_id}
     assert trail[1].credential_version == 2
+
+
+def test_policy_inputs_become_the_api_json() -> None:
+    """Per-minute, burst, globs and max concurrent map to rateLimit / tools / maxConcurrent."""
+    form = {"rateLimitRpm": "60", "rateLimitBurst": "10", "toolsAllow": "search_*, get_issue",
+            "toolsDeny": "delete_*\nadmin_*", "maxConcurrent": "4"}
+    assert policy_body(form, rate_limit=True, tools=True, max_concurrent=True) == {
+        "rateLimit": {"requestsPerMinute": 60, "burst": 10},
+        "tools": {"allow": ["search_*", "get_issue"], "deny": ["delete_*", "admin_*"]},
+        "maxConcurrent": 4,
+    }
+    assert policy_body(form, rate_limit=False, tools=False) == {}
+    assert policy_body({}, rate_limit=True, tools=True, max_concurrent=True) == {}
+    assert policy_body({}, rate_limit=True, tools=True, max_concurrent=True, clear=True) == {
+        "rateLimit": None, "tools": None, "maxConcurrent": None,
+    }
+    # Not a number: passed on as text for the service to refuse, naming the field.
+    assert policy_body({"rateLimitRpm": "lots"}, rate_limit=True, tools=False) == {
+        "rateLimit": {"requestsPerMinute": "lots"},
+    }
+    record = {"rateLimit": {"requestsPerMinute": 60, "burst": 10},
+              "tools": {"allow": ["a*"], "deny": []}, "maxConcurrent": 4}
+    values = policy_values(record)
+    assert values["rateLimitRpm"] == "60"
+    assert values["toolsAllow"] == "a*"
+    assert values["maxConcurrent"] == "4"
+    assert policy_values({})["rateLimitRpm"] == ""
+    assert input_for("rateLimit.burst") == "rateLimitBurst"
+    assert input_for("rateLimit") == "rateLimitRpm"
+    assert input_for("tools.deny") == "toolsDeny"
+    assert input_for("slug") is None
+
+
+async def test_policy_fields_show_when_the_service_takes_them(
+    signed_in: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the features on, the forms carry the policy inputs and a 422 lands at its input."""
+    env = signed_in
+    on = Features(connection_rate_limit=True, connection_tools=True, key_rate_limit=True,
+                  key_tools=True, key_max_concurrent=True)
+    for module in (dashboard_app, dashboard_http):
+        monkeypatch.setattr(module, "FEATURES", on)
+    page = await env.http.get("/ui/new/connection")
+    for label in ("Requests per minute", "Burst", "Allowed tools", "Denied tools"):
+        assert f">{label}</label>" in page.text
+    keys = await env.http.get("/ui/new/api-key")
+    assert ">Max concurrent requests</label>" in keys.text
+    response = await env.create(rateLimitRpm="lots")
+    assert response.status_code == 422
+    assert 'id="e-rateLimitRpm"' in response.text
+    if not policy.FEATURES.connection_rate_limit:  # the service names the field it lacks
+        assert "not a known field" in response.text
+
+
+async def test_policy_round_trips_where_the_service_supports_it(signed_in: Env) -> None:
+    """Created with a rate limit and tool globs, the connection shows them; Save policy clears."""
+    if not policy.FEATURES.connection_policy:
+        pytest.skip("this service has no rateLimit / tools on connections yet")
+    env = signed_in
+    over = {}
+    if policy.FEATURES.connection_rate_limit:
+        over.update(rateLimitRpm="60", rateLimitBurst="5")
+    if policy.FEATURES.connection_tools:
+        over.update(toolsAllow="echo, search_*", toolsDeny="delete_*")
+    assert (await env.create(**over)).status_code == 303
+    record = (await env.gw.service.get_connection("github")).to_json()
+    if policy.FEATURES.connection_rate_limit:
+        assert record["rateLimit"]["requestsPerMinute"] == 60
+    if policy.FEATURES.connection_tools:
+        assert record["tools"]["deny"] == ["delete_*"]
+    page = await env.http.get("/ui/connections/github")
+    assert 'value="60"' in page.text or 'value="echo, search_*"' in page.text
+    saved = await env.http.post("/ui/connections/github/policy",
+                                data={"csrf": await env.csrf()})
+    assert saved.status_code == 303
+    record = (await env.gw.service.get_connection("github")).to_json()
+    assert record.get("rateLimit") is None
+    assert record.get("tools") is None

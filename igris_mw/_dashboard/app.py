@@ -51,6 +51,7 @@ from .http import (
     Site,
     send_response,
 )
+from .policy import FEATURES, POLICY_INPUTS, policy_body, policy_values
 from .sessions import SessionStore, SignInThrottle
 
 __all__ = ["Dashboard"]
@@ -292,9 +293,13 @@ class Dashboard:
             body["headerName"] = form["headerName"]
         if form.get("credential"):
             body["credential"] = form["credential"]
+        body.update(policy_body(
+            form, rate_limit=FEATURES.connection_rate_limit, tools=FEATURES.connection_tools
+        ))
         # Kept for the form on an error, without the credential (write-only).
-        values = {k: str(v) for k, v in body.items() if k not in ("credential", "enabled")}
+        values = {k: str(v) for k, v in body.items() if isinstance(v, str) and k != "credential"}
         values["enabled"] = "on" if body["enabled"] else ""
+        values.update({k: form.get(k, "") for k in POLICY_INPUTS})
         try:
             conn = await self.service.create_connection(body, actor=req.key_id)
         except ValidationError as exc:
@@ -309,7 +314,12 @@ class Dashboard:
         return await self._connection_page(req, conn, 200, {})
 
     async def _connection_page(
-        self, req: Request, conn: Connection, status: int, errors: Mapping[str, str]
+        self,
+        req: Request,
+        conn: Connection,
+        status: int,
+        errors: Mapping[str, str],
+        values: Mapping[str, str] | None = None,
     ) -> Response:
         page = await self.service.list_audit(conn.slug, limit=PAGE_ROWS)
         gateway_url = f"{req.base_url()}/v1/mcp/{conn.slug}"
@@ -319,8 +329,10 @@ class Dashboard:
             }}},
             indent=2,
         )
+        record = conn.to_json()
         return req.page(
-            "connection.html", status=status, nav="connections", conn=conn,
+            "connection.html", status=status, nav="connections", conn=conn, record=record,
+            policy=values if values is not None else policy_values(record),
             gateway_url=gateway_url, mcp_servers=mcp_servers, errors=errors,
             audit=[audit_row(e) for e in page.items], columns=AUDIT_COLUMNS,
             live_url=req.url(f"/connections/{conn.slug}/audit.json"),
@@ -342,6 +354,25 @@ class Dashboard:
             )
         req.notice(f"Credential rotated: {conn.slug} now uses credential version "
                    f"{conn.credential_version}.")
+        return req.redirect(f"/connections/{conn.slug}")
+
+    async def _h_connection_policy(self, req: Request, slug: str) -> Response:
+        if not FEATURES.connection_policy:
+            raise NotFound("no such page")
+        form = await req.form()
+        changes = policy_body(
+            form, rate_limit=FEATURES.connection_rate_limit, tools=FEATURES.connection_tools,
+            clear=True,
+        )
+        try:
+            conn = await self.service.update_connection(slug, changes, actor=req.key_id)
+        except ValidationError as exc:
+            current = await self.service.get_connection(slug)
+            values = {k: form.get(k, "") for k in POLICY_INPUTS}
+            return await self._connection_page(
+                req, current, 422, errors_for(exc, POLICY_INPUTS), values
+            )
+        req.notice(f"Access policy of {conn.slug} saved.")
         return req.redirect(f"/connections/{conn.slug}")
 
     async def _h_connection_disable(self, req: Request, slug: str) -> Response:
@@ -397,9 +428,14 @@ class Dashboard:
             "connections": connections,
             "expiresAt": form.get("expiresAt", ""),
         }
+        values.update({k: form.get(k, "") for k in POLICY_INPUTS})
         body: dict[str, Any] = {"name": values["name"], "scopes": [values["scope"]]}
         if connections:
             body["connections"] = connections
+        body.update(policy_body(
+            form, rate_limit=FEATURES.key_rate_limit, tools=FEATURES.key_tools,
+            max_concurrent=FEATURES.key_max_concurrent,
+        ))
         try:
             if values["expiresAt"]:
                 body["expiresAt"] = form_time(values["expiresAt"], "expiresAt")
@@ -456,6 +492,7 @@ _ROUTES: Final = [
     (rf"/connections/{_SLUG}", {"GET": "connection"}),
     (rf"/connections/{_SLUG}/audit\.json", {"GET": "connection_audit_json"}),
     (rf"/connections/{_SLUG}/rotate", {"POST": "connection_rotate"}),
+    (rf"/connections/{_SLUG}/policy", {"POST": "connection_policy"}),
     (rf"/connections/{_SLUG}/disable", {"POST": "connection_disable"}),
     (rf"/connections/{_SLUG}/enable", {"POST": "connection_enable"}),
     (rf"/connections/{_SLUG}/delete", {"GET": "connection_delete_form",

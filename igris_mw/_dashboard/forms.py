@@ -6,6 +6,7 @@ import re
 
 from .._errors import ValidationError
 from ..models import parse_time
+from .policy import input_for
 
 __all__ = ["errors_for", "field_message", "form_time"]
 
@@ -21,7 +22,7 @@ def errors_for(
     exc: ValidationError, fields: tuple[str, ...], *, default: str | None = None
 ) -> dict[str, str]:
     """The message keyed by the form field it belongs to ("form" when none)."""
-    key = exc.field if exc.field in fields else (default or "form")
+    key = exc.field if exc.field in fields else (input_for(exc.field) or default or "form")
     return {key: field_message(exc)}
 
 

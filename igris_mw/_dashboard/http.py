@@ -25,6 +25,7 @@ from .._errors import (
 from .._service import Service
 from ..models import ApiKey
 from ..models import Scope as KeyScope
+from .policy import FEATURES
 from .sessions import Session, SessionStore
 
 __all__ = [
@@ -265,7 +266,8 @@ class Request:
 
     def render(self, template: str, **context: Any) -> bytes:
         return self.dash.env.get_template(template).render(
-            ui=f"{self.root}/ui", session=self.session, key=self.key, **context
+            ui=f"{self.root}/ui", session=self.session, key=self.key, features=FEATURES,
+            **context
         ).encode()
 
     def page(self, template: str, *, status: int = 200, **context: Any) -> Response:
