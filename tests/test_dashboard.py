@@ -745,3 +745,17 @@ async def test_policy_round_trips_where_the_service_supports_it(signed_in: Env) 
     record = (await env.gw.service.get_connection("github")).to_json()
     assert record.get("rateLimit") is None
     assert record.get("tools") is None
+
+
+def test_a_gateway_without_the_dashboard_loads_none_of_it() -> None:
+    """dashboard=False (the middleware default) imports neither the dashboard nor Jinja2."""
+    code = (
+        "import sys\n"
+        "from igris_mw import IgrisGateway\n"
+        "from igris_mw.testing import FixedKeyring, MemoryStore\n"
+        "IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring())\n"
+        "print('igris_mw._dashboard' in sys.modules, 'jinja2' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"]
