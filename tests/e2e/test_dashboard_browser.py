@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
+from axe_playwright_python.async_playwright import Axe
 from e2e_harness import (
     Gateway,
     client_headers,
@@ -439,6 +440,32 @@ async def test_pages_fit_a_phone_width(tab: Tab, dash: Gateway, upstream: Upstre
         await page.goto(dash.base_url + path)
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)
+
+
+async def test_every_page_passes_axe_accessibility_checks(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """axe-core (WCAG 2 A/AA rules) finds no violation on any page, errors shown included."""
+    page = tab.page
+    axe = Axe()
+    await page.goto(dash.base_url + "/ui/login")
+    await page.get_by_label("Admin key").fill("ig_wrong")
+    await page.get_by_role("button", name="Sign in").click()
+    found = {"/ui/login (refused)": (await axe.run(page)).response["violations"]}
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("axe"))
+    await page.get_by_label("Credential", exact=True).fill("")
+    await page.get_by_role("button", name="Rotate").click()  # an error next to Credential
+    found["connection page (error)"] = (await axe.run(page)).response["violations"]
+    for path in ("/ui/connections", "/ui/new/connection", f"/ui/connections/{slug}/delete",
+                 "/ui/api-keys", "/ui/new/api-key", "/ui/audit", "/ui/audit?since=never"):
+        await page.goto(dash.base_url + path)
+        found[path] = (await axe.run(page)).response["violations"]
+    problems = {
+        where: [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in vs]
+        for where, vs in found.items() if vs
+    }
+    assert problems == {}
 
 
 async def test_screenshots_of_the_main_pages(
