@@ -167,6 +167,9 @@ class Request:
         if (self.header(b"sec-fetch-site") or "same-origin") not in ("same-origin", "none"):
             raise Forbidden("this form came from another site", code="cross_site_request")
         origin = self.header(b"origin")
+        # "null" is what a browser sends for our own forms: the pages' no-referrer
+        # policy serializes the origin as null. The CSRF token and the Strict
+        # cookie are the defence there; Origin only adds one where it is given.
         if origin is None or origin == "null":
             return
         try:
