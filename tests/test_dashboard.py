@@ -115,7 +115,8 @@ async def test_every_page_carries_the_security_headers(signed_in: Env) -> None:
     env = signed_in
     await env.create()
     paths = ["/ui/connections", "/ui/new/connection", "/ui/connections/github",
-             "/ui/connections/github/delete", "/ui/api-keys", "/ui/new/api-key", "/ui/audit",
+             "/ui/connections/github/delete", "/ui/connections/github/edit", "/ui/api-keys",
+             "/ui/new/api-key", "/ui/audit",
              "/ui/connections/nope", "/ui/connections/github/audit.json", "/ui/no-such-page"]
     for path in paths:
         response = await env.http.get(path)
@@ -759,3 +760,30 @@ def test_a_gateway_without_the_dashboard_loads_none_of_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+async def test_edit_changes_what_changed_and_shows_errors_at_their_field(signed_in: Env) -> None:
+    """Edit sends only the changed fields (audited as one update) or names the bad field."""
+    env = signed_in
+    await env.create()
+    form = (await env.http.get("/ui/connections/github/edit")).text
+    assert 'value="GitHub"' in form
+    assert CANARY not in form
+    bad = await env.http.post("/ui/connections/github/edit", data={
+        "csrf": await env.csrf(), "name": "GitHub", "upstreamUrl": "not a url",
+        "authType": "bearer", "headerName": ""})
+    assert bad.status_code == 422
+    assert 'id="e-upstreamUrl"' in bad.text
+    ok = await env.http.post("/ui/connections/github/edit", data={
+        "csrf": await env.csrf(), "name": "GitHub prod", "upstreamUrl": "https://up.test/mcp",
+        "authType": "header", "headerName": "X-Token"})
+    assert ok.status_code == 303
+    conn = await env.gw.service.get_connection("github")
+    assert (conn.name, conn.auth_type.value, conn.header_name) == ("GitHub prod", "header",
+                                                                   "X-Token")
+    secret = await env.gw.service.open_credential(conn)
+    assert secret is not None
+    assert secret.reveal() == CANARY.encode()  # re-sealed under the new binding
+    update = (await env.gw.service.list_audit("github")).items[0]
+    assert update.action == "update"
+    assert update.metadata == {"fields": ["authType", "headerName", "name"]}

@@ -375,6 +375,46 @@ class Dashboard:
         req.notice(f"Access policy of {conn.slug} saved.")
         return req.redirect(f"/connections/{conn.slug}")
 
+    async def _h_connection_edit_form(self, req: Request, slug: str) -> Response:
+        conn = await self.service.get_connection(slug)
+        values = {"name": conn.name, "upstreamUrl": conn.upstream_url,
+                  "authType": conn.auth_type.value, "headerName": conn.header_name or ""}
+        return self._edit_form(req, conn, 200, values, {})
+
+    def _edit_form(
+        self,
+        req: Request,
+        conn: Connection,
+        status: int,
+        values: Mapping[str, str],
+        errors: Mapping[str, str],
+    ) -> Response:
+        return req.page(
+            "connection_edit.html", status=status, nav="connections", conn=conn,
+            values=values, errors=errors, auth_types=_AUTH_TYPES,
+        )
+
+    async def _h_connection_edit(self, req: Request, slug: str) -> Response:
+        form = await req.form()
+        values = {k: form.get(k, "") for k in ("name", "upstreamUrl", "authType", "headerName")}
+        current = await self.service.get_connection(slug)
+        # Only what changed goes to the service, as a PATCH would send it.
+        changes: dict[str, Any] = {}
+        if values["name"] != current.name:
+            changes["name"] = values["name"]
+        if values["upstreamUrl"] != current.upstream_url:
+            changes["upstreamUrl"] = values["upstreamUrl"]
+        if values["authType"] != current.auth_type.value:
+            changes["authType"] = values["authType"]
+        if values["headerName"] != (current.header_name or ""):
+            changes["headerName"] = values["headerName"] or None
+        try:
+            conn = await self.service.update_connection(slug, changes, actor=req.key_id)
+        except ValidationError as exc:
+            return self._edit_form(req, current, 422, values, errors_for(exc, _CONNECTION_FIELDS))
+        req.notice(f"Connection {conn.slug} saved." if changes else "Nothing changed.")
+        return req.redirect(f"/connections/{conn.slug}")
+
     async def _h_connection_disable(self, req: Request, slug: str) -> Response:
         conn = await self.service.set_enabled(slug, False, actor=req.key_id)
         req.notice(f"Connection {conn.slug} disabled: the gateway refuses it now.")
@@ -493,6 +533,7 @@ _ROUTES: Final = [
     (rf"/connections/{_SLUG}/audit\.json", {"GET": "connection_audit_json"}),
     (rf"/connections/{_SLUG}/rotate", {"POST": "connection_rotate"}),
     (rf"/connections/{_SLUG}/policy", {"POST": "connection_policy"}),
+    (rf"/connections/{_SLUG}/edit", {"GET": "connection_edit_form", "POST": "connection_edit"}),
     (rf"/connections/{_SLUG}/disable", {"POST": "connection_disable"}),
     (rf"/connections/{_SLUG}/enable", {"POST": "connection_enable"}),
     (rf"/connections/{_SLUG}/delete", {"GET": "connection_delete_form",

@@ -458,6 +458,7 @@ async def test_every_page_passes_axe_accessibility_checks(
     await page.get_by_role("button", name="Rotate").click()  # an error next to Credential
     found["connection page (error)"] = (await axe.run(page)).response["violations"]
     for path in ("/ui/connections", "/ui/new/connection", f"/ui/connections/{slug}/delete",
+                 f"/ui/connections/{slug}/edit",
                  "/ui/api-keys", "/ui/new/api-key", "/ui/audit", "/ui/audit?since=never"):
         await page.goto(dash.base_url + path)
         found[path] = (await axe.run(page)).response["violations"]
