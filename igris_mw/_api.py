@@ -193,14 +193,16 @@ class ManagementAPI:
     async def _h_rotate_credential(self, ex: _Exchange) -> _Result:
         slug = ex.slug()
         body = await ex.json_body("RotateRequest")
-        if "credential" not in body:
+        if "credential" not in body and "clientKey" not in body and "clientCertificate" not in body:
             raise ValidationError("credential", "is required")
         conn = await self._service.rotate_credential(
             slug,
-            body["credential"],
+            body.get("credential"),
             actor=ex.actor,
             auth_type=body.get("authType"),
             header_name=body.get("headerName"),
+            client_certificate=body.get("clientCertificate"),
+            client_key=body.get("clientKey"),
         )
         return 200, conn.to_json(base_url=ex.base_url())
 

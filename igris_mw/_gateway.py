@@ -27,8 +27,7 @@ from urllib.parse import urlsplit
 from . import _auth
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
-from ._audit import PEEK_LIMIT, AuditWriter, new_event_id, peek_jsonrpc
-from ._audit_file import build_audit_sink
+from ._audit import PEEK_LIMIT, AuditWriter, build_audit_sink, new_event_id, peek_jsonrpc
 from ._errors import (
     BadRequest,
     ConfigurationError,
@@ -37,14 +36,18 @@ from ._errors import (
     NotFound,
     StoreUnavailable,
     Unauthorized,
+    ValidationError,
 )
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
 from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._proxy.outbound import UpstreamProxy, parse_upstream_proxy
+from ._proxy.tls import ContextCache
 from ._resolver import Resolver, _Missing, _Resolved
 from ._responses import send_error, send_json
 from ._service import AuditSink, Service
 from ._settings import Settings
+from ._tls_material import load_ca_file
 from .crypto import CryptoProvider
 from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
 from .models import Scope as KeyScope
@@ -75,6 +78,27 @@ def _wanted_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
+def _egress_settings(
+    settings: Settings,
+    ca_file: str | os.PathLike[str] | None,
+    proxy: str | None,
+) -> tuple[ContextCache, UpstreamProxy | None]:
+    """The TLS contexts and the forward proxy from the arguments, else the settings.
+
+    Raises:
+        ConfigurationError: the CA file cannot be read or used, or the proxy
+            URL is not ``http://host:port`` (the message never shows its password).
+    """
+    ca_file = ca_file if ca_file is not None else settings.upstream_ca_file
+    proxy = proxy if proxy is not None else settings.upstream_proxy
+    try:
+        ca_pem = load_ca_file(ca_file, "IGRIS_UPSTREAM_CA_FILE") if ca_file else None
+        parsed = parse_upstream_proxy(proxy, "IGRIS_UPSTREAM_PROXY") if proxy else None
+    except ValidationError as exc:
+        raise ConfigurationError(exc.message) from None
+    return ContextCache(ca_file_pem=ca_pem), parsed
+
+
 class IgrisGateway:
     """The gateway as ASGI middleware (or, with ``app=None``, a standalone app).
 
@@ -98,6 +122,12 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        upstream_ca_file: a PEM file of CA certificates trusted for every
+            ``https://`` upstream in addition to the system's (default
+            ``IGRIS_UPSTREAM_CA_FILE``); a connection's ``caCertificate`` adds more.
+        upstream_proxy: ``http://[user:password@]host:port`` of a forward proxy
+            for all upstream traffic (default ``IGRIS_UPSTREAM_PROXY``); the
+            process's ``HTTP(S)_PROXY`` is never used.
         dashboard: serve the admin dashboard at ``/ui/`` (see docs/dashboard.md).
 
     Raises:
@@ -119,6 +149,8 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        upstream_ca_file: str | os.PathLike[str] | None = None,
+        upstream_proxy: str | None = None,
         dashboard: bool = False,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -149,14 +181,17 @@ class IgrisGateway:
             upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
-        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl)
+        tls_contexts, proxy = _egress_settings(settings, upstream_ca_file, upstream_proxy)
+        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, tls=tls_contexts)
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
-        self.forwarder = Forwarder(timeout=upstream_timeout)
+        self.forwarder = Forwarder(
+            timeout=upstream_timeout, ssl=tls_contexts.default, proxy=proxy
+        )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self.api = ManagementAPI(
             self.service,

@@ -131,6 +131,15 @@ def _list_of(name: str) -> dict[str, Any]:
     )
 
 
+_PEM_OR_NULL = {"type": ["string", "null"], "maxLength": 262144}
+_CA_CERTIFICATE = {**_PEM_OR_NULL, "description": "PEM CA certificate(s) trusted for this "
+                   "https upstream, in addition to the system's and the gateway's CA file"}
+_CLIENT_CERTIFICATE = {**_PEM_OR_NULL, "description": "PEM client certificate chain (leaf "
+                       "first) presented to the upstream (mTLS); public"}
+_CLIENT_KEY = {"type": "string", "writeOnly": True, "maxLength": 16384,
+               "description": "PEM private key of clientCertificate (unencrypted PKCS#8, "
+                              "PKCS#1 or SEC1); sealed like the credential, never returned"}
+
 _CONNECTION_FIELDS: dict[str, Any] = {
     "slug": _SLUG,
     "name": _NAME,
@@ -142,6 +151,8 @@ _CONNECTION_FIELDS: dict[str, Any] = {
     "createdAt": _TIME,
     "updatedAt": _TIME,
     "rotatedAt": _TIME_OR_NULL,
+    "caCertificate": _CA_CERTIFICATE,
+    "clientCertificate": _CLIENT_CERTIFICATE,
     "gatewayUrl": {"type": "string", "format": "uri",
                    "description": "`<base>/v1/mcp/<slug>`: the URL MCP clients use"},
 }
@@ -198,20 +209,30 @@ _SCHEMAS: dict[str, Any] = {
          "headerName": {**_HEADER_NAME, "description": "required when authType is header"},
          "credential": {**_CREDENTIAL, "description": "required unless authType is none; "
                                                       + _CREDENTIAL["description"]},
-         "enabled": {"type": "boolean", "default": True}},
+         "enabled": {"type": "boolean", "default": True},
+         "caCertificate": _CA_CERTIFICATE,
+         "clientCertificate": {**_CLIENT_CERTIFICATE, "description": "with clientKey"},
+         "clientKey": _CLIENT_KEY},
         ["slug", "name", "upstreamUrl"],
     ),
     "ConnectionUpdate": _object(
         {"name": _NAME, "upstreamUrl": _URL, "authType": _AUTH_TYPE,
          "headerName": {"type": ["string", "null"], "pattern": _HEADER_NAME["pattern"]},
-         "enabled": {"type": "boolean"}},
+         "enabled": {"type": "boolean"},
+         "caCertificate": {**_CA_CERTIFICATE, "description": "null removes it"},
+         "clientCertificate": {"type": "null", "description": "null removes the client "
+                               "certificate and key; replace them with rotate"}},
     ),
     "RotateRequest": _object(
         {"credential": _CREDENTIAL,
          "authType": {**_AUTH_TYPE, "description": "optionally switch the auth type too "
                                                    "(the way out of none); not none"},
-         "headerName": {**_HEADER_NAME, "description": "with authType header"}},
-        ["credential"],
+         "headerName": {**_HEADER_NAME, "description": "with authType header"},
+         "clientCertificate": {"type": "string", "description": "a new client certificate "
+                               "chain; alone, it must match the stored clientKey"},
+         "clientKey": {**_CLIENT_KEY, "description": "a new client key; alone, it must match "
+                       "the stored clientCertificate"}},
+        [],
     ),
     "Empty": _object({}),
     "ConnectionList": _list_of("Connection"),

@@ -22,15 +22,25 @@ resolution and every invalidation.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import ssl
 from typing import Final
 
 import attrs
 
 from . import _auth
 from ._cache import RefreshingCache
-from ._errors import CryptoUnavailable, InvalidCiphertext, NotFound, Unauthorized, UnknownKeyId
+from ._errors import (
+    CryptoUnavailable,
+    InvalidCiphertext,
+    NotFound,
+    Unauthorized,
+    UnknownKeyId,
+    ValidationError,
+)
 from ._proxy import Target
+from ._proxy.tls import ContextCache, TlsMaterial
 from ._service import Service
 from .models import ApiKey, AuthType, Connection, utcnow
 from .storage import Change, Store
@@ -94,9 +104,13 @@ class Resolver:
             invalidate the caches (``attach`` registers the listener).
         service: opens credentials (decrypts them under the binding).
         ttl: the backstop bound on how long an unnotified change can go unseen.
+        tls: the SSL contexts of connections with their own TLS material,
+            built here (cold path) once per connection version.
     """
 
-    def __init__(self, store: Store, service: Service, *, ttl: float) -> None:
+    def __init__(
+        self, store: Store, service: Service, *, ttl: float, tls: ContextCache | None = None
+    ) -> None:
         if ttl <= 0:
             raise ValueError("cache_ttl must be positive")
         self.store = store
@@ -108,6 +122,7 @@ class Resolver:
             self._load_connection, ttl=ttl, revalidate=self._revalidate_connection
         )
         self._key_hash_by_id: dict[str, bytes] = {}
+        self.tls = tls if tls is not None else ContextCache()
 
     def attach(self) -> None:
         """Start following the store's changes (call once the store is open)."""
@@ -142,10 +157,13 @@ class Resolver:
         """Forget what ``change`` made stale (a store listener)."""
         if change.kind == "all":
             self.connections.clear()
+            self.tls.clear()
             self.keys.clear()
             self._key_hash_by_id.clear()
         elif change.kind == "connection" and change.key is not None:
             self.connections.invalidate(change.key)
+            # Old contexts hold the old client key in OpenSSL's memory: drop them now.
+            self.tls.discard(change.key)
         elif change.kind == "api_key":
             key_hash = self._key_hash_by_id.pop(change.key, None) if change.key else None
             if key_hash is not None:
@@ -188,7 +206,30 @@ class Resolver:
         except InvalidCiphertext as exc:
             return _Resolved(conn, None, _crypto_fault(conn, exc))
         inject = inject_headers(conn, secret.reveal() if secret is not None else None)
-        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject))
+        try:
+            context = await self._ssl_context(conn)
+        except InvalidCiphertext as exc:
+            return _Resolved(conn, None, _crypto_fault(conn, exc))
+        except ValidationError as exc:
+            log.error("connection %r: its TLS settings cannot be used: %s", conn.slug, exc.message)
+            return _Resolved(conn, None, f"its TLS settings cannot be used: {exc.message}")
+        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject, ssl=context))
+
+    async def _ssl_context(self, conn: Connection) -> ssl.SSLContext | None:
+        """The connection's own context, or ``None`` for the forwarder's default."""
+        tls = conn.tls
+        if tls is None or not conn.upstream_url.lower().startswith("https:"):
+            return None
+        key = await self.service.open_client_key(conn)
+        material = TlsMaterial(
+            ca_pem=tls.ca_certificate,
+            client_cert_pem=tls.client_certificate,
+            client_key=key,
+        )
+        # The stored text changes with every seal (fresh data key): a connection
+        # deleted and created again under the same slug and version is told apart.
+        stamp = hashlib.sha256(tls.to_text().encode()).digest()
+        return self.tls.get(conn.slug, conn.version, material, stamp)
 
 
 def _crypto_fault(conn: Connection, exc: InvalidCiphertext) -> str:

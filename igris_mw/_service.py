@@ -8,13 +8,13 @@ Every change to a connection records a management audit event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from ._audit import new_event_id
+from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
 from ._validation import (
@@ -25,6 +25,8 @@ from ._validation import (
     header_name_for,
     parse_auth_type,
     parse_bool,
+    parse_ca_certificate,
+    parse_client_identity,
     parse_credential,
     parse_cursor,
     parse_expires_at,
@@ -34,7 +36,7 @@ from ._validation import (
     parse_since,
     require_mapping,
 )
-from .crypto import CryptoProvider, binding
+from .crypto import CLIENT_KEY_LABEL, CryptoProvider, binding
 from .models import (
     ApiKey,
     AuditEvent,
@@ -42,6 +44,7 @@ from .models import (
     Connection,
     Page,
     Secret,
+    TlsConfig,
     utcnow,
     validate_header_name,
     validate_name,
@@ -49,7 +52,7 @@ from .models import (
     validate_slug,
     validate_upstream_url,
 )
-from .storage import Store, verify_chain
+from .storage import AuditSink, Store, verify_chain
 
 __all__ = ["AuditSink", "Service"]
 
@@ -58,29 +61,18 @@ __all__ = ["AuditSink", "Service"]
 _WRITE_ATTEMPTS = 5
 
 
-class AuditSink(Protocol):
-    """Where audit events go: the store itself, or a separate sink (Vault)."""
-
-    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
-
-    async def list_audit_events(
-        self,
-        connection: str,
-        *,
-        limit: int = 50,
-        cursor: str | None = None,
-        since: datetime | None = None,
-    ) -> Page[AuditEvent]: ...
-
-    async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
-    ) -> list[AuditEvent]: ...
-
-    async def audit_connections(self) -> list[str]: ...
-
-
 def _bind(conn: Connection) -> bytes:
     return binding(conn.slug, conn.credential_version, conn.upstream_url, conn.auth_type.value)
+
+
+def _bind_client_key(conn: Connection) -> bytes:
+    # Its own label: a key envelope swapped into the credential's column (same
+    # record, same binding otherwise) would go upstream as a credential header.
+    return _bind(conn) + CLIENT_KEY_LABEL
+
+
+def _tls_or_none(tls: TlsConfig | None) -> TlsConfig | None:
+    return None if tls is None or tls.is_empty else tls
 
 
 class Service:
@@ -135,6 +127,10 @@ class Service:
             raise ValidationError("credential", f"is required when authType is '{auth_type}'")
         else:
             plaintext = parse_credential(raw_credential, auth_type)
+        ca_certificate = parse_ca_certificate(body.get("caCertificate"))
+        identity = parse_client_identity(
+            body.get("clientCertificate"), body.get("clientKey"), self.clock()
+        )
 
         now = self.clock()
         conn = Connection(
@@ -150,6 +146,17 @@ class Service:
         )
         if plaintext is not None:
             conn = attrs.evolve(conn, ciphertext=await self.crypto.encrypt(plaintext, _bind(conn)))
+        if ca_certificate is not None or identity is not None:
+            tls = TlsConfig(ca_certificate=ca_certificate)
+            if identity is not None:
+                tls = attrs.evolve(
+                    tls,
+                    client_certificate=identity[0],
+                    client_key_ciphertext=await self.crypto.encrypt(
+                        identity[1].reveal(), _bind_client_key(conn)
+                    ),
+                )
+            conn = attrs.evolve(conn, tls=tls)
         stored = await self.store.create_connection(conn)
         await self._record(stored, "create", actor)
         return stored
@@ -193,6 +200,13 @@ class Service:
         if changes.get("headerName") is not None:
             validate_header_name(changes["headerName"])
         new_enabled = parse_bool(changes["enabled"], "enabled") if "enabled" in changes else None
+        new_ca = parse_ca_certificate(changes.get("caCertificate"))
+        if changes.get("clientCertificate") is not None:
+            raise ValidationError(
+                "clientCertificate",
+                "can only be removed (null) in an update; replace it with its clientKey "
+                "through rotate (POST .../rotate)",
+            )
         if not changes:
             return await self.get_connection(slug)
         if set(changes) == {"enabled"} and new_enabled is not None:
@@ -207,6 +221,11 @@ class Service:
             else:
                 header_value = None
             header_name = header_name_for(auth_type, header_value)
+            tls = current.tls or TlsConfig()
+            if "caCertificate" in changes:
+                tls = attrs.evolve(tls, ca_certificate=new_ca)
+            if "clientCertificate" in changes:
+                tls = attrs.evolve(tls, client_certificate=None, client_key_ciphertext=None)
             updated = attrs.evolve(
                 current,
                 name=new_name if new_name is not None else current.name,
@@ -215,8 +234,9 @@ class Service:
                 header_name=header_name,
                 enabled=new_enabled if new_enabled is not None else current.enabled,
                 updated_at=self.clock(),
+                tls=_tls_or_none(tls),
             )
-            return await self._reseal(current, updated)
+            return await self._reseal_client_key(current, await self._reseal(current, updated))
 
         stored = await self._guarded(slug, build)
         await self._record(stored, "update", actor, metadata={"fields": sorted(changes)})
@@ -244,6 +264,17 @@ class Service:
             updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
         )
 
+    async def _reseal_client_key(self, current: Connection, updated: Connection) -> Connection:
+        """Move the client key's envelope to ``updated``'s binding (if it changed)."""
+        tls = updated.tls
+        if tls is None or tls.client_key_ciphertext is None or _bind(current) == _bind(updated):
+            return updated
+        plaintext = await self.crypto.decrypt(
+            tls.client_key_ciphertext, _bind_client_key(current)
+        )
+        sealed = await self.crypto.encrypt(plaintext, _bind_client_key(updated))
+        return attrs.evolve(updated, tls=attrs.evolve(tls, client_key_ciphertext=sealed))
+
     async def rotate_credential(
         self,
         slug: str,
@@ -252,11 +283,19 @@ class Service:
         actor: str | None = None,
         auth_type: Any = None,
         header_name: Any = None,
+        client_certificate: Any = None,
+        client_key: Any = None,
     ) -> Connection:
         """credentialVersion + 1, new envelope, in one guarded write.
 
+        Whatever is not given is kept and re-sealed under the new
+        credentialVersion: a rotate may replace only the client key (an
+        mTLS-only connection has no credential), only the credential, or both.
+
         Args:
-            credential: the new credential (text).
+            credential: the new credential (text), or ``None`` to keep it.
+            client_certificate, client_key: a new client certificate chain
+                and/or key (PEM); one alone must match the other one stored.
             auth_type: optionally switch the auth type at the same time (the
                 only way out of ``none``, which has no credential to re-seal).
             header_name: the header name, with ``auth_type='header'``.
@@ -272,13 +311,22 @@ class Service:
             )
         if header_name is not None:
             validate_header_name(header_name)
-        if credential is None:
+        new_identity = client_certificate is not None or client_key is not None
+        if credential is None and not new_identity:
             raise ValidationError("credential", "is required")
-        # Checked once here against the type we know of so far; again in build.
-        validate_secret_text(credential)
+        if credential is None and new_type is not None:
+            raise ValidationError("credential", "is required to change the authType")
+        if credential is not None:
+            # Checked once here against the type we know of so far; again in build.
+            validate_secret_text(credential)
+        if client_certificate is not None and client_key is not None:
+            # Both given: check before any store read (a stored one is needed otherwise).
+            parse_client_identity(client_certificate, client_key, self.clock())
 
         async def build(current: Connection) -> Connection:
             kind = new_type if new_type is not None else current.auth_type
+            if credential is None:
+                return await self._rotate_tls_only(current, client_certificate, client_key)
             if kind is AuthType.NONE:
                 raise ValidationError(
                     "credential",
@@ -299,13 +347,57 @@ class Service:
                 updated_at=now,
                 rotated_at=now,
             )
-            return attrs.evolve(
+            updated = attrs.evolve(
                 updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
             )
+            return await self._rotate_identity(current, updated, client_certificate, client_key)
 
         stored = await self._guarded(slug, build)
         await self._record(stored, "rotate", actor)
         return stored
+
+    async def _rotate_tls_only(
+        self, current: Connection, client_certificate: Any, client_key: Any
+    ) -> Connection:
+        """A rotate without a credential: the stored one is re-sealed, the identity replaced."""
+        now = self.clock()
+        updated = attrs.evolve(
+            current,
+            credential_version=current.credential_version + 1,
+            updated_at=now,
+            rotated_at=now,
+        )
+        if current.ciphertext is not None:
+            plaintext = await self.crypto.decrypt(current.ciphertext, _bind(current))
+            updated = attrs.evolve(
+                updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
+            )
+        return await self._rotate_identity(current, updated, client_certificate, client_key)
+
+    async def _rotate_identity(
+        self, current: Connection, updated: Connection, client_certificate: Any, client_key: Any
+    ) -> Connection:
+        """Seal a new client identity under ``updated``'s binding, or re-seal the stored one."""
+        if client_certificate is None and client_key is None:
+            return await self._reseal_client_key(current, updated)
+        stored_tls = current.tls or TlsConfig()
+        certificate = (
+            client_certificate if client_certificate is not None else stored_tls.client_certificate
+        )
+        key: Any = client_key
+        if key is None and stored_tls.client_key_ciphertext is not None:
+            key = Secret(
+                await self.crypto.decrypt(
+                    stored_tls.client_key_ciphertext, _bind_client_key(current)
+                )
+            )
+        identity = parse_client_identity(certificate, key, self.clock())
+        assert identity is not None  # both present: parse_client_identity raised otherwise
+        sealed = await self.crypto.encrypt(identity[1].reveal(), _bind_client_key(updated))
+        tls = attrs.evolve(
+            stored_tls, client_certificate=identity[0], client_key_ciphertext=sealed
+        )
+        return attrs.evolve(updated, tls=tls)
 
     async def set_enabled(
         self, slug: str, enabled: bool, *, actor: str | None = None
@@ -341,6 +433,19 @@ class Service:
         if connection.auth_type is AuthType.NONE or connection.ciphertext is None:
             return None
         return Secret(await self.crypto.decrypt(connection.ciphertext, _bind(connection)))
+
+    async def open_client_key(self, connection: Connection) -> Secret | None:
+        """Decrypt a connection's TLS client key (``None`` if it has none).
+
+        Raises:
+            InvalidCiphertext: the envelope does not open under this record's binding.
+        """
+        tls = connection.tls
+        if tls is None or tls.client_key_ciphertext is None:
+            return None
+        return Secret(
+            await self.crypto.decrypt(tls.client_key_ciphertext, _bind_client_key(connection))
+        )
 
     async def _guarded(
         self, slug: str, build: Callable[[Connection], Awaitable[Connection]]

@@ -128,6 +128,11 @@ class Settings:
         master_key: ``IGRIS_MASTER_KEY`` (never in a repr).
         master_key_file: ``IGRIS_MASTER_KEY_FILE``.
         upstream_timeout: ``IGRIS_UPSTREAM_TIMEOUT`` seconds (default 60).
+        upstream_ca_file: ``IGRIS_UPSTREAM_CA_FILE``, CA certificates (PEM)
+            trusted for every https upstream besides the system's.
+        upstream_proxy: ``IGRIS_UPSTREAM_PROXY``, ``http://[user:pass@]host:port``
+            of a forward proxy (never in a repr; parsed and checked by the
+            gateway, whose errors never show the password).
         host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
         public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
         log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
@@ -145,6 +150,12 @@ class Settings:
     )
     upstream_timeout: float = attrs.field(
         default=60.0, metadata=_env("IGRIS_UPSTREAM_TIMEOUT", _seconds)
+    )
+    upstream_ca_file: Path | None = attrs.field(
+        default=None, metadata=_env("IGRIS_UPSTREAM_CA_FILE", _path)
+    )
+    upstream_proxy: str | None = attrs.field(
+        default=None, repr=False, metadata=_env("IGRIS_UPSTREAM_PROXY", _text)
     )
     host: str = attrs.field(default="127.0.0.1", metadata=_env("IGRIS_HOST", _text))
     port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))

@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import Any
 
 from ._errors import ValidationError
+from ._tls_material import validate_ca_certificate, validate_client_identity
 from .models import (
     AuthType,
     Scope,
+    Secret,
     parse_time,
     validate_header_name,
     validate_secret_text,
@@ -26,10 +28,13 @@ __all__ = [
     "API_KEY_FIELDS",
     "CREATE_FIELDS",
     "PATCH_FIELDS",
+    "TLS_FIELDS",
     "check_fields",
     "header_name_for",
     "parse_auth_type",
     "parse_bool",
+    "parse_ca_certificate",
+    "parse_client_identity",
     "parse_credential",
     "parse_cursor",
     "parse_expires_at",
@@ -40,10 +45,14 @@ __all__ = [
     "require_mapping",
 ]
 
+# A connection's TLS material (docs/tls.md); clientKey is write-only, like credential.
+TLS_FIELDS = frozenset({"caCertificate", "clientCertificate", "clientKey"})
 CREATE_FIELDS = frozenset(
     {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"}
-)
-PATCH_FIELDS = frozenset({"name", "upstreamUrl", "authType", "headerName", "enabled"})
+) | TLS_FIELDS
+PATCH_FIELDS = frozenset(
+    {"name", "upstreamUrl", "authType", "headerName", "enabled"}
+) | {"caCertificate", "clientCertificate"}
 _READ_ONLY_FIELDS = frozenset(
     {"credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl"}
 )
@@ -71,6 +80,10 @@ def check_fields(body: Mapping[str, Any], allowed: frozenset[str], what: str) ->
             raise ValidationError(key, "is read-only")
         if key == "credential":
             raise ValidationError(key, f"cannot be changed in {what}; {_ROTATE_HINT}")
+        if key == "clientKey":
+            raise ValidationError(
+                key, f"cannot be changed in {what}; rotate it (POST .../rotate with clientKey)"
+            )
         raise ValidationError(key, f"is not a known field of {what}")
 
 
@@ -101,6 +114,28 @@ def parse_credential(value: object, auth_type: AuthType, field: str = "credentia
         # be sent would only fail later, on every request. (basic is base64.)
         raise ValidationError(field, "must be printable ASCII for authType bearer or header")
     return plaintext
+
+
+def parse_ca_certificate(value: object) -> str | None:
+    """A connection's optional ``caCertificate`` (PEM); ``None`` removes it."""
+    return None if value is None else validate_ca_certificate(value)
+
+
+def parse_client_identity(
+    certificate: object, key: object, now: datetime
+) -> tuple[str, Secret] | None:
+    """``clientCertificate`` and ``clientKey``: both or neither (``None``).
+
+    An expired certificate is refused; the key must match it. Messages never
+    contain the key.
+    """
+    if certificate is None and key is None:
+        return None
+    if certificate is None:
+        raise ValidationError("clientCertificate", "is required with clientKey")
+    if key is None:
+        raise ValidationError("clientKey", "is required with clientCertificate")
+    return validate_client_identity(certificate, key, now=now)
 
 
 def header_name_for(auth_type: AuthType, value: object) -> str | None:

@@ -116,7 +116,7 @@ class IssuedApiKey:
 class _Call:
     method: str
     path: str
-    json: Any = None
+    json: Any = attrs.field(default=None, repr=False)  # may hold a credential or a client key
     params: Mapping[str, str] | None = None
 
 
@@ -185,6 +185,7 @@ def _connection_body(
     header_name: str | None,
     credential: str | None,
     enabled: bool,
+    tls: Mapping[str, str | None] | None = None,
 ) -> Record:
     body: Record = {"slug": slug, "name": name, "upstreamUrl": upstream_url,
                     "authType": auth_type, "enabled": enabled}
@@ -192,11 +193,28 @@ def _connection_body(
         body["headerName"] = header_name
     if credential is not None:
         body["credential"] = credential
+    body.update({k: v for k, v in (tls or {}).items() if v is not None})
     return body
 
 
+def _tls_fields(
+    ca_certificate: str | None, client_certificate: str | None, client_key: str | None
+) -> dict[str, str | None]:
+    return {"caCertificate": ca_certificate, "clientCertificate": client_certificate,
+            "clientKey": client_key}
+
+
+def _rotate_body(
+    credential: str | None, client_certificate: str | None, client_key: str | None
+) -> Record:
+    fields = {"credential": credential, "clientCertificate": client_certificate,
+              "clientKey": client_key}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _changes(**fields: Any) -> Record:
-    names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName"}
+    names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName",
+             "ca_certificate": "caCertificate", "client_certificate": "clientCertificate"}
     return {names.get(k, k): v for k, v in fields.items() if v is not UNSET}
 
 
@@ -391,14 +409,22 @@ class IgrisClient(_Base):
         header_name: str | None = None,
         credential: str | None = None,
         enabled: bool = True,
+        ca_certificate: str | None = None,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
     ) -> Record:
-        """Create a connection; returns it (never the credential).
+        """Create a connection; returns it (never the credential, never the client key).
+
+        ``ca_certificate`` (PEM) is trusted for this https upstream besides the
+        system's CAs; ``client_certificate`` and ``client_key`` (PEM) are its
+        mTLS identity, the key sealed like the credential.
 
         Raises:
             ValidationError: a field is invalid. SlugTaken: the slug is in use.
         """
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
-                                enabled)
+                                enabled, _tls_fields(ca_certificate, client_certificate,
+                                                     client_key))
         result: Record = self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -432,10 +458,15 @@ class IgrisClient(_Base):
         auth_type: str | _Unset = UNSET,
         header_name: str | _Unset | None = UNSET,
         enabled: bool | _Unset = UNSET,
+        ca_certificate: str | _Unset | None = UNSET,
+        client_certificate: _Unset | None = UNSET,
     ) -> Record:
-        """Change the given fields only (the credential changes with ``rotate``)."""
+        """Change the given fields only (the credential and the client key change
+        with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
+        ``ca_certificate=None`` the connection's CA)."""
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
-                        header_name=header_name, enabled=enabled)
+                        header_name=header_name, enabled=enabled,
+                        ca_certificate=ca_certificate, client_certificate=client_certificate)
         result: Record = self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -443,11 +474,18 @@ class IgrisClient(_Base):
         """Delete a connection (its audit trail stays). Raises NotFound."""
         self._run(_Call("DELETE", _slug_path(slug)))
 
-    def rotate_credential(self, slug: str, credential: str) -> Record:
-        """Replace the credential: requests that start after this returns use it."""
-        result: Record = self._run(
-            _Call("POST", _slug_path(slug, "/rotate"), json={"credential": credential})
-        )
+    def rotate_credential(
+        self,
+        slug: str,
+        credential: str | None = None,
+        *,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
+    ) -> Record:
+        """Replace the credential and/or the mTLS identity: requests that start
+        after this returns use them (what is not given is kept)."""
+        body = _rotate_body(credential, client_certificate, client_key)
+        result: Record = self._run(_Call("POST", _slug_path(slug, "/rotate"), json=body))
         return result
 
     def disable_connection(self, slug: str) -> Record:
@@ -587,10 +625,14 @@ class AsyncIgrisClient(_Base):
         header_name: str | None = None,
         credential: str | None = None,
         enabled: bool = True,
+        ca_certificate: str | None = None,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
     ) -> Record:
-        """Create a connection; returns it (never the credential)."""
+        """Create a connection; returns it (never the credential, never the client key)."""
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
-                                enabled)
+                                enabled, _tls_fields(ca_certificate, client_certificate,
+                                                     client_key))
         result: Record = await self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -625,10 +667,15 @@ class AsyncIgrisClient(_Base):
         auth_type: str | _Unset = UNSET,
         header_name: str | _Unset | None = UNSET,
         enabled: bool | _Unset = UNSET,
+        ca_certificate: str | _Unset | None = UNSET,
+        client_certificate: _Unset | None = UNSET,
     ) -> Record:
-        """Change the given fields only (the credential changes with ``rotate``)."""
+        """Change the given fields only (the credential and the client key change
+        with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
+        ``ca_certificate=None`` the connection's CA)."""
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
-                        header_name=header_name, enabled=enabled)
+                        header_name=header_name, enabled=enabled,
+                        ca_certificate=ca_certificate, client_certificate=client_certificate)
         result: Record = await self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -636,11 +683,18 @@ class AsyncIgrisClient(_Base):
         """Delete a connection (its audit trail stays). Raises NotFound."""
         await self._run(_Call("DELETE", _slug_path(slug)))
 
-    async def rotate_credential(self, slug: str, credential: str) -> Record:
-        """Replace the credential: requests that start after this returns use it."""
-        result: Record = await self._run(
-            _Call("POST", _slug_path(slug, "/rotate"), json={"credential": credential})
-        )
+    async def rotate_credential(
+        self,
+        slug: str,
+        credential: str | None = None,
+        *,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
+    ) -> Record:
+        """Replace the credential and/or the mTLS identity: requests that start
+        after this returns use them (what is not given is kept)."""
+        body = _rotate_body(credential, client_certificate, client_key)
+        result: Record = await self._run(_Call("POST", _slug_path(slug, "/rotate"), json=body))
         return result
 
     async def disable_connection(self, slug: str) -> Record:

@@ -25,9 +25,20 @@ from ._errors import InvalidCiphertext, NotFound, UnknownKeyId, VersionConflict
 from .models import Connection
 from .storage import Store
 
-__all__ = ["CryptoProvider", "InvalidCiphertext", "UnknownKeyId", "binding", "rewrap_all"]
+__all__ = [
+    "CLIENT_KEY_LABEL",
+    "CryptoProvider",
+    "InvalidCiphertext",
+    "UnknownKeyId",
+    "binding",
+    "rewrap_all",
+]
 
 _BINDING_PREFIX = b"igris-mw/credential/v1"
+
+#: Appended to a connection's ``binding`` for its TLS client key's envelope, so
+#: the key's and the credential's envelopes (same record) can never be swapped.
+CLIENT_KEY_LABEL = len(b"clientKey").to_bytes(4, "big") + b"clientKey"
 
 
 def binding(slug: str, credential_version: int, upstream_url: str, auth_type: str) -> bytes:
@@ -111,23 +122,37 @@ _RETRIES = 5
 _PAGE = 200
 
 
+async def _fresh(crypto: CryptoProvider, envelope: bytes | None, ad: bytes) -> bytes | None:
+    """``envelope`` under the primary key, or ``None`` if it is already there (or absent)."""
+    if envelope is None:
+        return None
+    fresh = await crypto.rewrap(envelope, ad)
+    return None if crypto.key_id_of(fresh) == crypto.key_id_of(envelope) else fresh
+
+
 async def _rewrap_one(store: Store, crypto: CryptoProvider, connection: Connection) -> bool:
     for _ in range(_RETRIES):
-        if connection.ciphertext is None:
-            return False
         ad = binding(
             connection.slug,
             connection.credential_version,
             connection.upstream_url,
             connection.auth_type.value,
         )
-        fresh = await crypto.rewrap(connection.ciphertext, ad)
-        if crypto.key_id_of(fresh) == crypto.key_id_of(connection.ciphertext):
+        fresh = await _fresh(crypto, connection.ciphertext, ad)
+        tls = connection.tls
+        # The TLS client key is sealed like the credential, under its own label.
+        fresh_key = await _fresh(
+            crypto, tls.client_key_ciphertext if tls else None, ad + CLIENT_KEY_LABEL
+        )
+        if fresh is None and fresh_key is None:
             return False  # already under the primary key: no write, no version bump
+        changed = connection
+        if fresh is not None:
+            changed = attrs.evolve(changed, ciphertext=fresh)
+        if fresh_key is not None and tls is not None:
+            changed = attrs.evolve(changed, tls=attrs.evolve(tls, client_key_ciphertext=fresh_key))
         try:
-            await store.update_connection(
-                attrs.evolve(connection, ciphertext=fresh), expected_version=connection.version
-            )
+            await store.update_connection(changed, expected_version=connection.version)
             return True
         except VersionConflict:
             try:

@@ -7,7 +7,10 @@ with ``repr=False``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,8 +30,10 @@ __all__ = [
     "Page",
     "Scope",
     "Secret",
+    "TlsConfig",
     "format_time",
     "parse_time",
+    "tls_text",
     "utcnow",
     "validate_header_name",
     "validate_name",
@@ -176,6 +181,71 @@ def validate_secret_text(value: object, *, field: str = "credential") -> bytes:
 
 
 @attrs.frozen(kw_only=True)
+class TlsConfig:
+    """A connection's TLS material for its ``https://`` upstream.
+
+    ``ca_certificate`` (PEM, trusted in addition to the system's CAs) and
+    ``client_certificate`` (PEM chain) are public and returned on read.
+    ``client_key_ciphertext`` is the client private key sealed like the
+    credential (same envelope, the record's binding plus a ``clientKey``
+    label so it can never be swapped with the credential's envelope).
+    """
+
+    ca_certificate: str | None = None
+    client_certificate: str | None = None
+    client_key_ciphertext: bytes | None = attrs.field(default=None, repr=False)
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            self.ca_certificate is None
+            and self.client_certificate is None
+            and self.client_key_ciphertext is None
+        )
+
+    def to_text(self) -> str:
+        """The storage form: one JSON text (the key stays an envelope, in base64)."""
+        key = self.client_key_ciphertext
+        return json.dumps(
+            {
+                "caCertificate": self.ca_certificate,
+                "clientCertificate": self.client_certificate,
+                "clientKey": base64.b64encode(key).decode("ascii") if key is not None else None,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_text(cls, text: str | None) -> TlsConfig | None:
+        """The inverse of ``to_text`` (``None`` for no TLS material).
+
+        Raises:
+            ValueError: the stored text is not what ``to_text`` writes.
+        """
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+            key = data.get("clientKey")
+            config = cls(
+                ca_certificate=data.get("caCertificate"),
+                client_certificate=data.get("clientCertificate"),
+                client_key_ciphertext=(
+                    base64.b64decode(key, validate=True) if key is not None else None
+                ),
+            )
+        except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+            raise ValueError("the stored TLS settings are not readable") from exc
+        return None if config.is_empty else config
+
+
+def tls_text(tls: TlsConfig | None) -> str | None:
+    """The storage form of a connection's ``tls`` (``None`` when there is none)."""
+    return None if tls is None or tls.is_empty else tls.to_text()
+
+
+@attrs.frozen(kw_only=True)
 class Connection:
     """An upstream MCP server and its (encrypted) credential.
 
@@ -198,9 +268,10 @@ class Connection:
     updated_at: datetime
     rotated_at: datetime | None = None
     version: int = 1
+    tls: TlsConfig | None = None
 
     def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
-        """The contract's JSON (never the credential)."""
+        """The contract's JSON (never the credential, never the client key)."""
         out: dict[str, Any] = {
             "slug": self.slug,
             "name": self.name,
@@ -212,6 +283,8 @@ class Connection:
             "createdAt": format_time(self.created_at),
             "updatedAt": format_time(self.updated_at),
             "rotatedAt": format_time(self.rotated_at) if self.rotated_at else None,
+            "caCertificate": self.tls.ca_certificate if self.tls else None,
+            "clientCertificate": self.tls.client_certificate if self.tls else None,
         }
         if base_url is not None:
             out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"

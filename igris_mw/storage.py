@@ -8,6 +8,12 @@ class with ``from_url(url: str) -> Store``. ``igris_mw.testing.storage_suite``
 is the conformance suite a backend proves itself with; ``Capabilities``
 declares what a backend cannot do.
 
+``AuditSink`` is the audit part alone (a store, or a separate sink such as
+the JSON-lines file beside a Vault store). The hash chain a store seals
+events into (``seal_event``, ``seal_event_json``, ``audit_chain_hash``,
+``verify_chain``) is defined in ``igris_mw._audit.chain`` and re-exported
+here: store authors import it from this module.
+
 Every method is a coroutine and must not block the event loop. Failures to
 reach the backend raise ``StoreUnavailable``; everything else the contract
 below names. Messages and reprs never contain a DSN password or a token.
@@ -15,19 +21,19 @@ below names. Messages and reprs never contain a DSN password or a token.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
+from ._audit.chain import audit_chain_hash, seal_event, seal_event_json, verify_chain
 from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
 from .models import ApiKey, AuditEvent, Connection, Page
 
 __all__ = [
+    "AuditSink",
     "Capabilities",
     "Change",
     "ChangeListener",
@@ -215,61 +221,24 @@ class Store(Protocol):
         ...
 
 
-def _digest(body: dict[str, Any]) -> str:
-    body.pop("hash", None)
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(raw.encode()).hexdigest()
+class AuditSink(Protocol):
+    """Where audit events go: the store itself, or a separate sink (the
+    JSON-lines file beside a Vault store). The methods mean what the
+    ``Store`` methods of the same names mean."""
 
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
 
-def audit_chain_hash(event: AuditEvent) -> str:
-    """SHA-256 (hex) of the event's canonical JSON, ``prevHash`` and ``seq`` included."""
-    return _digest(event.to_json())
+    async def list_audit_events(
+        self,
+        connection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+    ) -> Page[AuditEvent]: ...
 
+    async def audit_chain(
+        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditEvent]: ...
 
-def seal_event(event: AuditEvent, previous: AuditEvent | None) -> AuditEvent:
-    """Chain ``event`` after ``previous`` (``None``: first of its connection)."""
-    return seal_event_json(event, previous)[0]
-
-
-def seal_event_json(event: AuditEvent, previous: AuditEvent | None) -> tuple[AuditEvent, str]:
-    """``seal_event``, plus the sealed event's JSON text (``to_json()``, keys
-    sorted, compact) for stores that keep events as JSON: it is built once,
-    for the hash, instead of once more to store it."""
-    seq = 1 if previous is None else previous.seq + 1
-    prev_hash = None if previous is None else previous.hash
-    # One to_json, one dumps and one evolve per event: this runs once per audited request.
-    body = event.to_json()
-    body["seq"] = seq
-    body["prevHash"] = prev_hash
-    del body["hash"]
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    # The hashed text with the hash appended: it parses back to the sealed event.
-    text = canonical[:-1] + f',"hash":"{digest}"}}'
-    return attrs.evolve(event, seq=seq, prev_hash=prev_hash, hash=digest), text
-
-
-def verify_chain(events: Sequence[AuditEvent], previous: AuditEvent | None = None) -> list[str]:
-    """Problems found in a run of one connection's events, oldest first.
-
-    An empty list means every event is intact and none is missing.
-    """
-    problems: list[str] = []
-    expected_seq = 1 if previous is None else previous.seq + 1
-    prev_hash = None if previous is None else previous.hash
-    for event in events:
-        if event.seq != expected_seq:
-            problems.append(
-                f"event seq {expected_seq} is missing (next found: seq {event.seq}, id {event.id})"
-            )
-        if event.prev_hash != prev_hash:
-            problems.append(
-                f"event {event.id} (seq {event.seq}) does not follow the event before it"
-            )
-        if event.hash != audit_chain_hash(event):
-            problems.append(
-                f"event {event.id} (seq {event.seq}) was edited: its hash does not match"
-            )
-        expected_seq = event.seq + 1
-        prev_hash = event.hash
-    return problems
+    async def audit_connections(self) -> list[str]: ...

@@ -24,7 +24,7 @@ CANARY2 = "canary-Tz61Wb-rotated"
 BASE = "http://gw.test"
 CONNECTION_FIELDS = {
     "slug", "name", "upstreamUrl", "authType", "headerName", "enabled", "credentialVersion",
-    "createdAt", "updatedAt", "rotatedAt", "gatewayUrl",
+    "createdAt", "updatedAt", "rotatedAt", "gatewayUrl", "caCertificate", "clientCertificate",
 }
 
 

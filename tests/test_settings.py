@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from igris_mw import IgrisGateway
-from igris_mw._audit_file import JsonlAuditSink
+from igris_mw._audit import JsonlAuditSink
 from igris_mw._errors import ConfigurationError
 from igris_mw._keyring import Keyring
 from igris_mw._settings import Settings

@@ -48,7 +48,9 @@ from multidict import CIMultiDict
 from .._asgi import Receive, Scope, Send
 from .._errors import BadRequest, IgrisError, UpstreamError, UpstreamTimeout
 from .._responses import send_error
+from .outbound import UpstreamProxy
 from .sse import EndpointRewriter, endpoint_rewrite
+from .tls import tls_error_for
 from .upstream import Target, request_headers, response_headers, upstream_url
 
 __all__ = ["BodyPrefix", "Forwarder", "ProxyResult", "read_body_prefix"]
@@ -78,7 +80,7 @@ class ProxyResult:
     """What one ``forward`` did, for the audit event.
 
     ``outcome`` is ``ok``, ``bad_request``, ``upstream_error``,
-    ``upstream_timeout`` or ``client_closed``; ``status`` is what the client
+    ``upstream_tls_error``, ``upstream_timeout`` or ``client_closed``; ``status`` is what the client
     got (499 when it left before any response).
     """
 
@@ -177,7 +179,12 @@ class _Exchange:
 
 
 def _unreachable(target: Target, exc: BaseException) -> UpstreamError:
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        why = "the forward proxy could not be reached"
+    elif isinstance(exc, aiohttp.ClientHttpProxyError):
+        # Only the status: the proxy's request info holds Proxy-Authorization.
+        why = f"the forward proxy answered {exc.status}"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
         why = "its host name did not resolve"
     elif isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         why = "the TLS handshake failed"
@@ -206,7 +213,13 @@ class Forwarder:
         limit: connection pool size (0: unbounded).
         limit_per_host: connections per upstream host (0: unbounded).
         ssl: ``True`` verifies upstream TLS with the system CAs; an
-            ``ssl.SSLContext`` for private CAs.
+            ``ssl.SSLContext`` for private CAs. A ``Target`` with its own
+            context (a connection's CA or client certificate) uses that one.
+        proxy: send every upstream request through this forward proxy
+            (``CONNECT`` for https); never taken from the environment.
+        resolver: the aiohttp resolver of the session's connector (the egress
+            policy's pins the checked address); TLS SNI and host-name checks
+            stay on the URL's name whatever address it returns.
 
     Raises:
         ValueError: a timeout is not positive.
@@ -221,6 +234,8 @@ class Forwarder:
         limit_per_host: int = 0,
         keepalive_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | bool = True,
+        proxy: UpstreamProxy | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         if not timeout > 0 or (connect_timeout is not None and not connect_timeout > 0):
             raise ValueError("timeouts must be positive numbers of seconds")
@@ -230,6 +245,10 @@ class Forwarder:
         self._limit_per_host = limit_per_host
         self._keepalive = keepalive_timeout
         self._ssl = ssl
+        self.proxy = proxy
+        self._resolver = resolver
+        # Built once: the Proxy-Authorization header is not re-encoded per request.
+        self._proxy_options: dict[str, Any] = proxy.request_options() if proxy else {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -256,6 +275,7 @@ class Forwarder:
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
             ssl=self._ssl,
+            resolver=self._resolver,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -319,7 +339,14 @@ class Forwarder:
             data = _request_body(ex, prefix, body_done, headers, result)
             request = asyncio.ensure_future(
                 session.request(
-                    scope["method"], url, headers=headers, data=data, allow_redirects=False
+                    scope["method"],
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    # True: the connector's context (system CAs + the CA file).
+                    ssl=target.ssl if target.ssl is not None else True,
+                    **self._proxy_options,
                 )
             )
             # The watcher cancels the request if the client leaves first: cheaper on
@@ -375,6 +402,9 @@ class Forwarder:
                 "upstream_timeout",
             )
         log.warning("upstream %s failed: %s", target.label, type(exc).__name__)
+        tls_error = tls_error_for(exc, target.base_url.host or "?")
+        if tls_error is not None:
+            return tls_error, "upstream_tls_error"
         return _unreachable(target, exc), "upstream_error"
 
 

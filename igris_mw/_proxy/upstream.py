@@ -18,6 +18,7 @@ is how path confusion starts.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
@@ -72,6 +73,9 @@ class Target:
             never appear in a repr.
         strip: extra lower-case header names to remove from the client request
             (the injected names are always removed).
+        ssl: the connection's own TLS context (its CA, its client certificate),
+            built once per connection version; ``None`` uses the forwarder's
+            default (system CAs plus ``IGRIS_UPSTREAM_CA_FILE``).
 
     Raises:
         ValueError: an injected header holds CR, LF or NUL.
@@ -80,6 +84,7 @@ class Target:
     base_url: yarl.URL = attrs.field(converter=yarl.URL)
     inject: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     strip: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    ssl: ssl.SSLContext | None = attrs.field(default=None, repr=False, eq=False)
     _drop: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
     _base_path: str = attrs.field(init=False, repr=False, eq=False)
     # The URL for the common request (no subpath, no query), built once, not per request.

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope
+from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope, TlsConfig
 
 __all__ = [
     "MIGRATIONS",
@@ -64,6 +64,8 @@ MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX audit_events_time ON audit_events (connection, timestamp)",
     ],
+    # 2: a connection's TLS material (models.TlsConfig.to_text; the client key sealed)
+    ["ALTER TABLE connections ADD COLUMN tls TEXT"],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -99,6 +101,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         updated_at=from_ms(row["updated_at"]),
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
+        tls=TlsConfig.from_text(row["tls"]),
     )
 
 

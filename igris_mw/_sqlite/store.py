@@ -53,6 +53,7 @@ from ..models import (
     Connection,
     Page,
     Scope,
+    tls_text,
 )
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
 from .schema import (
@@ -274,8 +275,8 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, tls, created_at, updated_at,"
+                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -302,6 +303,7 @@ class SQLiteStore:
             int(c.enabled),
             c.credential_version,
             c.ciphertext,
+            tls_text(c.tls),
         )
 
     @staticmethod
@@ -342,7 +344,7 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " updated_at = ?, rotated_at = ?, version = version + 1"
+                    " tls = ?, updated_at = ?, rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),

@@ -156,7 +156,7 @@ class LazyCrypto:
 async def open_audit_sink(url: str | None) -> AuditSink | None:
     if url is None:
         return None
-    from .._audit_file import audit_sink_from_url
+    from .._audit import audit_sink_from_url
 
     return await audit_sink_from_url(url)
 

@@ -75,6 +75,30 @@ def _read_credential(path: str | None) -> str:
     return getpass.getpass("Credential (input hidden): ")
 
 
+def _read_pem(path: str, what: str) -> str:
+    """A PEM file's text (a certificate, a chain, or a client key)."""
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise IgrisError(f"{what} file {path!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise IgrisError(f"{what} file {path!r} is not PEM text") from None
+    except OSError as exc:
+        raise IgrisError(f"{what} file {path!r} cannot be read: {exc.strerror}") from None
+
+
+def _tls_body(args: argparse.Namespace) -> dict[str, Any]:
+    """``caCertificate``, ``clientCertificate``, ``clientKey`` from the --*-file options."""
+    body: dict[str, Any] = {}
+    if getattr(args, "ca_file", None) is not None:
+        body["caCertificate"] = _read_pem(args.ca_file, "CA certificate")
+    if args.client_cert_file is not None:
+        body["clientCertificate"] = _read_pem(args.client_cert_file, "client certificate")
+    if args.client_key_file is not None:
+        body["clientKey"] = _read_pem(args.client_key_file, "client key")
+    return body
+
+
 # -- commands ---------------------------------------------------------------
 
 Handler = Callable[[argparse.Namespace, Service], Awaitable[int]]
@@ -140,6 +164,7 @@ async def _connections_create(args: argparse.Namespace, svc: Service) -> int:
         body["headerName"] = args.header_name
     if args.auth_type != AuthType.NONE.value or args.credential_file is not None:
         body["credential"] = _read_credential(args.credential_file)
+    body.update(_tls_body(args))
     show_connection(await svc.create_connection(body), args.json)
     return 0
 
@@ -181,9 +206,16 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
     ):
         if getattr(args, attr) is not None:
             changes[field] = getattr(args, attr)
+    if args.ca_file is not None:
+        changes["caCertificate"] = _read_pem(args.ca_file, "CA certificate")
+    if args.remove_ca:
+        changes["caCertificate"] = None
+    if args.remove_client_cert:
+        changes["clientCertificate"] = None
     if not changes:
         raise UsageError(
-            "nothing to change: give --name, --upstream-url, --auth-type or --header-name"
+            "nothing to change: give --name, --upstream-url, --auth-type, --header-name, "
+            "--ca-file, --remove-ca or --remove-client-cert"
         )
     show_connection(await svc.update_connection(args.slug, changes), args.json)
     return 0
@@ -192,9 +224,20 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
 async def _connections_rotate(args: argparse.Namespace, svc: Service) -> int:
     # Fail on an unknown slug before asking for a credential.
     await svc.get_connection(args.slug)
-    credential = _read_credential(args.credential_file)
+    tls = _tls_body(args)
+    # With only a new client certificate/key, the stored credential is kept.
+    credential = (
+        _read_credential(args.credential_file)
+        if args.credential_file is not None or not tls
+        else None
+    )
     conn = await svc.rotate_credential(
-        args.slug, credential, auth_type=args.auth_type, header_name=args.header_name
+        args.slug,
+        credential,
+        auth_type=args.auth_type,
+        header_name=args.header_name,
+        client_certificate=tls.get("clientCertificate"),
+        client_key=tls.get("clientKey"),
     )
     show_connection(conn, args.json)
     return 0
@@ -358,6 +401,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--header-name", metavar="H", help="with --auth-type header")
     create.add_argument("--credential-file", metavar="F", help=cred_help)
     create.add_argument("--disabled", action="store_true", help="create it disabled")
+    _add_tls_options(create, ca=True)
 
     _leaf(leaves, "list", common, _connections_list, "list connections")
     for name, handler, help_ in (
@@ -377,6 +421,14 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     update.add_argument("--upstream-url", metavar="URL")
     update.add_argument("--auth-type", choices=auth_types)
     update.add_argument("--header-name", metavar="H")
+    update.add_argument(
+        "--ca-file", metavar="PEM", help="trust this CA (PEM) for the https upstream"
+    )
+    update.add_argument("--remove-ca", action="store_true", help="drop the connection's CA")
+    update.add_argument(
+        "--remove-client-cert", action="store_true",
+        help="drop the client certificate and key (replace them with rotate)",
+    )
 
     rotate = _leaf(leaves, "rotate", common, _connections_rotate, "replace the credential")
     rotate.add_argument("slug", metavar="SLUG")
@@ -386,6 +438,23 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
         help="switch the auth type along with the credential",
     )
     rotate.add_argument("--header-name", metavar="H")
+    _add_tls_options(rotate, ca=False)
+
+
+def _add_tls_options(parser: argparse.ArgumentParser, *, ca: bool) -> None:
+    if ca:
+        parser.add_argument(
+            "--ca-file", metavar="PEM",
+            help="trust this CA (PEM) for the https upstream, besides the system's",
+        )
+    parser.add_argument(
+        "--client-cert-file", metavar="PEM",
+        help="client certificate chain (PEM, leaf first) for an upstream requiring mTLS",
+    )
+    parser.add_argument(
+        "--client-key-file", metavar="PEM",
+        help="its private key (PEM, unencrypted; sealed like the credential, never shown)",
+    )
 
 
 def _register_audit(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -60,7 +60,13 @@ def show_connection(conn: Connection, as_json: bool) -> None:
     if as_json:
         print_json(conn.to_json())
     else:
-        show_fields(conn.to_json())
+        body = conn.to_json()
+        for field in ("caCertificate", "clientCertificate"):
+            # A PEM block is many lines: show how many certificates, --json shows the text.
+            if body.get(field):
+                count = body[field].count("-----BEGIN CERTIFICATE-----")
+                body[field] = f"PEM, {count} certificate{'s' if count != 1 else ''}"
+        show_fields(body)
 
 
 def show_api_key(key: ApiKey, as_json: bool) -> None:

@@ -77,6 +77,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="wait for upstream response headers (default: $IGRIS_UPSTREAM_TIMEOUT, else 60)",
     )
     p.add_argument(
+        "--upstream-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA certificates trusted for every https upstream, besides the system's "
+        "(default: $IGRIS_UPSTREAM_CA_FILE)",
+    )
+    p.add_argument(
+        "--upstream-proxy",
+        default=None,
+        metavar="URL",
+        help="forward proxy http://[user:pass@]host:port for all upstream traffic, CONNECT "
+        "for https (default: $IGRIS_UPSTREAM_PROXY; prefer the variable for a password, "
+        "which other local users can see in a command line)",
+    )
+    p.add_argument(
         "--allowed-origin",
         action="append",
         default=None,
@@ -93,6 +108,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=5.0,
         metavar="SECONDS",
         help="bound on how long an unnotified change can go unseen (default 5)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="bound on shutdown: open requests, then the audit queue (rest spilled; default 10)",
     )
     p.add_argument(
         "--log-level",
@@ -132,10 +154,9 @@ async def _bootstrap_admin_key(
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .._gateway import IgrisGateway
     from .._plugins import redact_url, store_from_url
+    from ._shutdown import run_bounded
 
     environ = dict(os.environ)
     settings = Settings.from_env(environ).override(
@@ -184,8 +205,14 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_ttl=args.cache_ttl,
         audit_spill=settings.audit_spill_path,
         environ=environ,
+        upstream_ca_file=args.upstream_ca_file,
+        upstream_proxy=args.upstream_proxy,
         dashboard=True,
     )
+    # Half the bound for open requests, 3/10 for the audit queue; the rest
+    # is for closing the store and exiting. What the sink has not taken then
+    # is in the spill file (docs/shutdown.md).
+    app.audit.close_timeout = args.shutdown_timeout * 0.3
     try:
         import uvloop  # noqa: F401
 
@@ -196,8 +223,9 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving on http://{settings.host}:{settings.port} "
         f"(store {redact_url(settings.store_url)})"
     )
-    uvicorn.run(
+    run_bounded(
         app,
+        shutdown_timeout=args.shutdown_timeout,
         host=settings.host,
         port=settings.port,
         loop=loop,
@@ -207,6 +235,5 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=10,
     )
     return 0

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from .._errors import NotFound, SlugTaken, ValidationError, VersionConflict
-from ..models import AuthType, Connection
+from ..models import AuthType, Connection, TlsConfig
 from ..storage import Capabilities, Change, Store
 from ._suite_base import SuiteBase
 from ._suite_data import all_connections, at, make_api_key, make_connection
@@ -76,6 +76,27 @@ class ConnectionTests(SuiteBase):
         )
         assert (await store.get_connection("binary")).ciphertext == blob
         assert (await store.get_connection("no-credential")).ciphertext is None
+
+    async def test_tls_settings_round_trip(self, store: Store) -> None:
+        """A connection's TLS material (CA, client chain, sealed key bytes) reads back
+        unchanged, is replaced by an update, and can be removed."""
+        pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+        tls = TlsConfig(
+            ca_certificate=pem,
+            client_certificate=pem + pem,
+            client_key_ciphertext=bytes(range(256)) + b"\x00",
+        )
+        created = await store.create_connection(make_connection("mtls", tls=tls))
+        assert (await store.get_connection("mtls")).tls == tls
+        only_ca = TlsConfig(ca_certificate=pem)
+        await store.update_connection(
+            attrs.evolve(created, tls=only_ca), expected_version=created.version
+        )
+        updated = await store.get_connection("mtls")
+        assert updated.tls == only_ca
+        await store.update_connection(attrs.evolve(updated, tls=None), expected_version=2)
+        assert (await store.get_connection("mtls")).tls is None
+        assert (await store.create_connection(make_connection("plain"))).tls is None
 
     async def test_create_taken_slug_raises_and_writes_nothing(self, store: Store) -> None:
         """Creating a taken slug raises SlugTaken and leaves the stored record as it was."""

@@ -26,6 +26,7 @@ import attrs
 import uvicorn
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -155,10 +156,21 @@ def build_mcp() -> MCPServer:
     return server
 
 
-def build_app() -> tuple[Any, CredentialGuard]:
-    """The guarded ASGI app: ``/mcp`` (Streamable HTTP) and ``/legacy`` (HTTP+SSE)."""
+def build_app(extra_hosts: tuple[str, ...] = ()) -> tuple[Any, CredentialGuard]:
+    """The guarded ASGI app: ``/mcp`` (Streamable HTTP) and ``/legacy`` (HTTP+SSE).
+
+    ``extra_hosts`` are more ``Host`` values (``name:*``) the SDK's DNS-rebinding
+    guard accepts besides loopback, for an upstream reached by another name.
+    """
     server = build_mcp()
-    streamable = server.streamable_http_app(streamable_http_path="/mcp")
+    security = None
+    if extra_hosts:
+        security = TransportSecuritySettings(
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", *extra_hosts]
+        )
+    streamable = server.streamable_http_app(
+        streamable_http_path="/mcp", transport_security=security
+    )
     legacy = server.sse_app()
 
     @contextlib.asynccontextmanager
@@ -194,8 +206,8 @@ class QuietServer(uvicorn.Server):
 class UpstreamServer:
     """The upstream app served by uvicorn in a thread with its own event loop."""
 
-    def __init__(self) -> None:
-        self.app, self.guard = build_app()
+    def __init__(self, extra_hosts: tuple[str, ...] = ()) -> None:
+        self.app, self.guard = build_app(extra_hosts)
         self._sock = free_socket()
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -80,6 +80,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX igris_audit_events_ts ON igris_audit_events (connection, ts);
     """,
+    # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
+    "ALTER TABLE igris_connections ADD COLUMN tls text;",
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

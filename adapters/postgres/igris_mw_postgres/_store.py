@@ -36,7 +36,16 @@ from igris_mw.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from igris_mw.models import ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.models import (
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    Page,
+    Scope,
+    TlsConfig,
+    tls_text,
+)
 from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from igris_mw.plugins import redact_url
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
@@ -58,7 +67,7 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version"
+    "ciphertext, created_at, updated_at, rotated_at, version, tls"
 )
 _API_KEY_COLS = "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at"
 _AUDIT_COLS = (
@@ -107,6 +116,7 @@ def _connection_from_row(row: Row) -> Connection:
         updated_at=row["updated_at"].astimezone(UTC),
         rotated_at=_utc(row["rotated_at"]),
         version=row["version"],
+        tls=TlsConfig.from_text(row["tls"]),
     )
 
 
@@ -332,11 +342,11 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at),
+                         c.updated_at, c.rotated_at, tls_text(c.tls)),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "connection", c.slug)
@@ -383,11 +393,11 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, version = version + 1 "
+                "updated_at = %s, rotated_at = %s, tls = %s, version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
-                 c.credential_version, c.ciphertext, c.updated_at, c.rotated_at, c.slug,
-                 expected_version),
+                 c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
+                 tls_text(c.tls), c.slug, expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:

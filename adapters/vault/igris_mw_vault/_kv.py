@@ -40,7 +40,17 @@ from igris_mw.errors import (
     ValidationError,
     VersionConflict,
 )
-from igris_mw.models import SLUG_RE, ApiKey, AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.models import (
+    SLUG_RE,
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    Page,
+    Scope,
+    TlsConfig,
+    tls_text,
+)
 from igris_mw.paging import bad_cursor, check_limit
 from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
 
@@ -221,6 +231,7 @@ class VaultKVStore:
             "created_at": _time(c.created_at),
             "updated_at": _time(c.updated_at),
             "rotated_at": _time(c.rotated_at),
+            "tls": tls_text(c.tls),
         }
 
     def _conn_from(self, data: Mapping[str, Any], version: int, path: str) -> Connection:
@@ -239,6 +250,7 @@ class VaultKVStore:
                 updated_at=_need_time(data["updated_at"]),
                 rotated_at=_parse_time(data.get("rotated_at")),
                 version=version,
+                tls=TlsConfig.from_text(data.get("tls")),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise StoreUnavailable(

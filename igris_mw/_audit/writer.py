@@ -1,4 +1,4 @@
-"""Audit: event ids, the JSON-RPC peek, and the queue + batch writer.
+"""The audit writer: the queue, the batch writer and the spill file.
 
 The request path only calls ``AuditWriter.emit`` (no await, no I/O). A
 background task writes batches to the audit sink (the store, or a separate
@@ -13,102 +13,26 @@ the store, atomically per connection (``igris_mw.storage.seal_event``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import random
-import re
-import time
+import shutil
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
-from ._audit_file import event_from_json
-from .models import AuditEvent
+from ..models import AuditEvent
+from .events import event_from_line, event_to_line
 
-__all__ = ["AuditStats", "AuditWriter", "new_event_id", "peek_jsonrpc"]
+__all__ = ["AuditStats", "AuditWriter"]
 
 log = logging.getLogger("igris_mw.audit")
-
-PEEK_LIMIT = 64 * 1024
-
-
-def new_event_id() -> str:
-    """Time-ordered, unique: ``evt_`` + 12 hex digits of ms + 16 random hex."""
-    # An id is not a secret: the module PRNG (seeded from os.urandom, and
-    # reseeded in a forked child) saves a getrandom() syscall per request.
-    return f"evt_{int(time.time() * 1000):012x}{random.getrandbits(64):016x}"
-
-
-_METHOD_RE = re.compile(rb'"method"\s*:\s*"([^"\\]{1,200})"')
-_TOOL_RE = re.compile(rb'"params"\s*:\s*\{[^{}]*?"name"\s*:\s*"([^"\\]{1,200})"')
-
-
-def _from_message(msg: Any) -> tuple[str | None, str | None]:
-    if not isinstance(msg, dict):
-        return None, None
-    method = msg.get("method")
-    if not isinstance(method, str):
-        return None, None
-    tool = None
-    if method == "tools/call":
-        params = msg.get("params")
-        if isinstance(params, dict) and isinstance(params.get("name"), str):
-            tool = params["name"]
-    return method[:200], tool[:200] if tool else None
-
-
-def peek_jsonrpc(body: bytes, *, complete: bool) -> tuple[str | None, str | None]:
-    """(rpcMethod, tool) from the first bytes of a request body.
-
-    A batch gives its distinct methods and tools joined by ``,``. A body that
-    is not JSON gives ``(None, None)``; it never raises. When ``complete`` is
-    false (the body was longer than the peek), a bounded regex finds the
-    first method instead.
-    """
-    if not body:
-        return None, None
-    if complete:
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None, None
-        if isinstance(doc, list):
-            methods: list[str] = []
-            tools: list[str] = []
-            for item in doc[:100]:
-                m, t = _from_message(item)
-                if m and m not in methods:
-                    methods.append(m)
-                if t and t not in tools:
-                    tools.append(t)
-            return (",".join(methods) or None), (",".join(tools) or None)
-        return _from_message(doc)
-    found = _METHOD_RE.search(body)
-    if not found:
-        return None, None
-    method = found.group(1).decode("utf-8", "replace")
-    tool = None
-    if method == "tools/call":
-        tool_found = _TOOL_RE.search(body)
-        tool = tool_found.group(1).decode("utf-8", "replace") if tool_found else None
-    return method, tool
 
 
 class _Sink(Protocol):
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
-
-
-def _event_to_line(event: AuditEvent) -> str:
-    return json.dumps(event.to_json(), separators=(",", ":"))
-
-
-def _event_from_line(line: str) -> AuditEvent:
-    return event_from_json(json.loads(line))
 
 
 @attrs.define
@@ -137,6 +61,8 @@ class AuditWriter:
             6 times the cost per event of a batch of 100 (SQLite, measured).
             Longer lingers make bigger batches, but a bigger batch holds the
             GIL longer in the SQLite thread, which shows in the p99 latency.
+        close_timeout: the bound on ``aclose()`` when it is given none
+            (``serve --shutdown-timeout`` sets it).
     """
 
     def __init__(
@@ -149,8 +75,10 @@ class AuditWriter:
         retry_delay: float = 0.5,
         max_retry_delay: float = 5.0,
         linger: float = 0.01,
+        close_timeout: float = 5.0,
     ) -> None:
         self._sink = sink
+        self.close_timeout = close_timeout
         self._linger = linger
         self._spill = Path(spill_path) if spill_path is not None else None
         self._batch_size = batch_size
@@ -161,6 +89,9 @@ class AuditWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Set when aclose gave up on a task stuck in the sink: if that append
+        # ever returns, the task must not touch the queue, which is spilled.
+        self._abandoned = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = AuditStats()
@@ -179,6 +110,7 @@ class AuditWriter:
     async def start(self) -> None:
         if self._task is None:
             self._closing = False
+            self._abandoned = False
             await self._load_spill()
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="igris-audit-writer"
@@ -194,20 +126,49 @@ class AuditWriter:
             return False
         return True
 
-    async def aclose(self, timeout: float = 5.0) -> None:
-        """Write what is queued (up to ``timeout``), spill the rest, stop."""
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Write what is queued, spill the rest, stop; within ``timeout`` seconds.
+
+        ``timeout`` (default ``close_timeout``) bounds the whole call, however
+        the sink behaves: most of it goes to writing, the rest to stopping the
+        writer task. A task stuck in the sink (an append that neither returns
+        nor gives way to cancellation) is left behind; what it held is spilled,
+        and the sink's skipping of known event ids makes a late append of the
+        same events harmless.
+        """
         if self._task is None:
             return
-        await self.flush(timeout)
+        budget = self.close_timeout if timeout is None else max(0.0, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        # Keep a slice of the budget for stopping the task and writing the spill.
+        await self.flush(budget - min(1.0, budget / 4))
         self._closing = True
         self._wakeup.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+        if not done:
+            self._abandoned = True
+            log.error(
+                "audit: the sink did not stop within the shutdown timeout (%.1fs); "
+                "its events go to the spill file",
+                budget,
+            )
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("audit: the writer task failed: %r", task.exception())
         if self._pending:
             if self._spill is not None:
-                self._spill_pending()
+                count = len(self._pending)
+                try:
+                    self._spill_pending()
+                except OSError as exc:
+                    log.error(
+                        "audit: %d events are lost: the spill file %s cannot be written (%s)",
+                        count,
+                        self._spill,
+                        exc.strerror or type(exc).__name__,
+                    )
             else:
                 log.error(
                     "audit: %d events could not be written and no spill file is set",
@@ -249,6 +210,8 @@ class AuditWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
                 continue
+            if self._abandoned:
+                return
             delay = self._retry_delay
             for _ in range(n):
                 self._pending.popleft()
@@ -261,40 +224,56 @@ class AuditWriter:
 
     def _write_spill(self, events: list[AuditEvent]) -> None:
         assert self._spill is not None
+        # The data directory may not exist yet (serve on a shared store makes none).
+        self._spill.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
             for event in events:
-                f.write(_event_to_line(event) + "\n")
+                f.write(event_to_line(event) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.stats.spilled += len(events)
         log.warning("audit: spilled %d events to %s", len(events), self._spill)
 
+    def _loading_path(self) -> Path:
+        assert self._spill is not None
+        return self._spill.with_suffix(self._spill.suffix + ".loading")
+
     async def _load_spill(self) -> None:
-        if self._spill is None or not self._spill.exists():
+        if self._spill is None or not (self._spill.exists() or self._loading_path().exists()):
             return
         events = await asyncio.to_thread(self._read_spill)
         # Spilled events are older than anything queued: they go first, so
         # each connection's chain keeps its order.
         self._pending.extendleft(reversed(events))
+        # Only now, with the events in the queue, may the file go: a load
+        # cancelled mid-read (a shutdown) leaves it for the next start.
+        self._loading_path().unlink(missing_ok=True)
         if self._pending:
             self._idle.clear()
             self._wakeup.set()
 
     def _read_spill(self) -> list[AuditEvent]:
         assert self._spill is not None
-        loading = self._spill.with_suffix(self._spill.suffix + ".loading")
-        if not loading.exists():
-            os.replace(self._spill, loading)
+        loading = self._loading_path()
+        if self._spill.exists():
+            if loading.exists():
+                # A load cut short: its events are older than the spill's, so
+                # they stay first.
+                with loading.open("ab") as dst, self._spill.open("rb") as src:
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                self._spill.unlink()
+            else:
+                os.replace(self._spill, loading)
         events = []
         with loading.open(encoding="utf-8") as f:
             for line in f:
                 line = line.strip()
                 if line:
                     try:
-                        events.append(_event_from_line(line))
+                        events.append(event_from_line(line))
                     except (ValueError, KeyError):
                         log.error("audit: a corrupt line in the spill file was skipped")
-        # The events are in memory now; an overflow spills them again.
-        loading.unlink()
         return events

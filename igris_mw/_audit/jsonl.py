@@ -6,9 +6,13 @@ a hash chain made by ``seal_event``, exactly as a store's audit methods.
 
 * File mode 0600; each batch is appended and fsynced before
   ``append_audit_events`` returns.
+* The hash chain is ``igris_mw._audit.chain``'s, the same as every store's.
 * Several processes may append to one file: a batch is written under an
   exclusive ``flock``, after reading what others appended since, so seqs
-  never repeat. Readers pick up lines appended by others on every call.
+  never repeat. The lock is waited for at most ``lock_timeout`` seconds
+  (then ``StoreUnavailable``, and the audit writer retries): a worker
+  thread blocked for ever on another process's lock would make shutdown
+  hang. Readers pick up lines appended by others on every call.
 * File I/O runs in a worker thread (``asyncio.to_thread``), never on the loop.
 * An in-memory index (events per connection, ids) is rebuilt on ``open()``.
   A torn last line (a crash mid-write) is skipped and counted in
@@ -25,26 +29,27 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from ._errors import ConfigurationError
-from ._paging import bad_cursor, check_limit, decode_seq_cursor, encode_cursor
-from .models import AuditEvent, Page
-from .storage import seal_event
+from .._errors import ConfigurationError, StoreUnavailable
+from .._paging import bad_cursor, check_limit, decode_seq_cursor, encode_cursor
+from ..models import AuditEvent, Page
+from .chain import seal_event
 
 if TYPE_CHECKING:
-    from ._service import AuditSink
+    from ..storage import AuditSink
 
-__all__ = ["JsonlAuditSink", "audit_sink_from_url", "event_from_json"]
+__all__ = ["JsonlAuditSink", "audit_sink_from_url", "build_audit_sink", "event_from_json"]
 
 _CURSOR = b"ja1:"
 
 
-# Kept for importers of the old name (``_audit`` reads events with it).
+# Kept for importers of the old name.
 event_from_json = AuditEvent.from_json
 
 
@@ -57,10 +62,12 @@ class JsonlAuditSink:
 
     Args:
         path: the file; created (mode 0600) on ``open()`` if missing.
+        lock_timeout: seconds an append waits for another process's lock.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.lock_timeout = lock_timeout
         self._chains: dict[str, list[AuditEvent]] = {}
         self._ids: set[str] = set()
         self._offset = 0  # bytes of the file already indexed
@@ -164,7 +171,7 @@ class JsonlAuditSink:
 
     def _append_sync(self, events: list[AuditEvent]) -> None:
         with self._thread_lock, self.path.open("a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            self._lock_file(fh.fileno())
             try:
                 self._catch_up(fh)
                 fh.seek(0, os.SEEK_END)
@@ -196,6 +203,20 @@ class JsonlAuditSink:
                 self._offset = size + len(payload)
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _lock_file(self, fd: int) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"the audit file {str(self.path)!r} stayed locked by another process "
+                        f"for {self.lock_timeout:g}s"
+                    ) from None
+                time.sleep(0.01)
 
     async def list_audit_events(
         self,
@@ -262,7 +283,7 @@ def build_audit_sink(url: str) -> AuditSink:
     """
     if isinstance(url, str) and url.lower().startswith("jsonl:"):
         return JsonlAuditSink.from_url(url)
-    from ._plugins import redact_url, store_from_url
+    from .._plugins import redact_url, store_from_url
 
     store = store_from_url(url)
     if not store.capabilities.audit:

@@ -1,4 +1,4 @@
-"""Tests for igris_mw._audit: the JSON-RPC peek and the batch writer."""
+"""Tests for igris_mw._audit.writer (the batch writer and its spill) and event ids."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from igris_mw._audit import AuditWriter, new_event_id, peek_jsonrpc
+from igris_mw._audit import AuditWriter, new_event_id
 from igris_mw.models import AuditEvent
 
 
@@ -44,54 +41,6 @@ class FlakySink:
             raise ConnectionError("sink down")
         seen = {e.id for e in self.events}
         self.events.extend(e for e in events if e.id not in seen)
-
-
-def test_peek_single_request() -> None:
-    """A tools/call request gives its method and tool name."""
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": "echo", "arguments": {}},
-        }
-    ).encode()
-    assert peek_jsonrpc(body, complete=True) == ("tools/call", "echo")
-
-
-def test_peek_batch_lists_distinct_methods_and_tools() -> None:
-    """A JSON-RPC batch gives its distinct methods and tools, in order."""
-    body = json.dumps(
-        [
-            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a"}},
-            {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-            {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "b"}},
-        ]
-    ).encode()
-    assert peek_jsonrpc(body, complete=True) == ("tools/call,tools/list", "a,b")
-
-
-def test_peek_truncated_body_uses_bounded_scan() -> None:
-    """A body longer than the peek still yields the method from its prefix."""
-    prefix = (
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"x":"'
-    )
-    assert peek_jsonrpc(prefix + b"a" * 100, complete=False) == ("tools/call", "big")
-
-
-def test_peek_non_json_is_none() -> None:
-    """A body that is not JSON gives no method and never raises."""
-    assert peek_jsonrpc(b"\xff\x00not json", complete=True) == (None, None)
-    assert peek_jsonrpc(b"", complete=True) == (None, None)
-    assert peek_jsonrpc(b"[" * 100_000, complete=True) == (None, None)
-
-
-@given(st.binary(max_size=2048), st.booleans())
-def test_peek_never_raises(body: bytes, complete: bool) -> None:
-    """Any bytes at all: the peek returns, it never fails the request."""
-    method, tool = peek_jsonrpc(body, complete=complete)
-    assert method is None or isinstance(method, str)
-    assert tool is None or isinstance(tool, str)
 
 
 def test_event_ids_are_unique_and_time_ordered() -> None:
@@ -177,3 +126,92 @@ async def test_writer_close_spills_and_next_start_replays(tmp_path: Path) -> Non
     await writer2.aclose()
     assert [e.id for e in sink.events] == [e.id for e in events]
     assert sink.events[0].metadata == {"n": 0}
+
+
+class StuckSink:
+    """An append that never returns and shrugs off cancellation (a wedged driver)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.events: list[AuditEvent] = []
+
+    async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        self.calls += 1
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                continue
+        self.events.extend(events)
+
+
+async def test_close_is_bounded_when_the_sink_ignores_cancellation(tmp_path: Path) -> None:
+    """aclose(timeout) returns within the bound even if the sink never gives way; all is spilled."""
+    spill = tmp_path / "spill.jsonl"
+    sink = StuckSink()
+    writer = AuditWriter(sink, spill_path=spill, linger=0)
+    await writer.start()
+    events = [_event(i) for i in range(7)]
+    for e in events:
+        writer.emit(e)
+    await asyncio.sleep(0.05)
+    assert sink.calls == 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(writer.aclose(timeout=0.5), 5)
+    assert loop.time() - started < 1.0
+    lines = spill.read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [e.id for e in events]
+    # The abandoned append finishing late must not touch the (spilled) queue.
+    sink.release.set()
+    await asyncio.sleep(0.05)
+    assert writer.pending == 0
+
+
+async def test_close_uses_close_timeout_by_default() -> None:
+    """With no timeout given, aclose is bounded by the writer's close_timeout."""
+    sink = StuckSink()
+    writer = AuditWriter(sink, close_timeout=0.3, linger=0)
+    await writer.start()
+    writer.emit(_event(1))
+    await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(writer.aclose(), 5)
+    assert loop.time() - started < 0.8
+    sink.release.set()  # let the abandoned task end before the test's loop does
+    await asyncio.sleep(0.02)
+
+
+async def test_a_spill_load_cut_short_keeps_its_events(tmp_path: Path) -> None:
+    """A spill left half-loaded (shutdown mid-read) is read first at the next start."""
+    spill = tmp_path / "spill.jsonl"
+    loading = tmp_path / "spill.jsonl.loading"
+    older, newer = [_event(i) for i in range(3)], [_event(i) for i in range(3, 5)]
+    loading.write_text("".join(json.dumps(e.to_json()) + "\n" for e in older))
+    spill.write_text("".join(json.dumps(e.to_json()) + "\n" for e in newer))
+    sink = FlakySink()
+    writer = AuditWriter(sink, spill_path=spill)
+    await writer.start()
+    assert await writer.flush(5)
+    await writer.aclose()
+    assert [e.id for e in sink.events] == [e.id for e in older + newer]
+    assert not loading.exists()
+    assert not spill.exists()
+
+
+async def test_close_spills_into_a_directory_not_made_yet(tmp_path: Path) -> None:
+    """The spill file's directory is created (0700) when missing, so nothing is lost at close."""
+    spill = tmp_path / "not-yet" / "spill.jsonl"
+    sink = FlakySink()
+    sink.down = True
+    writer = AuditWriter(sink, spill_path=spill, retry_delay=0.01, max_retry_delay=0.02)
+    await writer.start()
+    events = [_event(i) for i in range(3)]
+    for e in events:
+        writer.emit(e)
+    await writer.aclose(timeout=0.1)
+    assert [json.loads(x)["id"] for x in spill.read_text().splitlines()] == [e.id for e in events]
+    assert stat.S_IMODE(spill.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(spill.stat().st_mode) == 0o600

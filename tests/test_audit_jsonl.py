@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import os
 import stat
@@ -12,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from igris_mw._audit_file import JsonlAuditSink, audit_sink_from_url, event_from_json
-from igris_mw._errors import ConfigurationError
+from igris_mw._audit.jsonl import JsonlAuditSink, audit_sink_from_url, event_from_json
+from igris_mw._errors import ConfigurationError, StoreUnavailable
 from igris_mw.models import AuditEvent, Page
 from igris_mw.storage import Capabilities, Store, verify_chain
 from igris_mw.testing._memory import MemoryStore
@@ -152,3 +154,21 @@ async def test_audit_sink_from_url(tmp_path: Path) -> None:
     store: Any = await audit_sink_from_url("memory://")
     assert store.capabilities.audit is True
     await store.close()
+
+
+async def test_append_waits_for_a_foreign_lock_only_so_long(tmp_path: Path) -> None:
+    """Another process holding the file's lock makes an append fail after lock_timeout, not hang."""
+    path = tmp_path / "audit.jsonl"
+    sink = JsonlAuditSink(path, lock_timeout=0.2)
+    await sink.open()
+    # A second open file description stands for another process: flock locks are per description.
+    with path.open("ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailable, match="locked by another process"):
+            await sink.append_audit_events([make_event("locked", 1)])
+        assert loop.time() - started < 2
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    await sink.append_audit_events([make_event("locked", 1)])
+    assert len(await sink.audit_chain("locked")) == 1
