@@ -18,6 +18,7 @@ import attrs
 import httpx
 import markupsafe
 import pytest
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -787,3 +788,56 @@ async def test_edit_changes_what_changed_and_shows_errors_at_their_field(signed_
     update = (await env.gw.service.list_audit("github")).items[0]
     assert update.action == "update"
     assert update.metadata == {"fields": ["authType", "headerName", "name"]}
+
+
+def _crlf(pem_bytes: bytes) -> str:
+    return pem_bytes.decode().replace("\n", "\r\n")  # as a browser submits a textarea
+
+
+async def test_tls_fields_through_the_forms_and_the_client_key_stays_write_only(
+    signed_in: Env,
+) -> None:
+    """CA and client certificate are set, shown and edited; the client key is never echoed."""
+    env = signed_in
+    if not policy.FEATURES.tls:
+        pytest.skip("this service has no TLS fields on connections")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("client.example")
+    key_pem = leaf.private_key_pem.bytes().decode()
+    key_body = key_pem.splitlines()[1]
+    cert = _crlf(leaf.cert_chain_pems[0].bytes())
+    bad = await env.create("A", caCertificate=_crlf(ca.cert_pem.bytes()), clientCertificate=cert,
+                           clientKey=key_pem.replace("\n", "\r\n"))
+    assert bad.status_code == 422
+    assert key_body not in bad.text
+    assert "BEGIN CERTIFICATE" in bad.text  # the public certificates are kept in the form
+    created = await env.create(caCertificate=_crlf(ca.cert_pem.bytes()), clientCertificate=cert,
+                               clientKey=key_pem.replace("\n", "\r\n"))
+    assert created.status_code == 303, created.text
+    record = (await env.gw.service.get_connection("github")).to_json()
+    assert record["caCertificate"].startswith("-----BEGIN CERTIFICATE-----\n")
+    assert record["clientCertificate"] is not None
+    page = await env.http.get("/ui/connections/github")
+    assert "private CA; client certificate" in page.text
+    assert key_body not in page.text
+    edit = await env.http.get("/ui/connections/github/edit")
+    assert "BEGIN CERTIFICATE" in edit.text
+    assert key_body not in edit.text
+    cleared = await env.http.post("/ui/connections/github/edit", data={
+        "csrf": await env.csrf(), "name": "GitHub", "upstreamUrl": "https://up.test/mcp",
+        "authType": "bearer", "headerName": "", "caCertificate": "",
+        "clientCertificate": cert})
+    assert cleared.status_code == 303
+    assert (await env.gw.service.get_connection("github")).to_json()["caCertificate"] is None
+    new_leaf = ca.issue_cert("client2.example")
+    rotated = await env.http.post("/ui/connections/github/rotate", data={
+        "csrf": await env.csrf(), "credential": "",
+        "clientCertificate": _crlf(new_leaf.cert_chain_pems[0].bytes()),
+        "clientKey": _crlf(new_leaf.private_key_pem.bytes())})
+    assert rotated.status_code == 303
+    assert (await env.gw.service.get_connection("github")).credential_version == 2
+    lonely = await env.http.post("/ui/connections/github/rotate", data={
+        "csrf": await env.csrf(), "credential": "", "clientKey": key_pem})
+    assert lonely.status_code == 422
+    assert 'id="e-clientKey"' in lonely.text or 'id="e-clientCertificate"' in lonely.text
+    assert key_body not in lonely.text

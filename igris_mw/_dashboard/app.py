@@ -40,7 +40,7 @@ from .._service import Service
 from ..models import SLUG_RE, ApiKey, Connection
 from ..models import Scope as KeyScope
 from .audit_view import AUDIT_COLUMNS, PAGE_ROWS, audit_row, global_audit, last_used
-from .forms import errors_for, form_time
+from .forms import PEM_FIELDS, errors_for, form_time, pem
 from .http import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -67,7 +67,9 @@ _STATIC_TYPES: Final = {
     ".png": "image/png",
 }
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
-_CONNECTION_FIELDS: Final = ("slug", "name", "upstreamUrl", "authType", "headerName", "credential")
+_CONNECTION_FIELDS: Final = (
+    "slug", "name", "upstreamUrl", "authType", "headerName", "credential", *PEM_FIELDS,
+)
 _AUTH_TYPES: Final = ("bearer", "header", "basic", "none")
 
 
@@ -293,11 +295,16 @@ class Dashboard:
             body["headerName"] = form["headerName"]
         if form.get("credential"):
             body["credential"] = form["credential"]
+        if FEATURES.tls:
+            body.update({k: pem(form[k]) for k in PEM_FIELDS if pem(form.get(k, ""))})
         body.update(policy_body(
             form, rate_limit=FEATURES.connection_rate_limit, tools=FEATURES.connection_tools
         ))
         # Kept for the form on an error, without the credential (write-only).
-        values = {k: str(v) for k, v in body.items() if isinstance(v, str) and k != "credential"}
+        values = {
+            k: str(v) for k, v in body.items()
+            if isinstance(v, str) and k not in ("credential", "clientKey")
+        }
         values["enabled"] = "on" if body["enabled"] else ""
         values.update({k: form.get(k, "") for k in POLICY_INPUTS})
         try:
@@ -345,12 +352,22 @@ class Dashboard:
     async def _h_connection_rotate(self, req: Request, slug: str) -> Response:
         form = await req.form()
         credential = form.get("credential") or None
+        identity: dict[str, str] = {}
+        if FEATURES.tls:
+            for field, arg in (("clientCertificate", "client_certificate"),
+                               ("clientKey", "client_key")):
+                if pem(form.get(field, "")):
+                    identity[arg] = pem(form[field])
         try:
-            conn = await self.service.rotate_credential(slug, credential, actor=req.key_id)
+            conn = await self.service.rotate_credential(
+                slug, credential, actor=req.key_id, **identity
+            )
         except ValidationError as exc:
             current = await self.service.get_connection(slug)
             return await self._connection_page(
-                req, current, 422, errors_for(exc, ("credential",), default="credential")
+                req, current, 422,
+                errors_for(exc, ("credential", "clientCertificate", "clientKey"),
+                           default="credential"),
             )
         req.notice(f"Credential rotated: {conn.slug} now uses credential version "
                    f"{conn.credential_version}.")
@@ -377,8 +394,11 @@ class Dashboard:
 
     async def _h_connection_edit_form(self, req: Request, slug: str) -> Response:
         conn = await self.service.get_connection(slug)
+        record = conn.to_json()
         values = {"name": conn.name, "upstreamUrl": conn.upstream_url,
-                  "authType": conn.auth_type.value, "headerName": conn.header_name or ""}
+                  "authType": conn.auth_type.value, "headerName": conn.header_name or "",
+                  "caCertificate": record.get("caCertificate") or "",
+                  "clientCertificate": record.get("clientCertificate") or ""}
         return self._edit_form(req, conn, 200, values, {})
 
     def _edit_form(
@@ -398,6 +418,7 @@ class Dashboard:
         form = await req.form()
         values = {k: form.get(k, "") for k in ("name", "upstreamUrl", "authType", "headerName")}
         current = await self.service.get_connection(slug)
+        record = current.to_json()
         # Only what changed goes to the service, as a PATCH would send it.
         changes: dict[str, Any] = {}
         if values["name"] != current.name:
@@ -408,6 +429,11 @@ class Dashboard:
             changes["authType"] = values["authType"]
         if values["headerName"] != (current.header_name or ""):
             changes["headerName"] = values["headerName"] or None
+        if FEATURES.tls:
+            for field in ("caCertificate", "clientCertificate"):
+                values[field] = pem(form.get(field, ""))
+                if values[field] != pem(record.get(field) or ""):
+                    changes[field] = values[field] or None
         try:
             conn = await self.service.update_connection(slug, changes, actor=req.key_id)
         except ValidationError as exc:

@@ -8,7 +8,14 @@ from .._errors import ValidationError
 from ..models import parse_time
 from .policy import input_for
 
-__all__ = ["errors_for", "field_message", "form_time"]
+__all__ = ["PEM_FIELDS", "errors_for", "field_message", "form_time", "pem"]
+
+PEM_FIELDS = ("caCertificate", "clientCertificate", "clientKey")
+
+
+def pem(text: str) -> str:
+    """A textarea's PEM as the API takes it: browsers send CRLF line ends."""
+    return text.replace("\r\n", "\n").strip() + "\n" if text.strip() else ""
 
 
 def field_message(exc: ValidationError) -> str:

@@ -34,6 +34,7 @@ class Features:
     key_rate_limit: bool = False
     key_tools: bool = False
     key_max_concurrent: bool = False
+    tls: bool = False
 
     @property
     def connection_policy(self) -> bool:
@@ -50,6 +51,7 @@ FEATURES: Final = Features(
     key_rate_limit="rateLimit" in API_KEY_FIELDS,
     key_tools="tools" in API_KEY_FIELDS,
     key_max_concurrent="maxConcurrent" in API_KEY_FIELDS,
+    tls={"caCertificate", "clientCertificate", "clientKey"} <= CREATE_FIELDS,
 )
 
 
