@@ -19,7 +19,7 @@ import httpx
 import markupsafe
 import pytest
 import trustme
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from igris_mw import IgrisGateway
@@ -841,3 +841,28 @@ async def test_tls_fields_through_the_forms_and_the_client_key_stays_write_only(
     assert lonely.status_code == 422
     assert 'id="e-clientKey"' in lonely.text or 'id="e-clientCertificate"' in lonely.text
     assert key_body not in lonely.text
+
+
+@settings(max_examples=40)  # each example builds a gateway and signs in: keep it bounded
+@given(st.binary(max_size=300), st.sampled_from(["/ui/connections", "/ui/api-keys",
+                                                  "/ui/connections/github/rotate",
+                                                  "/ui/connections/github/edit"]))
+def test_any_form_body_gets_a_clear_answer_never_a_500(body: bytes, path: str) -> None:
+    """Random bytes as a form (with a valid token in front) are refused or handled, never a 500."""
+
+    async def run() -> tuple[int, str]:
+        gw, http, admin_key, _, _ = await make_env()
+        async with http:
+            env = Env(gw, admin_key, "", "", http)
+            await env.sign_in()
+            await env.create()
+            token = await env.csrf()
+            response = await http.post(
+                path, content=b"csrf=" + token.encode() + b"&" + body,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+        await gw.aclose()
+        return response.status_code, response.text
+
+    status, text = asyncio.run(run())
+    assert status in (200, 303, 400, 409, 413, 422), (status, text[:300])
