@@ -236,6 +236,11 @@ class ManagementAPI:
         keys = await self._service.list_api_keys()
         return 200, {"data": [k.to_json() for k in keys], "nextCursor": None}
 
+    async def _h_update_api_key(self, ex: _Exchange) -> _Result:
+        body = await ex.json_body("ApiKeyUpdate", check_fields=False)
+        record = await self._service.update_api_key(ex.params["id"], body)
+        return 200, record.to_json()
+
     async def _h_revoke_api_key(self, ex: _Exchange) -> _Result:
         await self._service.revoke_api_key(ex.params["id"])
         return 204, None

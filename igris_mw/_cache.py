@@ -17,6 +17,17 @@ Freshness, in order of speed:
 
 A fill that started before an invalidation is never stored: each entry
 carries the generation it was read at, and an invalidation bumps it.
+
+Stale-if-error has an end: an entry is served while the store cannot be
+reached for at most ``max_stale`` seconds after its last successful check;
+past that, ``get`` must load it again and raises what the load raises (the
+store's ``StoreUnavailable``: fail closed). After such a failure the key is
+not tried again for ``retry_interval`` seconds, so an outage costs one store
+attempt per key per interval, not one per request.
+
+Negative entries (``negative(value)`` true: an unknown key or slug) have
+their own budget, ``max_negative``: a flood of random keys evicts only other
+negative entries, never the real ones.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from ._errors import StoreUnavailable
+
 __all__ = ["RefreshingCache"]
 
 log = logging.getLogger("igris_mw.cache")
@@ -40,8 +53,17 @@ V = TypeVar("V")
 @attrs.define
 class _Entry(Generic[V]):
     value: V
-    fetched_at: float
+    fetched_at: float  # last check attempt (the TTL clock)
+    checked_at: float  # last successful check (the max-stale clock)
     refreshing: bool = False
+    failed_until: float = 0.0  # no synchronous reload before this, after a failed one
+
+
+def _past_max_stale() -> StoreUnavailable:
+    return StoreUnavailable(
+        "the store cannot be reached and the cached entry is past its max-stale bound",
+        retry_after=1,
+    )
 
 
 class RefreshingCache(Generic[K, V]):
@@ -61,7 +83,18 @@ class RefreshingCache(Generic[K, V]):
         revalidate: Callable[[K, V], Awaitable[V]] | None = None,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        max_stale: float = 60.0,
+        negative: Callable[[V], bool] | None = None,
+        max_negative: int = 10_000,
+        retry_interval: float = 1.0,
     ) -> None:
+        if max_stale <= 0:
+            raise ValueError("max_stale must be positive")
+        self._max_stale = max_stale
+        self._is_negative = negative
+        self._max_negative = max_negative
+        self._negatives: dict[K, None] = {}  # insertion-ordered: oldest first
+        self._retry_interval = retry_interval
         self._load = load
         self._revalidate = revalidate
         self._ttl = ttl
@@ -81,6 +114,7 @@ class RefreshingCache(Generic[K, V]):
 
     def invalidate(self, key: K) -> None:
         self._entries.pop(key, None)
+        self._negatives.pop(key, None)
         self._generation[key] = self._generation.get(key, 0) + 1
         if len(self._generation) > self._max:
             self._generation.clear()
@@ -88,16 +122,31 @@ class RefreshingCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._entries.clear()
+        self._negatives.clear()
         self._generation.clear()
         self._global_generation += 1
 
     async def get(self, key: K) -> V:
         entry = self._entries.get(key)
         if entry is not None:
-            if not entry.refreshing and self._clock() - entry.fetched_at > self._ttl:
-                self._refresh_in_background(key, entry)
+            now = self._clock()
+            if now - entry.fetched_at > self._ttl:
+                if now - entry.checked_at > self._max_stale:
+                    return await self._reload_stale(key, entry, now)
+                if not entry.refreshing:
+                    self._refresh_in_background(key, entry)
             return entry.value
         return await self._fill(key)
+
+    async def _reload_stale(self, key: K, entry: _Entry[V], now: float) -> V:
+        """An entry past ``max_stale``: load it now or fail (closed), never serve it."""
+        if now < entry.failed_until:
+            raise _past_max_stale()
+        try:
+            return await self._fill(key)
+        except Exception as exc:
+            entry.failed_until = self._clock() + self._retry_interval
+            raise _past_max_stale() from exc
 
     async def _fill(self, key: K) -> V:
         # Concurrent misses for one key share one load.
@@ -122,9 +171,21 @@ class RefreshingCache(Generic[K, V]):
     def _store(self, key: K, value: V, started: tuple[int, int]) -> None:
         if self._gen(key) != started:
             return  # invalidated while loading: the value may be stale
+        if self._is_negative is not None and self._is_negative(value):
+            self._negatives.pop(key, None)
+            if len(self._negatives) >= self._max_negative:
+                oldest = next(iter(self._negatives))
+                del self._negatives[oldest]
+                self._entries.pop(oldest, None)
+            self._negatives[key] = None
+        else:
+            self._negatives.pop(key, None)
         if len(self._entries) >= self._max and key not in self._entries:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = _Entry(value, self._clock())
+            evicted = next(iter(self._entries))
+            self._entries.pop(evicted)
+            self._negatives.pop(evicted, None)
+        now = self._clock()
+        self._entries[key] = _Entry(value, now, now)
 
     def _refresh_in_background(self, key: K, entry: _Entry[V]) -> None:
         entry.refreshing = True

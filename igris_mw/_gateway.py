@@ -15,16 +15,28 @@ never on ``self``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, overload
 from urllib.parse import urlsplit
 
 from . import _auth
+from ._access import (
+    AccessPolicy,
+    DenialAggregator,
+    LegacyStreams,
+    TooManyRequests,
+    _StreamWatch,
+    client_address,
+    plainly_allowed,
+    tools_response_filter,
+)
 from ._api import ManagementAPI
 from ._asgi import Receive, Scope, Send, local_path
 from ._audit import PEEK_LIMIT, AuditWriter, build_audit_sink, new_event_id, peek_jsonrpc
@@ -34,13 +46,23 @@ from ._errors import (
     Forbidden,
     IgrisError,
     NotFound,
+    PayloadTooLarge,
     StoreUnavailable,
     Unauthorized,
     ValidationError,
 )
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
-from ._proxy import BodyPrefix, Forwarder, Target, read_body_prefix
+from ._policy.ratelimit import AuthFailureThrottle, RateLimitStore, open_rate_limit_store
+from ._policy.tools import ToolPolicy, check_mcp_headers, check_request, combine
+from ._proxy import (
+    BodyFilterFactory,
+    BodyPrefix,
+    Forwarder,
+    ProxyResult,
+    Target,
+    read_body_prefix,
+)
 from ._proxy.outbound import UpstreamProxy, parse_upstream_proxy
 from ._proxy.tls import ContextCache
 from ._resolver import Resolver, _Missing, _Resolved
@@ -58,13 +80,24 @@ __all__ = ["IgrisGateway"]
 log = logging.getLogger("igris_mw.gateway")
 
 MCP_PREFIX: Final = "/v1/mcp/"
+# How much of a request body the gateway reads to judge it (tool policy,
+# Mcp-* headers) before anything is sent upstream.
+JUDGE_LIMIT: Final = 1024 * 1024
 API_PREFIX: Final = "/api/v1"
 _MAX_USER = 256
 _MAX_METADATA = 4096
 
 
 _WANTED_HEADERS = frozenset(
-    {b"origin", b"host", b"authorization", b"x-igris-user", b"x-igris-metadata"}
+    {
+        b"origin",
+        b"host",
+        b"authorization",
+        b"x-igris-user",
+        b"x-igris-metadata",
+        b"mcp-method",
+        b"mcp-name",
+    }
 )
 
 
@@ -118,6 +151,15 @@ class IgrisGateway:
         public_url: base URL for ``gatewayUrl`` (default: from each request).
         cache_ttl: the backstop bound, in seconds, on how long a change made
             elsewhere without a notification can go unseen.
+        max_stale: seconds a cached key or connection is served after its
+            last successful check while the store cannot be reached (default
+            ``IGRIS_MAX_STALE`` or 60); past it, 503 ``store_unavailable``.
+        rate_limit_store: where rate-limit buckets live: ``None`` (default
+            ``IGRIS_RATE_LIMIT_STORE``, else this process) or a
+            ``redis://host:port/db`` URL shared by every replica.
+        auth_failures_per_minute: failed authentications one client address
+            may make in a minute before it gets 429 (default
+            ``IGRIS_AUTH_FAILURES_PER_MINUTE`` or 30).
         max_body: largest management API request body, in bytes.
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
@@ -149,6 +191,9 @@ class IgrisGateway:
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
         environ: Mapping[str, str] | None = None,
+        max_stale: float | None = None,
+        rate_limit_store: str | RateLimitStore | None = None,
+        auth_failures_per_minute: int | None = None,
         upstream_ca_file: str | os.PathLike[str] | None = None,
         upstream_proxy: str | None = None,
         dashboard: bool = False,
@@ -181,8 +226,15 @@ class IgrisGateway:
             upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
             raise ValueError("upstream_timeout must be positive")
+        if max_stale is None:
+            max_stale = settings.max_stale
+        if not max_stale > 0:
+            raise ValueError("max_stale must be positive")
         tls_contexts, proxy = _egress_settings(settings, upstream_ca_file, upstream_proxy)
-        self.resolver = Resolver(self.store, self.service, ttl=cache_ttl, tls=tls_contexts)
+        self.resolver = Resolver(
+            self.store, self.service, ttl=cache_ttl, max_stale=max_stale, tls=tls_contexts
+        )
+        self._work = self.resolver.open_work
         self.cache_ttl = cache_ttl
         self._allow_any_origin = "*" in allowed_origins
         self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
@@ -192,7 +244,16 @@ class IgrisGateway:
         self.forwarder = Forwarder(
             timeout=upstream_timeout, ssl=tls_contexts.default, proxy=proxy
         )
+        if rate_limit_store is None or isinstance(rate_limit_store, str):
+            rate_limit_store = open_rate_limit_store(rate_limit_store or settings.rate_limit_store)
+        self.rate_limits: RateLimitStore = rate_limit_store
+        self.access = AccessPolicy(
+            rate_limit_store,
+            AuthFailureThrottle(auth_failures_per_minute or settings.auth_failures_per_minute),
+        )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
+        self._denials = DenialAggregator(self.audit.emit)
+        self._legacy = LegacyStreams()
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -245,7 +306,9 @@ class IgrisGateway:
         await self.audit.start()
 
     async def _close(self) -> None:
+        self._denials.flush()
         await self.audit.aclose()
+        await self.access.close()
         await self.forwarder.close()
         await self.resolver.aclose()
         if self._audit_store is not None and self._audit_store is not self.store:
@@ -309,6 +372,7 @@ class IgrisGateway:
             "path": path,
         }
         resolved: _Resolved | None = None
+        access = self.access
         # Admission: each step raises the refusal it stands for. The two lookups
         # are awaited here, not in a helper, to keep the warm path at two awaits.
         try:
@@ -318,6 +382,9 @@ class IgrisGateway:
                 raise Forbidden(
                     "this Origin is not allowed to use the gateway", code="origin_not_allowed"
                 )
+            throttled = access.blocked(scope)
+            if throttled is not None:
+                raise throttled
             token = _auth.bearer_token(headers.get(b"authorization"))
             if token is None:
                 raise Unauthorized("send the gateway key as 'Authorization: Bearer ig_...'")
@@ -330,7 +397,20 @@ class IgrisGateway:
             resolved = found
             target = _usable_target(found, fields)
             fields["user"], fields["metadata"] = _attribution(headers)
+            conn = found.connection
+            if api_key.rate_limit is not None or conn.rate_limit is not None:
+                await access.check_rate(api_key, conn)
+            if (
+                api_key.max_concurrent is not None
+                and self._work.count_for_key(api_key.id) >= api_key.max_concurrent
+            ):
+                raise TooManyRequests(
+                    f"this API key has {api_key.max_concurrent} requests open already",
+                    code="too_many_concurrent",
+                )
         except IgrisError as exc:
+            if exc.status == 401:
+                access.auth_failed(client_address(scope))
             await self._refuse(send, exc, fields, started, known=resolved is not None)
             return
         except Exception as exc:  # a store or crypto failure on the cold path
@@ -338,26 +418,78 @@ class IgrisGateway:
             await self._refuse(send, err, fields, started, known=resolved is not None)
             return
 
-        prefix: BodyPrefix | None = None
-        if method in ("POST", "PUT", "PATCH"):
-            prefix = await read_body_prefix(receive, PEEK_LIMIT)
-            if prefix.disconnected:
-                self._emit(
-                    fields, started, status=499, outcome="client_closed", bytes_in=len(prefix.data)
+        # From here on the request is open work: a revocation ends it (_openwork).
+        ticket = self._work.open(api_key.id, slug, conn.created_at, api_key.expires_at)
+        tracked = _TrackedSend(send)
+        result: ProxyResult | None = None
+        policed = conn.tools is not None or api_key.tools is not None
+        watch: _StreamWatch | None = None
+        try:
+            prefix: BodyPrefix | None = None
+            body_filter: BodyFilterFactory | None = None
+            if method in ("POST", "PUT", "PATCH"):
+                mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
+                judged = policed or mcp_headers != (None, None)
+                # Judging a body needs all of it: read further than the audit peek.
+                prefix = await read_body_prefix(receive, JUDGE_LIMIT if judged else PEEK_LIMIT)
+                if prefix.disconnected:
+                    self._emit(
+                        fields,
+                        started,
+                        status=499,
+                        outcome="client_closed",
+                        bytes_in=len(prefix.data),
+                    )
+                    return
+                fields["rpc_method"], fields["tool"] = peek_jsonrpc(
+                    prefix.data, complete=prefix.complete
                 )
-                return
-            fields["rpc_method"], fields["tool"] = peek_jsonrpc(
-                prefix.data, complete=prefix.complete
+                if judged:
+                    session = None
+                    if policed and len(self._legacy):
+                        session = self._legacy.session_of(scope.get("query_string", b""))
+                    answered, body_filter = await self._judge_body(
+                        send,
+                        prefix,
+                        (conn.tools, api_key.tools) if policed else None,
+                        mcp_headers,
+                        (slug, session),
+                        fields,
+                        started,
+                    )
+                    if answered:
+                        return
+            elif policed and method == "GET":
+                # A legacy SSE stream carries the answers to POSTed requests:
+                # filter every tools list on it, and let a denied call be
+                # answered onto it (LegacyStreams).
+                tracked.lock = asyncio.Lock()
+                check = combine(conn.tools, api_key.tools)
+                assert check is not None
+                watch = self._legacy.watch(slug, tracked.inject, tools_response_filter(None, check))
+                body_filter = watch.factory
+            if body_filter is not None:
+                scope = _without_accept_encoding(scope)
+            result = await self.forwarder.forward(
+                scope,
+                receive,
+                tracked,
+                target,
+                _raw_subpath(scope, slug),
+                gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
+                prefix=prefix,
+                body_filter=body_filter,
             )
-        result = await self.forwarder.forward(
-            scope,
-            receive,
-            send,
-            target,
-            _raw_subpath(scope, slug),
-            gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
-            prefix=prefix,
-        )
+        except asyncio.CancelledError:
+            if not ticket.revoked:
+                raise
+        finally:
+            self._work.close(ticket)
+            if watch is not None:
+                watch.close()
+        if ticket.revoked:
+            result = await _end_revoked(tracked, result)
+        assert result is not None
         self._emit(
             fields,
             started,
@@ -366,6 +498,79 @@ class IgrisGateway:
             bytes_in=result.bytes_in,
             bytes_out=result.bytes_out,
         )
+
+    async def _judge_body(
+        self,
+        send: Send,
+        prefix: BodyPrefix,
+        policies: tuple[ToolPolicy | None, ToolPolicy | None] | None,
+        mcp_headers: tuple[str | None, str | None],
+        session: tuple[str, str | None],
+        fields: dict[str, Any],
+        started: float,
+    ) -> tuple[bool, BodyFilterFactory | None]:
+        """Mcp-Method/Mcp-Name agreement and the tool policy on a request body.
+
+        Returns ``(True, None)`` when the gateway answered the request itself
+        (nothing goes upstream), else ``(False, the response filter or None)``.
+        """
+        try:
+            if not prefix.complete:
+                if policies is not None:
+                    raise PayloadTooLarge(
+                        f"a request under a tool policy must fit in {JUDGE_LIMIT} bytes"
+                    )
+                # Too long to parse whole: Mcp-Method against the peeked method only.
+                peeked = fields.get("rpc_method")
+                if (
+                    mcp_headers[0] is not None
+                    and peeked is not None
+                    and _utf8(mcp_headers[0]).strip() != peeked
+                ):
+                    raise BadRequest(
+                        "the Mcp-Method header does not match the body", code="header_mismatch"
+                    )
+                return False, None
+            if mcp_headers != (None, None):
+                check_mcp_headers(_utf8(mcp_headers[0]), _utf8(mcp_headers[1]), prefix.data)
+        except IgrisError as exc:
+            await send_error(send, exc)
+            self._emit(fields, started, status=exc.status, outcome=exc.code)
+            return True, None
+        if policies is None or plainly_allowed(
+            prefix.data, fields.get("rpc_method"), fields.get("tool"), *policies
+        ):
+            return False, None
+        tools = combine(*policies)
+        assert tools is not None
+        verdict = check_request(prefix.data, tools)
+        if verdict.reply is None:
+            if verdict.list_ids:
+                return False, tools_response_filter(verdict.list_ids, tools)
+            return False, None
+        outcome = "tool_denied" if verdict.denied else "bad_request"
+        status = verdict.status
+        slug, session_id = session
+        # Legacy transport: the answer goes onto the session's stream.
+        if (
+            status == 200
+            and session_id is not None
+            and await self._legacy.answer(slug, session_id, verdict.reply)
+        ):
+            status = 202
+        if status == 202:
+            await send_json(send, 202, None)
+        else:
+            await send_json(send, status, verdict.reply)
+        self._emit(
+            fields,
+            started,
+            status=status,
+            outcome=outcome,
+            bytes_in=len(prefix.data),
+            bytes_out=len(verdict.reply),
+        )
+        return True, None
 
     async def _refuse(
         self,
@@ -385,7 +590,11 @@ class IgrisGateway:
         if not known:
             known = await self._connection_exists(fields["connection"])
         if known:
-            self._emit(fields, started, status=exc.status, outcome=outcome)
+            if exc.status in (401, 429):
+                # Floods of these are counted, not written one by one.
+                self._denials.refused(self._event(fields, started, exc.status, outcome))
+            else:
+                self._emit(fields, started, status=exc.status, outcome=outcome)
 
     async def _connection_exists(self, slug: str) -> bool:
         if not SLUG_RE.match(slug):
@@ -395,6 +604,19 @@ class IgrisGateway:
         except Exception:
             # Cannot tell (store down): keep the event rather than lose it.
             return True
+
+    def _event(
+        self, fields: dict[str, Any], started: float, status: int, outcome: str
+    ) -> AuditEvent:
+        return AuditEvent(
+            id=new_event_id(),
+            timestamp=_now_ms(),
+            kind="gateway",
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            status=status,
+            outcome=outcome,
+            **fields,
+        )
 
     def _emit(self, fields: dict[str, Any], started: float, **more: Any) -> None:
         event = AuditEvent(
@@ -406,6 +628,88 @@ class IgrisGateway:
             **more,
         )
         self.audit.emit(event)
+
+
+class _TrackedSend:
+    """``send`` that remembers how far the response got, so a revoked request
+    can be ended properly whatever point it was cut at."""
+
+    __slots__ = ("ended", "lock", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.ended = False
+        # Set when another request may write onto this stream (legacy SSE).
+        self.lock: asyncio.Lock | None = None
+
+    def __call__(self, message: MutableMapping[str, Any]) -> Awaitable[None]:
+        # Not a coroutine itself: hands back the server's own awaitable, one
+        # frame fewer per chunk on every request.
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif not message.get("more_body", False):
+            self.ended = True
+        if self.lock is None:
+            return self.send(message)
+        return self._locked(message)
+
+    async def _locked(self, message: MutableMapping[str, Any]) -> None:
+        assert self.lock is not None
+        async with self.lock:
+            await self.send(message)
+
+    async def inject(self, body: bytes) -> bool:
+        """Write ``body`` into this open response (between the relay's chunks)."""
+        if self.status == 0 or self.ended:
+            return False
+        try:
+            await self({"type": "http.response.body", "body": body, "more_body": True})
+        except (OSError, RuntimeError):
+            return False
+        return True
+
+
+async def _end_revoked(tracked: _TrackedSend, result: ProxyResult | None) -> ProxyResult:
+    """Finish the client's response of a request whose key or connection was
+    revoked while it was open (its upstream request is closed already)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
+    if tracked.ended and result is not None:
+        return result  # it completed before the revocation could cut it
+    out = result if result is not None else ProxyResult()
+    out.outcome = "revoked"
+    if tracked.status == 0:
+        out.status = 403
+        await send_error(
+            tracked.send,
+            Forbidden("access was revoked while the request was open", code="revoked"),
+        )
+        return out
+    out.status = tracked.status
+    with contextlib.suppress(OSError, RuntimeError):
+        # Ends the stream: the client sees its response close.
+        await tracked.send({"type": "http.response.body", "body": b"", "more_body": False})
+    return out
+
+
+@overload
+def _utf8(value: str) -> str: ...
+@overload
+def _utf8(value: None) -> None: ...
+def _utf8(value: str | None) -> str | None:
+    """A header value read as latin-1 (as every header here is), decoded as UTF-8."""
+    if value is None:
+        return None
+    return value.encode("latin-1").decode("utf-8", "replace")
+
+
+def _without_accept_encoding(scope: Scope) -> Scope:
+    """The scope without ``Accept-Encoding``: an answer to be filtered must come
+    uncompressed (the gateway does not decompress)."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+    return {**scope, "headers": headers}
 
 
 def _now_ms() -> datetime:

@@ -90,6 +90,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(method="DELETE", path=_AK + "/{id}", handler="revoke_api_key",
               operation_id="revokeApiKey", summary="Revoke a gateway API key at once",
               tag="api-keys", success=204),
+    Operation(method="PATCH", path=_AK + "/{id}", handler="update_api_key",
+              operation_id="updateApiKey",
+              summary="Change a key's name, connections, expiry or access policy",
+              tag="api-keys", success=200, response="ApiKey", request="ApiKeyUpdate"),
     Operation(method="GET", path="/api/v1/openapi.json", handler="openapi",
               operation_id="getOpenApi", summary="This document", tag="meta",
               success=200, public=True),
@@ -131,6 +135,28 @@ def _list_of(name: str) -> dict[str, Any]:
     )
 
 
+_RATE_LIMIT: dict[str, Any] = {
+    "type": ["object", "null"],
+    "properties": {
+        "requestsPerMinute": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "burst": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
+                  "description": "default: requestsPerMinute"},
+    },
+    "required": ["requestsPerMinute"],
+    "additionalProperties": False,
+    "description": "token bucket; over it: 429 rate_limited with Retry-After; null: none",
+}
+_GLOBS = {"type": "array", "maxItems": 100,
+          "items": {"type": "string", "minLength": 1, "maxLength": 200}}
+_TOOLS: dict[str, Any] = {
+    "type": ["object", "null"],
+    "properties": {"allow": _GLOBS, "deny": _GLOBS},
+    "additionalProperties": False,
+    "description": "tool globs; deny wins; an empty or missing allow means all; null: none",
+}
+_MAX_CONCURRENT = {"type": ["integer", "null"], "minimum": 1, "maximum": 100_000,
+                   "description": "requests and streams open at once; past it 429 "
+                                  "too_many_concurrent; null: no cap"}
 _PEM_OR_NULL = {"type": ["string", "null"], "maxLength": 262144}
 _CA_CERTIFICATE = {**_PEM_OR_NULL, "description": "PEM CA certificate(s) trusted for this "
                    "https upstream, in addition to the system's and the gateway's CA file"}
@@ -155,6 +181,8 @@ _CONNECTION_FIELDS: dict[str, Any] = {
     "clientCertificate": _CLIENT_CERTIFICATE,
     "gatewayUrl": {"type": "string", "format": "uri",
                    "description": "`<base>/v1/mcp/<slug>`: the URL MCP clients use"},
+    "rateLimit": _RATE_LIMIT,
+    "tools": _TOOLS,
 }
 
 _API_KEY_FIELDS: dict[str, Any] = {
@@ -165,6 +193,9 @@ _API_KEY_FIELDS: dict[str, Any] = {
     "createdAt": _TIME,
     "expiresAt": _TIME_OR_NULL,
     "revokedAt": _TIME_OR_NULL,
+    "rateLimit": _RATE_LIMIT,
+    "tools": _TOOLS,
+    "maxConcurrent": _MAX_CONCURRENT,
 }
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -212,7 +243,8 @@ _SCHEMAS: dict[str, Any] = {
          "enabled": {"type": "boolean", "default": True},
          "caCertificate": _CA_CERTIFICATE,
          "clientCertificate": {**_CLIENT_CERTIFICATE, "description": "with clientKey"},
-         "clientKey": _CLIENT_KEY},
+         "clientKey": _CLIENT_KEY,
+         "rateLimit": _RATE_LIMIT, "tools": _TOOLS},
         ["slug", "name", "upstreamUrl"],
     ),
     "ConnectionUpdate": _object(
@@ -221,7 +253,8 @@ _SCHEMAS: dict[str, Any] = {
          "enabled": {"type": "boolean"},
          "caCertificate": {**_CA_CERTIFICATE, "description": "null removes it"},
          "clientCertificate": {"type": "null", "description": "null removes the client "
-                               "certificate and key; replace them with rotate"}},
+                               "certificate and key; replace them with rotate"},
+         "rateLimit": _RATE_LIMIT, "tools": _TOOLS},
     ),
     "RotateRequest": _object(
         {"credential": _CREDENTIAL,
@@ -245,8 +278,16 @@ _SCHEMAS: dict[str, Any] = {
                     "items": {"type": "string", "enum": ["admin", "mcp"]}},
          "connections": {"type": ["array", "null"], "items": _SLUG, "uniqueItems": True,
                          "description": "limit an mcp key to these connections"},
-         "expiresAt": _TIME_OR_NULL},
+         "expiresAt": _TIME_OR_NULL,
+         "rateLimit": _RATE_LIMIT, "tools": _TOOLS, "maxConcurrent": _MAX_CONCURRENT},
         ["name", "scopes"],
+    ),
+    "ApiKeyUpdate": _object(
+        {"name": _NAME,
+         "connections": {"type": ["array", "null"], "items": _SLUG, "uniqueItems": True,
+                         "description": "limit an mcp key to these connections; null: all"},
+         "expiresAt": _TIME_OR_NULL,
+         "rateLimit": _RATE_LIMIT, "tools": _TOOLS, "maxConcurrent": _MAX_CONCURRENT},
     ),
     "ApiKeyCreated": _object(
         {**_API_KEY_FIELDS,
@@ -260,7 +301,14 @@ _SCHEMAS: dict[str, Any] = {
 # The request fields the API accepts, per request schema: anything else is a 422.
 REQUEST_FIELDS: dict[str, frozenset[str]] = {
     name: frozenset(_SCHEMAS[name]["properties"])
-    for name in ("ConnectionCreate", "ConnectionUpdate", "RotateRequest", "Empty", "ApiKeyCreate")
+    for name in (
+        "ConnectionCreate",
+        "ConnectionUpdate",
+        "RotateRequest",
+        "Empty",
+        "ApiKeyCreate",
+        "ApiKeyUpdate",
+    )
 }
 
 _QUERY: dict[str, dict[str, Any]] = {

@@ -13,19 +13,25 @@ entry holds no target and names the fault, the gateway answers 503
 ``crypto_unavailable`` without contacting the upstream, and the operator is
 told once per cache fill which key id is missing (an id, never key material).
 
-This is where per-key and per-connection bookkeeping belongs (for example a
-registry of open requests and streams, so that a disable or revoke can end
-them, or a bound on how stale an entry may be served): it sees every
-resolution and every invalidation.
+It also keeps the open-work registry (``_openwork``): when a change notice
+names a key or a connection with requests open under it, ``recheck`` reads
+the record again and ends the open work it no longer allows (disabled,
+deleted, revoked, expired, or no longer granted); a rotation or any other
+change leaves it running. Changes by processes that send no notices (a CLI
+on a shared SQLite file) are found by a sweep every ``ttl`` seconds while
+work is open. Entries are served past a failed refresh for at most
+``max_stale`` seconds (see ``_cache``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
 import ssl
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final
 
 import attrs
 
@@ -39,6 +45,7 @@ from ._errors import (
     UnknownKeyId,
     ValidationError,
 )
+from ._openwork import OpenWork
 from ._proxy import Target
 from ._proxy.tls import ContextCache, TlsMaterial
 from ._service import Service
@@ -104,32 +111,60 @@ class Resolver:
             invalidate the caches (``attach`` registers the listener).
         service: opens credentials (decrypts them under the binding).
         ttl: the backstop bound on how long an unnotified change can go unseen.
+        max_stale: how long an entry is served after its last successful
+            check while the store cannot be reached (then 503).
         tls: the SSL contexts of connections with their own TLS material,
             built here (cold path) once per connection version.
     """
 
     def __init__(
-        self, store: Store, service: Service, *, ttl: float, tls: ContextCache | None = None
+        self,
+        store: Store,
+        service: Service,
+        *,
+        ttl: float,
+        max_stale: float = 60.0,
+        tls: ContextCache | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError("cache_ttl must be positive")
+        if max_stale <= 0:
+            raise ValueError("max_stale must be positive")
         self.store = store
         self.service = service
+        self.ttl = ttl
         self.keys: RefreshingCache[bytes, ApiKey | _Missing] = RefreshingCache(
-            self._load_key, ttl=ttl
+            self._load_key, ttl=ttl, max_stale=max_stale, negative=_is_missing
         )
         self.connections: RefreshingCache[str, _Resolved | _Missing] = RefreshingCache(
-            self._load_connection, ttl=ttl, revalidate=self._revalidate_connection
+            self._load_connection,
+            ttl=ttl,
+            revalidate=self._revalidate_connection,
+            max_stale=max_stale,
+            negative=_is_missing,
         )
+        # id -> hash of every key loaded; a key's hash never changes.
         self._key_hash_by_id: dict[str, bytes] = {}
+        self.open_work = OpenWork()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.tls = tls if tls is not None else ContextCache()
 
     def attach(self) -> None:
         """Start following the store's changes (call once the store is open)."""
         self.store.add_listener(self.on_change)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def aclose(self) -> None:
-        """Stop the background refreshes."""
+        """Stop the background refreshes, rechecks and the sweep."""
+        tasks = list(self._tasks)
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+            self._sweeper = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.keys.aclose()
         await self.connections.aclose()
 
@@ -154,25 +189,105 @@ class Resolver:
 
     # -- invalidation -------------------------------------------------------
     def on_change(self, change: Change) -> None:
-        """Forget what ``change`` made stale (a store listener)."""
+        """Forget what ``change`` made stale (a store listener); recheck the
+        open work it may revoke."""
+        work = self.open_work
         if change.kind == "all":
             self.connections.clear()
             self.tls.clear()
             self.keys.clear()
-            self._key_hash_by_id.clear()
+            if work:
+                self._spawn(self.recheck_all())
         elif change.kind == "connection" and change.key is not None:
             self.connections.invalidate(change.key)
             # Old contexts hold the old client key in OpenSSL's memory: drop them now.
             self.tls.discard(change.key)
+            if work and work.has_slug(change.key):
+                self._spawn(self.recheck_connection(change.key))
         elif change.kind == "api_key":
-            key_hash = self._key_hash_by_id.pop(change.key, None) if change.key else None
+            key_hash = self._key_hash_by_id.get(change.key) if change.key else None
             if key_hash is not None:
                 self.keys.invalidate(key_hash)
             else:
                 # A new key may replace a cached "unknown": forget every negative entry.
                 self.keys.clear()
+            if change.key is None:
+                if work:
+                    self._spawn(self.recheck_all())
+            elif work.has_key(change.key):
+                self._spawn(self.recheck_key(change.key))
         else:
             self.connections.clear()
+            if work:
+                self._spawn(self.recheck_all())
+
+    # -- revocation of open work ------------------------------------------
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(job)
+        except RuntimeError:  # no loop: nothing can be open in this thread
+            job.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recheck_connection(self, slug: str) -> None:
+        """End the open work on ``slug`` unless it still exists, enabled, as the
+        same connection."""
+        try:
+            conn = await self.store.get_connection(slug)
+        except NotFound:
+            ended = self.open_work.end_connection(slug)
+        except Exception as exc:
+            log.warning("cannot recheck connection %r: %s", slug, type(exc).__name__)
+            return
+        else:
+            if conn.enabled:
+                ended = self.open_work.end_connection(slug, keep_created=conn.created_at)
+            else:
+                ended = self.open_work.end_connection(slug)
+        if ended:
+            log.info("connection %r: ended %d open request(s)", slug, ended)
+
+    async def recheck_key(self, key_id: str) -> None:
+        """End the key's open work unless it is still usable and still grants
+        each connection."""
+        key_hash = self._key_hash_by_id.get(key_id)
+        if key_hash is None:
+            return
+        try:
+            record = await self.store.get_api_key_by_hash(key_hash)
+        except Exception as exc:
+            log.warning("cannot recheck API key %s: %s", key_id, type(exc).__name__)
+            return
+        work = self.open_work
+        if record is None or not record.is_usable(utcnow()):
+            ended = work.end_key(key_id)
+        else:
+            slugs = work.slugs(key_id)
+            ended = work.end_key(key_id, [s for s in slugs if not record.allows(s)])
+            work.set_expiry(key_id, record.expires_at)
+        if ended:
+            log.info("API key %s: ended %d open request(s)", key_id, ended)
+
+    async def recheck_all(self) -> None:
+        """Recheck every key and connection with open work."""
+        work = self.open_work
+        for slug in work.slugs():
+            await self.recheck_connection(slug)
+        for key_id in work.key_ids():
+            await self.recheck_key(key_id)
+
+    async def _sweep(self) -> None:
+        # The bound for changes that come with no notice (another process on
+        # a shared SQLite file): open work is rechecked every ttl.
+        while True:
+            await asyncio.sleep(self.ttl)
+            if self.open_work:
+                try:
+                    await self.recheck_all()
+                except Exception:  # never let the sweep die
+                    log.exception("open-work sweep failed")
 
     # -- loading ------------------------------------------------------------
     async def _load_key(self, key_hash: bytes) -> ApiKey | _Missing:
@@ -230,6 +345,10 @@ class Resolver:
         # deleted and created again under the same slug and version is told apart.
         stamp = hashlib.sha256(tls.to_text().encode()).digest()
         return self.tls.get(conn.slug, conn.version, material, stamp)
+
+
+def _is_missing(value: object) -> bool:
+    return isinstance(value, _Missing)
 
 
 def _crypto_fault(conn: Connection, exc: InvalidCiphertext) -> str:

@@ -19,6 +19,7 @@ from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
 from ._validation import (
     API_KEY_FIELDS,
+    API_KEY_PATCH_FIELDS,
     CREATE_FIELDS,
     PATCH_FIELDS,
     check_fields,
@@ -32,6 +33,7 @@ from ._validation import (
     parse_expires_at,
     parse_key_connections,
     parse_limit,
+    parse_max_concurrent,
     parse_scopes,
     parse_since,
     require_mapping,
@@ -43,8 +45,10 @@ from .models import (
     AuthType,
     Connection,
     Page,
+    RateLimit,
     Secret,
     TlsConfig,
+    ToolPolicy,
     utcnow,
     validate_header_name,
     validate_name,
@@ -118,6 +122,8 @@ class Service:
         auth_type = parse_auth_type(body.get("authType", AuthType.BEARER.value))
         header_name = header_name_for(auth_type, body.get("headerName"))
         enabled = parse_bool(body.get("enabled", True), "enabled")
+        rate_limit = RateLimit.from_json(body.get("rateLimit"))
+        tools = ToolPolicy.from_json(body.get("tools"))
         raw_credential = body.get("credential")
         plaintext: bytes | None = None
         if auth_type is AuthType.NONE:
@@ -143,6 +149,8 @@ class Service:
             credential_version=1,
             created_at=now,
             updated_at=now,
+            rate_limit=rate_limit,
+            tools=tools,
         )
         if plaintext is not None:
             conn = attrs.evolve(conn, ciphertext=await self.crypto.encrypt(plaintext, _bind(conn)))
@@ -178,7 +186,8 @@ class Service:
     async def update_connection(
         self, slug: str, changes: Mapping[str, Any], *, actor: str | None = None
     ) -> Connection:
-        """PATCH: name, upstreamUrl, authType, headerName, enabled.
+        """PATCH: name, upstreamUrl, authType, headerName, enabled, rateLimit, tools
+        (``null`` removes either).
 
         Changing upstreamUrl or authType re-seals the credential under the
         new binding in the same guarded write; switching to ``none`` drops it.
@@ -200,6 +209,8 @@ class Service:
         if changes.get("headerName") is not None:
             validate_header_name(changes["headerName"])
         new_enabled = parse_bool(changes["enabled"], "enabled") if "enabled" in changes else None
+        new_rate = RateLimit.from_json(changes.get("rateLimit"))
+        new_tools = ToolPolicy.from_json(changes.get("tools"))
         new_ca = parse_ca_certificate(changes.get("caCertificate"))
         if changes.get("clientCertificate") is not None:
             raise ValidationError(
@@ -233,6 +244,8 @@ class Service:
                 auth_type=auth_type,
                 header_name=header_name,
                 enabled=new_enabled if new_enabled is not None else current.enabled,
+                rate_limit=new_rate if "rateLimit" in changes else current.rate_limit,
+                tools=new_tools if "tools" in changes else current.tools,
                 updated_at=self.clock(),
                 tls=_tls_or_none(tls),
             )
@@ -419,8 +432,19 @@ class Service:
         return stored
 
     async def delete_connection(self, slug: str, *, actor: str | None = None) -> None:
-        """Delete; the audit trail stays. Raises ``NotFound``."""
+        """Delete; the audit trail stays. Raises ``NotFound``.
+
+        Grants follow the connection, not its name: every key limited to this
+        slug loses it first, so a connection created later under the same
+        slug is not reachable with them (a key left with no connection
+        reaches none).
+        """
         current = await self.get_connection(slug)
+        for key in await self.store.list_api_keys():
+            if key.connections is not None and slug in key.connections:
+                await self.store.update_api_key(
+                    attrs.evolve(key, connections=key.connections - {slug})
+                )
         await self.store.delete_connection(slug)
         await self._record(current, "delete", actor)
 
@@ -503,6 +527,9 @@ class Service:
         connections = parse_key_connections(body.get("connections"), scopes)
         now = self.clock()
         expires_at = parse_expires_at(body.get("expiresAt"), now)
+        rate_limit = RateLimit.from_json(body.get("rateLimit"))
+        tools = ToolPolicy.from_json(body.get("tools"))
+        max_concurrent = parse_max_concurrent(body.get("maxConcurrent"))
         key = generate_key()
         record = ApiKey(
             id=new_key_id(),
@@ -512,8 +539,55 @@ class Service:
             connections=connections,
             created_at=now,
             expires_at=expires_at,
+            rate_limit=rate_limit,
+            tools=tools,
+            max_concurrent=max_concurrent,
         )
         return await self.store.create_api_key(record), key
+
+    async def update_api_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey:
+        """PATCH a key: name, connections, expiresAt, rateLimit, tools,
+        maxConcurrent (``null`` removes any but name).
+
+        Raises:
+            ValidationError: an unknown, read-only or invalid field (checked
+                before anything is written).
+            NotFound: no such key.
+        """
+        changes = require_mapping(changes)
+        check_fields(changes, API_KEY_PATCH_FIELDS, "an API key update")
+        name = validate_name(changes["name"]) if "name" in changes else None
+        rate_limit = RateLimit.from_json(changes.get("rateLimit"))
+        tools = ToolPolicy.from_json(changes.get("tools"))
+        max_concurrent = parse_max_concurrent(changes.get("maxConcurrent"))
+        expires_at = parse_expires_at(changes.get("expiresAt"), self.clock())
+        current = await self._get_api_key(key_id)
+        connections = (
+            parse_key_connections(changes["connections"], current.scopes)
+            if "connections" in changes
+            else current.connections
+        )
+        if not changes:
+            return current
+        updated = attrs.evolve(
+            current,
+            name=name if name is not None else current.name,
+            connections=connections,
+            expires_at=expires_at if "expiresAt" in changes else current.expires_at,
+            rate_limit=rate_limit if "rateLimit" in changes else current.rate_limit,
+            tools=tools if "tools" in changes else current.tools,
+            max_concurrent=(
+                max_concurrent if "maxConcurrent" in changes else current.max_concurrent
+            ),
+        )
+        return await self.store.update_api_key(updated)
+
+    async def _get_api_key(self, key_id: str) -> ApiKey:
+        if isinstance(key_id, str) and key_id:
+            for key in await self.store.list_api_keys():
+                if key.id == key_id:
+                    return key
+        raise NotFound("no such API key")
 
     async def list_api_keys(self) -> list[ApiKey]:
         """Every key record, revoked ones included, oldest first."""

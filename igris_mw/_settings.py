@@ -59,7 +59,13 @@ def _text(name: str, raw: str) -> str:
 
 
 def _path(name: str, raw: str) -> Path:
-    return Path(raw).expanduser().absolute()
+    if "\0" in raw:
+        raise ConfigurationError(f"{name} holds a NUL character")
+    try:
+        # expanduser raises RuntimeError for "~someone" who does not exist.
+        return Path(raw).expanduser().absolute()
+    except RuntimeError:
+        raise ConfigurationError(f"{name} names a home directory that does not exist") from None
 
 
 def _seconds(name: str, raw: str) -> float:
@@ -79,6 +85,16 @@ def _port(name: str, raw: str) -> int:
         raise ConfigurationError(f"{name} must be a TCP port number, got {raw!r}") from None
     if not 0 < value < 65536:
         raise ConfigurationError(f"{name} must be a TCP port from 1 to 65535, got {value}")
+    return value
+
+
+def _count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -136,6 +152,12 @@ class Settings:
         host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
         public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
         log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
+        max_stale: ``IGRIS_MAX_STALE`` seconds a cached key or connection is
+            served while the store cannot be reached (default 60).
+        rate_limit_store: ``IGRIS_RATE_LIMIT_STORE`` (``redis://host:port/db``)
+            to share rate-limit buckets across replicas; ``None``: per process.
+        auth_failures_per_minute: ``IGRIS_AUTH_FAILURES_PER_MINUTE``, failed
+            authentications one client address may make in a minute (default 30).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -161,6 +183,13 @@ class Settings:
     port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))
     public_url: str | None = attrs.field(default=None, metadata=_env("IGRIS_PUBLIC_URL", _http_url))
     log_level: str = attrs.field(default="info", metadata=_env("IGRIS_LOG_LEVEL", _log_level))
+    max_stale: float = attrs.field(default=60.0, metadata=_env("IGRIS_MAX_STALE", _seconds))
+    rate_limit_store: str | None = attrs.field(
+        default=None, repr=False, metadata=_env("IGRIS_RATE_LIMIT_STORE", _text)
+    )
+    auth_failures_per_minute: int = attrs.field(
+        default=30, metadata=_env("IGRIS_AUTH_FAILURES_PER_MINUTE", _count)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

@@ -26,6 +26,7 @@ from .models import (
 
 __all__ = [
     "API_KEY_FIELDS",
+    "API_KEY_PATCH_FIELDS",
     "CREATE_FIELDS",
     "PATCH_FIELDS",
     "TLS_FIELDS",
@@ -40,6 +41,7 @@ __all__ = [
     "parse_expires_at",
     "parse_key_connections",
     "parse_limit",
+    "parse_max_concurrent",
     "parse_scopes",
     "parse_since",
     "require_mapping",
@@ -47,16 +49,32 @@ __all__ = [
 
 # A connection's TLS material (docs/tls.md); clientKey is write-only, like credential.
 TLS_FIELDS = frozenset({"caCertificate", "clientCertificate", "clientKey"})
-CREATE_FIELDS = frozenset(
-    {"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"}
-) | TLS_FIELDS
+CREATE_FIELDS = (
+    frozenset({"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"})
+    | {"rateLimit", "tools"}
+    | TLS_FIELDS
+)
 PATCH_FIELDS = frozenset(
-    {"name", "upstreamUrl", "authType", "headerName", "enabled"}
+    {"name", "upstreamUrl", "authType", "headerName", "enabled", "rateLimit", "tools"}
 ) | {"caCertificate", "clientCertificate"}
 _READ_ONLY_FIELDS = frozenset(
-    {"credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl"}
+    {
+        "credentialVersion",
+        "createdAt",
+        "updatedAt",
+        "rotatedAt",
+        "gatewayUrl",
+        "id",
+        "revokedAt",
+    }
 )
-API_KEY_FIELDS = frozenset({"name", "scopes", "connections", "expiresAt"})
+API_KEY_FIELDS = frozenset(
+    {"name", "scopes", "connections", "expiresAt", "rateLimit", "tools", "maxConcurrent"}
+)
+API_KEY_PATCH_FIELDS = frozenset(
+    {"name", "connections", "expiresAt", "rateLimit", "tools", "maxConcurrent"}
+)
+_MAX_CONCURRENT = 100_000
 # Only field names that look like field names are echoed back: a pasted
 # secret used as a JSON key must not end up in an error message.
 _ECHOABLE_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}\Z")
@@ -190,6 +208,17 @@ def parse_key_connections(value: object, scopes: frozenset[Scope]) -> frozenset[
             "must be a non-empty list of slugs (omit it to allow every connection)",
         )
     return frozenset(validate_slug(v, field="connections") for v in value)
+
+
+def parse_max_concurrent(value: object) -> int | None:
+    """An API key's optional ``maxConcurrent``: 1..100000 or null (no cap)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_CONCURRENT:
+        raise ValidationError(
+            "maxConcurrent", f"must be an integer from 1 to {_MAX_CONCURRENT}, or null"
+        )
+    return value
 
 
 def parse_expires_at(value: object, now: datetime) -> datetime | None:

@@ -214,7 +214,9 @@ def _rotate_body(
 
 def _changes(**fields: Any) -> Record:
     names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName",
-             "ca_certificate": "caCertificate", "client_certificate": "clientCertificate"}
+             "ca_certificate": "caCertificate", "client_certificate": "clientCertificate",
+             "rate_limit": "rateLimit", "max_concurrent": "maxConcurrent",
+             "expires_at": "expiresAt"}
     return {names.get(k, k): v for k, v in fields.items() if v is not UNSET}
 
 
@@ -412,6 +414,8 @@ class IgrisClient(_Base):
         ca_certificate: str | None = None,
         client_certificate: str | None = None,
         client_key: str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
     ) -> Record:
         """Create a connection; returns it (never the credential, never the client key).
 
@@ -425,6 +429,7 @@ class IgrisClient(_Base):
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled, _tls_fields(ca_certificate, client_certificate,
                                                      client_key))
+        body.update(_policy(rate_limit, tools, None))
         result: Record = self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -460,13 +465,20 @@ class IgrisClient(_Base):
         enabled: bool | _Unset = UNSET,
         ca_certificate: str | _Unset | None = UNSET,
         client_certificate: _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
     ) -> Record:
         """Change the given fields only (the credential and the client key change
         with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
-        ``ca_certificate=None`` the connection's CA)."""
+        ``ca_certificate=None`` the connection's CA).
+
+        ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
+        (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
+        """
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
                         header_name=header_name, enabled=enabled,
-                        ca_certificate=ca_certificate, client_certificate=client_certificate)
+                        ca_certificate=ca_certificate, client_certificate=client_certificate,
+                        rate_limit=rate_limit, tools=tools)
         result: Record = self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -531,14 +543,38 @@ class IgrisClient(_Base):
         *,
         connections: Sequence[str] | None = None,
         expires_at: datetime | str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
+        max_concurrent: int | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
+        body.update(_policy(rate_limit, tools, max_concurrent))
         return _issued(self._run(_Call("POST", f"{_API}/api-keys", json=body)))
 
     def list_api_keys(self) -> list[Record]:
         """Every key record (never a key itself)."""
         return _page(self._run(_Call("GET", f"{_API}/api-keys"))).items
+
+    def update_api_key(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        connections: Sequence[str] | _Unset | None = UNSET,
+        expires_at: datetime | str | _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        max_concurrent: int | _Unset | None = UNSET,
+    ) -> Record:
+        """Change the given fields of a key (``None`` removes any but ``name``).
+
+        Raises:
+            ValidationError: a field is invalid (nothing changed). NotFound.
+        """
+        body = _key_changes(name, connections, expires_at, rate_limit, tools, max_concurrent)
+        result: Record = self._run(_Call("PATCH", _key_path(key_id), json=body))
+        return result
 
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""
@@ -557,6 +593,45 @@ def _api_key_body(
     if expires_at is not None:
         body["expiresAt"] = _time(expires_at)
     return body
+
+
+def _policy(
+    rate_limit: Mapping[str, int] | None,
+    tools: Mapping[str, Sequence[str]] | None,
+    max_concurrent: int | None,
+) -> Record:
+    body: Record = {}
+    if rate_limit is not None:
+        body["rateLimit"] = dict(rate_limit)
+    if tools is not None:
+        body["tools"] = {k: list(v) for k, v in tools.items()}
+    if max_concurrent is not None:
+        body["maxConcurrent"] = max_concurrent
+    return body
+
+
+def _key_changes(
+    name: str | _Unset,
+    connections: Sequence[str] | _Unset | None,
+    expires_at: datetime | str | _Unset | None,
+    rate_limit: Mapping[str, int] | _Unset | None,
+    tools: Mapping[str, Sequence[str]] | _Unset | None,
+    max_concurrent: int | _Unset | None,
+) -> Record:
+    return _changes(
+        name=name,
+        connections=(
+            connections if connections is None or isinstance(connections, _Unset)
+            else list(connections)
+        ),
+        expires_at=(
+            expires_at if expires_at is None or isinstance(expires_at, _Unset)
+            else _time(expires_at)
+        ),
+        rate_limit=rate_limit,
+        tools=tools,
+        max_concurrent=max_concurrent,
+    )
 
 
 class AsyncIgrisClient(_Base):
@@ -628,11 +703,14 @@ class AsyncIgrisClient(_Base):
         ca_certificate: str | None = None,
         client_certificate: str | None = None,
         client_key: str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
     ) -> Record:
         """Create a connection; returns it (never the credential, never the client key)."""
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled, _tls_fields(ca_certificate, client_certificate,
                                                      client_key))
+        body.update(_policy(rate_limit, tools, None))
         result: Record = await self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
@@ -669,13 +747,20 @@ class AsyncIgrisClient(_Base):
         enabled: bool | _Unset = UNSET,
         ca_certificate: str | _Unset | None = UNSET,
         client_certificate: _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
     ) -> Record:
         """Change the given fields only (the credential and the client key change
         with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
-        ``ca_certificate=None`` the connection's CA)."""
+        ``ca_certificate=None`` the connection's CA).
+
+        ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
+        (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
+        """
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
                         header_name=header_name, enabled=enabled,
-                        ca_certificate=ca_certificate, client_certificate=client_certificate)
+                        ca_certificate=ca_certificate, client_certificate=client_certificate,
+                        rate_limit=rate_limit, tools=tools)
         result: Record = await self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -741,14 +826,38 @@ class AsyncIgrisClient(_Base):
         *,
         connections: Sequence[str] | None = None,
         expires_at: datetime | str | None = None,
+        rate_limit: Mapping[str, int] | None = None,
+        tools: Mapping[str, Sequence[str]] | None = None,
+        max_concurrent: int | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
+        body.update(_policy(rate_limit, tools, max_concurrent))
         return _issued(await self._run(_Call("POST", f"{_API}/api-keys", json=body)))
 
     async def list_api_keys(self) -> list[Record]:
         """Every key record (never a key itself)."""
         return _page(await self._run(_Call("GET", f"{_API}/api-keys"))).items
+
+    async def update_api_key(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        connections: Sequence[str] | _Unset | None = UNSET,
+        expires_at: datetime | str | _Unset | None = UNSET,
+        rate_limit: Mapping[str, int] | _Unset | None = UNSET,
+        tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        max_concurrent: int | _Unset | None = UNSET,
+    ) -> Record:
+        """Change the given fields of a key (``None`` removes any but ``name``).
+
+        Raises:
+            ValidationError: a field is invalid (nothing changed). NotFound.
+        """
+        body = _key_changes(name, connections, expires_at, rate_limit, tools, max_concurrent)
+        result: Record = await self._run(_Call("PATCH", _key_path(key_id), json=body))
+        return result
 
     async def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import ValidationError
+from ._policy.ratelimit import RateLimit
+from ._policy.tools import ToolPolicy
 
 __all__ = [
     "SLUG_RE",
@@ -28,11 +30,15 @@ __all__ = [
     "AuthType",
     "Connection",
     "Page",
+    "RateLimit",
     "Scope",
     "Secret",
     "TlsConfig",
+    "ToolPolicy",
     "format_time",
     "parse_time",
+    "policy_from_json",
+    "policy_to_json",
     "tls_text",
     "utcnow",
     "validate_header_name",
@@ -269,6 +275,8 @@ class Connection:
     rotated_at: datetime | None = None
     version: int = 1
     tls: TlsConfig | None = None
+    rate_limit: RateLimit | None = None
+    tools: ToolPolicy | None = None
 
     def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
         """The contract's JSON (never the credential, never the client key)."""
@@ -285,6 +293,8 @@ class Connection:
             "rotatedAt": format_time(self.rotated_at) if self.rotated_at else None,
             "caCertificate": self.tls.ca_certificate if self.tls else None,
             "clientCertificate": self.tls.client_certificate if self.tls else None,
+            "rateLimit": self.rate_limit.to_json() if self.rate_limit else None,
+            "tools": self.tools.to_json() if self.tools else None,
         }
         if base_url is not None:
             out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"
@@ -303,6 +313,9 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    rate_limit: RateLimit | None = None
+    tools: ToolPolicy | None = None
+    max_concurrent: int | None = None
 
     def is_usable(self, now: datetime) -> bool:
         if self.revoked_at is not None:
@@ -326,7 +339,39 @@ class ApiKey:
             "createdAt": format_time(self.created_at),
             "expiresAt": format_time(self.expires_at) if self.expires_at else None,
             "revokedAt": format_time(self.revoked_at) if self.revoked_at else None,
+            "rateLimit": self.rate_limit.to_json() if self.rate_limit else None,
+            "tools": self.tools.to_json() if self.tools else None,
+            "maxConcurrent": self.max_concurrent,
         }
+
+
+def policy_to_json(record: Connection | ApiKey) -> str | None:
+    """A record's access policy (rateLimit, tools, maxConcurrent) as one JSON text,
+    for stores that keep it in one column; ``None`` when it has none."""
+    out: dict[str, Any] = {}
+    if record.rate_limit is not None:
+        out["rateLimit"] = record.rate_limit.to_json()
+    if record.tools is not None:
+        out["tools"] = record.tools.to_json()
+    if isinstance(record, ApiKey) and record.max_concurrent is not None:
+        out["maxConcurrent"] = record.max_concurrent
+    return json.dumps(out, sort_keys=True, separators=(",", ":")) if out else None
+
+
+def policy_from_json(text: str | None) -> dict[str, Any]:
+    """The keyword arguments ``policy_to_json``'s text stands for
+    (``attrs.evolve(record, **policy_from_json(text))``; ``max_concurrent`` is
+    only there for a key's text)."""
+    if not text:
+        return {}
+    raw = json.loads(text)
+    out: dict[str, Any] = {
+        "rate_limit": RateLimit.from_json(raw.get("rateLimit")),
+        "tools": ToolPolicy.from_json(raw.get("tools")),
+    }
+    if "maxConcurrent" in raw:
+        out["max_concurrent"] = raw["maxConcurrent"]
+    return out
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -341,7 +386,9 @@ class AuditEvent:
     ``action`` says which (``create``, ``update``, ``rotate``, ``disable``,
     ``enable``, ``delete``). ``seq``, ``prev_hash`` and ``hash`` are set by
     the store when it appends the event to the connection's hash chain;
-    they are ``None``/``0`` before that.
+    they are ``None``/``0`` before that. ``count`` is set on an event that
+    stands for several repeated refusals (``None``: one request); it appears
+    in the JSON only when set, so events without it hash as before.
     """
 
     id: str
@@ -365,9 +412,10 @@ class AuditEvent:
     seq: int = 0
     prev_hash: str | None = None
     hash: str | None = None
+    count: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "timestamp": format_time(self.timestamp),
             "connection": self.connection,
@@ -390,6 +438,9 @@ class AuditEvent:
             "prevHash": self.prev_hash,
             "hash": self.hash,
         }
+        if self.count is not None:
+            out["count"] = self.count
+        return out
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> AuditEvent:
@@ -424,6 +475,7 @@ class AuditEvent:
                 seq=int(body["seq"]),
                 prev_hash=body.get("prevHash"),
                 hash=body.get("hash"),
+                count=body.get("count"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an audit event: {exc}") from exc

@@ -142,7 +142,8 @@ class Store(Protocol):
     ) -> Connection:
         """Replace every mutable field of the record ``connection.slug``
         (name, upstream_url, auth_type, header_name, enabled,
-        credential_version, ciphertext, updated_at, rotated_at) in one atomic
+        credential_version, ciphertext, updated_at, rotated_at, rate_limit,
+        tools) in one atomic
         write, only if its stored ``version`` is still ``expected_version``;
         the stored version becomes ``expected_version + 1`` and
         ``created_at`` is kept.
@@ -175,6 +176,13 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         """Set ``revoked_at`` (kept if already set). Raises ``NotFound``."""
+        ...
+
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        """Replace the mutable fields of the key ``key.id`` (name, connections,
+        expires_at, rate_limit, tools, max_concurrent) in one write; ``key_hash``,
+        ``scopes``, ``created_at`` and ``revoked_at`` are kept. Returns the stored
+        record. Raises ``NotFound``."""
         ...
 
     # -- audit -----------------------------------------------------------

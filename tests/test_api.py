@@ -25,6 +25,7 @@ BASE = "http://gw.test"
 CONNECTION_FIELDS = {
     "slug", "name", "upstreamUrl", "authType", "headerName", "enabled", "credentialVersion",
     "createdAt", "updatedAt", "rotatedAt", "gatewayUrl", "caCertificate", "clientCertificate",
+    "rateLimit", "tools",
 }
 
 
@@ -236,7 +237,7 @@ async def test_openapi_document_matches_the_router(env: Env) -> None:
         "type": "http", "scheme": "bearer", "bearerFormat": "ig_..."}
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
     assert documented == env.api.routes
-    assert len(documented) == 13
+    assert len(documented) == 14
 
     # Every documented pair is answered (not 404/405); every other method is 405.
     for path, methods in doc["paths"].items():

@@ -162,3 +162,82 @@ async def test_clear_drops_everything() -> None:
     assert len(cache) == 0
     src.values["a"] = 10
     assert await cache.get("a") == 10
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_stale_entry_served_until_max_stale_then_fails_closed() -> None:
+    """Store down: the entry serves until max_stale after its last good check, then 503."""
+    from igris_mw._errors import StoreUnavailable
+
+    src = Source()
+    src.values["a"] = 1
+    clock = Clock()
+    cache: RefreshingCache[str, int] = RefreshingCache(
+        src.load, ttl=1, clock=clock, max_stale=10, retry_interval=1
+    )
+    assert await cache.get("a") == 1
+    src.fail = True
+    for step in range(1, 10):
+        clock.now = float(step)
+        assert await cache.get("a") == 1  # stale-if-error, background refresh fails
+        await _settle()
+    clock.now = 10.5
+    with pytest.raises(StoreUnavailable) as caught:
+        await cache.get("a")
+    assert caught.value.retry_after == 1
+    loads = src.loads
+    for _ in range(20):  # within retry_interval: refused without touching the store
+        with pytest.raises(StoreUnavailable):
+            await cache.get("a")
+    assert src.loads == loads
+    src.fail = False
+    clock.now = 12.0
+    assert await cache.get("a") == 1  # the store is back: recovered
+
+
+async def test_successful_refresh_restarts_the_max_stale_clock() -> None:
+    """A background refresh that succeeds counts as a check: no 503 while the store answers."""
+    src = Source()
+    src.values["a"] = 1
+    clock = Clock()
+    cache: RefreshingCache[str, int] = RefreshingCache(src.load, ttl=1, clock=clock, max_stale=3)
+    await cache.get("a")
+    for step in range(1, 30):
+        clock.now = float(step)
+        assert await cache.get("a") == 1
+        await _settle()
+
+
+async def test_negative_entries_have_their_own_budget() -> None:
+    """A flood of unknown keys evicts only other negative entries, never the real ones."""
+    src = Source()
+    real = {f"real{i}": i for i in range(50)}
+    src.values.update(real)
+
+    async def load(key: str) -> int:
+        return src.values.get(key, -1)
+
+    cache: RefreshingCache[str, int] = RefreshingCache(
+        load, ttl=100, clock=Clock(), max_entries=100, max_negative=20,
+        negative=lambda v: v < 0,
+    )
+    for key in real:
+        await cache.get(key)
+    for i in range(10_000):
+        assert await cache.get(f"random{i}") == -1
+    assert len(cache) <= 70
+    calls = 0
+
+    async def counting(key: str) -> int:
+        nonlocal calls
+        calls += 1
+        return await load(key)
+
+    cache._load = counting
+    for key, value in real.items():
+        assert await cache.get(key) == value
+    assert calls == 0

@@ -226,3 +226,19 @@ def test_cli_on_a_vault_store_shares_serves_default_audit_sink(tmp_path: Path, b
         assert shown.returncode == 0, shown.stderr
         assert [e["action"] for e in json.loads(shown.stdout)["data"]] == ["create"]
     assert "cli-canary-Vb72" not in (home / "audit.jsonl").read_text()
+
+
+def test_no_new_admin_key_after_every_admin_key_was_revoked(tmp_path: Path) -> None:
+    """serve mints its admin key only when the store never had one: revoking the
+    last admin key and restarting prints no new key."""
+    home = tmp_path / "data"
+    with _serve(home) as (url, output):
+        admin = _admin_key(output[0])
+        keys = httpx.get(url + "/api/v1/api-keys", headers={"Authorization": f"Bearer {admin}"})
+        (record,) = keys.json()["data"]
+        r = httpx.delete(
+            url + f"/api/v1/api-keys/{record['id']}", headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert r.status_code == 204
+    with _serve(home) as (_, output):
+        assert KEY_RE.findall(output[0]) == []

@@ -201,3 +201,9 @@ def test_gateway_reads_the_environment_through_settings(tmp_path: Path) -> None:
         IgrisGateway(None, store=MemoryStore(), environ={"IGRIS_UPSTREAM_TIMEOUT": "0"})
     with pytest.raises(ConfigurationError, match="IGRIS_STORE"):
         IgrisGateway(None, crypto=FixedKeyring(), environ={})
+
+
+def test_home_of_an_unknown_user_is_a_named_error() -> None:
+    """IGRIS_HOME='~nosuchuser' is a ConfigurationError naming IGRIS_HOME, not a RuntimeError."""
+    with pytest.raises(ConfigurationError, match="IGRIS_HOME"):
+        Settings.from_env({"IGRIS_HOME": "~0-no-such-user"})

@@ -11,12 +11,21 @@ The names the gateway (and tests) use are re-exported here.
 
 from __future__ import annotations
 
-from .forward import BodyPrefix, Forwarder, ProxyResult, read_body_prefix
+from .forward import (
+    BodyFilter,
+    BodyFilterFactory,
+    BodyPrefix,
+    Forwarder,
+    ProxyResult,
+    read_body_prefix,
+)
 from .upstream import ALWAYS_STRIP, HOP_BY_HOP, Target, upstream_url
 
 __all__ = [
     "ALWAYS_STRIP",
     "HOP_BY_HOP",
+    "BodyFilter",
+    "BodyFilterFactory",
     "BodyPrefix",
     "Forwarder",
     "ProxyResult",

@@ -38,8 +38,8 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import attrs
@@ -110,6 +110,18 @@ async def read_body_prefix(receive: Receive, limit: int) -> BodyPrefix:
         if not message.get("more_body", False):
             return BodyPrefix(b"".join(parts), complete=True)
     return BodyPrefix(b"".join(parts), complete=False)
+
+
+class BodyFilter(Protocol):
+    """Rewrites a response body on its way to the client (e.g. tools/list filtering)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+#: Called with the upstream response (headers known): a filter, or None to relay as is.
+BodyFilterFactory = Callable[[aiohttp.ClientResponse], BodyFilter | None]
 
 
 class _ClientGone(Exception):
@@ -298,6 +310,7 @@ class Forwarder:
         *,
         gateway_prefix: str,
         prefix: BodyPrefix | None = None,
+        body_filter: BodyFilterFactory | None = None,
     ) -> ProxyResult:
         """Proxy one HTTP request to ``target`` and stream the response back.
 
@@ -309,6 +322,8 @@ class Forwarder:
             gateway_prefix: the path clients use for this connection
                 (root_path + ``/v1/mcp/<slug>``), for the legacy endpoint rewrite.
             prefix: the body bytes already read with ``read_body_prefix``.
+            body_filter: makes a filter for the response body, if any (then
+                ``Content-Length`` is dropped: the body may change length).
 
         Returns:
             What happened, for the audit event; never raises for upstream or
@@ -371,7 +386,7 @@ class Forwarder:
             async with resp:
                 ex.response = resp
                 try:
-                    await _relay(send, target, gateway_prefix, resp, ex, result)
+                    await _relay(send, target, gateway_prefix, resp, ex, result, body_filter)
                 finally:
                     if result.outcome != "ok":
                         # Never pool a connection whose exchange did not finish cleanly.
@@ -453,16 +468,20 @@ async def _relay(
     resp: aiohttp.ClientResponse,
     ex: _Exchange,
     result: ProxyResult,
+    body_filter: BodyFilterFactory | None = None,
 ) -> None:
     """Send the upstream's response to the client, chunk by chunk, as it arrives."""
     rewriter = _rewriter_for(resp, target, gateway_prefix)
+    filtering = body_filter(resp) if body_filter is not None else None
     result.status = resp.status
     try:
         await send(
             {
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": response_headers(resp.raw_headers, rewriting=rewriter is not None),
+                "headers": response_headers(
+                    resp.raw_headers, rewriting=rewriter is not None or filtering is not None
+                ),
             }
         )
         while True:
@@ -481,14 +500,18 @@ async def _relay(
                 break
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
-                if not chunk:
-                    continue
+            if filtering is not None:
+                chunk = filtering.feed(chunk)
+            if not chunk:
+                continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             result.bytes_out += len(chunk)
         if ex.disconnected.is_set():
             result.outcome = "client_closed"
             return
         tail = rewriter.flush() if rewriter is not None else b""
+        if filtering is not None:
+            tail = filtering.feed(tail) + filtering.finish()
         result.bytes_out += len(tail)
         try:
             await send({"type": "http.response.body", "body": tail, "more_body": False})

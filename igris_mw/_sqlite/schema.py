@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope, TlsConfig
+from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope, TlsConfig, policy_from_json
 
 __all__ = [
     "MIGRATIONS",
@@ -66,6 +66,11 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 2: a connection's TLS material (models.TlsConfig.to_text; the client key sealed)
     ["ALTER TABLE connections ADD COLUMN tls TEXT"],
+    [
+        # 3: access policy (rateLimit, tools, maxConcurrent) as one JSON text; NULL: none.
+        "ALTER TABLE connections ADD COLUMN policy TEXT",
+        "ALTER TABLE api_keys ADD COLUMN policy TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -102,6 +107,7 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         rotated_at=from_ms_opt(row["rotated_at"]),
         version=row["version"],
         tls=TlsConfig.from_text(row["tls"]),
+        **policy_from_json(row["policy"]),
     )
 
 
@@ -116,6 +122,7 @@ def row_to_api_key(row: sqlite3.Row) -> ApiKey:
         created_at=from_ms(row["created_at"]),
         expires_at=from_ms_opt(row["expires_at"]),
         revoked_at=from_ms_opt(row["revoked_at"]),
+        **policy_from_json(row["policy"]),
     )
 
 

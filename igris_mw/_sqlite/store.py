@@ -53,6 +53,7 @@ from ..models import (
     Connection,
     Page,
     Scope,
+    policy_to_json,
     tls_text,
 )
 from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
@@ -275,8 +276,9 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, tls, created_at, updated_at,"
-                    " rotated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, tls, policy, created_at,"
+                    " updated_at, rotated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -304,6 +306,7 @@ class SQLiteStore:
             c.credential_version,
             c.ciphertext,
             tls_text(c.tls),
+            policy_to_json(c),
         )
 
     @staticmethod
@@ -344,7 +347,7 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " tls = ?, updated_at = ?, rotated_at = ?, version = version + 1"
+                    " tls = ?, policy = ?, updated_at = ?, rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),
@@ -382,7 +385,7 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, scopes, connections, created_at,"
-                    " expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, revoked_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.id,
                         key.name,
@@ -392,6 +395,7 @@ class SQLiteStore:
                         to_ms(key.created_at),
                         to_ms_opt(key.expires_at),
                         to_ms_opt(key.revoked_at),
+                        policy_to_json(key),
                     ),
                 )
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
@@ -416,6 +420,29 @@ class SQLiteStore:
             return [row_to_api_key(r) for r in rows]
 
         return await self._run(select)
+
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        def update(db: sqlite3.Connection) -> ApiKey:
+            with _transaction(db):
+                db.execute(
+                    "UPDATE api_keys SET name = ?, connections = ?, expires_at = ?, policy = ?"
+                    " WHERE id = ?",
+                    (
+                        key.name,
+                        None if key.connections is None else json.dumps(sorted(key.connections)),
+                        to_ms_opt(key.expires_at),
+                        policy_to_json(key),
+                        key.id,
+                    ),
+                )
+                row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"no API key {key.id!r}")
+                return row_to_api_key(row)
+
+        stored = await self._run(update)
+        self._notify(Change("api_key", key.id))
+        return stored
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         def revoke(db: sqlite3.Connection) -> ApiKey:

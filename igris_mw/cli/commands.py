@@ -42,6 +42,7 @@ from .output import (
     show_connection,
     table,
 )
+from .policy import add_policy_options, policy_changes, register_api_keys_update
 
 __all__ = ["FOLLOW_INTERVAL", "REGISTRARS"]
 
@@ -110,6 +111,7 @@ async def _api_keys_create(args: argparse.Namespace, svc: Service) -> int:
         body["connections"] = args.connection
     if args.expires_at is not None:
         body["expiresAt"] = args.expires_at
+    body.update(policy_changes(args))
     record, key = await svc.create_api_key(body)
     if args.json:
         print_json({**record.to_json(), "key": key})
@@ -162,6 +164,7 @@ async def _connections_create(args: argparse.Namespace, svc: Service) -> int:
     }
     if args.header_name is not None:
         body["headerName"] = args.header_name
+    body.update(policy_changes(args))
     if args.auth_type != AuthType.NONE.value or args.credential_file is not None:
         body["credential"] = _read_credential(args.credential_file)
     body.update(_tls_body(args))
@@ -212,10 +215,12 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
         changes["caCertificate"] = None
     if args.remove_client_cert:
         changes["clientCertificate"] = None
+    changes.update(policy_changes(args))
     if not changes:
         raise UsageError(
             "nothing to change: give --name, --upstream-url, --auth-type, --header-name, "
-            "--ca-file, --remove-ca or --remove-client-cert"
+            "--ca-file, --remove-ca, --remove-client-cert, --rate-limit or "
+            "--tools-allow/--tools-deny/--no-tools"
         )
     show_connection(await svc.update_connection(args.slug, changes), args.json)
     return 0
@@ -379,6 +384,8 @@ def _register_api_keys(sub: Any, common: argparse.ArgumentParser) -> None:
         help="limit an mcp key to this connection; repeatable",
     )
     create.add_argument("--expires-at", metavar="RFC3339", help="e.g. 2030-01-01T00:00:00Z")
+    add_policy_options(create, key=True)
+    register_api_keys_update(leaves, common, _leaf)
     _leaf(leaves, "list", common, _api_keys_list, "list keys (never the keys themselves)")
     revoke = _leaf(leaves, "revoke", common, _api_keys_revoke, "revoke a key at once")
     revoke.add_argument("id", metavar="ID")
@@ -402,6 +409,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--credential-file", metavar="F", help=cred_help)
     create.add_argument("--disabled", action="store_true", help="create it disabled")
     _add_tls_options(create, ca=True)
+    add_policy_options(create, key=False)
 
     _leaf(leaves, "list", common, _connections_list, "list connections")
     for name, handler, help_ in (
@@ -429,6 +437,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
         "--remove-client-cert", action="store_true",
         help="drop the client certificate and key (replace them with rotate)",
     )
+    add_policy_options(update, key=False)
 
     rotate = _leaf(leaves, "rotate", common, _connections_rotate, "replace the credential")
     rotate.add_argument("slug", metavar="SLUG")

@@ -59,6 +59,14 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        return int(Settings.from_env({"IGRIS_AUTH_FAILURES_PER_MINUTE": text})
+                   .auth_failures_per_minute)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``serve`` to the ``igris-mw`` parser. Defaults are ``None`` so the
     environment (``Settings``) fills them in when the command runs."""
@@ -110,6 +118,29 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="bound on how long an unnotified change can go unseen (default 5)",
     )
     p.add_argument(
+        "--max-stale",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="serve a cached key or connection at most this long after its last successful "
+        "check while the store is unreachable, then 503 (default: $IGRIS_MAX_STALE, else 60)",
+    )
+    p.add_argument(
+        "--rate-limit-store",
+        default=None,
+        metavar="URL",
+        help="redis://host:port/db to share rate-limit buckets across replicas "
+        "(default: $IGRIS_RATE_LIMIT_STORE, else per process)",
+    )
+    p.add_argument(
+        "--auth-failures-per-minute",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="failed authentications per client address per minute before 429 "
+        "(default: $IGRIS_AUTH_FAILURES_PER_MINUTE, else 30)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=_positive,
         default=10.0,
@@ -134,14 +165,18 @@ def _say(message: str) -> None:
 async def _bootstrap_admin_key(
     store: Store, settings: Settings, environ: Mapping[str, str]
 ) -> str | None:
-    """Issue an admin key when the store has none that is live; ``None`` if it has."""
+    """Issue an admin key when the store has never had one; ``None`` if it has.
+
+    Only a store that never held an admin key gets one: with every admin key
+    revoked, a restart must not mint (and print) a new one.
+    """
     from .._service import Service
     from ..models import Scope
     crypto = LazyCrypto(settings, environ)
     await store.open()
     try:
         keys = await store.list_api_keys()
-        if any(Scope.ADMIN in k.scopes and k.revoked_at is None for k in keys):
+        if any(Scope.ADMIN in k.scopes for k in keys):
             return None
         service = Service(store, crypto)
         _, key = await service.create_api_key({"name": "bootstrap admin", "scopes": ["admin"]})
@@ -168,6 +203,9 @@ def run_serve(args: argparse.Namespace) -> int:
         upstream_timeout=args.upstream_timeout,
         public_url=args.public_url,
         log_level=args.log_level,
+        max_stale=args.max_stale,
+        rate_limit_store=args.rate_limit_store,
+        auth_failures_per_minute=args.auth_failures_per_minute,
     )
     # Only the embedded store gets a generated key: a shared store's key
     # must come from its operator, or each process would make its own.
@@ -203,6 +241,9 @@ def run_serve(args: argparse.Namespace) -> int:
         allowed_origins=args.allowed_origin or (),
         public_url=settings.public_url,
         cache_ttl=args.cache_ttl,
+        max_stale=settings.max_stale,
+        rate_limit_store=settings.rate_limit_store,
+        auth_failures_per_minute=settings.auth_failures_per_minute,
         audit_spill=settings.audit_spill_path,
         environ=environ,
         upstream_ca_file=args.upstream_ca_file,

@@ -160,6 +160,23 @@ class MemoryStore:
         # dicts keep insertion order, so a stable sort breaks created_at ties by insertion.
         return sorted(self._keys.values(), key=lambda k: k.created_at)
 
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        old = self._keys.get(key.id)
+        if old is None:
+            raise NotFound(f"no API key {key.id!r}")
+        stored = attrs.evolve(
+            old,
+            name=key.name,
+            connections=key.connections,
+            expires_at=_ms_opt(key.expires_at),
+            rate_limit=key.rate_limit,
+            tools=key.tools,
+            max_concurrent=key.max_concurrent,
+        )
+        self._keys[key.id] = stored
+        self._notify(Change("api_key", key.id))
+        return stored
+
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         old = self._keys.get(key_id)
         if old is None:

@@ -82,6 +82,13 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: a connection's TLS material (igris_mw.models.TlsConfig.to_text; the client key sealed)
     "ALTER TABLE igris_connections ADD COLUMN tls text;",
+    # 3: access policy (rateLimit, tools, maxConcurrent) as one JSON text (NULL: none);
+    # the count of an audit event that stands for several repeated refusals
+    """
+    ALTER TABLE igris_connections ADD COLUMN policy text;
+    ALTER TABLE igris_api_keys ADD COLUMN policy text;
+    ALTER TABLE igris_audit_events ADD COLUMN count integer;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

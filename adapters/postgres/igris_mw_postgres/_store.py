@@ -44,6 +44,8 @@ from igris_mw.models import (
     Page,
     Scope,
     TlsConfig,
+    policy_from_json,
+    policy_to_json,
     tls_text,
 )
 from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
@@ -67,16 +69,18 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version, tls"
+    "ciphertext, created_at, updated_at, rotated_at, version, tls, policy"
 )
-_API_KEY_COLS = "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at"
+_API_KEY_COLS = (
+    "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy"
+)
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
-    "prev_hash, hash"
+    "prev_hash, hash, count"
 )
 _INSERT_EVENT = (
-    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 21)})"  # noqa: S608
+    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 22)})"  # noqa: S608
 )
 
 
@@ -117,6 +121,7 @@ def _connection_from_row(row: Row) -> Connection:
         rotated_at=_utc(row["rotated_at"]),
         version=row["version"],
         tls=TlsConfig.from_text(row["tls"]),
+        **policy_from_json(row["policy"]),
     )
 
 
@@ -130,6 +135,7 @@ def _api_key_from_row(row: Row) -> ApiKey:
         created_at=row["created_at"].astimezone(UTC),
         expires_at=_utc(row["expires_at"]),
         revoked_at=_utc(row["revoked_at"]),
+        **policy_from_json(row["policy"]),
     )
 
 
@@ -156,6 +162,7 @@ def _event_from_row(row: Row) -> AuditEvent:
         seq=row["seq"],
         prev_hash=row["prev_hash"],
         hash=row["hash"],
+        count=row["count"],
     )
 
 
@@ -164,7 +171,7 @@ def _event_params(e: AuditEvent) -> tuple[Any, ...]:
         e.id, e.connection, e.seq, e.timestamp, e.kind, e.action, e.api_key_id, e.user,
         _metadata_text(e.metadata), e.method, e.path, e.rpc_method, e.tool, e.status,
         e.outcome, e.latency_ms, e.bytes_in, e.bytes_out, e.credential_version,
-        e.prev_hash, e.hash,
+        e.prev_hash, e.hash, e.count,
     )  # fmt: skip
 
 
@@ -342,11 +349,11 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at, tls_text(c.tls)),
+                         c.updated_at, c.rotated_at, tls_text(c.tls), policy_to_json(c)),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "connection", c.slug)
@@ -393,11 +400,11 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, tls = %s, version = version + 1 "
+                "updated_at = %s, rotated_at = %s, tls = %s, policy = %s, version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
                  c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
-                 tls_text(c.tls), c.slug, expected_version),
+                 tls_text(c.tls), policy_to_json(c), c.slug, expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:
@@ -431,10 +438,10 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_api_keys ({_API_KEY_COLS}) "  # noqa: S608
-                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
+                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
                         (k.id, k.name, k.key_hash, sorted(s.value for s in k.scopes),
                          sorted(k.connections) if k.connections is not None else None,
-                         k.created_at, k.expires_at, k.revoked_at),
+                         k.created_at, k.expires_at, k.revoked_at, policy_to_json(k)),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._send(conn, "api_key", k.id)
@@ -459,6 +466,22 @@ class PostgresStore:
             )
             rows = await cur.fetchall()
         return [_api_key_from_row(r) for r in rows]
+
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        k = key
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "UPDATE igris_api_keys SET name = %s, connections = %s, expires_at = %s, "  # noqa: S608
+                f"policy = %s WHERE id = %s RETURNING {_API_KEY_COLS}",
+                (k.name, sorted(k.connections) if k.connections is not None else None,
+                 k.expires_at, policy_to_json(k), k.id),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no API key {k.id!r}")
+            await self._send(conn, "api_key", k.id)
+        self._notify_local(Change("api_key", k.id))
+        return _api_key_from_row(row)
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         async with self._connection() as conn, conn.transaction():

@@ -49,6 +49,8 @@ from igris_mw.models import (
     Page,
     Scope,
     TlsConfig,
+    policy_from_json,
+    policy_to_json,
     tls_text,
 )
 from igris_mw.paging import bad_cursor, check_limit
@@ -232,6 +234,7 @@ class VaultKVStore:
             "updated_at": _time(c.updated_at),
             "rotated_at": _time(c.rotated_at),
             "tls": tls_text(c.tls),
+            "policy": policy_to_json(c),
         }
 
     def _conn_from(self, data: Mapping[str, Any], version: int, path: str) -> Connection:
@@ -251,6 +254,7 @@ class VaultKVStore:
                 rotated_at=_parse_time(data.get("rotated_at")),
                 version=version,
                 tls=TlsConfig.from_text(data.get("tls")),
+                **policy_from_json(data.get("policy")),
             )
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise StoreUnavailable(
@@ -331,6 +335,7 @@ class VaultKVStore:
             "created_at": _time(k.created_at),
             "expires_at": _time(k.expires_at),
             "revoked_at": _time(k.revoked_at),
+            "policy": policy_to_json(k),
         }
 
     def _key_from(self, data: Mapping[str, Any], path: str) -> ApiKey:
@@ -345,6 +350,7 @@ class VaultKVStore:
                 created_at=_need_time(data["created_at"]),
                 expires_at=_parse_time(data.get("expires_at")),
                 revoked_at=_parse_time(data.get("revoked_at")),
+                **policy_from_json(data.get("policy")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreUnavailable(
@@ -386,6 +392,27 @@ class VaultKVStore:
         found = await self._gather(ids, self._get_key)
         keys = [f[0] for f in found if f is not None]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    async def update_api_key(self, key: ApiKey) -> ApiKey:
+        for _ in range(_REVOKE_RETRIES):
+            found = await self._get_key(key.id)
+            if found is None:
+                raise NotFound(f"no API key {key.id!r}")
+            current, version = found
+            updated = attrs.evolve(
+                current,
+                name=key.name,
+                connections=key.connections,
+                expires_at=key.expires_at,
+                rate_limit=key.rate_limit,
+                tools=key.tools,
+                max_concurrent=key.max_concurrent,
+            )
+            path = self._path("api-keys", key.id)
+            if await self._write(path, self._key_data(updated), cas=version) is not None:
+                self._notify(Change("api_key", key.id))
+                return updated
+        raise VersionConflict(f"API key {key.id!r} kept changing; retry")
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
         for _ in range(_REVOKE_RETRIES):
