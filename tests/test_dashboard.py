@@ -866,3 +866,37 @@ def test_any_form_body_gets_a_clear_answer_never_a_500(body: bytes, path: str) -
 
     status, text = asyncio.run(run())
     assert status in (200, 303, 400, 409, 413, 422), (status, text[:300])
+
+
+async def test_an_api_key_policy_is_edited_through_the_service(signed_in: Env) -> None:
+    """Edit a key: name, connections, rate limit, tools, max concurrent; errors at their field."""
+    env = signed_in
+    if not policy.FEATURES.key_policy:
+        pytest.skip("this service cannot change an API key's policy")
+    await env.create()
+    record, _ = await env.gw.service.create_api_key({"name": "bot", "scopes": ["mcp"]})
+    form = await env.http.get(f"/ui/api-keys/{record.id}/edit")
+    assert form.status_code == 200
+    assert 'value="bot"' in form.text
+    bad = await env.http.post(f"/ui/api-keys/{record.id}/edit", data={
+        "csrf": await env.csrf(), "name": "bot", "maxConcurrent": "-3"})
+    assert bad.status_code == 422
+    assert 'id="e-maxConcurrent"' in bad.text
+    saved = await env.http.post(f"/ui/api-keys/{record.id}/edit", data={
+        "csrf": await env.csrf(), "name": "bot two", "connections": "github",
+        "rateLimitRpm": "30", "toolsDeny": "delete_*", "maxConcurrent": "2"})
+    assert saved.status_code == 303
+    now = {k.id: k for k in await env.gw.service.list_api_keys()}[record.id].to_json()
+    assert now["name"] == "bot two"
+    assert now["connections"] == ["github"]
+    assert now["rateLimit"]["requestsPerMinute"] == 30
+    assert now["tools"]["deny"] == ["delete_*"]
+    assert now["maxConcurrent"] == 2
+    listing = await env.http.get("/ui/api-keys")
+    assert "30/min" in listing.text
+    cleared = await env.http.post(f"/ui/api-keys/{record.id}/edit", data={
+        "csrf": await env.csrf(), "name": "bot two", "connections": "github"})
+    assert cleared.status_code == 303
+    now = {k.id: k for k in await env.gw.service.list_api_keys()}[record.id].to_json()
+    assert (now["rateLimit"], now["tools"], now["maxConcurrent"]) == (None, None, None)
+    assert (await env.http.get("/ui/api-keys/nope/edit")).status_code == 404

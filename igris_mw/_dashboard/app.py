@@ -39,7 +39,14 @@ from .._errors import (
 from .._service import Service
 from ..models import SLUG_RE, ApiKey, Connection
 from ..models import Scope as KeyScope
-from .audit_view import AUDIT_COLUMNS, PAGE_ROWS, audit_row, global_audit, last_used
+from .audit_view import (
+    AUDIT_COLUMNS,
+    CONNECTION_AUDIT_COLUMNS,
+    PAGE_ROWS,
+    audit_row,
+    global_audit,
+    last_used,
+)
 from .forms import PEM_FIELDS, errors_for, form_time, pem
 from .http import (
     LOGIN_COOKIE,
@@ -341,13 +348,14 @@ class Dashboard:
             "connection.html", status=status, nav="connections", conn=conn, record=record,
             policy=values if values is not None else policy_values(record),
             gateway_url=gateway_url, mcp_servers=mcp_servers, errors=errors,
-            audit=[audit_row(e) for e in page.items], columns=AUDIT_COLUMNS,
+            audit=[audit_row(e, with_connection=False) for e in page.items],
+            columns=CONNECTION_AUDIT_COLUMNS,
             live_url=req.url(f"/connections/{conn.slug}/audit.json"),
         )
 
     async def _h_connection_audit_json(self, req: Request, slug: str) -> Response:
         page = await self.service.list_audit(slug, limit=PAGE_ROWS)
-        return req.json({"rows": [audit_row(e) for e in page.items]})
+        return req.json({"rows": [audit_row(e, with_connection=False) for e in page.items]})
 
     async def _h_connection_rotate(self, req: Request, slug: str) -> Response:
         form = await req.form()
@@ -525,6 +533,76 @@ class Dashboard:
             return req.redirect("/api-keys")
         return req.page("api_key_created.html", nav="api-keys", new_key=key, key_id=key_id)
 
+    async def _key_record(self, key_id: str) -> ApiKey:
+        if _KEY_ID_RE.match(key_id):
+            for record in await self.service.list_api_keys():
+                if record.id == key_id:
+                    return record
+        raise NotFound("no such API key")
+
+    async def _api_key_edit_page(
+        self,
+        req: Request,
+        record: ApiKey,
+        status: int,
+        values: Mapping[str, Any],
+        errors: Mapping[str, str],
+    ) -> Response:
+        page = await self.service.list_connections(limit=200)
+        return req.page(
+            "api_key_edit.html", status=status, nav="api-keys", record=record.to_json(),
+            values=values, errors=errors, slugs=[c.slug for c in page.items],
+        )
+
+    async def _h_api_key_edit_form(self, req: Request, key_id: str) -> Response:
+        if not FEATURES.key_policy:
+            raise NotFound("no such page")
+        record = await self._key_record(key_id)
+        j = record.to_json()
+        values: dict[str, Any] = {
+            "name": record.name,
+            "connections": j["connections"] or [],
+            "expiresAt": j["expiresAt"][:16] if j["expiresAt"] else "",
+            **policy_values(j),
+        }
+        return await self._api_key_edit_page(req, record, 200, values, {})
+
+    async def _h_api_key_edit(self, req: Request, key_id: str) -> Response:
+        if not FEATURES.key_policy:
+            raise NotFound("no such page")
+        record = await self._key_record(key_id)
+        j = record.to_json()
+        form = await req.form()
+        values: dict[str, Any] = {
+            "name": form.get("name", ""),
+            "connections": req.form_list("connections"),
+            "expiresAt": form.get("expiresAt", ""),
+            **{k: form.get(k, "") for k in POLICY_INPUTS},
+        }
+        # Only what changed goes to the service, as a PATCH would send it.
+        changes: dict[str, Any] = {}
+        if values["name"] != record.name:
+            changes["name"] = values["name"]
+        if "mcp" in j["scopes"] and sorted(values["connections"]) != (j["connections"] or []):
+            changes["connections"] = values["connections"] or None
+        policy_changes = policy_body(
+            form, rate_limit=FEATURES.key_rate_limit, tools=FEATURES.key_tools,
+            max_concurrent=FEATURES.key_max_concurrent, clear=True,
+        )
+        changes.update({k: v for k, v in policy_changes.items() if v != j.get(k)})
+        try:
+            expires = form_time(values["expiresAt"], "expiresAt") if values["expiresAt"] else None
+            # Minutes are what the form shows; compare at that precision.
+            if (expires or "")[:16] != (j["expiresAt"] or "")[:16]:
+                changes["expiresAt"] = expires
+            updated = await self.service.update_api_key(record.id, changes)
+        except ValidationError as exc:
+            errors = errors_for(exc, ("name", "connections", "expiresAt"))
+            return await self._api_key_edit_page(req, record, 422, values, errors)
+        req.notice(f"API key {updated.name} ({updated.id}) saved." if changes
+                   else "Nothing changed.")
+        return req.redirect("/api-keys")
+
     async def _h_api_key_revoke(self, req: Request, key_id: str) -> Response:
         if not _KEY_ID_RE.match(key_id):
             raise NotFound("no such API key")
@@ -568,6 +646,7 @@ _ROUTES: Final = [
     (r"/new/api-key", {"GET": "api_key_new"}),
     (r"/api-keys/created", {"GET": "api_key_created"}),
     (r"/api-keys/(?P<key_id>[^/]+)/revoke", {"POST": "api_key_revoke"}),
+    (r"/api-keys/(?P<key_id>[^/]+)/edit", {"GET": "api_key_edit_form", "POST": "api_key_edit"}),
     (r"/audit", {"GET": "audit"}),
     (r"/audit\.json", {"GET": "audit_json"}),
 ]

@@ -18,18 +18,28 @@ from .._service import Service
 from ..models import AuditEvent, format_time, parse_time
 from .forms import field_message, form_time
 
-__all__ = ["AUDIT_COLUMNS", "FILTERS", "PAGE_ROWS", "audit_row", "global_audit", "last_used"]
+__all__ = [
+    "AUDIT_COLUMNS",
+    "CONNECTION_AUDIT_COLUMNS",
+    "FILTERS",
+    "PAGE_ROWS",
+    "audit_row",
+    "global_audit",
+    "last_used",
+]
 
 AUDIT_COLUMNS: Final = (
     "Time", "Connection", "Event", "User", "Request", "RPC method", "Tool", "Status",
     "Outcome", "Latency (ms)", "API key", "Credential version", "Metadata",
 )
+# One connection's trail leaves out the column that would repeat its slug.
+CONNECTION_AUDIT_COLUMNS: Final = tuple(c for c in AUDIT_COLUMNS if c != "Connection")
 FILTERS: Final = ("slug", "outcome", "user", "since")
 PAGE_ROWS: Final = 50
 SCAN_LIMIT: Final = 1000
 
 
-def audit_row(event: AuditEvent) -> dict[str, Any]:
+def audit_row(event: AuditEvent, *, with_connection: bool = True) -> dict[str, Any]:
     """An event as a table row: plain strings (escaped wherever they are rendered)."""
     if event.kind == "gateway":
         what = "gateway request"
@@ -55,6 +65,11 @@ def audit_row(event: AuditEvent) -> dict[str, Any]:
         "" if event.credential_version is None else str(event.credential_version),
         metadata,
     ]
+    count = getattr(event, "count", None)
+    if count:
+        cells[8] = f"{event.outcome} \u00d7{count}"  # refusals aggregated into one event
+    if not with_connection:
+        del cells[1]
     return {"id": event.id, "outcome": event.outcome, "cells": cells}
 
 

@@ -29,8 +29,11 @@ from e2e_harness import (
     serve,
     streamable_session,
 )
+from mcp.shared.exceptions import MCPError
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from upstream import UpstreamServer
+
+from igris_mw._dashboard import policy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -277,6 +280,32 @@ async def test_rotate_disable_and_enable_from_the_page_are_honoured_by_the_next_
     await expect(page.locator("table.audit tbody")).to_contain_text("management: rotate")
 
 
+async def test_a_policy_saved_in_the_page_is_enforced_and_its_refusals_show_live(
+    tab: Tab, dash: Gateway, upstream: UpstreamServer
+) -> None:
+    """Deny a tool and set a rate limit from the page: the gateway refuses both, audited live."""
+    page = tab.page
+    await sign_in(page, dash)
+    slug = await create_via_form(page, dash, upstream, new_credential("policy"))
+    await page.get_by_label("Denied tools", exact=True).fill("echo")
+    await page.get_by_role("button", name="Save policy").click()
+    await expect(page.locator(".notice")).to_contain_text("policy")
+    async with streamable_session(dash.url(slug), client_headers(dash.mcp_key)) as session:
+        with pytest.raises(MCPError, match="tool echo is not allowed"):
+            await session.call_tool("echo", {"text": "no"})
+    await expect(page.locator("table.audit tbody")).to_contain_text("tool_denied")
+
+    await page.get_by_label("Requests per minute", exact=True).fill("1")
+    await page.get_by_label("Burst", exact=True).fill("1")
+    await page.get_by_label("Denied tools", exact=True).fill("")
+    await page.get_by_role("button", name="Save policy").click()
+    await expect(page.locator(".notice")).to_contain_text("policy")
+    statuses = [await gateway_status(dash, slug) for _ in range(3)]
+    assert statuses[0] == 200
+    assert 429 in statuses
+    await expect(page.locator("table.audit tbody")).to_contain_text("rate_limited")
+
+
 async def test_delete_asks_to_confirm_then_the_gateway_forgets_the_connection(
     tab: Tab, dash: Gateway, upstream: UpstreamServer
 ) -> None:
@@ -482,10 +511,14 @@ async def test_screenshots_of_the_main_pages(
                                                      "scopes": ["admin"]})
         credential, rotated = new_credential("gh"), new_credential("gh2")
         upstream.accept(credential, rotated)
-        await service.create_connection({
+        github: dict[str, Any] = {
             "slug": "github", "name": "GitHub MCP", "upstreamUrl": upstream.base_url + "/mcp",
             "credential": credential,
-        })
+        }
+        if policy.FEATURES.connection_policy:
+            github.update(rateLimit={"requestsPerMinute": 120, "burst": 20},
+                          tools={"allow": [], "deny": ["whoami", "delete_*"]})
+        await service.create_connection(github)
         await service.create_connection({
             "slug": "slack", "name": "Slack MCP", "upstreamUrl": "https://mcp.slack.example/mcp",
             "authType": "header", "headerName": "X-Slack-Token", "credential": "xoxb-demo",
@@ -495,9 +528,10 @@ async def test_screenshots_of_the_main_pages(
             "upstreamUrl": "https://docs.internal.example/mcp", "authType": "none",
             "enabled": False,
         })
-        _, agent_key = await service.create_api_key(
-            {"name": "ci agent", "scopes": ["mcp"], "connections": ["github"]}
-        )
+        agent: dict[str, Any] = {"name": "ci agent", "scopes": ["mcp"], "connections": ["github"]}
+        if policy.FEATURES.key_rate_limit:
+            agent["rateLimit"] = {"requestsPerMinute": 60}
+        _, agent_key = await service.create_api_key(agent)
         bot, _ = await service.create_api_key({"name": "support bot", "scopes": ["mcp"]})
         await service.revoke_api_key(bot.id)
         gateway_url = f"{base_url}/v1/mcp/github"
@@ -507,6 +541,9 @@ async def test_screenshots_of_the_main_pages(
             )
             async with streamable_session(gateway_url, headers) as session:
                 await session.call_tool("echo", {"text": "hi"})
+                if policy.FEATURES.connection_tools and role == "sre":
+                    with pytest.raises(MCPError):
+                        await session.call_tool("whoami", {})
         await service.rotate_credential("github", rotated)
         await raw_post(gateway_url, "ig_" + "0" * 40, INIT)  # refused: audited as denied
 
