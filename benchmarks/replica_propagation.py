@@ -32,7 +32,10 @@ import httpx
 import uvicorn
 from igris_mw_postgres.testing import GatewayProcess, TempCluster, create_database
 
-MASTER = {"IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+MASTER = {
+    "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",  # the bench upstream runs on loopback
+}
 
 
 async def echo_auth(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -422,6 +422,7 @@ def main() -> int:
     token = secrets.token_urlsafe(24)
     master = base64.b64encode(os.urandom(32)).decode()
     env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token, "IGRIS_MASTER_KEY": master,
+           "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",  # the upstream is on loopback
            "IGRIS_HOME": str(work / "home")}  # fmt: skip
     procs: list[Proc] = []
     targets: dict[str, Target] = {}

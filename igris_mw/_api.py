@@ -32,7 +32,7 @@ from ._errors import (
     ValidationError,
 )
 from ._openapi import OPERATIONS, REQUEST_FIELDS, Operation, build_document
-from ._responses import error_body, error_headers, send_json
+from ._responses import error_body, error_headers, for_anonymous, send_json
 from ._service import Service
 from .models import ApiKey, Page, parse_time, validate_slug
 from .models import Scope as KeyScope
@@ -278,6 +278,8 @@ class _Exchange:
             logger.debug("management %s %s: client went away", self.method, self.route)
             return
         except IgrisError as exc:
+            if self.actor is None:
+                exc = for_anonymous(exc)  # no store path or host for the unauthenticated
             status, payload = exc.status, error_body(exc)
             headers = error_headers(exc)
             if isinstance(exc, _MethodNotAllowed):

@@ -53,6 +53,7 @@ from ._errors import (
 )
 from ._lifespan import Lifecycle
 from ._plugins import crypto_from_url, store_from_url
+from ._policy.egress import EgressPolicy
 from ._policy.ratelimit import AuthFailureThrottle, RateLimitStore, open_rate_limit_store
 from ._policy.tools import ToolPolicy, check_mcp_headers, check_request, combine
 from ._proxy import (
@@ -61,12 +62,12 @@ from ._proxy import (
     Forwarder,
     ProxyResult,
     Target,
-    read_body_prefix,
 )
+from ._proxy.forward import RequestTimeout
 from ._proxy.outbound import UpstreamProxy, parse_upstream_proxy
 from ._proxy.tls import ContextCache
 from ._resolver import Resolver, _Missing, _Resolved
-from ._responses import send_error, send_json
+from ._responses import for_anonymous, send_error, send_json
 from ._service import AuditSink, Service
 from ._settings import Settings
 from ._tls_material import load_ca_file
@@ -164,6 +165,15 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        max_request_body: the largest request body on gateway paths, in
+            bytes (default ``IGRIS_MAX_REQUEST_BODY`` or 8 MiB); past it 413
+            ``request_too_large``.
+        stream_idle_timeout: seconds an upstream response may send nothing
+            before it is closed (default ``IGRIS_STREAM_IDLE_TIMEOUT`` or 300).
+        allow_upstream_networks: CIDRs upstreams may reach although they are
+            internal (loopback, private, link-local, ...); default
+            ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, else none. Cloud metadata
+            endpoints stay refused whatever is allowed (docs/egress.md).
         upstream_ca_file: a PEM file of CA certificates trusted for every
             ``https://`` upstream in addition to the system's (default
             ``IGRIS_UPSTREAM_CA_FILE``); a connection's ``caCertificate`` adds more.
@@ -194,6 +204,9 @@ class IgrisGateway:
         max_stale: float | None = None,
         rate_limit_store: str | RateLimitStore | None = None,
         auth_failures_per_minute: int | None = None,
+        allow_upstream_networks: str | Sequence[str] | None = None,
+        max_request_body: int | None = None,
+        stream_idle_timeout: float | None = None,
         upstream_ca_file: str | os.PathLike[str] | None = None,
         upstream_proxy: str | None = None,
         dashboard: bool = False,
@@ -221,7 +234,12 @@ class IgrisGateway:
         if isinstance(audit, str):
             audit = build_audit_sink(audit)
         self._audit_store = audit
-        self.service = Service(self.store, self.crypto, audit=audit)
+        self.egress = EgressPolicy.from_setting(
+            settings.allow_upstream_networks
+            if allow_upstream_networks is None
+            else allow_upstream_networks
+        )
+        self.service = Service(self.store, self.crypto, audit=audit, egress=self.egress)
         if upstream_timeout is None:
             upstream_timeout = settings.upstream_timeout
         if upstream_timeout <= 0:
@@ -241,8 +259,17 @@ class IgrisGateway:
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
+        if max_request_body is None:
+            max_request_body = settings.max_request_body
+        if stream_idle_timeout is None:
+            stream_idle_timeout = settings.stream_idle_timeout
         self.forwarder = Forwarder(
-            timeout=upstream_timeout, ssl=tls_contexts.default, proxy=proxy
+            timeout=upstream_timeout,
+            ssl=tls_contexts.default,
+            proxy=proxy,
+            egress=self.egress,
+            max_body=max_request_body,
+            idle_timeout=stream_idle_timeout,
         )
         if rate_limit_store is None or isinstance(rate_limit_store, str):
             rate_limit_store = open_rate_limit_store(rate_limit_store or settings.rate_limit_store)
@@ -411,10 +438,17 @@ class IgrisGateway:
         except IgrisError as exc:
             if exc.status == 401:
                 access.auth_failed(client_address(scope))
-            await self._refuse(send, exc, fields, started, known=resolved is not None)
+            refusal = exc
+            if exc.status >= 500 and "api_key_id" not in fields:
+                # Not authenticated yet: the detail (store path, host) goes to the log only.
+                log.warning("gateway path: %s before authentication: %s", exc.code, exc.message)
+                refusal = for_anonymous(exc)
+            await self._refuse(send, refusal, fields, started, known=resolved is not None)
             return
         except Exception as exc:  # a store or crypto failure on the cold path
             err = _as_unavailable(exc)
+            if "api_key_id" not in fields:
+                err = for_anonymous(err)  # a 503 for someone not yet authenticated
             await self._refuse(send, err, fields, started, known=resolved is not None)
             return
 
@@ -431,7 +465,13 @@ class IgrisGateway:
                 mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
                 judged = policed or mcp_headers != (None, None)
                 # Judging a body needs all of it: read further than the audit peek.
-                prefix = await read_body_prefix(receive, JUDGE_LIMIT if judged else PEEK_LIMIT)
+                prefix = await self.forwarder.read_prefix(
+                    receive, JUDGE_LIMIT if judged else PEEK_LIMIT
+                )
+                if prefix.timed_out:
+                    stalled = RequestTimeout("the request body stalled; send it without pauses")
+                    await self._refuse(send, stalled, fields, started, known=True)
+                    return
                 if prefix.disconnected:
                     self._emit(
                         fields,

@@ -34,7 +34,7 @@ from typing import Any
 
 from ._asgi import ASGIApp, Receive, Scope, Send
 from ._errors import IgrisError, StoreUnavailable
-from ._responses import send_error
+from ._responses import for_anonymous, send_error
 
 __all__ = ["Lifecycle"]
 
@@ -89,6 +89,8 @@ class Lifecycle:
                 )
             )
             known = getattr(err, "retry_after", None) is not None
+            # Anyone may be asking: the details (paths, hosts) stay in the log.
+            err = for_anonymous(err)
             await send_error(send, err, () if known else ((b"retry-after", b"5"),))
             return False
         return True

@@ -16,7 +16,14 @@ from typing import Any, Final
 from ._asgi import Send
 from ._errors import IgrisError, ValidationError
 
-__all__ = ["COMMON_HEADERS", "error_body", "error_headers", "send_error", "send_json"]
+__all__ = [
+    "COMMON_HEADERS",
+    "error_body",
+    "error_headers",
+    "for_anonymous",
+    "send_error",
+    "send_json",
+]
 
 # Nothing igris-mw answers itself may be cached or sniffed into another type.
 COMMON_HEADERS: Final = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
@@ -29,6 +36,30 @@ def error_body(exc: IgrisError) -> dict[str, Any]:
     if isinstance(exc, ValidationError):
         body["error"]["field"] = exc.field
     return body
+
+
+_ANONYMOUS_MESSAGES: Final = {
+    502: "the upstream is unreachable or broken",
+    503: "the gateway's store or crypto provider is unavailable; try again shortly",
+    504: "the upstream did not answer in time",
+}
+
+
+def for_anonymous(exc: IgrisError) -> IgrisError:
+    """``exc`` as a caller who has not authenticated may see it.
+
+    A 5xx message may name a store path, a database host, a Vault address or
+    an upstream (useful to an operator, who finds it in the log); such a
+    caller gets the status, the code, ``Retry-After`` and a generic sentence.
+    """
+    if exc.status < 500:
+        return exc
+    safe = IgrisError(_ANONYMOUS_MESSAGES.get(exc.status, "internal error"), code=exc.code)
+    safe.status = exc.status
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        safe.retry_after = retry_after  # type: ignore[attr-defined]
+    return safe
 
 
 def error_headers(exc: IgrisError) -> list[tuple[bytes, bytes]]:

@@ -17,6 +17,7 @@ import attrs
 from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
+from ._policy.egress import EgressPolicy
 from ._validation import (
     API_KEY_FIELDS,
     API_KEY_PATCH_FIELDS,
@@ -93,11 +94,14 @@ class Service:
         *,
         audit: AuditSink | None = None,
         clock: Callable[[], datetime] = utcnow,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.store = store
         self.crypto = crypto
         self.audit: AuditSink = audit if audit is not None else store
         self.clock = clock
+        # The address policy for upstreamUrl; without one, no internal network is open.
+        self.egress = egress if egress is not None else EgressPolicy()
 
     # -- connections -----------------------------------------------------
     async def create_connection(
@@ -119,6 +123,7 @@ class Service:
         slug = validate_slug(body["slug"])
         name = validate_name(body["name"])
         upstream_url = validate_upstream_url(body["upstreamUrl"])
+        self.egress.check_url_literal(upstream_url)
         auth_type = parse_auth_type(body.get("authType", AuthType.BEARER.value))
         header_name = header_name_for(auth_type, body.get("headerName"))
         enabled = parse_bool(body.get("enabled", True), "enabled")
@@ -205,6 +210,8 @@ class Service:
         new_url = (
             validate_upstream_url(changes["upstreamUrl"]) if "upstreamUrl" in changes else None
         )
+        if new_url is not None:
+            self.egress.check_url_literal(new_url)
         new_type = parse_auth_type(changes["authType"]) if "authType" in changes else None
         if changes.get("headerName") is not None:
             validate_header_name(changes["headerName"])

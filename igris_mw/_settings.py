@@ -114,6 +114,25 @@ def _http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _byte_count(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of bytes, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    from ._policy.egress import parse_networks
+
+    try:
+        return tuple(str(n) for n in parse_networks(raw))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{name}: {exc.message}") from None
+
+
 def _master_key(name: str, raw: str) -> str:
     # Validated by the keyring when it is used, which names the bad entry
     # by position; a message here could only leak the value.
@@ -152,6 +171,10 @@ class Settings:
         host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
         public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
         log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
+        allow_upstream_networks: ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, CIDRs that
+            upstreams may reach although internal (``docs/security.md``).
+        max_request_body: ``IGRIS_MAX_REQUEST_BODY`` bytes (default 8 MiB).
+        stream_idle_timeout: ``IGRIS_STREAM_IDLE_TIMEOUT`` seconds (default 300).
         max_stale: ``IGRIS_MAX_STALE`` seconds a cached key or connection is
             served while the store cannot be reached (default 60).
         rate_limit_store: ``IGRIS_RATE_LIMIT_STORE`` (``redis://host:port/db``)
@@ -183,6 +206,15 @@ class Settings:
     port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))
     public_url: str | None = attrs.field(default=None, metadata=_env("IGRIS_PUBLIC_URL", _http_url))
     log_level: str = attrs.field(default="info", metadata=_env("IGRIS_LOG_LEVEL", _log_level))
+    allow_upstream_networks: tuple[str, ...] = attrs.field(
+        default=(), metadata=_env("IGRIS_ALLOW_UPSTREAM_NETWORKS", _networks)
+    )
+    max_request_body: int = attrs.field(
+        default=8 * 1024 * 1024, metadata=_env("IGRIS_MAX_REQUEST_BODY", _byte_count)
+    )
+    stream_idle_timeout: float = attrs.field(
+        default=300.0, metadata=_env("IGRIS_STREAM_IDLE_TIMEOUT", _seconds)
+    )
     max_stale: float = attrs.field(default=60.0, metadata=_env("IGRIS_MAX_STALE", _seconds))
     rate_limit_store: str | None = attrs.field(
         default=None, repr=False, metadata=_env("IGRIS_RATE_LIMIT_STORE", _text)

@@ -166,9 +166,45 @@ def validate_upstream_url(value: object, *, field: str = "upstreamUrl") -> str:
     return value
 
 
+# A credential header may not be one that frames the message, routes it, or
+# that the gateway strips or sets itself: injecting there would smuggle a
+# request, redirect it, or be silently dropped.
+_RESERVED_HEADER_NAMES = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "expect",
+        "cookie",
+        "content-type",
+        "content-encoding",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+    }
+)
+_RESERVED_HEADER_PREFIXES = ("x-forwarded-", "x-igris-")
+
+
 def validate_header_name(value: object, *, field: str = "headerName") -> str:
     if not isinstance(value, str) or not _TOKEN_RE.match(value) or len(value) > 256:
         raise ValidationError(field, "must be a valid HTTP field name (RFC 9110 token)")
+    lowered = value.lower()
+    if lowered in _RESERVED_HEADER_NAMES or lowered.startswith(_RESERVED_HEADER_PREFIXES):
+        raise ValidationError(
+            field, "may not be a framing, routing, hop-by-hop or gateway header"
+        )
     return value
 
 

@@ -39,6 +39,7 @@ def _start(home: Path, audit: Path, *extra: str) -> tuple[subprocess.Popen[bytes
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
     env["IGRIS_HOME"] = str(home)
+    env["IGRIS_ALLOW_UPSTREAM_NETWORKS"] = "127.0.0.0/8"  # the test upstream is on loopback
     log = home.parent / f"serve-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

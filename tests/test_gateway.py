@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from igris_mw import IgrisGateway
+from igris_mw._policy.egress import EgressPolicy
 from igris_mw.testing import FixedKeyring, MemoryStore
 
 UPSTREAM_TOKEN = "upstream-canary-7f3a9c"
@@ -186,7 +187,9 @@ async def test_rotate_disable_revoke_take_effect_on_the_next_request(
         await gw.service.rotate_credential("conn-a", "new-token-1")
         r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
         assert upstream.requests[-1]["headers"]["Authorization"] == "Bearer new-token-1"
-        assert r.status_code == 401  # the upstream refuses the new token: it was sent
+        # The upstream refuses the new token (so it was sent): a 502 upstream_auth_failed.
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "upstream_auth_failed"
         await gw.service.rotate_credential("conn-a", UPSTREAM_TOKEN)
         await gw.service.set_enabled("conn-a", False)
         r = await c.post("/v1/mcp/conn-a", json=RPC, headers=headers)
@@ -429,7 +432,7 @@ async def test_upstream_timeout_is_a_504_and_audited(upstream: Upstream) -> None
         None,
         store=MemoryStore(),
         crypto=FixedKeyring(),
-        environ={"IGRIS_UPSTREAM_TIMEOUT": "0.3"},
+        environ={"IGRIS_UPSTREAM_TIMEOUT": "0.3", "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"},
     )
     await gw.startup()
     try:
@@ -474,7 +477,9 @@ async def test_undecryptable_credential_is_a_503_and_nothing_goes_upstream(
     await gw.startup()
     try:
         sealed_with = FixedKeyring("written-elsewhere")
-        await Service(store, sealed_with).create_connection(
+        await Service(
+            store, sealed_with, egress=EgressPolicy.from_setting("127.0.0.0/8")
+        ).create_connection(
             {
                 "slug": "conn-a",
                 "name": "A",

@@ -19,7 +19,6 @@ from igris_mw._errors import ConfigurationError, UpstreamError, ValidationError
 from igris_mw._policy.egress import (
     EgressForbidden,
     EgressPolicy,
-    EgressResolver,
     UpstreamForbidden,
     check_address,
     check_connect_host,
@@ -28,6 +27,7 @@ from igris_mw._policy.egress import (
     parse_host_address,
     parse_networks,
 )
+from igris_mw._policy.resolver import EgressResolver
 
 LOOPBACK = parse_networks("127.0.0.0/8")
 EVERYTHING = parse_networks("0.0.0.0/0, ::/0")
@@ -431,15 +431,35 @@ class FakeResolver(AbstractResolver):
         pass
 
 
-async def test_resolver_refuses_when_any_address_is_forbidden() -> None:
-    """One forbidden address among public ones refuses the host; all public passes."""
-    mixed = EgressResolver((), FakeResolver(lambda _: ["1.1.1.1", "127.0.0.1"]))
+async def test_resolver_drops_forbidden_addresses_and_refuses_when_none_is_left() -> None:
+    """Forbidden answers are dropped (only checked ones can be reached); none left: refused."""
+    mixed = EgressResolver((), FakeResolver(lambda _: ["1.1.1.1", "127.0.0.1", "::1"]))
+    answers = await mixed.resolve("mixed.example", 443)
+    assert [a["host"] for a in answers] == ["1.1.1.1"]
+    internal = EgressResolver((), FakeResolver(lambda _: ["10.0.0.1", "::1"]))
     with pytest.raises(EgressForbidden) as info:
-        await mixed.resolve("mixed.example", 443)
-    assert info.value.host == "mixed.example"
+        await internal.resolve("internal.example", 443)
+    assert info.value.host == "internal.example"
     fine = EgressResolver((), FakeResolver(lambda _: ["1.1.1.1", "2606:4700::1111"]))
     answers = await fine.resolve("fine.example", 443)
     assert [a["host"] for a in answers] == ["1.1.1.1", "2606:4700::1111"]
+
+
+async def test_localhost_with_ipv4_loopback_allowed_keeps_only_that_address() -> None:
+    """localhost answering 127.0.0.1 and ::1 with only 127.0.0.0/8 allowed: 127.0.0.1 is used."""
+    resolver = EgressResolver(LOOPBACK, FakeResolver(lambda _: ["::1", "127.0.0.1"]))
+    answers = await resolver.resolve("localhost", 80)
+    assert [a["host"] for a in answers] == ["127.0.0.1"]
+
+
+async def test_any_metadata_answer_refuses_the_host_outright() -> None:
+    """A name answering a metadata address among public ones is refused, whatever is allowed."""
+    resolver = EgressResolver(
+        EVERYTHING, FakeResolver(lambda _: ["1.1.1.1", "169.254.169.254"])
+    )
+    with pytest.raises(EgressForbidden) as info:
+        await resolver.resolve("sneaky.example", 80)
+    assert info.value.refusal.always
 
 
 async def test_resolver_refuses_metadata_names_without_lookup() -> None:

@@ -13,12 +13,15 @@ import pytest
 
 from igris_mw._auth import generate_key
 from igris_mw._errors import CryptoUnavailable, Unauthorized
+from igris_mw._policy.egress import EgressPolicy
 from igris_mw._resolver import MISSING, Resolver, _Resolved
 from igris_mw._service import Service
 from igris_mw.storage import Change
 from igris_mw.testing import FixedKeyring, MemoryStore
 
 CREDENTIAL = "upstream-canary-5b1e0d"
+
+LOOPBACK = EgressPolicy.from_setting("127.0.0.0/8")  # the test upstreams
 
 
 class CountingStore(MemoryStore):
@@ -55,7 +58,7 @@ class Setup:
     def __init__(self, ttl: float = 5.0, keys: tuple[str, ...] = ("resolver-tests",)) -> None:
         self.store = CountingStore()
         self.crypto = CountingKeyring(*keys)
-        self.service = Service(self.store, self.crypto)
+        self.service = Service(self.store, self.crypto, egress=LOOPBACK)
         self.resolver = Resolver(self.store, self.service, ttl=ttl)
 
     async def connection(self, slug: str, **more: Any) -> None:
@@ -199,7 +202,7 @@ async def test_undecryptable_credential_resolves_to_no_target_and_logs_the_key_i
     s.resolver.attach()
     try:
         elsewhere = FixedKeyring("elsewhere")
-        await Service(s.store, elsewhere).create_connection(
+        await Service(s.store, elsewhere, egress=LOOPBACK).create_connection(
             {
                 "slug": "conn-a",
                 "name": "A",

@@ -33,6 +33,7 @@ def _free_port() -> int:
 def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
     env["IGRIS_HOME"] = str(home)
+    env["IGRIS_ALLOW_UPSTREAM_NETWORKS"] = "127.0.0.0/8"  # the test upstreams are on loopback
     return {**env, **(extra or {})}
 
 

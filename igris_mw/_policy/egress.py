@@ -5,12 +5,13 @@ One classification serves both checks:
 * at create / PATCH, :func:`check_url_literal` looks at the URL only (no DNS):
   a literal forbidden address in any notation, or a cloud metadata name, is a
   422 ``upstream_forbidden``;
-* at connect, :class:`EgressResolver` (an aiohttp resolver) checks every
-  address a name resolves to and refuses the host when any is forbidden;
-  aiohttp then connects to exactly the addresses the resolver returned (the
-  URL's name stays in ``Host`` and TLS SNI), so a second lookup that answers
-  differently (DNS rebinding) never happens. aiohttp does not call the
-  resolver for an IP literal, so :func:`check_connect_host` covers literals.
+* at connect, ``resolver.EgressResolver`` (an aiohttp resolver) checks every
+  address a name resolves to, drops the forbidden ones and refuses the host
+  when none is left (or any is a metadata address); aiohttp then connects to
+  exactly the addresses the resolver returned (the URL's name stays in
+  ``Host`` and TLS SNI), so a second lookup that answers differently (DNS
+  rebinding) never happens. aiohttp does not call the resolver for an IP
+  literal, so :func:`check_connect_host` covers literals.
 
 An address is forbidden when it is loopback, private, link-local, shared
 (100.64/10), unspecified, multicast, broadcast or reserved, judged on the IPv4
@@ -22,14 +23,12 @@ refused always, whatever is allowed.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import attrs
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from igris_mw._errors import ConfigurationError, UpstreamError, ValidationError
 
@@ -39,7 +38,6 @@ __all__ = [
     "METADATA_NAMES",
     "EgressForbidden",
     "EgressPolicy",
-    "EgressResolver",
     "Network",
     "Refusal",
     "UpstreamForbidden",
@@ -164,11 +162,17 @@ class EgressForbidden(UpstreamError):
     code = "upstream_forbidden"
 
     def __init__(self, refusal: Refusal) -> None:
-        what = "a cloud metadata endpoint" if refusal.always else "a forbidden address"
-        super().__init__(
-            f"the connection's upstream host {_shorten(refusal.host)} is {what} "
-            "under the gateway's egress policy; nothing was sent"
-        )
+        host = _shorten(refusal.host)
+        if refusal.always:
+            why = f"{host} is a cloud metadata endpoint, which is refused always"
+        elif refusal.address is not None and refusal.address != refusal.host:
+            why = (
+                f"{host} resolves only to forbidden addresses ({refusal.reason} among them); "
+                f"{ALLOW_SETTING_HINT}"
+            )
+        else:
+            why = f"{host} is a {refusal.reason} address; {ALLOW_SETTING_HINT}"
+        super().__init__(f"egress policy: the connection's upstream {why}; nothing was sent")
         self.host = refusal.host
         self.refusal = refusal
 
@@ -416,7 +420,7 @@ def check_connect_host(host: str, allowed: Sequence[Network] = ()) -> None:
     """The connect-time check of a URL host that aiohttp will not resolve.
 
     aiohttp skips the resolver for an IP literal, so the forwarder calls this
-    for the URL's host (cheap: no I/O). Names are left to :class:`EgressResolver`,
+    for the URL's host (cheap: no I/O). Names are left to ``EgressResolver``,
     except metadata names, refused here already.
 
     Raises:
@@ -446,37 +450,3 @@ class EgressPolicy:
     def check_connect_host(self, host: str) -> None:
         check_connect_host(host, self.allowed)
 
-    def resolver(self, inner: AbstractResolver | None = None) -> EgressResolver:
-        return EgressResolver(self.allowed, inner)
-
-
-class EgressResolver(AbstractResolver):
-    """An aiohttp resolver that refuses a host when any resolved address is forbidden.
-
-    Wraps aiohttp's default resolver (or ``inner``). Every address of the
-    answer is checked, not only the first: happy eyeballs may try any of them.
-    """
-
-    def __init__(
-        self, allowed: Sequence[Network] = (), inner: AbstractResolver | None = None
-    ) -> None:
-        self._allowed = tuple(allowed)
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        check_connect_host(host, self._allowed)
-        if self._inner is None:
-            # Built here, not in __init__: aiohttp's resolvers need a running loop.
-            from aiohttp.resolver import DefaultResolver
-
-            self._inner = DefaultResolver()
-        answers = await self._inner.resolve(host, port, family)
-        for answer in answers:
-            check_address(answer["host"], self._allowed, host=host)
-        return answers
-
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()

@@ -46,20 +46,51 @@ import attrs
 from multidict import CIMultiDict
 
 from .._asgi import Receive, Scope, Send
-from .._errors import BadRequest, IgrisError, UpstreamError, UpstreamTimeout
+from .._errors import BadRequest, IgrisError, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from .._policy.egress import EgressForbidden, EgressPolicy
+from .._policy.resolver import EgressResolver
 from .._responses import send_error
 from .outbound import UpstreamProxy
 from .sse import EndpointRewriter, endpoint_rewrite
 from .tls import tls_error_for
 from .upstream import Target, request_headers, response_headers, upstream_url
 
-__all__ = ["BodyPrefix", "Forwarder", "ProxyResult", "read_body_prefix"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_LIMIT_PER_HOST",
+    "DEFAULT_MAX_BODY",
+    "BodyPrefix",
+    "Forwarder",
+    "ProxyResult",
+    "RequestTimeout",
+    "read_body_prefix",
+]
 
 log = logging.getLogger("igris_mw.proxy")
 
 # aiohttp would otherwise invent these; a proxy sends only what the client sent.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _CLIENT_CLOSED_STATUS = 499  # nginx's convention: the client left before the response
+DEFAULT_MAX_BODY = 8 * 1024 * 1024  # IGRIS_MAX_REQUEST_BODY / serve --max-request-body
+DEFAULT_IDLE_TIMEOUT = 300.0  # serve --stream-idle-timeout
+DEFAULT_BODY_TIMEOUT = 30.0  # longest pause inside a request body
+DEFAULT_LIMIT_PER_HOST = 1024  # pooled + open connections to one upstream host
+# An error response is read whole to look for the credential before relaying it.
+_MAX_ERROR_BODY = 1024 * 1024
+
+
+class RequestTimeout(IgrisError):
+    """408: the client stopped sending its request body."""
+
+    status = 408
+    code = "request_timeout"
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is larger than {limit} bytes (IGRIS_MAX_REQUEST_BODY)",
+        code="request_too_large",
+    )
 
 
 @attrs.frozen
@@ -73,6 +104,7 @@ class BodyPrefix:
     data: bytes = b""
     complete: bool = False
     disconnected: bool = False
+    timed_out: bool = False
 
 
 @attrs.define
@@ -91,16 +123,27 @@ class ProxyResult:
     error: IgrisError | None = None
 
 
-async def read_body_prefix(receive: Receive, limit: int) -> BodyPrefix:
+async def read_body_prefix(
+    receive: Receive, limit: int, timeout: float | None = None
+) -> BodyPrefix:
     """Read request body messages until ``limit`` bytes, the end, or a disconnect.
 
     Pass the result to ``Forwarder.forward(prefix=...)``, which sends it first
-    and streams the rest. Reads at most one message past ``limit``.
+    and streams the rest. Reads at most one message past ``limit``. With
+    ``timeout``, a pause longer than that between two messages ends the read
+    with ``timed_out`` (a client that never finishes its body is cut off).
     """
     parts: list[bytes] = []
     size = 0
     while size < limit:
-        message = await receive()
+        if timeout is None:
+            message = await receive()
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                return BodyPrefix(b"".join(parts), timed_out=True)
         if message["type"] == "http.disconnect":
             return BodyPrefix(b"".join(parts), complete=False, disconnected=True)
         chunk = message.get("body", b"")
@@ -134,9 +177,25 @@ _NO_QUEUE: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)  # never used: the body
 class _Exchange:
     """Per-request state shared by ``forward`` and its receive watcher."""
 
-    __slots__ = ("body_queue", "disconnected", "request", "response")
+    __slots__ = (
+        "body_failure",
+        "body_queue",
+        "body_timeout",
+        "disconnected",
+        "idle",
+        "last",
+        "max_body",
+        "request",
+        "response",
+    )
 
-    def __init__(self, *, streams_body: bool) -> None:
+    def __init__(
+        self,
+        *,
+        streams_body: bool,
+        max_body: int = DEFAULT_MAX_BODY,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ) -> None:
         # Small and bounded: the body is streamed, never gathered. Only made
         # when there is a body left to stream (most MCP POSTs fit the peek).
         self.body_queue: asyncio.Queue[bytes | _ClientGone | None] = (
@@ -145,6 +204,13 @@ class _Exchange:
         self.disconnected = asyncio.Event()
         self.request: asyncio.Future[aiohttp.ClientResponse] | None = None
         self.response: aiohttp.ClientResponse | None = None
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        # Why the body stream was cut (413 too large, 408 too slow): the request
+        # fails with this rather than as an upstream error.
+        self.body_failure: IgrisError | None = None
+        self.idle = False  # the upstream went quiet past the idle timeout
+        self.last = 0.0  # loop time of the upstream's last bytes (the sweeper reads it)
 
     async def watch(self, receive: Receive, body_done: bool) -> None:
         """Feed body chunks to the queue, then wait for the client to disconnect."""
@@ -181,12 +247,23 @@ class _Exchange:
         while True:
             if self.disconnected.is_set() and self.body_queue.empty():
                 raise _ClientGone()
-            item = await self.body_queue.get()
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    item = await self.body_queue.get()
+            except TimeoutError:
+                self.body_failure = RequestTimeout(
+                    f"the request body stalled for more than {self.body_timeout:g} seconds"
+                )
+                raise _ClientGone() from None
             if item is None:
                 return
             if isinstance(item, _ClientGone):
                 raise item
             counter.bytes_in += len(item)
+            if counter.bytes_in > self.max_body:
+                # Raising here makes aiohttp abort the upstream request mid-body.
+                self.body_failure = _too_large(self.max_body)
+                raise _ClientGone()
             yield item
 
 
@@ -223,7 +300,9 @@ class Forwarder:
             stream is never cut by it.
         connect_timeout: seconds to wait for a TCP connection (default: ``timeout``).
         limit: connection pool size (0: unbounded).
-        limit_per_host: connections per upstream host (0: unbounded).
+        limit_per_host: connections per upstream host, open streams included
+            (default 1024; 0: unbounded); past it a request waits for a free
+            connection, within ``timeout``.
         ssl: ``True`` verifies upstream TLS with the system CAs; an
             ``ssl.SSLContext`` for private CAs. A ``Target`` with its own
             context (a connection's CA or client certificate) uses that one.
@@ -232,6 +311,16 @@ class Forwarder:
         resolver: the aiohttp resolver of the session's connector (the egress
             policy's pins the checked address); TLS SNI and host-name checks
             stay on the URL's name whatever address it returns.
+        egress: the address policy: every address a host resolves to is
+            checked by the session's resolver, and the connection goes to
+            the checked address; IP literals (which aiohttp does not resolve)
+            are checked here. ``None`` checks nothing (the gateway always
+            passes one).
+        max_body: the largest request body; past it 413 ``request_too_large``
+            and the upstream request, if started, is aborted.
+        idle_timeout: an upstream response (an SSE stream above all) that
+            sends nothing for this long is closed; outcome ``upstream_idle``.
+        body_timeout: the longest pause inside a request body; past it 408.
 
     Raises:
         ValueError: a timeout is not positive.
@@ -243,14 +332,23 @@ class Forwarder:
         timeout: float = 60.0,
         connect_timeout: float | None = None,
         limit: int = 0,
-        limit_per_host: int = 0,
+        limit_per_host: int = DEFAULT_LIMIT_PER_HOST,
         keepalive_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | bool = True,
         proxy: UpstreamProxy | None = None,
         resolver: aiohttp.abc.AbstractResolver | None = None,
+        egress: EgressPolicy | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if not timeout > 0 or (connect_timeout is not None and not connect_timeout > 0):
             raise ValueError("timeouts must be positive numbers of seconds")
+        if not idle_timeout > 0 or not body_timeout > 0 or max_body < 0:
+            raise ValueError("idle and body timeouts must be positive, max_body not negative")
+        self.max_body = max_body
+        self.idle_timeout = float(idle_timeout)
+        self.body_timeout = float(body_timeout)
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout) if connect_timeout else self.timeout
         self._limit = limit
@@ -261,18 +359,92 @@ class Forwarder:
         self._resolver = resolver
         # Built once: the Proxy-Authorization header is not re-encoded per request.
         self._proxy_options: dict[str, Any] = proxy.request_options() if proxy else {}
+        self._egress = egress
+        # host -> the refusal of its literal check (None: fine); a dict read per request.
+        self._host_checks: dict[str, EgressForbidden | None] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Deadlines without a timer per request: one sweeper task scans these.
+        self._streams: set[_Exchange] = set()
+        self._peeks: dict[asyncio.Task[Any], list[Any]] = {}  # task -> [since, expired]
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Create the shared session (call from the running loop, e.g. lifespan startup)."""
         if self._session is None or self._session.closed:
             self._session = self._new_session()
+        self._ensure_sweeper()
 
     async def close(self) -> None:
         """Close the session and its pooled connections."""
         session, self._session = self._session, None
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         if session is not None:
             await session.close()
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep(), name="igris-mw deadlines"
+            )
+
+    async def _sweep(self) -> None:
+        """Enforce the body-pause and stream-idle deadlines, a few times per timeout.
+
+        A request pays a dict or set insert and a time stamp instead of a timer;
+        a deadline is enforced within a quarter of its length (at most 1 s) late.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.body_timeout / 4, self.idle_timeout / 4))
+            now = loop.time()
+            for task, entry in list(self._peeks.items()):
+                if not entry[1] and now - entry[0] > self.body_timeout:
+                    entry[1] = True
+                    task.cancel()
+            for ex in list(self._streams):
+                if not ex.idle and now - ex.last > self.idle_timeout:
+                    ex.idle = True
+                    if ex.response is not None:
+                        ex.response.close()
+
+    async def read_prefix(self, receive: Receive, limit: int) -> BodyPrefix:
+        """``read_body_prefix`` with the body-pause deadline kept by the sweeper.
+
+        A client that pauses longer than ``body_timeout`` between two body
+        messages gets ``timed_out`` (the caller answers 408).
+        """
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always inside a task under ASGI
+            return await read_body_prefix(receive, limit, self.body_timeout)
+        self._ensure_sweeper()
+        loop = asyncio.get_running_loop()
+        entry: list[Any] = [loop.time(), False]
+        self._peeks[task] = entry
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size < limit:
+                entry[0] = loop.time()
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return BodyPrefix(b"".join(parts), complete=False, disconnected=True)
+                chunk = message.get("body", b"")
+                if chunk:
+                    parts.append(chunk)
+                    size += len(chunk)
+                if not message.get("more_body", False):
+                    return BodyPrefix(b"".join(parts), complete=True)
+            return BodyPrefix(b"".join(parts), complete=False)
+        except asyncio.CancelledError:
+            if entry[1] and task.uncancel() == 0:
+                return BodyPrefix(b"".join(parts), timed_out=True)
+            raise
+        finally:
+            del self._peeks[task]
 
     async def __aenter__(self) -> Forwarder:
         await self.start()
@@ -282,12 +454,18 @@ class Forwarder:
         await self.close()
 
     def _new_session(self) -> aiohttp.ClientSession:
+        resolver = self._resolver
+        if resolver is None and self._egress is not None and self.proxy is None:
+            # Through a forward proxy the proxy resolves upstream names (this
+            # resolver would only see the proxy's own, often internal, host):
+            # the policy then checks literals and metadata names only.
+            resolver = EgressResolver(self._egress.allowed)
         connector = aiohttp.TCPConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,
             ssl=self._ssl,
-            resolver=self._resolver,
+            resolver=resolver,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -332,12 +510,20 @@ class Forwarder:
         session = self._session
         if session is None or session.closed:
             session = self._session = self._new_session()
+            self._ensure_sweeper()
         result = ProxyResult()
         try:
             url = upstream_url(target, subpath, scope.get("query_string", b""))
             headers, has_body = request_headers(scope, target)
         except BadRequest as exc:
             return await _fail(send, result, exc, "bad_request")
+        if self._egress is not None:
+            refused = self._literal_refusal(url.raw_host or "")
+            if refused is not None:
+                return await _fail(send, result, refused, "upstream_forbidden")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return await _fail(send, result, _too_large(self.max_body), "request_too_large")
         if prefix is None and not has_body and scope.get("http_version") not in ("1.0", "1.1"):
             # HTTP/2 and 3 may carry a body with neither header: look at the first message.
             prefix = await read_body_prefix(receive, 1)
@@ -345,9 +531,13 @@ class Forwarder:
         if prefix.disconnected:
             result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
             return result
+        if len(prefix.data) > self.max_body:
+            return await _fail(send, result, _too_large(self.max_body), "request_too_large")
 
         body_done = prefix.complete or (not has_body and not prefix.data)
-        ex = _Exchange(streams_body=not body_done)
+        ex = _Exchange(
+            streams_body=not body_done, max_body=self.max_body, body_timeout=self.body_timeout
+        )
         watcher = asyncio.ensure_future(ex.watch(receive, body_done))
         request: asyncio.Future[aiohttp.ClientResponse] | None = None
         try:
@@ -377,7 +567,12 @@ class Forwarder:
                     raise
                 result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
                 return result
+            except EgressForbidden as exc:
+                log.warning("upstream refused by the egress policy: %s", exc.refusal.describe())
+                return await _fail(send, result, exc, "upstream_forbidden")
             except (aiohttp.ClientError, OSError, _ClientGone) as exc:  # TimeoutError too
+                if ex.body_failure is not None:
+                    return await _fail(send, result, ex.body_failure, ex.body_failure.code)
                 failure = self._headers_failure(exc, ex, timer.expired(), target)
                 if failure is None:
                     result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
@@ -385,9 +580,19 @@ class Forwarder:
                 return await _fail(send, result, *failure)
             async with resp:
                 ex.response = resp
+                if resp.status >= 400:
+                    refusal = await self._error_refusal(resp, target)
+                    if isinstance(refusal, IgrisError):
+                        resp.close()
+                        return await _fail(send, result, refusal, refusal.code)
+                    await _relay_whole(send, resp, refusal, ex, result)
+                    return result
+                ex.last = asyncio.get_running_loop().time()
+                self._streams.add(ex)  # the sweeper's idle deadline, while relaying
                 try:
                     await _relay(send, target, gateway_prefix, resp, ex, result, body_filter)
                 finally:
+                    self._streams.discard(ex)
                     if result.outcome != "ok":
                         # Never pool a connection whose exchange did not finish cleanly.
                         resp.close()
@@ -400,6 +605,65 @@ class Forwarder:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+    async def _error_refusal(
+        self, resp: aiohttp.ClientResponse, target: Target
+    ) -> IgrisError | bytes:
+        """An upstream error response: the refusal to answer with, or its whole body.
+
+        401 means the injected credential was refused: the client gets 502
+        ``upstream_auth_failed`` (never the upstream's challenge). Any other
+        error is read whole (at most 1 MiB) and refused as 502
+        ``upstream_reflected_credential`` when it echoes the credential.
+        """
+        if resp.status == 401:
+            log.warning("upstream %s refused the connection's credential", target.label)
+            return UpstreamError(
+                "the upstream refused this connection's credential (HTTP 401); "
+                "an administrator should rotate it or check the connection's authType",
+                code="upstream_auth_failed",
+            )
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await resp.content.read(_MAX_ERROR_BODY + 1)
+                while len(body) <= _MAX_ERROR_BODY:
+                    more = await resp.content.read(_MAX_ERROR_BODY + 1 - len(body))
+                    if not more:
+                        break
+                    body += more
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError too
+            return _unreachable(target, exc)
+        if len(body) > _MAX_ERROR_BODY:
+            return UpstreamError(
+                f"upstream {target.label} sent an error response over 1 MiB; not relayed",
+                code="upstream_bad_response",
+            )
+        if target.reflects_credential(resp.raw_headers, body):
+            log.warning("upstream %s echoed the injected credential; not relayed", target.label)
+            return UpstreamError(
+                "the upstream's error response contained the connection's credential; "
+                "it was not relayed",
+                code="upstream_reflected_credential",
+            )
+        return body
+
+    def _literal_refusal(self, host: str) -> EgressForbidden | None:
+        """The connect-time check of a host aiohttp will not resolve (an IP literal)."""
+        try:
+            return self._host_checks[host]
+        except KeyError:
+            pass
+        assert self._egress is not None
+        refused: EgressForbidden | None = None
+        try:
+            self._egress.check_connect_host(host)
+        except EgressForbidden as exc:
+            log.warning("upstream refused by the egress policy: %s", exc.refusal.describe())
+            refused = exc
+        if len(self._host_checks) >= 4096:
+            self._host_checks.clear()
+        self._host_checks[host] = refused
+        return refused
 
     def _headers_failure(
         self, exc: BaseException, ex: _Exchange, expired: bool, target: Target
@@ -441,6 +705,27 @@ def _request_body(
     return None
 
 
+async def _relay_whole(
+    send: Send, resp: aiohttp.ClientResponse, body: bytes, ex: _Exchange, result: ProxyResult
+) -> None:
+    """Send an error response already read whole (and checked)."""
+    result.status = resp.status
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": response_headers(resp.raw_headers, rewriting=False),
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        result.bytes_out = len(body)
+    except OSError:
+        result.outcome = "client_closed"
+    if ex.disconnected.is_set():
+        result.outcome = "client_closed"
+
+
 async def _fail(send: Send, result: ProxyResult, error: IgrisError, outcome: str) -> ProxyResult:
     """Answer the client with ``error`` and record it (``client_closed`` if it left)."""
     result.status, result.outcome, result.error = error.status, outcome, error
@@ -474,6 +759,7 @@ async def _relay(
     rewriter = _rewriter_for(resp, target, gateway_prefix)
     filtering = body_filter(resp) if body_filter is not None else None
     result.status = resp.status
+    loop = asyncio.get_running_loop()
     try:
         await send(
             {
@@ -490,6 +776,9 @@ async def _relay(
             except (aiohttp.ClientError, OSError) as exc:
                 if ex.disconnected.is_set():
                     break
+                if ex.idle:
+                    result.outcome = "upstream_idle"
+                    break
                 log.warning(
                     "upstream %s broke mid-stream: %s", target.label, type(exc).__name__
                 )
@@ -497,7 +786,10 @@ async def _relay(
                 result.error = _unreachable(target, exc)
                 break
             if not chunk:
+                if ex.idle:
+                    result.outcome = "upstream_idle"
                 break
+            ex.last = loop.time()
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
             if filtering is not None:

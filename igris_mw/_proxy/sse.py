@@ -16,6 +16,10 @@ import yarl
 
 __all__ = ["EndpointRewriter", "endpoint_rewrite"]
 
+# An endpoint line longer than this is no URL: it is let through unrewritten,
+# so a hostile upstream cannot grow the held-back line without bound.
+MAX_HELD_LINE = 64 * 1024
+
 
 class EndpointRewriter:
     """Rewrites the data of SSE ``endpoint`` events, incrementally, line by line.
@@ -69,7 +73,7 @@ class EndpointRewriter:
                     out += chunk[pos:]
                 else:
                     self._partial += chunk[pos:]
-                    if not self._holds(self._partial):
+                    if len(self._partial) > MAX_HELD_LINE or not self._holds(self._partial):
                         out += self._partial
                         self._partial = b""
                         self._passing = True

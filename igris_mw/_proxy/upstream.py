@@ -17,10 +17,13 @@ is how path confusion starts.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import ssl
 from collections.abc import Iterable
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 import attrs
 import yarl
@@ -31,7 +34,9 @@ from .._errors import BadRequest
 
 __all__ = [
     "ALWAYS_STRIP",
+    "CLIENT_STRIP",
     "HOP_BY_HOP",
+    "RESPONSE_STRIP",
     "Target",
     "request_headers",
     "response_headers",
@@ -56,8 +61,36 @@ HOP_BY_HOP = frozenset(
 # own headers (X-Igris-* is matched by prefix), Host (aiohttp derives it from
 # the URL), and Expect (the ASGI server already answered 100-continue).
 ALWAYS_STRIP = frozenset({"authorization", "cookie", "host", "expect"})
-_GATEWAY_HEADER_PREFIX = "x-igris-"
-_RESPONSE_STRIP = frozenset({"set-cookie", "set-cookie2"})
+# Never forwarded from the client either: routing claims the upstream might
+# trust (the client is not a proxy of ours) and cloud metadata request headers
+# (an SSRF to a metadata service needs them). Prefixes are matched too.
+CLIENT_STRIP = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "metadata-flavor",
+        "metadata",
+        "x-google-metadata-request",
+    }
+)
+_CLIENT_STRIP_PREFIXES = ("x-igris-", "x-forwarded-", "x-aws-ec2-metadata-token")
+# Never relayed from the upstream: state and policy it would set on the
+# gateway's origin (cookies, HSTS, Alt-Svc, Clear-Site-Data) and its
+# authentication challenge (a client must not start an OAuth flow against the
+# upstream through the gateway).
+RESPONSE_STRIP = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "www-authenticate",
+        "alt-svc",
+        "strict-transport-security",
+        "clear-site-data",
+    }
+)
+_RESPONSE_STRIP = RESPONSE_STRIP
 # aiohttp would otherwise invent these; a proxy sends only what the client sent.
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
 _SAFE_QUERY = _SAFE_PATH + "?"
@@ -89,6 +122,10 @@ class Target:
     _base_path: str = attrs.field(init=False, repr=False, eq=False)
     # The URL for the common request (no subpath, no query), built once, not per request.
     _plain_url: yarl.URL = attrs.field(init=False, repr=False, eq=False)
+    # Query parameter names upstreamUrl fixes: a client may not repeat or override them.
+    _fixed_query: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
+    # The forms of the injected credential an upstream error response must not echo.
+    _needles: tuple[bytes, ...] = attrs.field(init=False, repr=False, eq=False)
 
     @_drop.default
     def _compute_drop(self) -> frozenset[str]:
@@ -99,6 +136,7 @@ class Target:
         return (
             HOP_BY_HOP
             | ALWAYS_STRIP
+            | CLIENT_STRIP
             | {s.lower() for s in self.strip}
             | {name.lower() for name, _ in self.inject}
         )
@@ -111,6 +149,24 @@ class Target:
     def _compute_plain_url(self) -> yarl.URL:
         return _build_url(self.base_url, self.base_url.raw_path, self.base_url.raw_query_string)
 
+    @_fixed_query.default
+    def _compute_fixed_query(self) -> frozenset[str]:
+        return frozenset(_query_names(self.base_url.raw_query_string))
+
+    @_needles.default
+    def _compute_needles(self) -> tuple[bytes, ...]:
+        return _credential_forms(value for _, value in self.inject)
+
+    def reflects_credential(self, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bool:
+        """True when a response's headers or body carry the injected credential."""
+        needles = self._needles
+        if not needles:
+            return False
+        for _, value in headers:
+            if any(n in value for n in needles):
+                return True
+        return any(n in body for n in needles)
+
     @property
     def label(self) -> str:
         """The upstream's host[:port], the only part of it an error message shows."""
@@ -119,11 +175,48 @@ class Target:
         return f"{host}:{port}" if port else host
 
 
+_MIN_NEEDLE = 8  # shorter forms would match ordinary text: a false 502
+
+
+def _credential_forms(values: Iterable[str]) -> tuple[bytes, ...]:
+    """The injected values, their bare secrets, and the escapes an echo may apply."""
+    forms: set[str] = set()
+    for value in values:
+        candidates = {value}
+        scheme, _, rest = value.partition(" ")
+        if rest and scheme.lower() in ("bearer", "basic", "token"):
+            candidates.add(rest)
+            if scheme.lower() == "basic":
+                try:
+                    userpass = base64.b64decode(rest, validate=True).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    userpass = ""
+                if userpass:
+                    candidates |= {userpass, userpass.partition(":")[2]}
+        for c in candidates:
+            if len(c) >= _MIN_NEEDLE:
+                forms |= {c, quote(c, safe=""), json.dumps(c)[1:-1]}
+    return tuple(sorted(f.encode("utf-8", "surrogateescape") for f in forms))
+
+
+def _query_names(query: str) -> set[str]:
+    """Parameter names as servers may read them: decoded, case-folded, ``a[]`` as ``a``."""
+    names = set()
+    for pair in re.split(r"[&;]", query):
+        if pair:
+            name = unquote_plus(pair.partition("=")[0], errors="replace")
+            names.add(name.partition("[")[0].strip().casefold())
+    return names
+
+
 def _segment_escapes(segment: str) -> bool:
     decoded = unquote(segment, errors="strict") if "%" in segment else segment
     if any(c in decoded for c in "\0\r\n"):
         return True
-    return any(part in (".", "..") for part in re.split(r"[/\\]", decoded))
+    # "..;x" is ".." to a servlet container (path parameters are cut off).
+    return any(
+        part.split(";", 1)[0] in (".", "..") for part in re.split(r"[/\\]", decoded)
+    )
 
 
 def upstream_url(target: Target, subpath: str, query_string: bytes | str = b"") -> yarl.URL:
@@ -138,6 +231,11 @@ def upstream_url(target: Target, subpath: str, query_string: bytes | str = b"") 
     base = target.base_url
     if isinstance(query_string, bytes):
         query_string = query_string.decode("latin-1")
+    if query_string and target._fixed_query and _query_names(query_string) & target._fixed_query:
+        raise BadRequest(
+            "the query repeats a parameter the connection's upstreamUrl fixes; "
+            "it cannot be repeated or overridden"
+        )
     if subpath:
         if not subpath.startswith("/"):
             subpath = "/" + subpath
@@ -198,7 +296,7 @@ def request_headers(scope: Scope, target: Target) -> tuple[CIMultiDict[str], boo
                 raise BadRequest("the Content-Length header is not a number") from None
         elif name == "transfer-encoding":
             has_body = True
-        if name in drop or name.startswith(_GATEWAY_HEADER_PREFIX):
+        if name in drop or name.startswith(_CLIENT_STRIP_PREFIXES):
             continue
         headers.add(name, value)
     for name, value in target.inject:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import IgrisError
+from .._policy.egress import EgressPolicy
 from .._service import Service
 from ..models import AuthType, Connection, Scope, format_time
 from ._common import (
@@ -344,7 +345,8 @@ async def _with_service(args: argparse.Namespace, handler: Handler) -> int:
     audit: Any = None
     try:
         audit = await open_audit_sink(audit_url)
-        return await handler(args, Service(store, crypto, audit=audit))
+        egress = EgressPolicy.from_setting(settings.allow_upstream_networks)
+        return await handler(args, Service(store, crypto, audit=audit, egress=egress))
     finally:
         try:
             await crypto.aclose()

@@ -153,9 +153,41 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         choices=LOG_LEVELS,
         help="uvicorn log level (default: $IGRIS_LOG_LEVEL, else info)",
     )
+    p.add_argument(
+        "--allow-upstream-network",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="let upstreams reach this internal network (repeat; default: "
+        "$IGRIS_ALLOW_UPSTREAM_NETWORKS); cloud metadata stays refused",
+    )
+    p.add_argument(
+        "--max-request-body",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest request body on gateway paths (default: $IGRIS_MAX_REQUEST_BODY, else 8 MiB)",
+    )
+    p.add_argument(
+        "--stream-idle-timeout",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="close an upstream stream silent this long "
+        "(default: $IGRIS_STREAM_IDLE_TIMEOUT, else 300)",
+    )
     p.add_argument("--access-log", action="store_true", help="log each request line")
     add_location_options(p)
     p.set_defaults(run=run_serve)
+
+
+def _networks_option(values: list[str] | None) -> tuple[str, ...] | None:
+    """``--allow-upstream-network`` (repeatable), checked like the variable."""
+    if values is None:
+        return None
+    from .._policy.egress import parse_networks
+
+    return tuple(str(n) for n in parse_networks(values))
 
 
 def _say(message: str) -> None:
@@ -203,6 +235,9 @@ def run_serve(args: argparse.Namespace) -> int:
         upstream_timeout=args.upstream_timeout,
         public_url=args.public_url,
         log_level=args.log_level,
+        allow_upstream_networks=_networks_option(args.allow_upstream_network),
+        max_request_body=args.max_request_body,
+        stream_idle_timeout=args.stream_idle_timeout,
         max_stale=args.max_stale,
         rate_limit_store=args.rate_limit_store,
         auth_failures_per_minute=args.auth_failures_per_minute,
@@ -246,6 +281,9 @@ def run_serve(args: argparse.Namespace) -> int:
         auth_failures_per_minute=settings.auth_failures_per_minute,
         audit_spill=settings.audit_spill_path,
         environ=environ,
+        allow_upstream_networks=settings.allow_upstream_networks,
+        max_request_body=settings.max_request_body,
+        stream_idle_timeout=settings.stream_idle_timeout,
         upstream_ca_file=args.upstream_ca_file,
         upstream_proxy=args.upstream_proxy,
         dashboard=True,

@@ -78,7 +78,7 @@ def make_gateway(store_dir: Path, app: Any = None, **options: Any) -> IgrisGatew
         environ={"IGRIS_MASTER_KEY": MASTER_KEY},
         audit_spill=store_dir / "audit-spill.jsonl",
         upstream_timeout=10,
-        **options,
+        **{"allow_upstream_networks": ["127.0.0.0/8"], **options},  # the test upstreams
     )
 
 

@@ -175,7 +175,10 @@ async def test_canary_never_leaks(
     )
     upstream_refusal = await raw_post(gateway.url(refusing), gateway.mcp_key, init)
     responses.append(_response_text(upstream_refusal))
-    assert upstream_refusal.status_code == 401
+    # The contract's second part: an upstream 401 is the gateway's 502, never relayed.
+    assert upstream_refusal.status_code == 502
+    assert upstream_refusal.json()["error"]["code"] == "upstream_auth_failed"
+    assert "www-authenticate" not in upstream_refusal.headers
 
     dead = free_socket()  # bound, never listening: connection refused
     dead_port = dead.getsockname()[1]

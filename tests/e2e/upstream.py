@@ -115,6 +115,12 @@ class CredentialGuard:
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
+                        # What a real OAuth-protected MCP server answers (RFC 9728).
+                        (
+                            b"www-authenticate",
+                            b'Bearer resource_metadata="http://127.0.0.1/.well-known/'
+                            b'oauth-protected-resource"',
+                        ),
                     ],
                 }
             )

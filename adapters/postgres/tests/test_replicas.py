@@ -24,7 +24,10 @@ from igris_mw.storage import verify_chain
 
 pytestmark = pytest.mark.slow
 
-MASTER = {"IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+MASTER = {
+    "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",  # the test upstream runs on loopback
+}
 
 
 async def _echo_auth(scope: dict[str, Any], receive: Any, send: Any) -> None:

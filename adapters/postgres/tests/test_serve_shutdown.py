@@ -44,6 +44,7 @@ def test_sigterm_while_postgres_is_frozen_exits_within_10s_with_events_spilled(
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
     env.update({"IGRIS_HOME": str(home), **FixedKeyring.environ()})
+    env["IGRIS_ALLOW_UPSTREAM_NETWORKS"] = "127.0.0.0/8"  # the test upstream is on loopback
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

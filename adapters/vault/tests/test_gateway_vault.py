@@ -50,6 +50,7 @@ async def test_gateway_on_vault_survives_a_seal(
         store=store_url.replace("vault://", "openbao://"),
         crypto=f"vault-transit://{bao.hostport}/transit/{transit_key}?tls=false",
         audit=f"jsonl://{sink}",
+        allow_upstream_networks=["127.0.0.0/8"],  # the test upstream runs on loopback
     )
     await gw.startup()
     try:
