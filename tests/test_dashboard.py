@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from igris_mw import IgrisGateway
 from igris_mw._dashboard import Dashboard, policy
-from igris_mw._dashboard import app as dashboard_app
+from igris_mw._dashboard import connections as dashboard_connections
 from igris_mw._dashboard import http as dashboard_http
+from igris_mw._dashboard import keys as dashboard_keys
 from igris_mw._dashboard.policy import Features, input_for, policy_body, policy_values
 from igris_mw._dashboard.sessions import SessionStore, SignInThrottle
 from igris_mw.models import AuditEvent, utcnow
@@ -710,7 +711,7 @@ async def test_policy_fields_show_when_the_service_takes_them(
     env = signed_in
     on = Features(connection_rate_limit=True, connection_tools=True, key_rate_limit=True,
                   key_tools=True, key_max_concurrent=True)
-    for module in (dashboard_app, dashboard_http):
+    for module in (dashboard_connections, dashboard_keys, dashboard_http):
         monkeypatch.setattr(module, "FEATURES", on)
     page = await env.http.get("/ui/new/connection")
     for label in ("Requests per minute", "Burst", "Allowed tools", "Denied tools"):
