@@ -52,6 +52,8 @@ from ._errors import (
     ValidationError,
 )
 from ._lifespan import Lifecycle
+from ._ops.access import Reply, access_line, current_request_id
+from ._ops.readiness import Readiness
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.egress import EgressPolicy
 from ._policy.ratelimit import AuthFailureThrottle, RateLimitStore, open_rate_limit_store
@@ -81,6 +83,8 @@ __all__ = ["IgrisGateway"]
 log = logging.getLogger("igris_mw.gateway")
 
 MCP_PREFIX: Final = "/v1/mcp/"
+# The metrics label of a request to a slug that is no connection (_ops.metrics).
+_UNKNOWN_CONNECTION: Final = "_unknown"
 # How much of a request body the gateway reads to judge it (tool policy,
 # Mcp-* headers) before anything is sent upstream.
 JUDGE_LIMIT: Final = 1024 * 1024
@@ -165,6 +169,21 @@ class IgrisGateway:
         audit_spill: JSON-lines file for audit events the sink cannot take yet.
         health_path: a path answered with ``{"status": "ok"}``
             (default ``/healthz`` when standalone, none when wrapping an app).
+        ready_path: a path answered 200 when the store answers and the audit
+            keeps up, else 503 with the reasons (default ``/readyz`` when
+            standalone, none when wrapping an app).
+        metrics: collect Prometheus metrics (``metrics_app`` serves them;
+            taking ``metrics_app`` turns collection on too).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for request
+            spans; by default one exporting by OTLP when
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the ``otel`` extra is
+            installed, else none (no tracing, no cost).
+        upstream_ca_file: a PEM file of CA certificates trusted for every
+            ``https://`` upstream in addition to the system's (default
+            ``IGRIS_UPSTREAM_CA_FILE``); a connection's ``caCertificate`` adds more.
+        upstream_proxy: ``http://[user:password@]host:port`` of a forward proxy
+            for all upstream traffic (default ``IGRIS_UPSTREAM_PROXY``); the
+            process's ``HTTP(S)_PROXY`` is never used.
         max_request_body: the largest request body on gateway paths, in
             bytes (default ``IGRIS_MAX_REQUEST_BODY`` or 8 MiB); past it 413
             ``request_too_large``.
@@ -200,6 +219,9 @@ class IgrisGateway:
         max_body: int = 64 * 1024,
         audit_spill: str | os.PathLike[str] | None = None,
         health_path: str | None = None,
+        ready_path: str | None = None,
+        metrics: bool = False,
+        tracer_provider: Any = None,
         environ: Mapping[str, str] | None = None,
         max_stale: float | None = None,
         rate_limit_store: str | RateLimitStore | None = None,
@@ -259,6 +281,9 @@ class IgrisGateway:
         self._health_path = (
             health_path if health_path is not None else ("/healthz" if app is None else None)
         )
+        self._ready_path = (
+            ready_path if ready_path is not None else ("/readyz" if app is None else None)
+        )
         if max_request_body is None:
             max_request_body = settings.max_request_body
         if stream_idle_timeout is None:
@@ -281,6 +306,11 @@ class IgrisGateway:
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
         self._denials = DenialAggregator(self.audit.emit)
         self._legacy = LegacyStreams()
+        self.readiness = Readiness(self.store, self.audit)
+        self._metrics: Any = None
+        if metrics:
+            self._enable_metrics()
+        self._tracing: Any = _tracing(tracer_provider, env)
         self.api = ManagementAPI(
             self.service,
             authenticate=self.resolver.authenticate,
@@ -301,6 +331,29 @@ class IgrisGateway:
 
     def __repr__(self) -> str:
         return f"IgrisGateway(app={self.app!r}, store={type(self.store).__name__})"
+
+    # -- operations -----------------------------------------------------------
+    def _enable_metrics(self) -> Any:
+        if self._metrics is None:
+            from ._ops.metrics import Metrics
+
+            metrics = Metrics()
+            metrics.watch_audit(self.audit)
+            self._metrics = metrics
+        return self._metrics
+
+    @property
+    def metrics(self) -> Any:
+        """The gateway's ``igris_mw._ops.metrics.Metrics``, or ``None`` while
+        metrics are off (``metrics=True`` or taking ``metrics_app`` turns them on)."""
+        return self._metrics
+
+    @property
+    def metrics_app(self) -> Any:
+        """An ASGI app answering ``GET`` with the Prometheus exposition; mount
+        it (e.g. at ``/metrics``) on a listener the public cannot reach.
+        Taking it turns metric collection on."""
+        return self._enable_metrics().app
 
     # -- lifecycle (the protocol and the lazy start live in _lifespan) -------
     @property
@@ -331,10 +384,16 @@ class IgrisGateway:
         self.resolver.attach()
         await self.forwarder.start()
         await self.audit.start()
+        if self._metrics is not None:
+            await self._metrics.start()
 
     async def _close(self) -> None:
         self._denials.flush()
+        if self._metrics is not None:
+            await self._metrics.aclose()
         await self.audit.aclose()
+        if self._tracing is not None:
+            self._tracing.shutdown()
         await self.access.close()
         await self.forwarder.close()
         await self.resolver.aclose()
@@ -365,6 +424,10 @@ class IgrisGateway:
             if self._health_path is not None and path == self._health_path:
                 await send_json(send, 200, {"status": "ok"})
                 return
+            if self._ready_path is not None and path == self._ready_path:
+                if self._life.started or await self._life.ensure_started(send):
+                    await self.readiness.respond(send)
+                return
         elif kind == "lifespan":
             await self._life.run(self.app, scope, receive, send)
             return
@@ -393,11 +456,33 @@ class IgrisGateway:
         started = time.perf_counter()
         slug = path[len(MCP_PREFIX) :].partition("/")[0]
         method: str = scope["method"]
+        request_id = new_event_id()
+        # Reset after: a host may run the next app in this same task.
+        id_token = current_request_id.set(request_id)
         fields: dict[str, Any] = {
+            "id": request_id,
             "connection": slug,
             "method": method,
             "path": path,
         }
+        reply = Reply(send, request_id, self._metrics)
+        try:
+            await self._admit_and_forward(scope, receive, reply, path, slug, fields, started)
+        finally:
+            reply.close()
+            current_request_id.reset(id_token)
+
+    async def _admit_and_forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Reply,
+        path: str,
+        slug: str,
+        fields: dict[str, Any],
+        started: float,
+    ) -> None:
+        method: str = scope["method"]
         resolved: _Resolved | None = None
         access = self.access
         # Admission: each step raises the refusal it stands for. The two lookups
@@ -443,13 +528,13 @@ class IgrisGateway:
                 # Not authenticated yet: the detail (store path, host) goes to the log only.
                 log.warning("gateway path: %s before authentication: %s", exc.code, exc.message)
                 refusal = for_anonymous(exc)
-            await self._refuse(send, refusal, fields, started, known=resolved is not None)
+            await self._refuse(scope, send, refusal, fields, started, known=resolved is not None)
             return
         except Exception as exc:  # a store or crypto failure on the cold path
             err = _as_unavailable(exc)
             if "api_key_id" not in fields:
                 err = for_anonymous(err)  # a 503 for someone not yet authenticated
-            await self._refuse(send, err, fields, started, known=resolved is not None)
+            await self._refuse(scope, send, err, fields, started, known=resolved is not None)
             return
 
         # From here on the request is open work: a revocation ends it (_openwork).
@@ -470,7 +555,7 @@ class IgrisGateway:
                 )
                 if prefix.timed_out:
                     stalled = RequestTimeout("the request body stalled; send it without pauses")
-                    await self._refuse(send, stalled, fields, started, known=True)
+                    await self._refuse(scope, send, stalled, fields, started, known=True)
                     return
                 if prefix.disconnected:
                     self._emit(
@@ -510,16 +595,35 @@ class IgrisGateway:
                 body_filter = watch.factory
             if body_filter is not None:
                 scope = _without_accept_encoding(scope)
-            result = await self.forwarder.forward(
-                scope,
-                receive,
-                tracked,
-                target,
-                _raw_subpath(scope, slug),
-                gateway_prefix=scope.get("root_path", "") + MCP_PREFIX + slug,
-                prefix=prefix,
-                body_filter=body_filter,
-            )
+            gateway_prefix = scope.get("root_path", "") + MCP_PREFIX + slug
+            subpath = _raw_subpath(scope, slug)
+            forwarded_at = time.perf_counter()
+            if self._tracing is None:
+                result = await self.forwarder.forward(
+                    scope,
+                    receive,
+                    tracked,
+                    target,
+                    subpath,
+                    gateway_prefix=gateway_prefix,
+                    prefix=prefix,
+                    body_filter=body_filter,
+                )
+            else:
+                result = await self._tracing.forward(
+                    self.forwarder.forward,
+                    scope,
+                    receive,
+                    tracked,
+                    target,
+                    subpath,
+                    gateway_prefix=gateway_prefix,
+                    prefix=prefix,
+                    body_filter=body_filter,
+                    fields=fields,
+                    started=started,
+                    body=prefix.data if prefix is not None and prefix.complete else None,
+                )
         except asyncio.CancelledError:
             if not ticket.revoked:
                 raise
@@ -530,9 +634,13 @@ class IgrisGateway:
         if ticket.revoked:
             result = await _end_revoked(tracked, result)
         assert result is not None
+        # The upstream answered when the response started and the forwarder
+        # did not make the answer itself (a 502/504 carries result.error).
+        answered_at = send.started_at if result.error is None else None
         self._emit(
             fields,
             started,
+            upstream_seconds=answered_at - forwarded_at if answered_at is not None else None,
             status=result.status,
             outcome=result.outcome,
             bytes_in=result.bytes_in,
@@ -614,6 +722,7 @@ class IgrisGateway:
 
     async def _refuse(
         self,
+        scope: Scope,
         send: Send,
         exc: IgrisError,
         fields: dict[str, Any],
@@ -627,29 +736,36 @@ class IgrisGateway:
             outcome = "not_found"
         # A refused request is audited on the connection's trail when the
         # connection exists; unknown slugs get no trail (no audit spam).
+        exists: bool | None = True
         if not known:
-            known = await self._connection_exists(fields["connection"])
-        if known:
-            if exc.status in (401, 429):
-                # Floods of these are counted, not written one by one.
-                self._denials.refused(self._event(fields, started, exc.status, outcome))
-            else:
-                self._emit(fields, started, status=exc.status, outcome=outcome)
+            exists = await self._connection_exists(fields["connection"])
+        # Cannot tell (None: store down): keep the event rather than lose it,
+        # but count it under no connection (a random slug adds no series).
+        labelled = exists is True
+        if exists is False:
+            self._observe(fields, started, None, False, exc.status, outcome)
+        elif exc.status in (401, 429):
+            # Floods of these are counted, not written one by one.
+            self._denials.refused(self._event(fields, started, exc.status, outcome))
+            self._observe(fields, started, None, labelled, exc.status, outcome)
+        else:
+            self._emit(fields, started, labelled=labelled, status=exc.status, outcome=outcome)
+        if self._tracing is not None:
+            self._tracing.refused(scope, fields, started, exc.status, outcome)
 
-    async def _connection_exists(self, slug: str) -> bool:
+    async def _connection_exists(self, slug: str) -> bool | None:
+        """Whether ``slug`` is a connection; ``None`` when the store cannot tell."""
         if not SLUG_RE.match(slug):
             return False
         try:
             return isinstance(await self._conns.get(slug), _Resolved)
         except Exception:
-            # Cannot tell (store down): keep the event rather than lose it.
-            return True
+            return None
 
     def _event(
         self, fields: dict[str, Any], started: float, status: int, outcome: str
     ) -> AuditEvent:
         return AuditEvent(
-            id=new_event_id(),
             timestamp=_now_ms(),
             kind="gateway",
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -658,9 +774,16 @@ class IgrisGateway:
             **fields,
         )
 
-    def _emit(self, fields: dict[str, Any], started: float, **more: Any) -> None:
+    def _emit(
+        self,
+        fields: dict[str, Any],
+        started: float,
+        *,
+        upstream_seconds: float | None = None,
+        labelled: bool = True,
+        **more: Any,
+    ) -> None:
         event = AuditEvent(
-            id=new_event_id(),
             timestamp=_now_ms(),
             kind="gateway",
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -668,7 +791,37 @@ class IgrisGateway:
             **more,
         )
         self.audit.emit(event)
+        self._observe(fields, started, upstream_seconds, labelled, more["status"], more["outcome"])
 
+    def _observe(
+        self,
+        fields: dict[str, Any],
+        started: float,
+        upstream_seconds: float | None,
+        labelled: bool,
+        status: int,
+        outcome: str,
+    ) -> None:
+        """Metrics and the access line for one gateway request."""
+        now = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.request(
+                fields["connection"] if labelled else _UNKNOWN_CONNECTION,
+                outcome,
+                now - started,
+                upstream_seconds,
+            )
+        access_line(
+            fields["id"],
+            connection=fields["connection"],
+            api_key_id=fields.get("api_key_id"),
+            user=fields.get("user"),
+            method=fields["method"],
+            path=fields["path"],
+            outcome=outcome,
+            status=status,
+            latency_ms=round((now - started) * 1000, 3),
+        )
 
 class _TrackedSend:
     """``send`` that remembers how far the response got, so a revoked request
@@ -750,6 +903,23 @@ def _without_accept_encoding(scope: Scope) -> Scope:
     uncompressed (the gateway does not decompress)."""
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
     return {**scope, "headers": headers}
+
+
+def _tracing(tracer_provider: Any, environ: Mapping[str, str]) -> Any:
+    """The request tracer, or ``None`` (nothing imported) when tracing is off."""
+    if tracer_provider is None:
+        from ._ops import endpoint_configured
+
+        if not endpoint_configured(environ):
+            return None
+    try:
+        from ._ops.tracing import Tracing
+    except ImportError:
+        log.warning("tracing needs the otel extra (pip install 'igris-mw[otel]'); it is off")
+        return None
+    if tracer_provider is not None:
+        return Tracing(tracer_provider)
+    return Tracing.from_env(environ)
 
 
 def _now_ms() -> datetime:

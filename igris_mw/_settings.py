@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_HOME",
     "ENV_MASTER_KEY",
     "ENV_MASTER_KEY_FILE",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "Settings",
 ]
@@ -47,6 +48,7 @@ DEFAULT_CRYPTO = "keyring:"
 ENV_MASTER_KEY = "IGRIS_MASTER_KEY"
 ENV_MASTER_KEY_FILE = "IGRIS_MASTER_KEY_FILE"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 
 _Parser = Callable[[str, str], Any]
 
@@ -102,6 +104,13 @@ def _log_level(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in LOG_LEVELS:
         raise ConfigurationError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+def _log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
     return value
 
 
@@ -171,6 +180,10 @@ class Settings:
         host, port: where ``serve`` listens (``IGRIS_HOST``, ``IGRIS_PORT``).
         public_url: ``IGRIS_PUBLIC_URL``, the base of ``gatewayUrl``.
         log_level: ``IGRIS_LOG_LEVEL`` for ``serve`` (default ``info``).
+        log_format: ``IGRIS_LOG_FORMAT`` for ``serve``: ``text`` (default) or ``json``.
+        metrics_host, metrics_port: where ``serve`` answers ``GET /metrics``
+            (``IGRIS_METRICS_HOST``, default 127.0.0.1; ``IGRIS_METRICS_PORT``,
+            default none: no metrics listener).
         allow_upstream_networks: ``IGRIS_ALLOW_UPSTREAM_NETWORKS``, CIDRs that
             upstreams may reach although internal (``docs/security.md``).
         max_request_body: ``IGRIS_MAX_REQUEST_BODY`` bytes (default 8 MiB).
@@ -206,6 +219,13 @@ class Settings:
     port: int = attrs.field(default=8080, metadata=_env("IGRIS_PORT", _port))
     public_url: str | None = attrs.field(default=None, metadata=_env("IGRIS_PUBLIC_URL", _http_url))
     log_level: str = attrs.field(default="info", metadata=_env("IGRIS_LOG_LEVEL", _log_level))
+    log_format: str = attrs.field(default="text", metadata=_env("IGRIS_LOG_FORMAT", _log_format))
+    metrics_host: str = attrs.field(
+        default="127.0.0.1", metadata=_env("IGRIS_METRICS_HOST", _text)
+    )
+    metrics_port: int | None = attrs.field(
+        default=None, metadata=_env("IGRIS_METRICS_PORT", _port)
+    )
     allow_upstream_networks: tuple[str, ...] = attrs.field(
         default=(), metadata=_env("IGRIS_ALLOW_UPSTREAM_NETWORKS", _networks)
     )

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._settings import LOG_LEVELS, Settings
+from .._settings import LOG_FORMATS, LOG_LEVELS, Settings
 from ._common import LazyCrypto, add_location_options, audit_url_for, load_crypto, make_data_dir
 
 if TYPE_CHECKING:
@@ -176,7 +176,28 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="close an upstream stream silent this long "
         "(default: $IGRIS_STREAM_IDLE_TIMEOUT, else 300)",
     )
-    p.add_argument("--access-log", action="store_true", help="log each request line")
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        help="text (uvicorn's lines) or json (one object per line on stdout, an access "
+        "line per request with its request id); default: $IGRIS_LOG_FORMAT, else text",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log each request line (always on with --log-format json)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics "
+        "(default: $IGRIS_METRICS_PORT, else no metrics listener)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        help="address of the metrics listener (default: $IGRIS_METRICS_HOST, else 127.0.0.1)",
+    )
     add_location_options(p)
     p.set_defaults(run=run_serve)
 
@@ -191,7 +212,23 @@ def _networks_option(values: list[str] | None) -> tuple[str, ...] | None:
 
 
 def _say(message: str) -> None:
-    print(f"igris-mw: {message}", file=sys.stderr, flush=True)
+    if _JSON_LINES:
+        # serve's own notices are log lines too under --log-format json.
+        print(_json_notice(message), file=sys.stderr, flush=True)
+    else:
+        print(f"igris-mw: {message}", file=sys.stderr, flush=True)
+
+
+_JSON_LINES = False
+
+
+def _json_notice(message: str) -> str:
+    import logging
+
+    from .._ops.logs import JsonFormatter
+
+    record = logging.LogRecord("igris_mw.serve", logging.INFO, "", 0, message, None, None)
+    return JsonFormatter().format(record)
 
 
 async def _bootstrap_admin_key(
@@ -235,6 +272,9 @@ def run_serve(args: argparse.Namespace) -> int:
         upstream_timeout=args.upstream_timeout,
         public_url=args.public_url,
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         allow_upstream_networks=_networks_option(args.allow_upstream_network),
         max_request_body=args.max_request_body,
         stream_idle_timeout=args.stream_idle_timeout,
@@ -242,6 +282,8 @@ def run_serve(args: argparse.Namespace) -> int:
         rate_limit_store=args.rate_limit_store,
         auth_failures_per_minute=args.auth_failures_per_minute,
     )
+    global _JSON_LINES
+    _JSON_LINES = settings.log_format == "json"
     # Only the embedded store gets a generated key: a shared store's key
     # must come from its operator, or each process would make its own.
     embedded = settings.store_url.startswith("sqlite:")
@@ -280,6 +322,7 @@ def run_serve(args: argparse.Namespace) -> int:
         rate_limit_store=settings.rate_limit_store,
         auth_failures_per_minute=settings.auth_failures_per_minute,
         audit_spill=settings.audit_spill_path,
+        metrics=settings.metrics_port is not None,
         environ=environ,
         allow_upstream_networks=settings.allow_upstream_networks,
         max_request_body=settings.max_request_body,
@@ -292,6 +335,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # is for closing the store and exiting. What the sink has not taken then
     # is in the spill file (docs/shutdown.md).
     app.audit.close_timeout = args.shutdown_timeout * 0.3
+    stop_metrics = _start_metrics(app, settings)
     try:
         import uvloop  # noqa: F401
 
@@ -302,17 +346,48 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving on http://{settings.host}:{settings.port} "
         f"(store {redact_url(settings.store_url)})"
     )
-    run_bounded(
-        app,
-        shutdown_timeout=args.shutdown_timeout,
-        host=settings.host,
-        port=settings.port,
-        loop=loop,
-        http="httptools",
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=args.access_log,
-        server_header=False,
-        date_header=False,
-    )
+    from .._ops.logs import log_config
+
+    json_logs = settings.log_format == "json"
+    config = log_config(settings.log_format, settings.log_level, access_log=args.access_log)
+    try:
+        run_bounded(
+            app,
+            shutdown_timeout=args.shutdown_timeout,
+            host=settings.host,
+            port=settings.port,
+            loop=loop,
+            http="httptools",
+            lifespan="on",
+            log_level=settings.log_level,
+            access_log=args.access_log or json_logs,
+            server_header=False,
+            date_header=False,
+            log_config=config,
+        )
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return 0
+
+
+def _start_metrics(app: Any, settings: Settings) -> Any:
+    """Start the metrics listener when a port is set; its stop function, else ``None``."""
+    if settings.metrics_port is None:
+        return None
+    from .._errors import ConfigurationError
+    from .._ops.metrics import serve_in_thread
+
+    host, port = settings.metrics_host, settings.metrics_port
+    if port == settings.port:
+        raise ConfigurationError(
+            f"--metrics-port {port} is the gateway's own port: choose another"
+        )
+    try:
+        stop = serve_in_thread(app.metrics, host, port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    _say(f"metrics on http://{host}:{port}/metrics")
+    return stop
