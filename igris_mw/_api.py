@@ -227,9 +227,18 @@ class ManagementAPI:
         )
         return 200, _page_json(page, lambda e: e.to_json())
 
+    async def _h_list_all_audit(self, ex: _Exchange) -> _Result:
+        page = await self._service.list_all_audit(
+            **{f: ex.query_str(f) for f in ("slug", "kind", "action", "outcome", "user")},
+            since=ex.query_str("since"),
+            limit=ex.limit(),
+            cursor=ex.query_str("cursor"),
+        )
+        return 200, _page_json(page, lambda e: e.to_json())
+
     async def _h_create_api_key(self, ex: _Exchange) -> _Result:
         body = await ex.json_body("ApiKeyCreate", check_fields=False)
-        record, key = await self._service.create_api_key(body)
+        record, key = await self._service.create_api_key(body, actor=ex.actor)
         return 201, {**record.to_json(), "key": key}
 
     async def _h_list_api_keys(self, ex: _Exchange) -> _Result:
@@ -238,11 +247,11 @@ class ManagementAPI:
 
     async def _h_update_api_key(self, ex: _Exchange) -> _Result:
         body = await ex.json_body("ApiKeyUpdate", check_fields=False)
-        record = await self._service.update_api_key(ex.params["id"], body)
+        record = await self._service.update_api_key(ex.params["id"], body, actor=ex.actor)
         return 200, record.to_json()
 
     async def _h_revoke_api_key(self, ex: _Exchange) -> _Result:
-        await self._service.revoke_api_key(ex.params["id"])
+        await self._service.revoke_api_key(ex.params["id"], actor=ex.actor)
         return 204, None
 
     async def _h_openapi(self, ex: _Exchange) -> _Result:

@@ -51,6 +51,7 @@ from ._errors import (
     Unauthorized,
     ValidationError,
 )
+from ._jsonrpc import prefix_method
 from ._lifespan import Lifecycle
 from ._ops.access import Reply, access_line, current_request_id
 from ._ops.readiness import Readiness
@@ -381,6 +382,7 @@ class IgrisGateway:
             opener = getattr(self._audit_store, "open", None)
             if opener is not None:
                 await opener()
+        await self.service.use_audit_key()
         self.resolver.attach()
         await self.forwarder.start()
         await self.audit.start()
@@ -668,8 +670,9 @@ class IgrisGateway:
                     raise PayloadTooLarge(
                         f"a request under a tool policy must fit in {JUDGE_LIMIT} bytes"
                     )
-                # Too long to parse whole: Mcp-Method against the peeked method only.
-                peeked = fields.get("rpc_method")
+                # Too long to parse whole: Mcp-Method against the top-level method
+                # of what was read (the audit records null for such a body).
+                peeked = prefix_method(prefix.data)
                 if (
                     mcp_headers[0] is not None
                     and peeked is not None

@@ -32,6 +32,7 @@ from typing import NoReturn
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ._audit.chain import AuditKey, derive_audit_key
 from ._errors import ConfigurationError, InvalidCiphertext, UnknownKeyId
 
 __all__ = ["ENV_KEY", "ENV_KEY_FILE", "Keyring", "kek_id"]
@@ -133,7 +134,7 @@ class Keyring:
     """
 
     name = "keyring"
-    __slots__ = ("_keks", "_order", "_primary", "_urandom")
+    __slots__ = ("_audit", "_keks", "_order", "_primary", "_urandom")
 
     def __init__(
         self, keys: Sequence[bytes], *, urandom: Callable[[int], bytes] = os.urandom
@@ -143,6 +144,7 @@ class Keyring:
         if not keys:
             raise ConfigurationError(f"no master key configured; set {ENV_KEY} or {ENV_KEY_FILE}")
         keks: dict[bytes, AESGCM] = {}
+        audit: dict[str, AuditKey] = {}
         order: list[bytes] = []
         for i, key in enumerate(keys, 1):
             if not isinstance(key, bytes):
@@ -155,7 +157,10 @@ class Keyring:
             if kid in keks:
                 raise ConfigurationError(f"master key {i} of {len(keys)} is configured twice")
             keks[kid] = AESGCM(key)
+            # Derived once here: the raw master key is not kept.
+            audit[kid.hex()] = derive_audit_key(kid.hex(), key)
             order.append(kid)
+        self._audit = audit
         self._keks = keks
         self._order = tuple(order)
         self._primary = order[0]
@@ -277,6 +282,18 @@ class Keyring:
     def key_ids(self) -> list[str]:
         """Hex ids of the configured master keys, primary first."""
         return [k.hex() for k in self._order]
+
+    async def audit_key(self, key_id: str | None = None) -> AuditKey:
+        """The audit chain key (HKDF of a master key, see ``docs/audit.md``):
+        the primary's, or the one named ``key_id`` (a master key's hex id).
+
+        Raises:
+            UnknownKeyId: no configured master key has that id.
+        """
+        found = self._audit.get(self._primary.hex() if key_id is None else key_id)
+        if found is None:
+            raise UnknownKeyId(f"audit key {key_id!r} is not a configured master key")
+        return found
 
     def key_id_of(self, envelope: bytes) -> str | None:
         """The hex KEK id of a v1 envelope, or ``None`` if it is not one."""

@@ -81,6 +81,12 @@ OPERATIONS: tuple[Operation, ...] = (
               operation_id="listAudit", summary="A connection's audit trail, newest first",
               tag="audit", success=200, response="AuditList",
               query=("limit", "cursor", "since")),
+    Operation(method="GET", path="/api/v1/audit", handler="list_all_audit",
+              operation_id="listAllAudit",
+              summary="Every audit event (every connection, and the global trail of API-key "
+                      "and sign-in events), newest first",
+              tag="audit", success=200, response="AuditList",
+              query=("slug", "kind", "action", "outcome", "user", "since", "limit", "cursor")),
     Operation(method="POST", path=_AK, handler="create_api_key",
               operation_id="createApiKey", summary="Issue a gateway API key (shown once)",
               tag="api-keys", success=201, response="ApiKeyCreated", request="ApiKeyCreate"),
@@ -223,6 +229,18 @@ _AUDIT_FIELDS: dict[str, Any] = {
     "prevHash": _NULLABLE_STR,
     "hash": _NULLABLE_STR,
 }
+# Events about no connection (API keys, sign-in) have connection null: the global chain.
+_AUDIT_FIELDS["connection"] = {"anyOf": [_SLUG, {"type": "null"}]}
+# Present only when set (docs/audit.md).
+_AUDIT_OPTIONAL: dict[str, Any] = {
+    "changes": {
+        "type": "object",
+        "description": "management updates: field -> {from, to}; a credential change "
+        "only as credentialVersion",
+        "additionalProperties": _object({"from": {}, "to": {}}, ["from", "to"]),
+    },
+    "keyId": {"type": "string", "description": "the audit key the hash is an HMAC under"},
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": _object(
@@ -269,7 +287,7 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "Empty": _object({}),
     "ConnectionList": _list_of("Connection"),
-    "AuditEvent": _object(_AUDIT_FIELDS, list(_AUDIT_FIELDS)),
+    "AuditEvent": _object({**_AUDIT_FIELDS, **_AUDIT_OPTIONAL}, list(_AUDIT_FIELDS)),
     "AuditList": _list_of("AuditEvent"),
     "ApiKey": _object(_API_KEY_FIELDS, list(_API_KEY_FIELDS)),
     "ApiKeyCreate": _object(
@@ -321,6 +339,20 @@ _QUERY: dict[str, dict[str, Any]] = {
     "since": {"name": "since", "in": "query", "required": False,
               "description": "only events at or after this RFC 3339 time",
               "schema": {"type": "string", "format": "date-time"}},
+    "slug": {"name": "slug", "in": "query", "required": False,
+             "description": "only this connection's events", "schema": _SLUG},
+    "kind": {"name": "kind", "in": "query", "required": False,
+             "description": "only events of this kind (gateway, management, ...)",
+             "schema": {"type": "string"}},
+    "action": {"name": "action", "in": "query", "required": False,
+               "description": "only management events with this action (create, revoke, ...)",
+               "schema": {"type": "string"}},
+    "outcome": {"name": "outcome", "in": "query", "required": False,
+                "description": "only events with this outcome (ok, denied, ...)",
+                "schema": {"type": "string"}},
+    "user": {"name": "user", "in": "query", "required": False,
+             "description": "only events of this end user (X-Igris-User)",
+             "schema": {"type": "string", "maxLength": 256}},
 }
 
 _PATH_PARAMS: dict[str, dict[str, Any]] = {

@@ -8,7 +8,8 @@ Every change to a connection records a management audit event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
 from ._policy.egress import EgressPolicy
+from ._service_audit import AuditOps, diff_changes
 from ._validation import (
     API_KEY_FIELDS,
     API_KEY_PATCH_FIELDS,
@@ -57,9 +59,10 @@ from .models import (
     validate_slug,
     validate_upstream_url,
 )
-from .storage import AuditSink, Store, verify_chain
+from .storage import AuditKey, AuditSink, Store
 
 __all__ = ["AuditSink", "Service"]
+
 
 # A guarded write that keeps losing races is retried this many times, then
 # the VersionConflict reaches the caller (409).
@@ -80,7 +83,7 @@ def _tls_or_none(tls: TlsConfig | None) -> TlsConfig | None:
     return None if tls is None or tls.is_empty else tls
 
 
-class Service:
+class Service(AuditOps):
     """The management operations, on one store and one crypto provider.
 
     ``actor`` arguments are the id of the gateway API key making the change
@@ -102,6 +105,8 @@ class Service:
         self.clock = clock
         # The address policy for upstreamUrl; without one, no internal network is open.
         self.egress = egress if egress is not None else EgressPolicy()
+        self._audit_key: AuditKey | None = None
+        self._audit_key_set = False
 
     # -- connections -----------------------------------------------------
     async def create_connection(
@@ -170,9 +175,11 @@ class Service:
                     ),
                 )
             conn = attrs.evolve(conn, tls=tls)
-        stored = await self.store.create_connection(conn)
-        await self._record(stored, "create", actor)
-        return stored
+        # A creation records what was created: each field from null.
+        event = self._event(conn, "create", actor, changes=diff_changes({}, conn.to_json()))
+        return await self._audited(
+            lambda ev: self.store.create_connection(conn, audit_events=ev), [event]
+        )
 
     async def get_connection(self, slug: str) -> Connection:
         """Raises ``NotFound`` for an unknown (or malformed) slug."""
@@ -258,9 +265,15 @@ class Service:
             )
             return await self._reseal_client_key(current, await self._reseal(current, updated))
 
-        stored = await self._guarded(slug, build)
-        await self._record(stored, "update", actor, metadata={"fields": sorted(changes)})
-        return stored
+        fields = sorted(changes)
+        return await self._guarded(
+            slug,
+            build,
+            lambda old, new: self._event(
+                new, "update", actor, metadata={"fields": fields},
+                changes=diff_changes(old.to_json(), new.to_json()),
+            ),
+        )  # fmt: skip
 
     async def _reseal(self, current: Connection, updated: Connection) -> Connection:
         if updated.auth_type is AuthType.NONE:
@@ -372,9 +385,14 @@ class Service:
             )
             return await self._rotate_identity(current, updated, client_certificate, client_key)
 
-        stored = await self._guarded(slug, build)
-        await self._record(stored, "rotate", actor)
-        return stored
+        # The credential appears only as its version, never as a value.
+        return await self._guarded(
+            slug,
+            build,
+            lambda old, new: self._event(
+                new, "rotate", actor, changes=diff_changes(old.to_json(), new.to_json())
+            ),
+        )
 
     async def _rotate_tls_only(
         self, current: Connection, client_certificate: Any, client_key: Any
@@ -424,19 +442,22 @@ class Service:
     ) -> Connection:
         """Disable (revoke) or enable a connection; a no-op if already so."""
         enabled = parse_bool(enabled, "enabled")
-        changed = False
 
         async def build(current: Connection) -> Connection:
-            nonlocal changed
-            changed = current.enabled != enabled
-            if not changed:
+            if current.enabled == enabled:
                 return current
             return attrs.evolve(current, enabled=enabled, updated_at=self.clock())
 
-        stored = await self._guarded(slug, build)
-        if changed:
-            await self._record(stored, "enable" if enabled else "disable", actor)
-        return stored
+        return await self._guarded(
+            slug,
+            build,
+            lambda old, new: self._event(
+                new,
+                "enable" if enabled else "disable",
+                actor,
+                changes={"enabled": {"from": old.enabled, "to": new.enabled}},
+            ),
+        )
 
     async def delete_connection(self, slug: str, *, actor: str | None = None) -> None:
         """Delete; the audit trail stays. Raises ``NotFound``.
@@ -449,11 +470,14 @@ class Service:
         current = await self.get_connection(slug)
         for key in await self.store.list_api_keys():
             if key.connections is not None and slug in key.connections:
-                await self.store.update_api_key(
-                    attrs.evolve(key, connections=key.connections - {slug})
+                await self._update_key(
+                    key,
+                    attrs.evolve(key, connections=key.connections - {slug}),
+                    actor,
+                    metadata={"apiKey": key.id, "name": key.name, "reason": f"delete {slug}"},
                 )
-        await self.store.delete_connection(slug)
-        await self._record(current, "delete", actor)
+        event = self._event(current, "delete", actor)
+        await self._audited(lambda ev: self.store.delete_connection(slug, audit_events=ev), [event])
 
     async def open_credential(self, connection: Connection) -> Secret | None:
         """Decrypt a connection's credential (``None`` for auth type none).
@@ -479,32 +503,46 @@ class Service:
         )
 
     async def _guarded(
-        self, slug: str, build: Callable[[Connection], Awaitable[Connection]]
+        self,
+        slug: str,
+        build: Callable[[Connection], Awaitable[Connection]],
+        event_for: Callable[[Connection, Connection], AuditEvent],
     ) -> Connection:
-        """Read, build the new record, write it guarded by the row version; retry races."""
+        """Read, build the new record, write it guarded by the row version
+        together with its audit event (``event_for(current, updated)``); retry races."""
         for attempt in range(_WRITE_ATTEMPTS):
             current = await self.get_connection(slug)
             updated = await build(current)
             if updated is current:
                 return current
+            event = event_for(current, updated)
             try:
-                return await self.store.update_connection(
-                    updated, expected_version=current.version
+                return await self._audited(
+                    functools.partial(self._update, updated, current.version),
+                    [event],
                 )
             except VersionConflict:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _record(
+    async def _update(
+        self, updated: Connection, version: int, events: Sequence[AuditEvent]
+    ) -> Connection:
+        return await self.store.update_connection(
+            updated, expected_version=version, audit_events=events
+        )
+
+    def _event(
         self,
         conn: Connection,
         action: str,
         actor: str | None,
         *,
         metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        event = AuditEvent(
+        changes: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        return AuditEvent(
             id=new_event_id(),
             timestamp=self.clock(),
             connection=conn.slug,
@@ -514,11 +552,27 @@ class Service:
             metadata=metadata,
             outcome="ok",
             credential_version=conn.credential_version,
+            changes=changes or None,
         )
-        await self.audit.append_audit_events([event])
+
+    def _key_event(self, key: ApiKey, action: str, actor: str | None, **extra: Any) -> AuditEvent:
+        return AuditEvent(
+            id=new_event_id(),
+            timestamp=self.clock(),
+            connection=None,
+            kind="management",
+            action=action,
+            api_key_id=actor,
+            # Which key was acted on: its id and name, never the key or its hash.
+            metadata={"apiKey": key.id, "name": key.name},
+            outcome="ok",
+            **extra,
+        )
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, body: Mapping[str, Any]) -> tuple[ApiKey, str]:
+    async def create_api_key(
+        self, body: Mapping[str, Any], *, actor: str | None = None
+    ) -> tuple[ApiKey, str]:
         """From contract JSON: name, scopes, connections (optional), expiresAt
         (optional). Returns the record and the ``ig_`` key (shown once).
 
@@ -550,9 +604,17 @@ class Service:
             tools=tools,
             max_concurrent=max_concurrent,
         )
-        return await self.store.create_api_key(record), key
+        event = self._key_event(
+            record, "create", actor, changes=diff_changes({}, record.to_json())
+        )
+        stored = await self._audited(
+            lambda ev: self.store.create_api_key(record, audit_events=ev), [event]
+        )
+        return stored, key
 
-    async def update_api_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey:
+    async def update_api_key(
+        self, key_id: str, changes: Mapping[str, Any], *, actor: str | None = None
+    ) -> ApiKey:
         """PATCH a key: name, connections, expiresAt, rateLimit, tools,
         maxConcurrent (``null`` removes any but name).
 
@@ -587,7 +649,26 @@ class Service:
                 max_concurrent if "maxConcurrent" in changes else current.max_concurrent
             ),
         )
-        return await self.store.update_api_key(updated)
+        return await self._update_key(current, updated, actor)
+
+    async def _update_key(
+        self,
+        current: ApiKey,
+        updated: ApiKey,
+        actor: str | None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ApiKey:
+        """Store a key's new fields with its audit event (global chain): both or neither."""
+        changes = diff_changes(current.to_json(), updated.to_json())
+        if not changes:
+            return current
+        event = self._key_event(current, "update", actor, changes=changes)
+        if metadata is not None:
+            event = attrs.evolve(event, metadata=metadata)
+        return await self._audited(
+            lambda ev: self.store.update_api_key(updated, audit_events=ev), [event]
+        )
 
     async def _get_api_key(self, key_id: str) -> ApiKey:
         if isinstance(key_id, str) and key_id:
@@ -600,11 +681,22 @@ class Service:
         """Every key record, revoked ones included, oldest first."""
         return await self.store.list_api_keys()
 
-    async def revoke_api_key(self, key_id: str) -> ApiKey:
-        """Revoke at once. Raises ``NotFound``."""
+    async def revoke_api_key(self, key_id: str, *, actor: str | None = None) -> ApiKey:
+        """Revoke at once (audited on the global chain). Raises ``NotFound``."""
         if not isinstance(key_id, str) or not key_id:
             raise NotFound("no such API key")
-        return await self.store.revoke_api_key(key_id, at=self.clock())
+        current = next((k for k in await self.store.list_api_keys() if k.id == key_id), None)
+        if current is None:
+            raise NotFound(f"no API key {key_id!r}")
+        if current.revoked_at is not None:
+            return current  # already revoked: nothing changes, nothing to record
+        at = self.clock()
+        revoked = attrs.evolve(current, revoked_at=at)
+        changes = diff_changes(current.to_json(), revoked.to_json(), ("revokedAt",))
+        event = self._key_event(current, "revoke", actor, changes=changes)
+        return await self._audited(
+            lambda ev: self.store.revoke_api_key(key_id, at=at, audit_events=ev), [event]
+        )
 
     async def authenticate(self, key: str) -> ApiKey:
         """The usable key record for ``key``; Unauthorized otherwise (malformed
@@ -642,29 +734,3 @@ class Service:
             if slug not in await self.audit.audit_connections():
                 raise
         return await self.audit.list_audit_events(slug, limit=limit, cursor=cursor, since=since_at)
-
-    async def verify_audit(self, slug: str | None = None) -> dict[str, list[str]]:
-        """slug -> problems (empty list: intact), for one slug or all.
-
-        Raises:
-            NotFound: ``slug`` is given and has no audit trail.
-        """
-        if slug is None:
-            slugs = await self.audit.audit_connections()
-        else:
-            if slug not in await self.audit.audit_connections():
-                raise NotFound(f"no audit trail for connection {slug!r}")
-            slugs = [slug]
-        report: dict[str, list[str]] = {}
-        for name in slugs:
-            problems: list[str] = []
-            previous: AuditEvent | None = None
-            while True:
-                after = previous.seq if previous is not None else 0
-                batch = await self.audit.audit_chain(name, after_seq=after, limit=1000)
-                if not batch:
-                    break
-                problems.extend(verify_chain(batch, previous))
-                previous = batch[-1]
-            report[name] = problems
-        return report

@@ -177,6 +177,25 @@ def _page_params(limit: int | None, cursor: str | None, since: datetime | str | 
     return params
 
 
+def _all_audit_params(
+    slug: str | None,
+    kind: str | None,
+    action: str | None,
+    outcome: str | None,
+    user: str | None,
+    since: datetime | str | None,
+    limit: int | None,
+    cursor: str | None,
+) -> dict[str, str]:
+    params = _page_params(limit, cursor, since)
+    for name, value in (
+        ("slug", slug), ("kind", kind), ("action", action), ("outcome", outcome), ("user", user)
+    ):
+        if value is not None:
+            params[name] = value
+    return params
+
+
 def _connection_body(
     slug: str,
     name: str,
@@ -535,6 +554,33 @@ class IgrisClient(_Base):
                 return
             cursor = page.next_cursor
 
+    def list_all_audit(
+        self,
+        *,
+        slug: str | None = None,
+        kind: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        user: str | None = None,
+        since: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Record]:
+        """One page of the whole trail (every connection, and the global
+        chain of API-key and sign-in events, ``connection`` None), newest first."""
+        params = _all_audit_params(slug, kind, action, outcome, user, since, limit, cursor)
+        return _page(self._run(_Call("GET", f"{_API}/audit", params=params)))
+
+    def iter_all_audit(self, *, page_size: int = 50, **filters: Any) -> Iterator[Record]:
+        """The whole trail (``filters`` as ``list_all_audit``'s), newest first."""
+        cursor: str | None = None
+        while True:
+            page = self.list_all_audit(limit=page_size, cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
     # -- gateway API keys
     def create_api_key(
         self,
@@ -812,6 +858,36 @@ class AsyncIgrisClient(_Base):
         cursor: str | None = None
         while True:
             page = await self.list_audit(slug, limit=page_size, cursor=cursor, since=since)
+            for item in page.items:
+                yield item
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def list_all_audit(
+        self,
+        *,
+        slug: str | None = None,
+        kind: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        user: str | None = None,
+        since: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Record]:
+        """One page of the whole trail (every connection, and the global
+        chain of API-key and sign-in events, ``connection`` None), newest first."""
+        params = _all_audit_params(slug, kind, action, outcome, user, since, limit, cursor)
+        return _page(await self._run(_Call("GET", f"{_API}/audit", params=params)))
+
+    async def iter_all_audit(
+        self, *, page_size: int = 50, **filters: Any
+    ) -> AsyncIterator[Record]:
+        """The whole trail (``filters`` as ``list_all_audit``'s), newest first."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_all_audit(limit=page_size, cursor=cursor, **filters)
             for item in page.items:
                 yield item
             if page.next_cursor is None:

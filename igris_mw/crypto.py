@@ -21,16 +21,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._audit.chain import derive_audit_key
 from ._errors import InvalidCiphertext, NotFound, UnknownKeyId, VersionConflict
 from .models import Connection
-from .storage import Store
+from .storage import AuditKey, Store
 
 __all__ = [
     "CLIENT_KEY_LABEL",
+    "AuditKey",
     "CryptoProvider",
     "InvalidCiphertext",
     "UnknownKeyId",
     "binding",
+    "derive_audit_key",
     "rewrap_all",
 ]
 
@@ -101,6 +104,18 @@ class CryptoProvider(Protocol):
 
     def key_id_of(self, envelope: bytes) -> str | None:
         """The id of the key an envelope was sealed with, or ``None`` if unreadable."""
+        ...
+
+    async def audit_key(self, key_id: str | None = None) -> AuditKey:
+        """The key audit chains are MACed under: the current one (``None``),
+        or an older one by the id recorded in events sealed with it (so
+        chains sealed before a key rotation still verify). Deterministic:
+        the same id always gives the same key.
+
+        Raises:
+            UnknownKeyId: no key of that id is configured.
+            CryptoUnavailable: the provider cannot be reached.
+        """
         ...
 
     @property

@@ -423,13 +423,20 @@ class AuditEvent:
     ``enable``, ``delete``). ``seq``, ``prev_hash`` and ``hash`` are set by
     the store when it appends the event to the connection's hash chain;
     they are ``None``/``0`` before that. ``count`` is set on an event that
-    stands for several repeated refusals (``None``: one request); it appears
-    in the JSON only when set, so events without it hash as before.
+    stands for several repeated refusals (``None``: one request).
+
+    ``connection`` is ``None`` for events about no connection (API keys,
+    dashboard sign-in): they form the global chain. ``changes`` (management
+    updates) maps each changed field to ``{"from": ..., "to": ...}``.
+    ``key_id`` names the audit key the event's hash is an HMAC under
+    (``None``: an unkeyed SHA-256, from before chains were keyed). ``count``,
+    ``changes`` and ``key_id`` appear in the JSON only when set, so events
+    without them hash as before.
     """
 
     id: str
     timestamp: datetime
-    connection: str
+    connection: str | None
     kind: str = "gateway"
     action: str | None = None
     api_key_id: str | None = None
@@ -449,9 +456,11 @@ class AuditEvent:
     prev_hash: str | None = None
     hash: str | None = None
     count: int | None = None
+    changes: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_mapping)
+    key_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "timestamp": format_time(self.timestamp),
             "connection": self.connection,
@@ -476,6 +485,10 @@ class AuditEvent:
         }
         if self.count is not None:
             out["count"] = self.count
+        if self.changes is not None:
+            out["changes"] = dict(self.changes)
+        if self.key_id is not None:
+            out["keyId"] = self.key_id
         return out
 
     @classmethod
@@ -492,7 +505,7 @@ class AuditEvent:
             return cls(
                 id=str(body["id"]),
                 timestamp=parse_time(body["timestamp"]),
-                connection=str(body["connection"]),
+                connection=None if body["connection"] is None else str(body["connection"]),
                 kind=str(body["kind"]),
                 action=body.get("action"),
                 api_key_id=body.get("apiKeyId"),
@@ -512,6 +525,8 @@ class AuditEvent:
                 prev_hash=body.get("prevHash"),
                 hash=body.get("hash"),
                 count=body.get("count"),
+                changes=body.get("changes"),
+                key_id=body.get("keyId"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an audit event: {exc}") from exc

@@ -22,19 +22,38 @@ below names. Messages and reprs never contain a DSN password or a token.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ._audit.chain import audit_chain_hash, seal_event, seal_event_json, verify_chain
+from ._audit.chain import (
+    ANCHOR,
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    audit_chain_hash,
+    chain_name,
+    check_heads,
+    reseal_chain,
+    seal_event,
+    seal_event_json,
+    verify_chain,
+)
 from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
+from ._paging import check_limit, decode_cursor, encode_cursor
 from .models import ApiKey, AuditEvent, Connection, Page
 
 __all__ = [
+    "ANCHOR",
+    "AuditKey",
+    "AuditQuery",
     "AuditSink",
     "Capabilities",
+    "ChainAnchor",
+    "ChainHead",
     "Change",
     "ChangeListener",
     "NotFound",
@@ -42,12 +61,59 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "VersionConflict",
+    "advance_heads",
     "audit_chain_hash",
+    "chain_name",
+    "check_heads",
     "notify_listeners",
+    "page_by_id",
+    "reseal_chain",
     "seal_event",
     "seal_event_json",
     "verify_chain",
 ]
+
+
+@attrs.frozen
+class AuditQuery:
+    """The filters of the whole-trail listing (``GET /api/v1/audit``); ``None``: any.
+
+    ``slug`` is a connection's slug (events about no connection have none);
+    ``since`` keeps events with ``timestamp >= since``.
+    """
+
+    slug: str | None = None
+    kind: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    user: str | None = None
+    since: datetime | None = None
+
+    def matches(self, event: AuditEvent) -> bool:
+        """For stores that filter in Python (the memory store, the JSON-lines sink)."""
+        return (
+            (self.slug is None or event.connection == self.slug)
+            and (self.kind is None or event.kind == self.kind)
+            and (self.action is None or event.action == self.action)
+            and (self.outcome is None or event.outcome == self.outcome)
+            and (self.user is None or event.user == self.user)
+            and (self.since is None or event.timestamp >= self.since)
+        )
+
+
+def page_by_id(
+    events: Iterable[AuditEvent], prefix: bytes, *, limit: int, cursor: str | None
+) -> Page[AuditEvent]:
+    """``list_all_audit_events`` over events held in memory: newest (highest
+    ``id``) first, after ``cursor`` (the last id of the previous page)."""
+    check_limit(limit)
+    before = None if cursor is None else decode_cursor(prefix, cursor)
+    chosen = sorted(
+        (e for e in events if before is None or e.id < before), key=lambda e: e.id, reverse=True
+    )
+    items = chosen[:limit]
+    more = len(chosen) > limit
+    return Page(items, encode_cursor(prefix, items[-1].id) if more else None)
 
 
 @attrs.frozen
@@ -105,6 +171,14 @@ class Store(Protocol):
     version than the code knows raises ``ConfigurationError``); ``await
     close()`` releases everything and is idempotent.
 
+    Both or neither: the writes to connections and keys take
+    ``audit_events``, the management events of that change. A store that
+    keeps the audit trail (``capabilities.audit``) appends them, sealed as
+    ``append_audit_events`` does, in the write's own transaction, so the
+    change and its events are stored both or neither. A store that keeps no
+    audit ignores them (the caller has written them to its separate sink
+    first; see ``Service``).
+
     Times come back as aware UTC datetimes with at least millisecond
     precision (the contract's RFC 3339 precision; the SQLite store keeps
     exactly milliseconds). ``limit`` below 1 raises ``ValidationError``.
@@ -117,7 +191,9 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         """Insert; returns the stored record (``version == 1``).
 
         Raises:
@@ -138,7 +214,11 @@ class Store(Protocol):
         ...
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         """Replace every mutable field of the record ``connection.slug``
         (name, upstream_url, auth_type, header_name, enabled,
@@ -157,12 +237,16 @@ class Store(Protocol):
         """
         ...
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
         """Raises ``NotFound`` for an unknown slug. The audit trail stays."""
         ...
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         """Insert; ``id`` and ``key_hash`` are unique (``Conflict`` otherwise)."""
         ...
 
@@ -174,11 +258,15 @@ class Store(Protocol):
         """Every key, revoked ones included, oldest first."""
         ...
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         """Set ``revoked_at`` (kept if already set). Raises ``NotFound``."""
         ...
 
-    async def update_api_key(self, key: ApiKey) -> ApiKey:
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         """Replace the mutable fields of the key ``key.id`` (name, connections,
         expires_at, rate_limit, tools, max_concurrent) in one write; ``key_hash``,
         ``scopes``, ``created_at`` and ``revoked_at`` are kept. Returns the stored
@@ -186,10 +274,25 @@ class Store(Protocol):
         ...
 
     # -- audit -----------------------------------------------------------
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal events (and heads) with ``key`` from now on (``None``:
+        unkeyed SHA-256). A trail stored before chains were keyed (marked by
+        the store's schema migration) is re-sealed under ``key`` here, once:
+        each chain that verifies as it stands, same ids, order and seqs."""
+        ...
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        """Every chain's signed head (chain -> head; ``None`` is the global
+        chain) and the anchor over them, as ``append_audit_events`` left them."""
+        ...
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
-        """Append a batch atomically, chaining each event onto its
-        connection's chain with ``seal_event`` (``seq`` = previous + 1,
-        ``prev_hash`` = previous ``hash``). Events are chained in the order
+        """Append a batch atomically, chaining each event onto its chain
+        (its connection's; ``connection=None``: the global chain) with
+        ``seal_event`` under the key given to ``use_audit_key`` (``seq`` =
+        previous + 1, ``prev_hash`` = previous ``hash``), and, in the same
+        transaction, the touched chains' heads and the anchor
+        (``advance_heads``). Events are chained in the order
         given. Safe with several writers at once on a ``shared`` store: no
         two events of one connection get the same ``seq``. Re-appending an
         event whose ``id`` is stored already is a no-op (so a writer may
@@ -198,25 +301,34 @@ class Store(Protocol):
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
         since: datetime | None = None,
     ) -> Page[AuditEvent]:
         """One connection's sealed events, newest (highest ``seq``) first;
-        ``since`` keeps events with ``timestamp >= since``."""
+        ``since`` keeps events with ``timestamp >= since``. ``connection``
+        ``None`` is the global chain."""
+        ...
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Every chain's events that match ``query``, newest first by event
+        ``id`` (ids are time-ordered), the global chain's included. Raises
+        ``ValidationError`` (field ``cursor``) for a cursor it did not make."""
         ...
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         """Sealed events with ``seq > after_seq``, oldest first (for
-        ``audit verify`` and ``audit --follow``)."""
+        ``audit verify`` and ``audit --follow``); ``None``: the global chain."""
         ...
 
     async def audit_connections(self) -> list[str]:
-        """Every slug that has audit events, sorted."""
+        """Every slug that has audit events, sorted (the global chain is not a slug)."""
         ...
 
     # -- change notification ---------------------------------------------
@@ -234,11 +346,19 @@ class AuditSink(Protocol):
     JSON-lines file beside a Vault store). The methods mean what the
     ``Store`` methods of the same names mean."""
 
+    async def use_audit_key(self, key: AuditKey | None) -> None: ...
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]: ...
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]: ...
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None: ...
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -246,7 +366,7 @@ class AuditSink(Protocol):
     ) -> Page[AuditEvent]: ...
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]: ...
 
     async def audit_connections(self) -> list[str]: ...

@@ -237,7 +237,7 @@ async def test_openapi_document_matches_the_router(env: Env) -> None:
         "type": "http", "scheme": "bearer", "bearerFormat": "ig_..."}
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
     assert documented == env.api.routes
-    assert len(documented) == 14
+    assert len(documented) == 15
 
     # Every documented pair is answered (not 404/405); every other method is 405.
     for path, methods in doc["paths"].items():
@@ -599,6 +599,8 @@ async def test_every_response_matches_its_documented_schema(env: Env) -> None:
         ("DELETE", "/api/v1/api-keys/{id}", f"/api/v1/api-keys/{env.admin_id}x", {}),
         ("DELETE", "/api/v1/virtual-keys/{slug}", one, {}),
         ("GET", "/api/v1/virtual-keys/{slug}", one, {}),
+        ("GET", "/api/v1/audit", "/api/v1/audit", {}),
+        ("GET", "/api/v1/audit", "/api/v1/audit", {"params": {"kind": "Bad Kind"}}),
         ("GET", "/api/v1/openapi.json", "/api/v1/openapi.json", {}),
     ]
     statuses: set[int] = set()

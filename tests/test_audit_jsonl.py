@@ -17,7 +17,15 @@ import pytest
 from igris_mw._audit.jsonl import JsonlAuditSink, audit_sink_from_url, event_from_json
 from igris_mw._errors import ConfigurationError, StoreUnavailable
 from igris_mw.models import AuditEvent, Page
-from igris_mw.storage import Capabilities, Store, verify_chain
+from igris_mw.storage import (
+    AuditKey,
+    AuditQuery,
+    Capabilities,
+    ChainAnchor,
+    ChainHead,
+    Store,
+    verify_chain,
+)
 from igris_mw.testing._memory import MemoryStore
 from igris_mw.testing.storage_suite import StoreSuite, make_event
 
@@ -43,9 +51,20 @@ class _SinkBackedStore(MemoryStore):
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         await self.sink.append_audit_events(events)
 
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        await self.sink.use_audit_key(key)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        return await self.sink.audit_heads()
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        return await self.sink.list_all_audit_events(query, limit=limit, cursor=cursor)
+
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -56,7 +75,7 @@ class _SinkBackedStore(MemoryStore):
         )
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         return await self.sink.audit_chain(connection, after_seq=after_seq, limit=limit)
 

@@ -376,9 +376,12 @@ def test_missing_master_key_says_how_to_fix(
     for hint in ("IGRIS_MASTER_KEY", "IGRIS_MASTER_KEY_FILE", "igris-mw serve"):
         assert hint in err
     assert err.count("\n") == 1
-    # Commands that touch no credential still work without a key.
+    # Reading needs no key; every change does, for its audit event is MACed under it.
     assert run("connections", "list")[0] == 0
-    assert run(*create_args("open-one", "--auth-type", "none"))[0] == 0
+    code, _, err = run(*create_args("open-one", "--auth-type", "none"))
+    assert code == 2
+    assert "IGRIS_MASTER_KEY" in err
+    assert run("connections", "list", "--json")[0] == 0
 
 
 def test_default_key_file_is_used(home: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -400,3 +400,30 @@ async def test_async_client_against_real_server(served: Served) -> None:
                                       credential="x" * 70000)
         assert [x["slug"] async for x in c.iter_connections()] == ["async-one"]
         await c.delete_connection("async-one")
+
+
+def test_sync_client_lists_the_whole_audit_trail(served: Served) -> None:
+    """IgrisClient.list_all_audit / iter_all_audit read GET /api/v1/audit with its filters."""
+    with IgrisClient(served.url, served.admin_key, timeout=10) as c:
+        issued = c.create_api_key("trail-robot", ["mcp"])
+        c.revoke_api_key(issued.id)
+        page = c.list_all_audit(slug=None, kind="management", action="revoke", limit=5)
+        assert page.items[0]["connection"] is None
+        assert page.items[0]["metadata"]["apiKey"] == issued.id
+        every = list(c.iter_all_audit(page_size=2, kind="management"))
+        assert [e["id"] for e in every] == sorted((e["id"] for e in every), reverse=True)
+        assert issued.key not in json.dumps(every)
+        with pytest.raises(ValidationError) as caught:
+            c.list_all_audit(outcome="NOT A WORD")
+        assert caught.value.field == "outcome"
+
+
+async def test_async_client_lists_the_whole_audit_trail(app: InProcess) -> None:
+    """AsyncIgrisClient.list_all_audit / iter_all_audit: newest first, filtered, paged."""
+    async with app.client() as c:
+        created = await c.create_api_key("trail-robot", ["mcp"])
+        page = await c.list_all_audit(action="create", limit=1)
+        assert page.items[0]["metadata"]["apiKey"] == created.id
+        assert page.next_cursor is not None
+        names = [e["metadata"]["name"] async for e in c.iter_all_audit(page_size=1)]
+        assert names == ["trail-robot", "agent", "admin"]

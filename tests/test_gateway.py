@@ -153,6 +153,26 @@ async def test_proxies_with_injected_credential_and_strips_gateway_headers(
     assert events[0]["status"] == 200
 
 
+async def test_decoy_method_in_a_body_over_the_peek_is_not_recorded(
+    gateway: tuple[IgrisGateway, str], upstream: Upstream
+) -> None:
+    """A body over the peek limit with a decoy "method" early on is audited with rpcMethod null."""
+    gw, admin = gateway
+    decoy = '{"jsonrpc":"2.0","id":1,"params":{"x":{"method":"tools/list"},"name":"echo"},'
+    body = decoy + '"pad":"' + "a" * 70_000 + '","method":"tools/call"}'
+    async with _client(gw) as c:
+        r = await c.post(
+            "/v1/mcp/conn-a",
+            content=body.encode(),
+            headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+        )
+    assert r.status_code == 200, r.text
+    event = (await _audit(gw))[0]
+    assert event["rpcMethod"] is None
+    assert event["tool"] is None
+    assert event["bytesIn"] == len(body)
+
+
 async def test_warm_path_reads_no_store_and_unwraps_no_key(
     gateway: tuple[IgrisGateway, str], upstream: Upstream
 ) -> None:

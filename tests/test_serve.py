@@ -122,7 +122,11 @@ def test_igris_audit_is_honoured_by_serve(tmp_path: Path) -> None:
         r = _create_connection(url, _admin_key(output[0]), "gh-audit")
         assert r.status_code == 201, r.text
     lines = [json.loads(line) for line in sink.read_text().splitlines()]
-    assert [(e["connection"], e["action"]) for e in lines] == [("gh-audit", "create")]
+    # The bootstrap admin key's creation (global chain) goes to the same sink.
+    assert [(e["connection"], e["action"]) for e in lines] == [
+        (None, "create"),
+        ("gh-audit", "create"),
+    ]
     assert "serve-canary-Zq81" not in sink.read_text()
 
 
@@ -184,7 +188,10 @@ def test_vault_store_without_audit_option_audits_to_the_data_directory(
             assert time.monotonic() < deadline
             time.sleep(0.05)
     events = [json.loads(line) for line in sink.read_text().splitlines()]
-    assert [(e["connection"], e["action"]) for e in events] == [("gh-vault", "create")]
+    assert [(e["connection"], e["action"]) for e in events] == [
+        (None, "create"),
+        ("gh-vault", "create"),
+    ]
     assert "serve-canary-Zq81" not in sink.read_text()
     assert bao.root_token not in output[0]
 

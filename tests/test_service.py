@@ -23,6 +23,7 @@ from igris_mw._errors import (
 from igris_mw._service import Service
 from igris_mw.crypto import binding
 from igris_mw.models import AuditEvent, AuthType, Connection, Page, Scope
+from igris_mw.storage import AuditKey, ChainAnchor, ChainHead
 from igris_mw.testing import FixedKeyring, MemoryStore
 
 CANARY = "canary-Zq8vX1-credential"
@@ -359,7 +360,11 @@ class RacingStore(MemoryStore):
         self.attempts = 0
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         self.attempts += 1
         if self.races:
@@ -369,7 +374,9 @@ class RacingStore(MemoryStore):
                 attrs.evolve(current, name=f"renamed {self.attempts}"),
                 expected_version=current.version,
             )
-        return await super().update_connection(connection, expected_version=expected_version)
+        return await super().update_connection(
+            connection, expected_version=expected_version, audit_events=audit_events
+        )
 
 
 async def test_rotate_retries_after_a_lost_race(clock: Clock) -> None:
@@ -493,6 +500,12 @@ class TamperingSink:
     def __init__(self, store: MemoryStore, page_size: int) -> None:
         self.store = store
         self.page_size = page_size
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        await self.store.use_audit_key(key)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        return await self.store.audit_heads()
 
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         await self.store.append_audit_events(events)

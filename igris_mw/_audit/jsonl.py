@@ -13,6 +13,11 @@ a hash chain made by ``seal_event``, exactly as a store's audit methods.
   (then ``StoreUnavailable``, and the audit writer retries): a worker
   thread blocked for ever on another process's lock would make shutdown
   hang. Readers pick up lines appended by others on every call.
+* Keyed chains (``use_audit_key``): each chain's signed head and the anchor
+  over all heads live beside the file in ``<file>.heads`` (0600, replaced
+  atomically under the same lock after each batch). A file from before
+  keyed chains (events, no heads file, no keyed event) is re-sealed under
+  the key by the first ``use_audit_key``: rewritten whole, atomically.
 * File I/O runs in a worker thread (``asyncio.to_thread``), never on the loop.
 * An in-memory index (events per connection, ids) is rebuilt on ``open()``.
   A torn last line (a crash mid-write) is skipped and counted in
@@ -39,10 +44,18 @@ from urllib.parse import unquote, urlsplit
 from .._errors import ConfigurationError, StoreUnavailable
 from .._paging import bad_cursor, check_limit, decode_seq_cursor, encode_cursor
 from ..models import AuditEvent, Page
-from .chain import seal_event
+from .chain import (
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    reseal_chain,
+    seal_event,
+    verify_chain,
+)
 
 if TYPE_CHECKING:
-    from ..storage import AuditSink
+    from ..storage import AuditQuery, AuditSink
 
 __all__ = ["JsonlAuditSink", "audit_sink_from_url", "build_audit_sink", "event_from_json"]
 
@@ -68,7 +81,11 @@ class JsonlAuditSink:
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
-        self._chains: dict[str, list[AuditEvent]] = {}
+        self._chains: dict[str | None, list[AuditEvent]] = {}
+        self._key: AuditKey | None = None
+        self._heads_cache: (
+            tuple[tuple[int, int, int], dict[str | None, ChainHead], ChainAnchor] | None
+        ) = None
         self._ids: set[str] = set()
         self._offset = 0  # bytes of the file already indexed
         self._lock = asyncio.Lock()
@@ -179,7 +196,7 @@ class JsonlAuditSink:
                 torn = size > self._offset  # a partial last line: start ours on a new one
                 sealed: list[AuditEvent] = []
                 seen = set(self._ids)
-                last: dict[str, AuditEvent | None] = {}
+                last: dict[str | None, AuditEvent | None] = {}
                 for event in events:
                     if event.id in seen:
                         continue
@@ -187,7 +204,7 @@ class JsonlAuditSink:
                     if event.connection not in last:
                         chain = self._chains.get(event.connection)
                         last[event.connection] = chain[-1] if chain else None
-                    event = seal_event(event, last[event.connection])
+                    event = seal_event(event, last[event.connection], self._key)
                     last[event.connection] = event
                     sealed.append(event)
                 if not sealed:
@@ -201,6 +218,94 @@ class JsonlAuditSink:
                 for event in sealed:
                     self._index(event)
                 self._offset = size + len(payload)
+                tails = {c: e for c, e in last.items() if e is not None}
+                heads, anchor = self._read_heads()
+                new_heads, new_anchor = advance_heads(
+                    tails, {c: heads.get(c) for c in tails}, anchor, self._key
+                )
+                heads.update((h.chain, h) for h in new_heads)
+                self._write_heads(heads, new_anchor)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @property
+    def heads_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".heads")
+
+    def _read_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        try:
+            stat = self.heads_path.stat()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            raise StoreUnavailable(f"the audit heads file cannot be read: {exc}") from exc
+        # The file as this object last wrote it (no other process since): no re-read.
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._heads_cache is not None and self._heads_cache[0] == signature:
+            return dict(self._heads_cache[1]), self._heads_cache[2]
+        try:
+            doc = json.loads(self.heads_path.read_bytes())
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError) as exc:
+            raise StoreUnavailable(f"the audit heads file cannot be read: {exc}") from exc
+        heads = {h["chain"]: ChainHead.from_json(h) for h in doc.get("heads", [])}
+        anchor = doc.get("anchor")
+        return heads, None if anchor is None else ChainAnchor.from_json(anchor)
+
+    def _write_heads(self, heads: dict[str | None, ChainHead], anchor: ChainAnchor) -> None:
+        doc = {"heads": [h.to_json() for h in heads.values()], "anchor": anchor.to_json()}
+        _replace_file(self.heads_path, json.dumps(doc).encode())
+        stat = self.heads_path.stat()
+        self._heads_cache = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), dict(heads), anchor)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        """Every chain's signed head and the anchor over them."""
+        async with self._lock:
+            return await asyncio.to_thread(self._read_heads_locked)
+
+    def _read_heads_locked(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        with self._thread_lock:
+            return self._read_heads()
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Every chain's matching events, newest (highest id) first."""
+        from ..storage import page_by_id
+
+        async with self._lock:
+            await self._refresh()
+            found = [e for c in self._chains.values() for e in c if query.matches(e)]
+        return page_by_id(found, b"jall1:", limit=limit, cursor=cursor)
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal with ``key`` from now on; re-seal a file from before keyed chains."""
+        async with self._lock:
+            self._key = key
+            if key is not None:
+                await asyncio.to_thread(self._reseal_sync, key)
+
+    def _reseal_sync(self, key: AuditKey) -> None:
+        with self._thread_lock, self.path.open("a+b") as fh:
+            self._lock_file(fh.fileno())
+            try:
+                self._catch_up(fh)
+                if self.heads_path.exists() or not self._chains:
+                    return
+                if any(e.key_id is not None for c in self._chains.values() for e in c):
+                    return  # keyed events but no heads file: tampering, left for verify
+                chains: dict[str | None, list[AuditEvent]] = {}
+                for name, events in self._chains.items():
+                    chains[name] = events if verify_chain(events) else reseal_chain(events, key)
+                lines = b"".join(_line(e) for c in chains.values() for e in c)
+                _replace_file(self.path, lines)
+                tails = {c: e[-1] for c, e in chains.items() if e and e[-1].key_id is not None}
+                heads, anchor = advance_heads(tails, {}, None, key)
+                self._write_heads({h.chain: h for h in heads}, anchor)
+                self._chains, self._ids, self._offset = {}, set(), 0
+                with self.path.open("rb") as fresh:
+                    self._catch_up(fresh)
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -220,7 +325,7 @@ class JsonlAuditSink:
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -250,7 +355,7 @@ class JsonlAuditSink:
         return Page(items, encode_cursor(_CURSOR, str(items[-1].seq)) if more else None)
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         """Events with ``seq > after_seq``, oldest first, at most ``limit``."""
         async with self._lock:
@@ -262,7 +367,18 @@ class JsonlAuditSink:
         """Every slug with audit events, sorted."""
         async with self._lock:
             await self._refresh()
-            return sorted(self._chains)
+            return sorted(c for c in self._chains if c is not None)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (0600, fsynced, renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _decode_cursor(cursor: str) -> int:

@@ -71,6 +71,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE connections ADD COLUMN policy TEXT",
         "ALTER TABLE api_keys ADD COLUMN policy TEXT",
     ],
+    # 4 (issue 10): keyed chains. One signed head per chain and the anchor
+    # over them ('#anchor'); a trail written before keys is marked for
+    # re-sealing ('#reseal'), done by the first use_audit_key.
+    [
+        "CREATE TABLE audit_heads (chain TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID",
+        "INSERT INTO audit_heads (chain, body) SELECT '#reseal', '{}'"
+        " WHERE EXISTS (SELECT 1 FROM audit_events)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

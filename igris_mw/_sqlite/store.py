@@ -36,6 +36,16 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .._audit.chain import (
+    ANCHOR,
+    AuditKey,
+    ChainAnchor,
+    ChainHead,
+    advance_heads,
+    chain_name,
+    reseal_chain,
+    verify_chain,
+)
 from .._errors import (
     ConfigurationError,
     Conflict,
@@ -45,7 +55,13 @@ from .._errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from .._paging import (
+    check_limit,
+    decode_cursor,
+    decode_seq_cursor,
+    decode_slug_cursor,
+    encode_cursor,
+)
 from ..models import (
     ApiKey,
     AuditEvent,
@@ -56,7 +72,14 @@ from ..models import (
     policy_to_json,
     tls_text,
 )
-from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event_json
+from ..storage import (
+    AuditQuery,
+    Capabilities,
+    Change,
+    ChangeListener,
+    notify_listeners,
+    seal_event_json,
+)
 from .schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -76,6 +99,7 @@ T = TypeVar("T")
 _BUSY_TIMEOUT = 10.0
 _CONN_CURSOR = b"sc1:"
 _AUDIT_CURSOR = b"sa1:"
+_ALL_CURSOR = b"sall1:"
 
 
 @contextmanager
@@ -120,6 +144,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._listeners: list[ChangeListener] = []
+        self._audit_key: AuditKey | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -271,7 +296,11 @@ class SQLiteStore:
         notify_listeners(self._listeners, change)
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
+        events, key = list(audit_events), self._audit_key
+
         def insert(db: sqlite3.Connection) -> Connection:
             with _transaction(db):
                 db.execute(
@@ -287,6 +316,7 @@ class SQLiteStore:
                         to_ms_opt(connection.rotated_at),
                     ),
                 )
+                _append_in(db, events, key)
                 return self._select_connection(db, connection.slug)
 
         stored = await self._run(
@@ -338,9 +368,14 @@ class SQLiteStore:
         return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         slug = connection.slug
+        events, key = list(audit_events), self._audit_key
 
         def update(db: sqlite3.Connection) -> Connection:
             with _transaction(db):
@@ -363,24 +398,34 @@ class SQLiteStore:
                         f"connection {slug!r} changed meanwhile "
                         f"(version {stored.version}, expected {expected_version})"
                     )
+                _append_in(db, events, key)
                 return stored
 
         stored = await self._run(update)
         self._notify(Change("connection", slug))
         return stored
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
+        events, key = list(audit_events), self._audit_key
+
         def delete(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 cur = db.execute("DELETE FROM connections WHERE slug = ?", (slug,))
                 if cur.rowcount == 0:
                     raise NotFound(f"no connection {slug!r}")
+                _append_in(db, events, key)
 
         await self._run(delete)
         self._notify(Change("connection", slug))
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        events, audit_key = list(audit_events), self._audit_key
+
         def insert(db: sqlite3.Connection) -> ApiKey:
             with _transaction(db):
                 db.execute(
@@ -398,6 +443,7 @@ class SQLiteStore:
                         policy_to_json(key),
                     ),
                 )
+                _append_in(db, events, audit_key)
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
                 return row_to_api_key(row)
 
@@ -421,7 +467,11 @@ class SQLiteStore:
 
         return await self._run(select)
 
-    async def update_api_key(self, key: ApiKey) -> ApiKey:
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        events, audit_key = list(audit_events), self._audit_key
+
         def update(db: sqlite3.Connection) -> ApiKey:
             with _transaction(db):
                 db.execute(
@@ -438,13 +488,18 @@ class SQLiteStore:
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
                 if row is None:
                     raise NotFound(f"no API key {key.id!r}")
+                _append_in(db, events, audit_key)
                 return row_to_api_key(row)
 
         stored = await self._run(update)
         self._notify(Change("api_key", key.id))
         return stored
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
+        events, key = list(audit_events), self._audit_key
+
         def revoke(db: sqlite3.Connection) -> ApiKey:
             with _transaction(db):
                 db.execute(
@@ -454,6 +509,7 @@ class SQLiteStore:
                 row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
                 if row is None:
                     raise NotFound(f"no API key {key_id!r}")
+                _append_in(db, events, key)
                 return row_to_api_key(row)
 
         stored = await self._run(revoke)
@@ -461,48 +517,80 @@ class SQLiteStore:
         return stored
 
     # -- audit -----------------------------------------------------------
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal with ``key`` from now on; a trail from before keyed chains
+        (schema migration 4 marked it) is re-sealed under it now, once."""
+        self._audit_key = key
+        if key is not None:
+            await self._run(lambda db: _reseal(db, key))
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         if not events:
             return
         pending = list(events)
+        key = self._audit_key
 
         def append(db: sqlite3.Connection) -> None:
-            tails: dict[str, AuditEvent | None] = {}
             with _transaction(db):
-                # One query for the batch's ids, not one per event: a retried
-                # batch (outcome unknown to the writer) is a no-op.
-                seen = _stored_ids(db, [e.id for e in pending])
-                rows = []
-                for event in pending:
-                    if event.id in seen:
-                        continue
-                    seen.add(event.id)
-                    if event.timestamp.microsecond % 1000:
-                        # Stored and hashed at the same (millisecond) precision.
-                        event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
-                    if event.connection not in tails:
-                        row = db.execute(
-                            "SELECT body FROM audit_events WHERE connection = ?"
-                            " ORDER BY seq DESC LIMIT 1",
-                            (event.connection,),
-                        ).fetchone()
-                        tails[event.connection] = None if row is None else body_to_event(row[0])
-                    sealed, body = seal_event_json(event, tails[event.connection])
-                    rows.append(
-                        (sealed.connection, sealed.seq, sealed.id, to_ms(sealed.timestamp), body)
-                    )
-                    tails[event.connection] = sealed
-                db.executemany(
-                    "INSERT INTO audit_events (connection, seq, id, timestamp, body)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
+                _append_in(db, pending, key)
 
         await self._run(append)
 
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        check_limit(limit)
+        sql = "SELECT body FROM audit_events WHERE 1 = 1"
+        params: list[Any] = []
+        if cursor is not None:
+            sql += " AND id < ?"
+            params.append(decode_cursor(_ALL_CURSOR, cursor))
+        if query.slug is not None:
+            sql += " AND connection = ?"
+            params.append(query.slug)
+        if query.since is not None:
+            sql += " AND timestamp >= ?"
+            params.append(to_ms_ceil(query.since))
+        # The other fields live in the event's JSON text only.
+        for path, value in (
+            ("$.kind", query.kind),
+            ("$.action", query.action),
+            ("$.outcome", query.outcome),
+            ("$.user", query.user),
+        ):
+            if value is not None:
+                sql += f" AND json_extract(body, '{path}') = ?"
+                params.append(value)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def select(db: sqlite3.Connection) -> list[AuditEvent]:
+            return [body_to_event(r[0]) for r in db.execute(sql, params).fetchall()]
+
+        found = await self._run(select)
+        items = found[:limit]
+        more = len(found) > limit
+        return Page(items, encode_cursor(_ALL_CURSOR, items[-1].id) if more else None)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        def select(
+            db: sqlite3.Connection,
+        ) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+            heads: dict[str | None, ChainHead] = {}
+            anchor = None
+            for name, body in db.execute("SELECT chain, body FROM audit_heads").fetchall():
+                if name == ANCHOR:
+                    anchor = ChainAnchor.from_json(json.loads(body))
+                elif not name.startswith("#"):
+                    head = ChainHead.from_json(json.loads(body))
+                    heads[head.chain] = head
+            return heads, anchor
+
+        return await self._run(select)
+
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -511,7 +599,7 @@ class SQLiteStore:
         check_limit(limit)
         before = 2**62
         if cursor is not None:
-            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=connection)
+            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=chain_name(connection))
         # Stored times are whole milliseconds: an event at .500 is before since=.5004.
         since_ms = -(2**62) if since is None else to_ms_ceil(since)
 
@@ -519,7 +607,7 @@ class SQLiteStore:
             rows = db.execute(
                 "SELECT body FROM audit_events WHERE connection = ? AND seq < ?"
                 " AND timestamp >= ? ORDER BY seq DESC LIMIT ?",
-                (connection, before, since_ms, limit + 1),
+                (chain_name(connection), before, since_ms, limit + 1),
             ).fetchall()
             return [body_to_event(r[0]) for r in rows]
 
@@ -528,16 +616,18 @@ class SQLiteStore:
         more = len(found) > limit
         if not more:
             return Page(items)
-        return Page(items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}"))
+        return Page(
+            items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{chain_name(connection)}")
+        )
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         def select(db: sqlite3.Connection) -> list[AuditEvent]:
             rows = db.execute(
                 "SELECT body FROM audit_events WHERE connection = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
-                (connection, after_seq, limit),
+                (chain_name(connection), after_seq, limit),
             ).fetchall()
             return [body_to_event(r[0]) for r in rows]
 
@@ -545,7 +635,95 @@ class SQLiteStore:
 
     async def audit_connections(self) -> list[str]:
         def select(db: sqlite3.Connection) -> list[str]:
-            rows = db.execute("SELECT DISTINCT connection FROM audit_events ORDER BY connection")
+            rows = db.execute(
+                "SELECT DISTINCT connection FROM audit_events WHERE connection != ''"
+                " ORDER BY connection"
+            )
             return [r[0] for r in rows.fetchall()]
 
         return await self._run(select)
+
+
+def _append_in(db: sqlite3.Connection, pending: list[AuditEvent], key: AuditKey | None) -> None:
+    """Seal and insert ``pending`` with their heads, in the caller's transaction."""
+    tails: dict[str | None, AuditEvent | None] = {}
+    # One query for the batch's ids, not one per event: a retried
+    # batch (outcome unknown to the writer) is a no-op.
+    seen = _stored_ids(db, [e.id for e in pending])
+    rows = []
+    for event in pending:
+        if event.id in seen:
+            continue
+        seen.add(event.id)
+        if event.timestamp.microsecond % 1000:
+            # Stored and hashed at the same (millisecond) precision.
+            event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
+        if event.connection not in tails:
+            row = db.execute(
+                "SELECT body FROM audit_events WHERE connection = ? ORDER BY seq DESC LIMIT 1",
+                (chain_name(event.connection),),
+            ).fetchone()
+            tails[event.connection] = None if row is None else body_to_event(row[0])
+        sealed, body = seal_event_json(event, tails[event.connection], key)
+        rows.append(
+            (chain_name(sealed.connection), sealed.seq, sealed.id, to_ms(sealed.timestamp), body)
+        )
+        tails[event.connection] = sealed
+    if not rows:
+        return
+    db.executemany(
+        "INSERT INTO audit_events (connection, seq, id, timestamp, body) VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    _write_heads(db, {c: t for c, t in tails.items() if t is not None}, key)
+
+
+def _read_head(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT body FROM audit_heads WHERE chain = ?", (name,)).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def _write_heads(
+    db: sqlite3.Connection, tails: dict[str | None, AuditEvent], key: AuditKey | None
+) -> None:
+    """The touched chains' heads and the anchor, in the caller's transaction."""
+    old: dict[str | None, ChainHead | None] = {}
+    for chain in tails:
+        body = _read_head(db, chain_name(chain))
+        old[chain] = None if body is None else ChainHead.from_json(body)
+    anchor_body = _read_head(db, ANCHOR)
+    anchor = None if anchor_body is None else ChainAnchor.from_json(anchor_body)
+    heads, new_anchor = advance_heads(tails, old, anchor, key)
+    db.executemany(
+        "INSERT OR REPLACE INTO audit_heads (chain, body) VALUES (?, ?)",
+        [(chain_name(h.chain), json.dumps(h.to_json())) for h in heads]
+        + [(ANCHOR, json.dumps(new_anchor.to_json()))],
+    )
+
+
+def _reseal(db: sqlite3.Connection, key: AuditKey) -> None:
+    """Migration 4's second half: every unkeyed chain that verifies as it
+    stands is sealed again under ``key`` (same ids, order and seqs), and
+    gets its head. A chain that does not verify is left as it is, so
+    ``audit verify`` keeps reporting it rather than the re-seal vouching for it."""
+    with _transaction(db):
+        if _read_head(db, "#reseal") is None:
+            return
+        names = [r[0] for r in db.execute("SELECT DISTINCT connection FROM audit_events")]
+        tails: dict[str | None, AuditEvent] = {}
+        for name in names:
+            rows = db.execute(
+                "SELECT body FROM audit_events WHERE connection = ? ORDER BY seq", (name,)
+            ).fetchall()
+            events = [body_to_event(r[0]) for r in rows]
+            if not events or verify_chain(events):
+                continue
+            resealed = reseal_chain(events, key)
+            db.executemany(
+                "UPDATE audit_events SET body = ? WHERE connection = ? AND seq = ?",
+                [(json.dumps(e.to_json(), separators=(",", ":")), name, e.seq) for e in resealed],
+            )
+            tails[resealed[-1].connection] = resealed[-1]
+        if tails:
+            _write_heads(db, tails, key)
+        db.execute("DELETE FROM audit_heads WHERE chain = '#reseal'")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._errors import ConfigurationError, IgrisError
 from .._settings import DEFAULT_HOME, ENV_MASTER_KEY, ENV_MASTER_KEY_FILE, Settings
-from ..crypto import CryptoProvider
+from ..crypto import AuditKey, CryptoProvider
 
 if TYPE_CHECKING:
     from .._service import AuditSink
@@ -144,6 +144,10 @@ class LazyCrypto:
     @property
     def primary_key_id(self) -> str:
         return self._get().primary_key_id
+
+    async def audit_key(self, key_id: str | None = None) -> AuditKey:
+        # Commands that write an audit event (any change) seal it under the key.
+        return await self._get().audit_key(key_id)
 
     async def aclose(self) -> None:
         if self._provider is not None:

@@ -22,6 +22,7 @@ from .._errors import IgrisError
 from .._policy.egress import EgressPolicy
 from .._service import Service
 from ..models import AuthType, Connection, Scope, format_time
+from . import audit_trail
 from ._common import (
     EXIT_ERROR,
     LazyCrypto,
@@ -271,6 +272,12 @@ async def _connections_delete(args: argparse.Namespace, svc: Service) -> int:
 async def _audit(args: argparse.Namespace, svc: Service) -> int:
     if args.target == "verify":
         return await _audit_verify(args, svc)
+    if args.target is None:
+        # No SLUG: the whole trail (GET /api/v1/audit), see cli/audit_trail.py.
+        if args.follow:
+            await audit_trail.follow_all(args, svc, FOLLOW_INTERVAL)
+        await audit_trail.list_all(args, svc)
+        return 0
     if args.extra is not None:
         raise UsageError(f"unexpected argument {args.extra!r}")
     page = await svc.list_audit(args.target, limit=args.limit, cursor=args.cursor, since=args.since)
@@ -311,8 +318,7 @@ async def _audit_verify(args: argparse.Namespace, svc: Service) -> int:
                 out(f"{slug}: {problem}")
     if broken:
         sys.stderr.write(
-            f"igris-mw: error: the audit trail of {len(broken)} connection(s) "
-            "failed verification\n"
+            f"igris-mw: error: {len(broken)} audit chain(s) failed verification\n"
         )
         return EXIT_ERROR
     return 0
@@ -474,12 +480,15 @@ def _register_audit(sub: Any, common: argparse.ArgumentParser) -> None:
         "show a connection's audit trail (audit SLUG) or check the hash chains "
         "(audit verify [SLUG])",
     )
-    audit.add_argument("target", metavar="SLUG|verify")
+    audit.add_argument("target", metavar="SLUG|verify", nargs="?",
+                       help="a connection; none: the whole trail, every connection and "
+                            "the global chain of API-key events")  # fmt: skip
     audit.add_argument("extra", nargs="?", metavar="SLUG", help="with verify: one connection")
     audit.add_argument("--limit", type=int, default=50, help="events to show (1-200)")
     audit.add_argument("--cursor", help="nextCursor of the previous page")
     audit.add_argument("--since", metavar="RFC3339", help="only events at or after this time")
     audit.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    audit_trail.add_filters(audit)
 
 
 async def _crypto_rewrap(args: argparse.Namespace, svc: Service) -> int:

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._settings import LOG_FORMATS, LOG_LEVELS, Settings
-from ._common import LazyCrypto, add_location_options, audit_url_for, load_crypto, make_data_dir
+from ._common import (
+    LazyCrypto,
+    add_location_options,
+    audit_url_for,
+    close_audit_sink,
+    load_crypto,
+    make_data_dir,
+    open_audit_sink,
+)
 
 if TYPE_CHECKING:
     from ..storage import Store
@@ -242,19 +250,29 @@ async def _bootstrap_admin_key(
     from .._service import Service
     from ..models import Scope
     crypto = LazyCrypto(settings, environ)
+    audit_url, defaulted = audit_url_for(settings, store)
+    if defaulted:
+        make_data_dir(settings)
     await store.open()
+    audit: Any = None
     try:
         keys = await store.list_api_keys()
         if any(Scope.ADMIN in k.scopes for k in keys):
             return None
-        service = Service(store, crypto)
+        # The key's creation is audited where the gateway will audit (the
+        # store, --audit, or a vault store's default JSON-lines file).
+        audit = await open_audit_sink(audit_url)
+        service = Service(store, crypto, audit=audit)
         _, key = await service.create_api_key({"name": "bootstrap admin", "scopes": ["admin"]})
         return key
     finally:
         try:
             await crypto.aclose()
         finally:
-            await store.close()
+            try:
+                await close_audit_sink(audit, store)
+            finally:
+                await store.close()
 
 
 def run_serve(args: argparse.Namespace) -> int:

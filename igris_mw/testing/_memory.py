@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import attrs
 
+from .._audit.chain import AuditKey, ChainAnchor, ChainHead, advance_heads, chain_name
 from .._errors import (
     ConfigurationError,
     Conflict,
@@ -22,7 +23,15 @@ from .._errors import (
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
 from ..models import ApiKey, AuditEvent, Connection, Page
-from ..storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
+from ..storage import (
+    AuditQuery,
+    Capabilities,
+    Change,
+    ChangeListener,
+    notify_listeners,
+    page_by_id,
+    seal_event,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -53,8 +62,11 @@ class MemoryStore:
         self._connections: dict[str, Connection] = {}
         self._keys: dict[str, ApiKey] = {}
         self._by_hash: dict[bytes, str] = {}
-        self._events: dict[str, list[AuditEvent]] = {}
+        self._events: dict[str | None, list[AuditEvent]] = {}
         self._event_ids: set[str] = set()
+        self._heads: dict[str | None, ChainHead] = {}
+        self._anchor: ChainAnchor | None = None
+        self._audit_key: AuditKey | None = None
         self._listeners: list[ChangeListener] = []
 
     @classmethod
@@ -94,9 +106,12 @@ class MemoryStore:
             rotated_at=_ms_opt(connection.rotated_at),
         )
 
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         if connection.slug in self._connections:
             raise SlugTaken(f"the slug {connection.slug!r} is taken")
+        self._append_now(audit_events)
         stored = self._normal(connection, version=1, created_at=connection.created_at)
         self._connections[stored.slug] = stored
         self._notify(Change("connection", stored.slug))
@@ -119,7 +134,11 @@ class MemoryStore:
         return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         old = await self.get_connection(connection.slug)
         if old.version != expected_version:
@@ -127,20 +146,28 @@ class MemoryStore:
                 f"connection {connection.slug!r} changed meanwhile "
                 f"(version {old.version}, expected {expected_version})"
             )
+        self._append_now(audit_events)
         stored = self._normal(connection, version=old.version + 1, created_at=old.created_at)
         self._connections[stored.slug] = stored
         self._notify(Change("connection", stored.slug))
         return stored
 
-    async def delete_connection(self, slug: str) -> None:
-        if self._connections.pop(slug, None) is None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
+        if slug not in self._connections:
             raise NotFound(f"no connection {slug!r}")
+        self._append_now(audit_events)
+        del self._connections[slug]
         self._notify(Change("connection", slug))
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         if key.id in self._keys or key.key_hash in self._by_hash:
             raise Conflict("an API key with this id or hash exists")
+        self._append_now(audit_events)
         stored = attrs.evolve(
             key,
             created_at=_ms(key.created_at),
@@ -160,10 +187,13 @@ class MemoryStore:
         # dicts keep insertion order, so a stable sort breaks created_at ties by insertion.
         return sorted(self._keys.values(), key=lambda k: k.created_at)
 
-    async def update_api_key(self, key: ApiKey) -> ApiKey:
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         old = self._keys.get(key.id)
         if old is None:
             raise NotFound(f"no API key {key.id!r}")
+        self._append_now(audit_events)
         stored = attrs.evolve(
             old,
             name=key.name,
@@ -177,18 +207,28 @@ class MemoryStore:
         self._notify(Change("api_key", key.id))
         return stored
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         old = self._keys.get(key_id)
         if old is None:
             raise NotFound(f"no API key {key_id!r}")
+        self._append_now(audit_events)
         stored = old if old.revoked_at is not None else attrs.evolve(old, revoked_at=_ms(at))
         self._keys[key_id] = stored
         self._notify(Change("api_key", key_id))
         return stored
 
     # -- audit -----------------------------------------------------------
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        self._audit_key = key
+
     async def append_audit_events(self, events: Sequence[AuditEvent]) -> None:
-        sealed: dict[str, list[AuditEvent]] = {}
+        self._append_now(events)
+
+    def _append_now(self, events: Sequence[AuditEvent]) -> None:
+        """Append without awaiting: atomic on the loop, and with the write it goes with."""
+        sealed: dict[str | None, list[AuditEvent]] = {}
         ids: set[str] = set()
         for event in events:
             if event.id in self._event_ids or event.id in ids:
@@ -196,16 +236,34 @@ class MemoryStore:
             chain = sealed.setdefault(event.connection, [])
             stored = self._events.get(event.connection, [])
             previous = chain[-1] if chain else (stored[-1] if stored else None)
-            chain.append(seal_event(attrs.evolve(event, timestamp=_ms(event.timestamp)), previous))
+            event = attrs.evolve(event, timestamp=_ms(event.timestamp))
+            chain.append(seal_event(event, previous, self._audit_key))
             ids.add(event.id)
+        if not sealed:
+            return
+        tails = {slug: chain[-1] for slug, chain in sealed.items()}
+        heads, anchor = advance_heads(
+            tails, {c: self._heads.get(c) for c in tails}, self._anchor, self._audit_key
+        )
         # Commit only once the whole batch is sealed: all or nothing.
         for slug, chain in sealed.items():
             self._events.setdefault(slug, []).extend(chain)
         self._event_ids |= ids
+        self._heads.update((h.chain, h) for h in heads)
+        self._anchor = anchor
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        return dict(self._heads), self._anchor
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        found = (e for chain in self._events.values() for e in chain if query.matches(e))
+        return page_by_id(found, b"mall1:", limit=limit, cursor=cursor)
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -214,7 +272,7 @@ class MemoryStore:
         check_limit(limit)
         before: int | None = None
         if cursor is not None:
-            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=connection)
+            before = decode_seq_cursor(_AUDIT_CURSOR, cursor, connection=chain_name(connection))
         chosen = [
             e
             for e in reversed(self._events.get(connection, []))
@@ -223,13 +281,16 @@ class MemoryStore:
         items = chosen[:limit]
         more = len(chosen) > limit
         return Page(
-            items, encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{connection}") if more else None
+            items,
+            encode_cursor(_AUDIT_CURSOR, f"{items[-1].seq}:{chain_name(connection)}")
+            if more
+            else None,
         )
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         return [e for e in self._events.get(connection, []) if e.seq > after_seq][:limit]
 
     async def audit_connections(self) -> list[str]:
-        return sorted(slug for slug, events in self._events.items() if events)
+        return sorted(slug for slug, events in self._events.items() if events and slug is not None)

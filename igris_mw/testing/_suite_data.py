@@ -65,7 +65,7 @@ def make_api_key(key_id: str, **changes: Any) -> ApiKey:
     return ApiKey(**fields)
 
 
-def make_event(connection: str, ms: int = 0, **changes: Any) -> AuditEvent:
+def make_event(connection: str | None, ms: int = 0, **changes: Any) -> AuditEvent:
     """An unsealed gateway audit event at ``T0 + ms`` milliseconds."""
     fields: dict[str, Any] = {
         "id": uuid.uuid4().hex,

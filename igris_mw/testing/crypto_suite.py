@@ -318,6 +318,46 @@ class CryptoProviderSuite:
         assert isinstance(provider.name, str)
         assert provider.name
 
+    async def test_audit_key_is_stable_and_hidden(self, provider: CryptoProvider) -> None:
+        """audit_key() is the same key when asked again by its id; an unknown id is refused."""
+        key = await provider.audit_key()
+        again = await provider.audit_key(key.key_id)
+        assert (again.key_id, again.secret) == (key.key_id, key.secret)
+        assert len(key.secret) >= 32
+        self._assert_hides_material(repr(key))
+        assert key.secret.hex() not in repr(key)
+        with pytest.raises(UnknownKeyId):
+            await provider.audit_key("no-such-audit-key")
+
+    async def test_audit_key_differs_from_another_providers(
+        self, provider: CryptoProvider
+    ) -> None:
+        """A provider with another key derives another audit key."""
+        foreign = await self.make_foreign_provider()
+        if foreign is None:
+            pytest.skip("no foreign provider for this backend")
+        try:
+            assert (await foreign.audit_key()).secret != (await provider.audit_key()).secret
+        finally:
+            await foreign.aclose()
+
+    async def test_audit_key_of_the_old_key_survives_rotation(
+        self, provider: CryptoProvider
+    ) -> None:
+        """After a rotation the current audit key changes; the old one is still there by id."""
+        old = await provider.audit_key()
+        rotated = await self.rotate(provider)
+        if rotated is None:
+            pytest.skip("this provider cannot rotate keys in a test")
+        try:
+            new = await rotated.audit_key()
+            assert new.key_id != old.key_id
+            assert new.secret != old.secret
+            assert (await rotated.audit_key(old.key_id)).secret == old.secret
+        finally:
+            if rotated is not provider:
+                await rotated.aclose()
+
     async def test_aclose_is_idempotent(self) -> None:
         """aclose() may be called twice."""
         p = await self.make_provider()

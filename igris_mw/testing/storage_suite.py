@@ -38,7 +38,8 @@ store keeps. Needs pytest-asyncio (``asyncio_mode = "auto"``) and hypothesis.
 
 The tests live in groups, one module each, and ``StoreSuite`` inherits them
 all: ``_suite_connections`` (lifecycle, connections, listeners),
-``_suite_keys`` (API keys), ``_suite_audit`` (the audit trail) and
+``_suite_keys`` (API keys), ``_suite_audit`` (the audit trail),
+``_suite_audit_keys`` (keyed chains, signed heads, the global chain) and
 ``_suite_machine`` (the state machine); ``_suite_data`` makes the records.
 Import every name from this module: the split is not part of the interface.
 """
@@ -46,6 +47,7 @@ Import every name from this module: the split is not part of the interface.
 from __future__ import annotations
 
 from ._suite_audit import AuditTests
+from ._suite_audit_keys import AuditKeyTests
 from ._suite_connections import ConnectionTests
 from ._suite_data import T0, StoreFactory, make_api_key, make_connection, make_event
 from ._suite_keys import ApiKeyTests
@@ -64,5 +66,5 @@ __all__ = [
 ]
 
 
-class StoreSuite(ConnectionTests, ApiKeyTests, AuditTests, PolicySuite):
+class StoreSuite(ConnectionTests, ApiKeyTests, AuditTests, AuditKeyTests, PolicySuite):
     """Inherit under a ``Test*`` name and implement ``make_store``."""

@@ -89,6 +89,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE igris_api_keys ADD COLUMN policy text;
     ALTER TABLE igris_audit_events ADD COLUMN count integer;
     """,
+    # 4 (issue 10): keyed chains. Events name their audit key and may carry
+    # changes; heads are MACed; the anchor over all heads is the '#anchor'
+    # row (seq: how many chains, hash: the XOR digest). The global chain is
+    # connection ''. Existing unkeyed trails are re-sealed by use_audit_key
+    # ('#reseal' marks them).
+    """
+    ALTER TABLE igris_audit_events ADD COLUMN key_id text, ADD COLUMN changes text;
+    ALTER TABLE igris_audit_heads ADD COLUMN key_id text, ADD COLUMN mac text;
+    INSERT INTO igris_audit_heads (connection, seq, hash)
+        SELECT '#reseal', 0, NULL WHERE EXISTS (SELECT 1 FROM igris_audit_events);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -48,9 +48,30 @@ from igris_mw.models import (
     policy_to_json,
     tls_text,
 )
-from igris_mw.paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
+from igris_mw.paging import (
+    check_limit,
+    decode_cursor,
+    decode_seq_cursor,
+    decode_slug_cursor,
+    encode_cursor,
+)
 from igris_mw.plugins import redact_url
-from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners, seal_event
+from igris_mw.storage import (
+    ANCHOR,
+    AuditKey,
+    AuditQuery,
+    Capabilities,
+    ChainAnchor,
+    ChainHead,
+    Change,
+    ChangeListener,
+    advance_heads,
+    chain_name,
+    notify_listeners,
+    reseal_chain,
+    seal_event,
+    verify_chain,
+)
 
 from ._notify import CHANNEL, Listener, payload
 from ._schema import SCHEMA_VERSION, migrate
@@ -64,6 +85,7 @@ LISTENER_NAME = "igris-mw-listener"
 # Cursor prefixes: the text "c:<slug>" / "a:<seq>", as before the helpers were shared.
 _CONN_CURSOR = b"c:"
 _AUDIT_CURSOR = b"a:"
+_ALL_CURSOR = b"all:"
 
 Row = dict[str, Any]
 
@@ -77,10 +99,10 @@ _API_KEY_COLS = (
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
-    "prev_hash, hash, count"
+    "prev_hash, hash, count, key_id, changes"
 )
 _INSERT_EVENT = (
-    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 22)})"  # noqa: S608
+    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 24)})"  # noqa: S608
 )
 
 
@@ -143,7 +165,7 @@ def _event_from_row(row: Row) -> AuditEvent:
     return AuditEvent(
         id=row["id"],
         timestamp=row["ts"].astimezone(UTC),
-        connection=row["connection"],
+        connection=row["connection"] or None,
         kind=row["kind"],
         action=row["action"],
         api_key_id=row["api_key_id"],
@@ -163,15 +185,17 @@ def _event_from_row(row: Row) -> AuditEvent:
         prev_hash=row["prev_hash"],
         hash=row["hash"],
         count=row["count"],
+        key_id=row["key_id"],
+        changes=json.loads(row["changes"]) if row["changes"] is not None else None,
     )
 
 
 def _event_params(e: AuditEvent) -> tuple[Any, ...]:
     return (
-        e.id, e.connection, e.seq, e.timestamp, e.kind, e.action, e.api_key_id, e.user,
-        _metadata_text(e.metadata), e.method, e.path, e.rpc_method, e.tool, e.status,
+        e.id, chain_name(e.connection), e.seq, e.timestamp, e.kind, e.action, e.api_key_id,
+        e.user, _metadata_text(e.metadata), e.method, e.path, e.rpc_method, e.tool, e.status,
         e.outcome, e.latency_ms, e.bytes_in, e.bytes_out, e.credential_version,
-        e.prev_hash, e.hash, e.count,
+        e.prev_hash, e.hash, e.count, e.key_id, _metadata_text(e.changes),
     )  # fmt: skip
 
 
@@ -223,6 +247,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._listener: Listener | None = None
         self._listeners: list[ChangeListener] = []
+        self._audit_key: AuditKey | None = None
         self._origin = uuid.uuid4().hex[:16]
 
     @classmethod
@@ -342,7 +367,9 @@ class PostgresStore:
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(self._origin, kind, key)))
 
     # -- connections -----------------------------------------------------
-    async def create_connection(self, connection: Connection) -> Connection:
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         c = connection
         async with self._connection() as conn:
             try:
@@ -356,6 +383,7 @@ class PostgresStore:
                          c.updated_at, c.rotated_at, tls_text(c.tls), policy_to_json(c)),
                     )  # fmt: skip
                     row = await cur.fetchone()
+                    await self._append_in(conn, audit_events)
                     await self._send(conn, "connection", c.slug)
             except psycopg.errors.UniqueViolation:
                 raise SlugTaken(f"the slug {c.slug!r} is taken") from None
@@ -393,7 +421,11 @@ class PostgresStore:
         return Page(items, encode_cursor(_CONN_CURSOR, items[-1].slug) if more else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         c = connection
         async with self._connection() as conn, conn.transaction():
@@ -416,22 +448,28 @@ class PostgresStore:
                 raise VersionConflict(
                     f"the connection {c.slug!r} was changed by another writer; retry"
                 )
+            await self._append_in(conn, audit_events)
             await self._send(conn, "connection", c.slug)
         self._notify_local(Change("connection", c.slug))
         return _connection_from_row(row)
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
         async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM igris_connections WHERE slug = %s RETURNING slug", (slug,)
             )
             if await cur.fetchone() is None:
                 raise NotFound(f"no connection {slug!r}")
+            await self._append_in(conn, audit_events)
             await self._send(conn, "connection", slug)
         self._notify_local(Change("connection", slug))
 
     # -- gateway API keys ------------------------------------------------
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         k = key
         async with self._connection() as conn:
             try:
@@ -444,6 +482,7 @@ class PostgresStore:
                          k.created_at, k.expires_at, k.revoked_at, policy_to_json(k)),
                     )  # fmt: skip
                     row = await cur.fetchone()
+                    await self._append_in(conn, audit_events)
                     await self._send(conn, "api_key", k.id)
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"an API key with the id {k.id!r} or the same key exists") from None
@@ -467,7 +506,9 @@ class PostgresStore:
             rows = await cur.fetchall()
         return [_api_key_from_row(r) for r in rows]
 
-    async def update_api_key(self, key: ApiKey) -> ApiKey:
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         k = key
         async with self._connection() as conn, conn.transaction():
             cur = await conn.cursor(row_factory=dict_row).execute(
@@ -479,11 +520,14 @@ class PostgresStore:
             row = await cur.fetchone()
             if row is None:
                 raise NotFound(f"no API key {k.id!r}")
+            await self._append_in(conn, audit_events)
             await self._send(conn, "api_key", k.id)
         self._notify_local(Change("api_key", k.id))
         return _api_key_from_row(row)
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         async with self._connection() as conn, conn.transaction():
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_api_keys SET revoked_at = coalesce(revoked_at, %s) "  # noqa: S608
@@ -493,6 +537,7 @@ class PostgresStore:
             row = await cur.fetchone()
             if row is None:
                 raise NotFound(f"no API key {key_id!r}")
+            await self._append_in(conn, audit_events)
             await self._send(conn, "api_key", key_id)
         self._notify_local(Change("api_key", key_id))
         return _api_key_from_row(row)
@@ -517,55 +562,179 @@ class PostgresStore:
         """
         if not events:
             return
+        async with self._connection() as conn, conn.transaction():
+            await self._append_in(conn, events)
+
+    async def _append_in(self, conn: AsyncConnection[Any], events: Sequence[AuditEvent]) -> None:
+        """``append_audit_events``'s work, in the caller's transaction."""
+        if not events:
+            return
+        key = self._audit_key
         by_connection: dict[str, list[AuditEvent]] = {}
         for event in events:
-            by_connection.setdefault(event.connection, []).append(event)
-        async with self._connection() as conn, conn.transaction():
-            heads: dict[str, tuple[int, str | None]] = {}
-            for slug in sorted(by_connection):
-                await conn.execute(
-                    "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
-                    "ON CONFLICT (connection) DO NOTHING",
-                    (slug,),
-                )
-                cur = await conn.execute(
-                    "SELECT seq, hash FROM igris_audit_heads WHERE connection = %s FOR UPDATE",
-                    (slug,),
-                )
-                head = await cur.fetchone()
-                assert head is not None
-                heads[slug] = (int(head[0]), head[1])
-            cur = await conn.execute(
-                "SELECT id FROM igris_audit_events WHERE id = ANY(%s)", ([e.id for e in events],)
+            by_connection.setdefault(chain_name(event.connection), []).append(event)
+        heads: dict[str, tuple[int, str | None]] = {}
+        old_heads: dict[str | None, ChainHead | None] = {}
+        for slug in sorted(by_connection):
+            await conn.execute(
+                "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
+                "ON CONFLICT (connection) DO NOTHING",
+                (slug,),
             )
-            seen = {r[0] for r in await cur.fetchall()}
-            sealed: list[AuditEvent] = []
-            for slug, run in by_connection.items():
-                seq, last_hash = heads[slug]
-                previous = attrs.evolve(run[0], seq=seq, hash=last_hash) if seq else None
-                for event in run:
-                    if event.id in seen:
-                        continue
-                    seen.add(event.id)
-                    previous = seal_event(event, previous)
-                    sealed.append(previous)
-                if previous is not None and previous.seq != seq:
-                    heads[slug] = (previous.seq, previous.hash)
-            if not sealed:
+            cur = await conn.execute(
+                "SELECT seq, hash, key_id, mac FROM igris_audit_heads"
+                " WHERE connection = %s FOR UPDATE",
+                (slug,),
+            )
+            head = await cur.fetchone()
+            assert head is not None
+            heads[slug] = (int(head[0]), head[1])
+            chain = slug or None
+            old_heads[chain] = (
+                None
+                if head[3] is None
+                else ChainHead(chain, int(head[0]), head[1], head[2], head[3])
+            )
+        cur = await conn.execute(
+            "SELECT id FROM igris_audit_events WHERE id = ANY(%s)", ([e.id for e in events],)
+        )
+        seen = {r[0] for r in await cur.fetchall()}
+        sealed: list[AuditEvent] = []
+        for slug, run in by_connection.items():
+            seq, last_hash = heads[slug]
+            previous = attrs.evolve(run[0], seq=seq, hash=last_hash) if seq else None
+            for event in run:
+                if event.id in seen:
+                    continue
+                seen.add(event.id)
+                previous = seal_event(event, previous, key)
+                sealed.append(previous)
+            if previous is not None and previous.seq != seq:
+                heads[slug] = (previous.seq, previous.hash)
+        if not sealed:
+            return
+        tails = {e.connection: e for e in sealed}
+        # The anchor row is one lock for every writer: batches, not events, take turns.
+        await conn.execute(
+            "INSERT INTO igris_audit_heads (connection, seq, hash) VALUES (%s, 0, NULL) "
+            "ON CONFLICT (connection) DO NOTHING",
+            (ANCHOR,),
+        )
+        cur = await conn.execute(
+            "SELECT seq, hash, key_id, mac FROM igris_audit_heads"
+            " WHERE connection = %s FOR UPDATE",
+            (ANCHOR,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        anchor = None if row[3] is None else ChainAnchor(int(row[0]), row[1], row[2], row[3])
+        new_heads, new_anchor = advance_heads(
+            tails, {c: old_heads.get(c) for c in tails}, anchor, key
+        )
+        async with conn.cursor() as c:
+            await c.executemany(
+                _INSERT_EVENT,
+                [_event_params(e) for e in sealed],
+            )
+            await c.executemany(
+                "UPDATE igris_audit_heads SET seq = %s, hash = %s, key_id = %s, mac = %s"
+                " WHERE connection = %s",
+                [(h.seq, h.hash, h.key_id, h.mac, chain_name(h.chain)) for h in new_heads]
+                + [(new_anchor.chains, new_anchor.digest, new_anchor.key_id, new_anchor.mac,
+                    ANCHOR)],
+            )
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Seal with ``key`` from now on; re-seal a trail from before keyed
+        chains (schema migration 4 marked it) once, chain by chain."""
+        self._audit_key = key
+        if key is None:
+            return
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM igris_audit_heads WHERE connection = '#reseal' RETURNING 1"
+            )
+            if await cur.fetchone() is None:
                 return
+            cur = await conn.execute("SELECT DISTINCT connection FROM igris_audit_events")
+            tails: dict[str | None, AuditEvent] = {}
+            for (name,) in await cur.fetchall():
+                rows = await (await conn.cursor(row_factory=dict_row).execute(
+                    f"SELECT {_AUDIT_COLS} FROM igris_audit_events "  # noqa: S608
+                    "WHERE connection = %s ORDER BY seq", (name,),
+                )).fetchall()
+                events = [_event_from_row(r) for r in rows]
+                if not events or verify_chain(events):
+                    continue  # left as it is, for verify to report
+                resealed = reseal_chain(events, key)
+                async with conn.cursor() as c:
+                    await c.executemany(
+                        "UPDATE igris_audit_events SET prev_hash = %s, hash = %s, key_id = %s"
+                        " WHERE id = %s",
+                        [(e.prev_hash, e.hash, e.key_id, e.id) for e in resealed],
+                    )
+                tails[resealed[-1].connection] = resealed[-1]
+            heads, anchor = advance_heads(tails, {}, None, key)
             async with conn.cursor() as c:
                 await c.executemany(
-                    _INSERT_EVENT,
-                    [_event_params(e) for e in sealed],
+                    "INSERT INTO igris_audit_heads (connection, seq, hash, key_id, mac)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (connection) DO UPDATE SET"
+                    " seq = excluded.seq, hash = excluded.hash, key_id = excluded.key_id,"
+                    " mac = excluded.mac",
+                    [(chain_name(h.chain), h.seq, h.hash, h.key_id, h.mac) for h in heads]
+                    + [(ANCHOR, anchor.chains, anchor.digest, anchor.key_id, anchor.mac)],
                 )
-                await c.executemany(
-                    "UPDATE igris_audit_heads SET seq = %s, hash = %s WHERE connection = %s",
-                    [(seq, h, slug) for slug, (seq, h) in heads.items()],
-                )
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        check_limit(limit)
+        sql: LiteralString = f"SELECT {_AUDIT_COLS} FROM igris_audit_events WHERE true"  # noqa: S608
+        params: list[Any] = []
+        if cursor is not None:
+            sql += " AND id < %s"
+            params.append(decode_cursor(_ALL_CURSOR, cursor))
+        filters: tuple[tuple[LiteralString, Any], ...] = (
+            (" AND connection = %s", query.slug),
+            (" AND kind = %s", query.kind),
+            (" AND action = %s", query.action),
+            (" AND outcome = %s", query.outcome),
+            (' AND "user" = %s', query.user),
+            (" AND ts >= %s", query.since),
+        )
+        for clause, value in filters:
+            if value is not None:
+                sql += clause
+                params.append(value)
+        params.append(limit + 1)
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                sql + " ORDER BY id DESC LIMIT %s", params
+            )
+            rows = await cur.fetchall()
+        items = [_event_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit and items
+        return Page(items, encode_cursor(_ALL_CURSOR, items[-1].id) if more else None)
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT connection, seq, hash, key_id, mac FROM igris_audit_heads"
+                " WHERE mac IS NOT NULL"
+            )
+            rows = await cur.fetchall()
+        heads: dict[str | None, ChainHead] = {}
+        anchor = None
+        for name, seq, hash_, key_id, mac in rows:
+            if name == ANCHOR:
+                anchor = ChainAnchor(int(seq), hash_, key_id, mac)
+            else:
+                heads[name or None] = ChainHead(name or None, int(seq), hash_, key_id, mac)
+        return heads, anchor
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -573,7 +742,7 @@ class PostgresStore:
     ) -> Page[AuditEvent]:
         query: LiteralString = f"SELECT {_AUDIT_COLS} FROM igris_audit_events WHERE connection = %s"  # noqa: S608
         check_limit(limit)
-        params: list[Any] = [connection]
+        params: list[Any] = [chain_name(connection)]
         if cursor is not None:
             query += " AND seq < %s"
             params.append(decode_seq_cursor(_AUDIT_CURSOR, cursor))
@@ -591,14 +760,14 @@ class PostgresStore:
         return Page(items, encode_cursor(_AUDIT_CURSOR, str(items[-1].seq)) if more else None)
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         check_limit(limit)
         async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 f"SELECT {_AUDIT_COLS} FROM igris_audit_events "  # noqa: S608
                 "WHERE connection = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (connection, after_seq, limit),
+                (chain_name(connection), after_seq, limit),
             )
             rows = await cur.fetchall()
         return [_event_from_row(r) for r in rows]
@@ -606,7 +775,8 @@ class PostgresStore:
     async def audit_connections(self) -> list[str]:
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT connection FROM igris_audit_heads WHERE seq > 0 ORDER BY connection"
+                "SELECT connection FROM igris_audit_heads WHERE seq > 0"
+                " AND connection NOT IN ('', '#anchor') ORDER BY connection"
             )
             rows = await cur.fetchall()
         return [r[0] for r in rows]

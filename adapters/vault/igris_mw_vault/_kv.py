@@ -54,7 +54,16 @@ from igris_mw.models import (
     tls_text,
 )
 from igris_mw.paging import bad_cursor, check_limit
-from igris_mw.storage import Capabilities, Change, ChangeListener, notify_listeners
+from igris_mw.storage import (
+    AuditKey,
+    AuditQuery,
+    Capabilities,
+    ChainAnchor,
+    ChainHead,
+    Change,
+    ChangeListener,
+    notify_listeners,
+)
 
 from ._client import VaultClient, errors_text, json_of
 from ._config import Credentials, parse_store_url
@@ -262,7 +271,11 @@ class VaultKVStore:
                 code="vault_bad_record",
             ) from exc
 
-    async def create_connection(self, connection: Connection) -> Connection:
+    # ``audit_events`` are ignored: this store keeps no audit trail; the
+    # Service has written them to the separate audit sink first.
+    async def create_connection(
+        self, connection: Connection, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> Connection:
         path = self._path("connections", connection.slug)
         version = await self._write(path, self._conn_data(connection), cas=0)
         if version is None:
@@ -300,7 +313,11 @@ class VaultKVStore:
         return Page(items, _encode_cursor(page[-1]) if more and page else None)
 
     async def update_connection(
-        self, connection: Connection, *, expected_version: int
+        self,
+        connection: Connection,
+        *,
+        expected_version: int,
+        audit_events: Sequence[AuditEvent] = (),
     ) -> Connection:
         current = await self.get_connection(connection.slug)
         if current.version != expected_version:
@@ -318,7 +335,9 @@ class VaultKVStore:
         self._notify(Change("connection", connection.slug))
         return attrs.evolve(updated, version=version)
 
-    async def delete_connection(self, slug: str) -> None:
+    async def delete_connection(
+        self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> None:
         await self.get_connection(slug)
         await self._destroy(self._path("connections", slug))
         self._notify(Change("connection", slug))
@@ -358,7 +377,9 @@ class VaultKVStore:
                 code="vault_bad_record",
             ) from exc
 
-    async def create_api_key(self, key: ApiKey) -> ApiKey:
+    async def create_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         if not _ID_RE.match(key.id):
             raise ValidationError("id", "must be 1-128 letters, digits, '_', '.' or '-'")
         path = self._path("api-keys", key.id)
@@ -393,7 +414,9 @@ class VaultKVStore:
         keys = [f[0] for f in found if f is not None]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
-    async def update_api_key(self, key: ApiKey) -> ApiKey:
+    async def update_api_key(
+        self, key: ApiKey, *, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         for _ in range(_REVOKE_RETRIES):
             found = await self._get_key(key.id)
             if found is None:
@@ -414,7 +437,9 @@ class VaultKVStore:
                 return updated
         raise VersionConflict(f"API key {key.id!r} kept changing; retry")
 
-    async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey:
+    async def revoke_api_key(
+        self, key_id: str, *, at: datetime, audit_events: Sequence[AuditEvent] = ()
+    ) -> ApiKey:
         for _ in range(_REVOKE_RETRIES):
             found = await self._get_key(key_id)
             if found is None:
@@ -435,7 +460,7 @@ class VaultKVStore:
 
     async def list_audit_events(
         self,
-        connection: str,
+        connection: str | None,
         *,
         limit: int = 50,
         cursor: str | None = None,
@@ -444,11 +469,22 @@ class VaultKVStore:
         raise ConfigurationError(AUDIT_HINT)
 
     async def audit_chain(
-        self, connection: str, *, after_seq: int = 0, limit: int = 1000
+        self, connection: str | None, *, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditEvent]:
         raise ConfigurationError(AUDIT_HINT)
 
     async def audit_connections(self) -> list[str]:
+        raise ConfigurationError(AUDIT_HINT)
+
+    async def use_audit_key(self, key: AuditKey | None) -> None:
+        """Nothing to seal here: the separate sink gets the key."""
+
+    async def audit_heads(self) -> tuple[dict[str | None, ChainHead], ChainAnchor | None]:
+        raise ConfigurationError(AUDIT_HINT)
+
+    async def list_all_audit_events(
+        self, query: AuditQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
         raise ConfigurationError(AUDIT_HINT)
 
 

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import httpx
 
+from igris_mw.crypto import AuditKey, derive_audit_key
 from igris_mw.errors import CryptoUnavailable, InvalidCiphertext, UnknownKeyId
 
 from ._client import VaultClient, errors_text, json_of
@@ -40,6 +41,8 @@ VERSION = 0x56
 _CT_RE = re.compile(r"^vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})\Z")
 _MAX_RAW_CONTEXT = 1024
 _KEY_MISSING = "encryption key not found"
+# What Transit MACs to derive the audit chain key (see docs/audit.md).
+_AUDIT_LABEL = b"igris-mw/audit-chain/v1"
 
 
 def _need_bytes(value: object, what: str) -> bytes:
@@ -70,6 +73,7 @@ class TransitProvider:
         self.key = key
         self._latest: int | None = None
         self._checked = False
+        self._audit_keys: dict[int, AuditKey] = {}
 
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> TransitProvider:
@@ -207,6 +211,41 @@ class TransitProvider:
         text = self._vault_text(envelope)
         data = await self._call("rewrap", {"ciphertext": text, "context": _context(ad)})
         return self._seal(data)
+
+    async def audit_key(self, key_id: str | None = None) -> AuditKey:
+        """The audit chain key, derived in Transit: its HMAC (``/hmac/<key>``,
+        at the latest or the named key version) of a fixed label, through
+        HKDF. The key never leaves Vault; the derived one is kept per version.
+
+        Raises:
+            UnknownKeyId: ``key_id`` is not ``transit:<this key>:v<N>`` of an existing version.
+        """
+        if not self._checked:
+            await self.open()
+        if key_id is None:
+            version = self._latest or 1
+        else:
+            prefix = f"transit:{self.key}:v"
+            tail = key_id[len(prefix) :] if key_id.startswith(prefix) else ""
+            if not (tail.isascii() and tail.isdigit()):
+                raise UnknownKeyId(f"audit key {key_id!r} is not of Transit key {self.key!r}")
+            version = int(tail)
+        cached = self._audit_keys.get(version)
+        if cached is not None:
+            return cached
+        body = {"input": base64.b64encode(_AUDIT_LABEL).decode(), "key_version": version}
+        try:
+            data = await self._call("hmac", body)
+        except InvalidCiphertext:
+            raise UnknownKeyId(
+                f"audit key {key_id!r}: Transit key {self.key!r} has no version {version}"
+            ) from None
+        mac = data.get("hmac")
+        if not isinstance(mac, str):
+            raise CryptoUnavailable(f"{self._client.where}: Transit answered no hmac")
+        key = derive_audit_key(f"transit:{self.key}:v{version}", mac.encode())
+        self._audit_keys[version] = key
+        return key
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -96,3 +96,16 @@ def test_commands_on_vault_with_jsonl_audit(
     text = audit_file.read_text()
     assert "ghp_" not in text
     assert bao.root_token not in text
+
+    # Keyed under Transit: the events before the key rotation name v1, after it v2.
+    _run(capsys, "connections", "disable", "gh-prod", *where)
+    events = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert [e["keyId"] for e in events] == [
+        f"transit:{transit_key}:v1", f"transit:{transit_key}:v1", f"transit:{transit_key}:v2",
+    ]  # fmt: skip
+    assert _run(capsys, "audit", "verify", *where)["ok"] is True
+    # The last event cut from the file: its signed head (audit.jsonl.heads) gives it away.
+    audit_file.write_text("".join(json.dumps(e) + "\n" for e in events[:-1]))
+    capsys.readouterr()
+    assert main(["audit", "verify", *where]) == 1
+    assert "the last 1 event(s) of chain 'gh-prod' were removed" in capsys.readouterr().out

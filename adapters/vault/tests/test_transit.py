@@ -10,7 +10,7 @@ from igris_mw_vault import TransitProvider
 from igris_mw_vault.testing import BaoDevServer
 
 from igris_mw.crypto import CryptoProvider
-from igris_mw.errors import CryptoUnavailable, InvalidCiphertext
+from igris_mw.errors import CryptoUnavailable, InvalidCiphertext, UnknownKeyId
 from igris_mw.plugins import crypto_from_url
 from igris_mw.testing.crypto_suite import CryptoProviderSuite
 
@@ -124,5 +124,19 @@ async def test_envelope_carries_transit_ciphertext(
         body = {"ciphertext": text, "context": _context(b"ad")}
         out = bao.api("POST", f"transit/decrypt/{name}", body)
         assert base64.b64decode(out["data"]["plaintext"]) == b"direct"
+    finally:
+        await provider.aclose()
+
+
+async def test_audit_key_of_a_missing_version_is_unknown(
+    bao: BaoDevServer, transit_key: str
+) -> None:
+    """An audit key id naming a Transit key version that does not exist is UnknownKeyId."""
+    provider = TransitProvider.from_url(_url(bao, transit_key), {"VAULT_TOKEN": bao.root_token})
+    try:
+        key = await provider.audit_key()
+        assert key.key_id == f"transit:{transit_key}:v1"
+        with pytest.raises(UnknownKeyId):
+            await provider.audit_key(f"transit:{transit_key}:v99")
     finally:
         await provider.aclose()
