@@ -29,6 +29,7 @@ from igris_mw._dashboard import http as dashboard_http
 from igris_mw._dashboard import keys as dashboard_keys
 from igris_mw._dashboard.policy import Features, input_for, policy_body, policy_values
 from igris_mw._dashboard.sessions import SessionStore, SignInThrottle
+from igris_mw.errors import StoreUnavailable
 from igris_mw.models import AuditEvent, utcnow
 from igris_mw.testing import FixedKeyring, MemoryStore
 
@@ -450,8 +451,49 @@ async def test_the_audit_page_filters(signed_in: Env) -> None:
     bad = await env.http.get("/ui/audit?since=tomorrow")
     assert bad.status_code == 200
     assert 'id="e-since"' in bad.text
-    unknown = await env.http.get("/ui/audit?slug=zzz-none")
-    assert 'id="e-slug"' in unknown.text
+    assert await rows("?slug=zzz-none") == []
+    malformed = await env.http.get("/ui/audit?slug=%3Cx%3E")
+    assert 'id="e-slug"' in malformed.text
+    created = await env.http.get("/ui/audit.json?kind=management&action=create")
+    slugs = sorted(r["cells"][1] for r in created.json()["rows"])
+    assert slugs == ["(global)", "(global)", "alpha", "bravo"]  # two API keys, two connections
+
+
+async def test_sign_in_and_sign_out_are_audited_on_the_global_chain(env: Env) -> None:
+    """Refused and accepted sign-ins and the sign-out are events with connection null."""
+    assert (await env.sign_in("ig_wrong")).status_code == 401
+    assert (await env.sign_in(env.mcp_key)).status_code == 403
+    assert (await env.sign_in()).status_code == 303
+    await env.http.post("/ui/logout", data={"csrf": await env.csrf()})
+    page = await env.gw.service.list_all_audit(kind="dashboard")
+    seen = [(e.connection, e.action, e.outcome, e.api_key_id) for e in page.items]
+    assert seen[0] == (None, "sign_out", "ok", env.admin_id)
+    assert seen[1] == (None, "sign_in", "ok", env.admin_id)
+    assert [s[2] for s in seen[2:]] == ["denied", "denied"]
+    assert all(e.metadata == {"client": "127.0.0.1"} for e in page.items)
+    assert env.admin_key not in str([e.to_json() for e in page.items])
+    assert env.mcp_key not in str([e.to_json() for e in page.items])
+    assert await env.gw.service.verify_audit() == {
+        k: [] for k in (await env.gw.service.verify_audit())
+    }
+    await env.sign_in()
+    shown = await env.http.get("/ui/audit.json?kind=dashboard")
+    assert {r["cells"][1] for r in shown.json()["rows"]} == {"(global)"}
+
+
+async def test_a_sign_in_that_cannot_be_audited_starts_no_session(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the audit sink refuses the sign-in event, there is no session (503)."""
+
+    async def refuse(event: AuditEvent) -> None:
+        raise StoreUnavailable("the audit sink is down", retry_after=1)
+
+    monkeypatch.setattr(env.gw.service, "record_event", refuse)
+    response = await env.sign_in()
+    assert response.status_code == 503
+    assert "igris_session" not in response.headers.get("set-cookie", "")
+    assert len(env.gw.dashboard.sessions) == 0
 
 
 async def test_client_configuration_uses_the_public_url() -> None:

@@ -30,9 +30,10 @@ from urllib.parse import urlencode
 import jinja2
 
 from .._asgi import Receive, Scope, Send
+from .._audit import new_event_id
 from .._errors import Forbidden, IgrisError, NotFound, Unauthorized
 from .._service import Service
-from ..models import SLUG_RE, ApiKey
+from ..models import SLUG_RE, ApiKey, AuditEvent
 from ..models import Scope as KeyScope
 from .audit_view import AUDIT_COLUMNS, global_audit
 from .connections import ConnectionPages
@@ -206,7 +207,7 @@ class Dashboard(ConnectionPages, KeyPages):
         address = req.client_address
         wait = self.throttle.retry_after(address)
         if wait:
-            self._session_event("sign_in", None, "rate_limited", address)
+            await self._session_event("sign_in", None, "rate_limited", address)
             return req.login_page(
                 429, f"Too many failed sign-ins. Try again in {wait} seconds.",
                 headers=((b"retry-after", str(wait).encode()),),
@@ -218,15 +219,15 @@ class Dashboard(ConnectionPages, KeyPages):
             record = await self._authenticate(key_text)
         except Unauthorized:
             self.throttle.fail(address)
-            self._session_event("sign_in", None, "denied", address)
+            await self._session_event("sign_in", None, "denied", address)
             return req.login_page(401, "This key was not accepted: it is unknown, revoked "
                                        "or expired.")
         if KeyScope.ADMIN not in record.scopes:
             self.throttle.fail(address)
-            self._session_event("sign_in", record.id, "denied", address)
+            await self._session_event("sign_in", record.id, "denied", address)
             return req.login_page(403, "This key has no admin scope. Sign in with an admin key.")
+        await self._session_event("sign_in", record.id, "ok", address, strict=True)
         session = self.sessions.create(record.id)
-        self._session_event("sign_in", record.id, "ok", address)
         req.set_session_cookie(session.id)
         req.expire_cookie(LOGIN_COOKIE)
         return req.redirect("/connections")
@@ -234,31 +235,46 @@ class Dashboard(ConnectionPages, KeyPages):
     async def _h_logout(self, req: Request) -> Response:
         assert req.session is not None
         self.sessions.drop(req.session.id)
-        self._session_event("sign_out", req.session.key_id, "ok", req.client_address)
+        await self._session_event("sign_out", req.session.key_id, "ok", req.client_address)
         req.expire_cookie(SESSION_COOKIE)
         return req.redirect("/login")
 
-    def _session_event(
-        self, action: str, key_id: str | None, outcome: str, address: str
+    async def _session_event(
+        self, action: str, key_id: str | None, outcome: str, address: str, *, strict: bool = False
     ) -> None:
-        # Recorded in the log only: the audit sink stores no event without a
-        # connection yet (the global audit trail adds "connection": null).
+        """Record a sign-in or sign-out on the global audit chain (``connection`` null).
+
+        With ``strict`` (a successful sign-in) a failure to record is raised:
+        no session starts that the trail does not show.
+        """
         log.info(
             "dashboard %s: outcome=%s key=%s client=%s", action, outcome, key_id or "-", address
         )
+        event = AuditEvent(
+            id=new_event_id(), timestamp=self.service.clock(), connection=None,
+            kind="dashboard", action=action, api_key_id=key_id, outcome=outcome,
+            metadata={"client": address},
+        )
+        try:
+            await self.service.record_event(event)
+        except Exception:
+            if strict:
+                raise
+            log.exception("dashboard %s could not be audited", action)
 
     # -- audit ---------------------------------------------------------------
     async def _h_audit(self, req: Request) -> Response:
-        filters, rows, errors = await global_audit(self.service, req.query)
+        filters, rows, errors, older = await global_audit(self.service, req.query)
         return req.page(
             "audit.html", nav="audit", filters=filters, audit=rows, errors=errors,
             columns=AUDIT_COLUMNS, live_url=req.url("/audit.json") + _query(filters),
+            older=req.url("/audit") + _query({**filters, "cursor": older}) if older else None,
+            paged=bool(req.query.get("cursor")),
         )
 
     async def _h_audit_json(self, req: Request) -> Response:
-        _, rows, errors = await global_audit(self.service, req.query)
+        _, rows, errors, _ = await global_audit(self.service, req.query)
         return req.json({"rows": rows, "errors": errors})
-
 
 _PUBLIC: Final = frozenset({"root", "static", "login_form", "login"})
 _SLUG = r"(?P<slug>[^/]+)"

@@ -1,21 +1,18 @@
 """Audit events as the dashboard's tables show them, and the filtered global trail.
 
-The global trail is read per connection through ``Service.list_audit`` and
-merged newest first, reading at most ``SCAN_LIMIT`` events per connection
-for one page. (A store-side global listing, ``GET /api/v1/audit``, replaces
-this scan when it exists.)
+The global trail is ``Service.list_all_audit``: every chain (the global one
+of events about no connection too), newest first, filtered by the store.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Final
 
-from .._errors import NotFound, ValidationError
+from .._errors import ValidationError
 from .._service import Service
-from ..models import AuditEvent, format_time, parse_time
+from ..models import AuditEvent, format_time
 from .forms import field_message, form_time
 
 __all__ = [
@@ -30,13 +27,12 @@ __all__ = [
 
 AUDIT_COLUMNS: Final = (
     "Time", "Connection", "Event", "User", "Request", "RPC method", "Tool", "Status",
-    "Outcome", "Latency (ms)", "API key", "Credential version", "Metadata",
+    "Outcome", "Latency (ms)", "API key", "Credential version", "Details",
 )
 # One connection's trail leaves out the column that would repeat its slug.
 CONNECTION_AUDIT_COLUMNS: Final = tuple(c for c in AUDIT_COLUMNS if c != "Connection")
-FILTERS: Final = ("slug", "outcome", "user", "since")
+FILTERS: Final = ("slug", "kind", "action", "outcome", "user", "since")
 PAGE_ROWS: Final = 50
-SCAN_LIMIT: Final = 1000
 
 
 def audit_row(event: AuditEvent, *, with_connection: bool = True) -> dict[str, Any]:
@@ -45,14 +41,16 @@ def audit_row(event: AuditEvent, *, with_connection: bool = True) -> dict[str, A
         what = "gateway request"
     else:
         what = f"{event.kind}: {event.action}" if event.action else event.kind
-    metadata = (
-        json.dumps(dict(event.metadata), ensure_ascii=False, sort_keys=True)
-        if event.metadata
-        else ""
-    )
+    details = []
+    if event.metadata:
+        details.append(json.dumps(dict(event.metadata), ensure_ascii=False, sort_keys=True))
+    changes = getattr(event, "changes", None)
+    if changes:
+        details.append("changes " + json.dumps(dict(changes), ensure_ascii=False, sort_keys=True))
+    metadata = "; ".join(details)
     cells = [
         format_time(event.timestamp),
-        event.connection or "",
+        event.connection or "(global)",
         what,
         event.user or "",
         " ".join(p for p in (event.method, event.path) if p),
@@ -89,46 +87,25 @@ async def last_used(service: Service, slug: str) -> str | None:
 
 async def global_audit(
     service: Service, query: Mapping[str, str]
-) -> tuple[dict[str, str], list[dict[str, Any]], dict[str, str]]:
-    """The filters as given, the matching rows newest first, and errors by filter field."""
+) -> tuple[dict[str, str], list[dict[str, Any]], dict[str, str], str | None]:
+    """The filters as given, the matching rows newest first, errors by filter field,
+    and the cursor of the next (older) page."""
     filters = {name: query.get(name, "").strip() for name in FILTERS}
     errors: dict[str, str] = {}
-    since: datetime | None = None
-    if filters["since"]:
-        try:
-            since = parse_time(form_time(filters["since"], "since"), field="since")
-        except ValidationError as exc:
-            errors["since"] = field_message(exc)
-            return filters, [], errors
-    slugs = [filters["slug"]] if filters["slug"] else await service.audit.audit_connections()
-    found: list[AuditEvent] = []
-    for slug in slugs:
-        try:
-            found.extend(await _scan(service, slug, since, filters))
-        except NotFound:
-            errors["slug"] = "No connection or audit trail has this slug."
-        except ValidationError as exc:
-            errors[exc.field] = field_message(exc)
-    found.sort(key=lambda e: (e.timestamp, e.seq), reverse=True)
-    return filters, [audit_row(e) for e in found[: PAGE_ROWS * 2]], errors
-
-
-async def _scan(
-    service: Service, slug: str, since: datetime | None, filters: Mapping[str, str]
-) -> list[AuditEvent]:
-    out: list[AuditEvent] = []
-    cursor: str | None = None
-    read = 0
-    while read < SCAN_LIMIT and len(out) < PAGE_ROWS * 2:
-        page = await service.list_audit(slug, limit=200, cursor=cursor, since=since)
-        read += len(page.items)
-        for event in page.items:
-            if filters["outcome"] and event.outcome != filters["outcome"]:
-                continue
-            if filters["user"] and event.user != filters["user"]:
-                continue
-            out.append(event)
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    return out
+    try:
+        since = form_time(filters["since"], "since") if filters["since"] else None
+        page = await service.list_all_audit(
+            slug=filters["slug"] or None,
+            kind=filters["kind"] or None,
+            action=filters["action"] or None,
+            outcome=filters["outcome"] or None,
+            user=filters["user"] or None,
+            since=since,
+            limit=PAGE_ROWS * 2,
+            cursor=query.get("cursor") or None,
+        )
+    except ValidationError as exc:
+        field = exc.field if exc.field in FILTERS else "form"
+        errors[field] = field_message(exc)
+        return filters, [], errors, None
+    return filters, [audit_row(e) for e in page.items], errors, page.next_cursor

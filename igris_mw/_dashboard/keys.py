@@ -62,7 +62,7 @@ class KeyPages:
         try:
             if values["expiresAt"]:
                 body["expiresAt"] = form_time(values["expiresAt"], "expiresAt")
-            record, key = await self.service.create_api_key(body)
+            record, key = await self.service.create_api_key(body, actor=req.key_id)
         except ValidationError as exc:
             errors = errors_for(exc, ("name", "scopes", "connections", "expiresAt"))
             if "scopes" in errors:
@@ -144,7 +144,7 @@ class KeyPages:
             # Minutes are what the form shows; compare at that precision.
             if (expires or "")[:16] != (j["expiresAt"] or "")[:16]:
                 changes["expiresAt"] = expires
-            updated = await self.service.update_api_key(record.id, changes)
+            updated = await self.service.update_api_key(record.id, changes, actor=req.key_id)
         except ValidationError as exc:
             errors = errors_for(exc, ("name", "connections", "expiresAt"))
             return await self._api_key_edit_page(req, record, 422, values, errors)
@@ -155,7 +155,7 @@ class KeyPages:
     async def _h_api_key_revoke(self, req: Request, key_id: str) -> Response:
         if not _KEY_ID_RE.match(key_id):
             raise NotFound("no such API key")
-        record = await self.service.revoke_api_key(key_id)
+        record = await self.service.revoke_api_key(key_id, actor=req.key_id)
         self.sessions.drop_key(record.id)
         req.notice(f"API key {record.name} ({record.id}) revoked.")
         return req.redirect("/api-keys")
