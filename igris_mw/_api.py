@@ -17,8 +17,8 @@ import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
 
 from ._asgi import Receive, Scope, Send, local_path
 from ._auth import bearer_token
@@ -31,11 +31,17 @@ from ._errors import (
     Unauthorized,
     ValidationError,
 )
+from ._oauth.config import OAUTH_AUTH_TYPES, oauth_status
 from ._openapi import OPERATIONS, REQUEST_FIELDS, Operation, build_document
 from ._responses import error_body, error_headers, for_anonymous, send_json
 from ._service import Service
-from .models import ApiKey, Page, parse_time, validate_slug
+from ._user_credentials import UserCredentials
+from ._validation import parse_user
+from .models import ApiKey, AuthType, Connection, Page, parse_time, validate_slug
 from .models import Scope as KeyScope
+
+if TYPE_CHECKING:
+    from ._oauth.gateway import OAuthRuntime
 
 __all__ = ["ManagementAPI"]
 
@@ -112,6 +118,7 @@ class ManagementAPI:
         authenticate: Authenticator | None = None,
         max_body: int = 65536,
         public_url: str | None = None,
+        oauth: OAuthRuntime | None = None,
     ) -> None:
         if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
             raise ValueError("max_body must be a positive int")
@@ -123,6 +130,8 @@ class ManagementAPI:
         self._authenticate: Authenticator = authenticate or service.authenticate
         self._max_body = max_body
         self._public_url = public_url
+        self._oauth = oauth
+        self._users = UserCredentials(service)
         # Imported here: the package's __init__ may import this module.
         from . import __version__
 
@@ -167,24 +176,25 @@ class ManagementAPI:
     async def _h_create_connection(self, ex: _Exchange) -> _Result:
         body = await ex.json_body("ConnectionCreate", check_fields=False)
         conn = await self._service.create_connection(body, actor=ex.actor)
-        return 201, conn.to_json(base_url=ex.base_url())
+        return 201, await self._connection_json(conn, ex.base_url())
 
     async def _h_list_connections(self, ex: _Exchange) -> _Result:
         page = await self._service.list_connections(
             limit=ex.limit(), cursor=ex.query_str("cursor")
         )
         base = ex.base_url()
-        return 200, _page_json(page, lambda c: c.to_json(base_url=base))
+        data = [await self._connection_json(c, base) for c in page.items]
+        return 200, {"data": data, "nextCursor": page.next_cursor}
 
     async def _h_get_connection(self, ex: _Exchange) -> _Result:
         conn = await self._service.get_connection(ex.slug())
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_update_connection(self, ex: _Exchange) -> _Result:
         slug = ex.slug()
         body = await ex.json_body("ConnectionUpdate", check_fields=False)
         conn = await self._service.update_connection(slug, body, actor=ex.actor)
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_delete_connection(self, ex: _Exchange) -> _Result:
         await self._service.delete_connection(ex.slug(), actor=ex.actor)
@@ -204,7 +214,7 @@ class ManagementAPI:
             client_certificate=body.get("clientCertificate"),
             client_key=body.get("clientKey"),
         )
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_disable_connection(self, ex: _Exchange) -> _Result:
         return await self._set_enabled(ex, False)
@@ -216,7 +226,7 @@ class ManagementAPI:
         slug = ex.slug()
         await ex.json_body("Empty", required=False)
         conn = await self._service.set_enabled(slug, enabled, actor=ex.actor)
-        return 200, conn.to_json(base_url=ex.base_url())
+        return 200, await self._connection_json(conn, ex.base_url())
 
     async def _h_list_audit(self, ex: _Exchange) -> _Result:
         slug = ex.slug()
@@ -254,8 +264,96 @@ class ManagementAPI:
         await self._service.revoke_api_key(ex.params["id"], actor=ex.actor)
         return 204, None
 
+    async def _connection_json(self, conn: Connection, base_url: str) -> dict[str, Any]:
+        """The contract's connection JSON; OAuth connections add their grant's status."""
+        out = conn.to_json(base_url=base_url)
+        if conn.auth_type.value in OAUTH_AUTH_TYPES:
+            out.update(oauth_status(await self._service.store.get_oauth_grant(conn.slug)))
+        return out
+
+    async def _h_authorize_connection(self, ex: _Exchange) -> _Result:
+        slug = ex.slug()
+        await ex.json_body("Empty", required=False)
+        conn = await self._service.get_connection(slug)
+        if conn.credential_scope == "per_user":
+            raise ValidationError(
+                "credentialScope",
+                "a per_user connection is authorized per user: "
+                "POST .../users/{user}/oauth/authorize",
+            )
+        return await self._authorize(ex, conn, "")
+
+    async def _authorize(self, ex: _Exchange, conn: Connection, user: str) -> _Result:
+        slug = conn.slug
+        if conn.auth_type is not AuthType.OAUTH2:
+            raise ValidationError(
+                "authType", "only an oauth2 connection is authorized by consent"
+            )
+        if self._oauth is None:
+            raise NotFound("OAuth consent is served by the gateway only")
+        from ._oauth.gateway import OAuthConnection
+
+        target = OAuthConnection.of(conn, await self._service.open_credential(conn))
+        assert target is not None
+        url = await self._oauth.begin(
+            slug, target, redirect_uri=f"{ex.base_url()}{PREFIX}/oauth/callback", user=user
+        )
+        return 200, {"authorizeUrl": url}
+
+    async def _h_list_users(self, ex: _Exchange) -> _Result:
+        return 200, {"data": await self._users.list(ex.slug())}
+
+    async def _h_put_user_credential(self, ex: _Exchange) -> _Result:
+        slug = ex.slug()
+        body = await ex.json_body("UserCredentialPut")
+        return 200, await self._users.put(slug, ex.params["user"], body, actor=ex.actor)
+
+    async def _h_delete_user_credential(self, ex: _Exchange) -> _Result:
+        await self._users.delete(ex.slug(), ex.params["user"], actor=ex.actor)
+        return 204, None
+
+    async def _h_authorize_user(self, ex: _Exchange) -> _Result:
+        slug = ex.slug()
+        user = parse_user(ex.params["user"])
+        await ex.json_body("Empty", required=False)
+        conn = await self._service.get_connection(slug)
+        if conn.credential_scope != "per_user":
+            raise ValidationError("credentialScope", "this connection is not per_user")
+        return await self._authorize(ex, conn, user)
+
+    async def _h_oauth_callback(self, ex: _Exchange) -> _Result:
+        from ._oauth.page import callback_page
+
+        if self._oauth is None:
+            raise NotFound("OAuth consent is served by the gateway only")
+        try:
+            slug, user = await self._oauth.complete(ex._query())
+        except IgrisError as exc:
+            page = callback_page(ok=False, slug=None, user=None, message=exc.message)
+            return exc.status, HtmlPage(page)
+        return 200, HtmlPage(callback_page(ok=True, slug=slug, user=user, message=""))
+
     async def _h_openapi(self, ex: _Exchange) -> _Result:
         return 200, self._document_bytes
+
+
+class HtmlPage:
+    """A handler's HTML answer (the OAuth callback page), sent with its own headers."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def send(self, send: Send, status: int) -> None:
+        from ._oauth.page import PAGE_HEADERS
+
+        headers = [*PAGE_HEADERS, (b"content-length", str(len(self.body)).encode())]
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": self.body, "more_body": False})
+        except OSError:
+            return
 
 
 def _page_json(page: Page[Any], render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
@@ -316,19 +414,37 @@ class _Exchange:
     async def _respond(
         self, status: int, payload: Any, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        if isinstance(payload, HtmlPage):
+            await payload.send(self.send, status)
+            return
         await send_json(self.send, status, payload, extra)
 
-    async def _dispatch(self) -> _Result:
+    def _match(self) -> tuple[dict[str, str], dict[str, Operation]] | None:
         path = local_path(self.scope)
         for pattern, ops in self.api._routes:
             match = pattern.match(path)
-            if match is None:
-                continue
+            if match is not None:
+                return match.groupdict(), ops
+        # A parameter may hold an escaped '/' (an end user's id such as
+        # "org/alice"): match the still-escaped path, then unescape the values.
+        raw = self.scope.get("raw_path")
+        if raw and b"%2f" in bytes(raw).lower():
+            escaped = local_path({**self.scope, "path": bytes(raw).decode("latin-1")})
+            for pattern, ops in self.api._routes:
+                match = pattern.match(escaped.split("?", 1)[0])
+                if match is not None:
+                    return {k: unquote(v) for k, v in match.groupdict().items()}, ops
+        return None
+
+    async def _dispatch(self) -> _Result:
+        found = self._match()
+        if found is not None:
+            params, ops = found
             op = ops.get(self.method)
             if op is None:
                 raise _MethodNotAllowed(sorted(ops))
             self.route = op.path
-            self.params = match.groupdict()
+            self.params = params
             if not op.public:
                 key = await self._authorize()
                 self.actor = key.id
@@ -452,6 +568,12 @@ class _Exchange:
             ) from None
         except (ValueError, RecursionError):
             raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+        if _SURROGATE_ESCAPE.search(raw) is not None and _has_lone_surrogate(value):
+            # Valid JSON syntax but no Unicode text: no store could keep it (a 500 before).
+            raise BadRequest(
+                "the body holds a lone UTF-16 surrogate escape, which is not valid Unicode",
+                code="invalid_json",
+            )
         if not isinstance(value, dict):
             raise BadRequest("the body must be a JSON object", code="invalid_body")
         if check_fields:
@@ -466,3 +588,15 @@ class _Exchange:
                 raise ValidationError(name, "is not a known field here")
         return value
 
+
+
+# Only a \uD800-\uDFFF escape can put a surrogate in parsed JSON (raw UTF-8 cannot).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -15,6 +15,8 @@ IgrisError
 ├── BadRequest                    400      body is not JSON
 ├── Unauthorized                  401      no gateway key, malformed, unknown, expired, revoked
 ├── Forbidden                     403      key lacks scope / connection, connection disabled, Origin
+│   ├── UserMismatch                       a key bound to a user sent another X-Igris-User
+│   └── UserCredentialMissing              no credential for this user (+ authorizeUrl)
 ├── NotFound                      404      unknown connection or key
 ├── Conflict                      409
 │   ├── SlugTaken                          create with a slug in use
@@ -50,6 +52,8 @@ __all__ = [
     "UnknownKeyId",
     "UpstreamError",
     "UpstreamTimeout",
+    "UserCredentialMissing",
+    "UserMismatch",
     "ValidationError",
     "VersionConflict",
 ]
@@ -92,6 +96,32 @@ class Unauthorized(IgrisError):
 class Forbidden(IgrisError):
     status = 403
     code = "forbidden"
+
+
+class UserMismatch(Forbidden):
+    """A key bound to one end user asked to act as another (``X-Igris-User``)."""
+
+    code = "user_mismatch"
+
+
+class UserCredentialMissing(Forbidden):
+    """A per-user connection holds no credential for this end user.
+
+    For an ``oauth2`` connection ``authorize_url`` is where that user consents;
+    it goes into the error body.
+    """
+
+    code = "user_credential_missing"
+
+    def __init__(self, message: str, *, authorize_url: str | None = None) -> None:
+        super().__init__(message)
+        self.authorize_url = authorize_url
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        body = super().to_json()
+        if self.authorize_url is not None:
+            body["error"]["authorizeUrl"] = self.authorize_url
+        return body
 
 
 class NotFound(IgrisError):

@@ -49,10 +49,14 @@ from ._errors import (
     PayloadTooLarge,
     StoreUnavailable,
     Unauthorized,
+    UserCredentialMissing,
+    UserMismatch,
     ValidationError,
 )
 from ._jsonrpc import prefix_method
 from ._lifespan import Lifecycle
+from ._oauth.errors import GrantMissing
+from ._oauth.gateway import OAuthRuntime
 from ._ops.access import Reply, access_line, current_request_id
 from ._ops.readiness import Readiness
 from ._plugins import crypto_from_url, store_from_url
@@ -75,7 +79,7 @@ from ._service import AuditSink, Service
 from ._settings import Settings
 from ._tls_material import load_ca_file
 from .crypto import CryptoProvider
-from .models import SLUG_RE, ApiKey, AuditEvent, utcnow
+from .models import SLUG_RE, ApiKey, AuditEvent, Secret, utcnow
 from .models import Scope as KeyScope
 from .storage import Store
 
@@ -305,6 +309,14 @@ class IgrisGateway:
             AuthFailureThrottle(auth_failures_per_minute or settings.auth_failures_per_minute),
         )
         self.audit = AuditWriter(self.service.audit, spill_path=audit_spill)
+        self.oauth = OAuthRuntime(
+            self.store,
+            self.crypto,
+            open_credential=self.service.open_credential,
+            on_event=self._oauth_event,
+            egress=self.egress,
+        )
+        self._public_url = public_url.rstrip("/") if public_url else None
         self._denials = DenialAggregator(self.audit.emit)
         self._legacy = LegacyStreams()
         self.readiness = Readiness(self.store, self.audit)
@@ -314,6 +326,7 @@ class IgrisGateway:
         self._tracing: Any = _tracing(tracer_provider, env)
         self.api = ManagementAPI(
             self.service,
+            oauth=self.oauth,
             authenticate=self.resolver.authenticate,
             max_body=max_body,
             public_url=public_url,
@@ -398,6 +411,7 @@ class IgrisGateway:
             self._tracing.shutdown()
         await self.access.close()
         await self.forwarder.close()
+        await self.oauth.aclose()
         await self.resolver.aclose()
         if self._audit_store is not None and self._audit_store is not self.store:
             closer = getattr(self._audit_store, "close", None)
@@ -486,6 +500,7 @@ class IgrisGateway:
     ) -> None:
         method: str = scope["method"]
         resolved: _Resolved | None = None
+        oauth_token: Secret | None = None
         access = self.access
         # Admission: each step raises the refusal it stands for. The two lookups
         # are awaited here, not in a helper, to keep the warm path at two awaits.
@@ -522,6 +537,18 @@ class IgrisGateway:
                     f"this API key has {api_key.max_concurrent} requests open already",
                     code="too_many_concurrent",
                 )
+            if api_key.user is not None:
+                if fields["user"] is not None and fields["user"] != api_key.user:
+                    raise UserMismatch(
+                        "this key acts for its own user only: X-Igris-User names another"
+                    )
+                fields["user"] = api_key.user
+            if found.connection.credential_scope == "per_user":
+                target, oauth_token = await self._per_user_target(
+                    scope, slug, found, target, fields["user"]
+                )
+            elif found.oauth is not None:
+                target, oauth_token = await self.oauth.target(slug, target, found.oauth)
         except IgrisError as exc:
             if exc.status == 401:
                 access.auth_failed(client_address(scope))
@@ -636,6 +663,13 @@ class IgrisGateway:
         if ticket.revoked:
             result = await _end_revoked(tracked, result)
         assert result is not None
+        # The upstream refused the token (answered 401, relayed as 502
+        # upstream_auth_failed): drop it, so the next request gets a fresh one.
+        if oauth_token is not None and (
+            result.status == 401 or result.outcome == "upstream_auth_failed"
+        ):
+            per_user = conn.credential_scope == "per_user"
+            self.oauth.refused(slug, oauth_token, user=(fields["user"] or "") if per_user else "")
         # The upstream answered when the response started and the forwarder
         # did not make the answer itself (a 502/504 carries result.error).
         answered_at = send.started_at if result.error is None else None
@@ -764,6 +798,61 @@ class IgrisGateway:
             return isinstance(await self._conns.get(slug), _Resolved)
         except Exception:
             return None
+
+    async def _per_user_target(
+        self, scope: Scope, slug: str, found: _Resolved, base: Target, user: str | None
+    ) -> tuple[Target, Secret | None]:
+        """The Target carrying ``user``'s own credential or token on a per_user connection.
+
+        Raises:
+            UserCredentialMissing: no user, or none stored for this user (for
+                oauth2: with the URL where that user consents).
+        """
+        if user is None:
+            raise UserCredentialMissing(
+                "this connection holds a credential per end user: send X-Igris-User, "
+                "or use a key bound to a user"
+            )
+        if found.oauth is not None:
+            try:
+                return await self.oauth.target(slug, base, found.oauth, user=user)
+            except GrantMissing:
+                url = await self.oauth.begin(
+                    slug, found.oauth, redirect_uri=self._callback_url(scope), user=user
+                )
+                raise UserCredentialMissing(
+                    "this user has not authorized this connection yet: open authorizeUrl",
+                    authorize_url=url,
+                ) from None
+        target = await self.resolver.user_target(found, base, user)
+        if target is None:
+            raise UserCredentialMissing("this connection holds no credential for this user")
+        return target, None
+
+    def _callback_url(self, scope: Scope) -> str:
+        """``<public base>/api/v1/oauth/callback``: configured, else from the request."""
+        if self._public_url is not None:
+            return f"{self._public_url}{API_PREFIX}/oauth/callback"
+        host = _wanted_headers(scope).get(b"host") or "localhost"
+        scheme = "https" if scope.get("scheme") == "https" else "http"
+        return f"{scheme}://{host}{scope.get('root_path', '')}{API_PREFIX}/oauth/callback"
+
+    def _oauth_event(self, slug: str, user: str, action: str, result: str) -> None:
+        """Audit one OAuth token request or consent of ``slug`` (its result, never a token);
+        count token requests in ``igris_credential_refresh_total``."""
+        if action == "oauth_token" and self._metrics is not None:
+            self._metrics.credential_refresh(slug, result)  # unknown results count as failed
+        self.audit.emit(
+            AuditEvent(
+                id=new_event_id(),
+                timestamp=_now_ms(),
+                connection=slug,
+                kind="credential",
+                action=action,
+                user=user or None,
+                outcome=result,
+            )
+        )
 
     def _event(
         self, fields: dict[str, Any], started: float, status: int, outcome: str

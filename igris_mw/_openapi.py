@@ -41,6 +41,10 @@ class Operation:
     query: tuple[str, ...] = ()
     conflict: bool = False
     public: bool = False
+    #: Answers an HTML page for a browser (the OAuth callback), not JSON.
+    html: bool = False
+    #: May answer 502: an outside server (the OAuth authorization server) failed.
+    outside: bool = False
 
 
 _VK = "/api/v1/virtual-keys"
@@ -100,6 +104,33 @@ OPERATIONS: tuple[Operation, ...] = (
               operation_id="updateApiKey",
               summary="Change a key's name, connections, expiry or access policy",
               tag="api-keys", success=200, response="ApiKey", request="ApiKeyUpdate"),
+    Operation(method="POST", path=_VK_ONE + "/oauth/authorize", handler="authorize_connection",
+              operation_id="authorizeConnection",
+              summary="Start the OAuth consent of an oauth2 connection: the URL to open",
+              tag="connections", success=200, response="AuthorizeResponse", request="Empty",
+              outside=True),
+    Operation(method="GET", path=_VK_ONE + "/users", handler="list_users",
+              operation_id="listUserCredentials",
+              summary="The users of a per_user connection (never a credential)",
+              tag="connections", success=200, response="UserCredentialList"),
+    Operation(method="PUT", path=_VK_ONE + "/users/{user}/credential",
+              handler="put_user_credential", operation_id="putUserCredential",
+              summary="Set one end user's credential on a per_user connection",
+              tag="connections", success=200, response="UserCredential",
+              request="UserCredentialPut"),
+    Operation(method="DELETE", path=_VK_ONE + "/users/{user}/credential",
+              handler="delete_user_credential", operation_id="deleteUserCredential",
+              summary="Forget one end user's credential or grant", tag="connections",
+              success=204),
+    Operation(method="POST", path=_VK_ONE + "/users/{user}/oauth/authorize",
+              handler="authorize_user", operation_id="authorizeUser",
+              summary="Start one end user's OAuth consent on a per_user oauth2 connection",
+              tag="connections", success=200, response="AuthorizeResponse", request="Empty",
+              outside=True),
+    Operation(method="GET", path="/api/v1/oauth/callback", handler="oauth_callback",
+              operation_id="oauthCallback",
+              summary="Where the authorization server sends the browser back (HTML page)",
+              tag="connections", success=200, public=True, html=True),
     Operation(method="GET", path="/api/v1/openapi.json", handler="openapi",
               operation_id="getOpenApi", summary="This document", tag="meta",
               success=200, public=True),
@@ -113,7 +144,8 @@ def _ref(name: str) -> dict[str, str]:
 _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _SLUG = {"type": "string", "pattern": SLUG_RE.pattern.replace("\\Z", "$")}
-_AUTH_TYPE = {"type": "string", "enum": ["bearer", "header", "basic", "none"]}
+_AUTH_TYPE = {"type": "string", "enum": ["bearer", "header", "basic", "none",
+                                         "oauth2_client_credentials", "oauth2"]}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 200}
 _URL = {"type": "string", "format": "uri", "maxLength": 2048,
         "description": "http(s):// URL with a host, no user info, no fragment"}
@@ -191,6 +223,16 @@ _CONNECTION_FIELDS: dict[str, Any] = {
     "tools": _TOOLS,
 }
 
+# Only on OAuth connections (docs/oauth.md); never a token or the client secret.
+_OAUTH_READ_FIELDS: dict[str, Any] = {
+    "oauth": _ref("OAuthSettings"),
+    "oauthStatus": {"type": "string",
+                    "enum": ["authorized", "pending", "reauthorization_required"]},
+    "tokenExpiresAt": _TIME_OR_NULL,
+    "credentialScope": {"type": "string", "enum": ["shared", "per_user"],
+                        "description": "shown when per_user"},
+}
+
 _API_KEY_FIELDS: dict[str, Any] = {
     "id": {"type": "string"},
     "name": _NAME,
@@ -202,6 +244,8 @@ _API_KEY_FIELDS: dict[str, Any] = {
     "rateLimit": _RATE_LIMIT,
     "tools": _TOOLS,
     "maxConcurrent": _MAX_CONCURRENT,
+    "user": {"type": ["string", "null"],
+             "description": "the end user the key acts for (per-user credentials)"},
 }
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -210,7 +254,8 @@ _AUDIT_FIELDS: dict[str, Any] = {
     "id": {"type": "string"},
     "timestamp": _TIME,
     "connection": _SLUG,
-    "kind": {"type": "string", "enum": ["gateway", "management"]},
+    "kind": {"type": "string", "enum": ["gateway", "management", "credential"],
+             "description": "credential: an OAuth token request (action oauth_token)"},
     "action": _NULLABLE_STR,
     "apiKeyId": _NULLABLE_STR,
     "user": _NULLABLE_STR,
@@ -251,14 +296,33 @@ _SCHEMAS: dict[str, Any] = {
             ["code", "message"])},
         ["error"],
     ),
-    "Connection": _object(_CONNECTION_FIELDS, list(_CONNECTION_FIELDS)),
+    "Connection": _object({**_CONNECTION_FIELDS, **_OAUTH_READ_FIELDS}, list(_CONNECTION_FIELDS)),
+    "OAuthSettings": _object(
+        {"clientId": {"type": "string", "minLength": 1, "maxLength": 256},
+         "scopes": {"type": "array", "maxItems": 64, "items": {"type": "string"}},
+         "tokenUrl": _URL,
+         "authorizationUrl": {**_URL, "description": "oauth2 only; with tokenUrl, or "
+                                                     "both discovered from the upstream"},
+         "audience": {"type": "string", "maxLength": 2048,
+                      "description": "oauth2_client_credentials only"},
+         "resource": {**_URL, "description": "RFC 8707 resource indicator"},
+         "tokenEndpointAuthMethod": {"type": "string",
+                                     "enum": ["client_secret_basic", "client_secret_post"]}},
+        ["clientId"],
+    ),
     "ConnectionCreate": _object(
         {"slug": _SLUG, "name": _NAME, "upstreamUrl": _URL,
          "authType": {**_AUTH_TYPE, "default": "bearer"},
          "headerName": {**_HEADER_NAME, "description": "required when authType is header"},
-         "credential": {**_CREDENTIAL, "description": "required unless authType is none; "
+         "credential": {**_CREDENTIAL, "description": "required unless authType is none "
+                                                      "(optional for oauth2: a public client); "
+                                                      "the client secret for OAuth types; "
                                                       + _CREDENTIAL["description"]},
          "enabled": {"type": "boolean", "default": True},
+         "oauth": {**_ref("OAuthSettings"), "description": "required for OAuth auth types"},
+         "credentialScope": {"type": "string", "enum": ["shared", "per_user"],
+                             "default": "shared",
+                             "description": "per_user: one credential per end user"},
          "caCertificate": _CA_CERTIFICATE,
          "clientCertificate": {**_CLIENT_CERTIFICATE, "description": "with clientKey"},
          "clientKey": _CLIENT_KEY,
@@ -269,6 +333,7 @@ _SCHEMAS: dict[str, Any] = {
         {"name": _NAME, "upstreamUrl": _URL, "authType": _AUTH_TYPE,
          "headerName": {"type": ["string", "null"], "pattern": _HEADER_NAME["pattern"]},
          "enabled": {"type": "boolean"},
+         "oauth": _ref("OAuthSettings"),
          "caCertificate": {**_CA_CERTIFICATE, "description": "null removes it"},
          "clientCertificate": {"type": "null", "description": "null removes the client "
                                "certificate and key; replace them with rotate"},
@@ -286,6 +351,24 @@ _SCHEMAS: dict[str, Any] = {
         [],
     ),
     "Empty": _object({}),
+    "UserCredentialPut": _object({"credential": _CREDENTIAL}, ["credential"]),
+    "UserCredential": _object(
+        {"user": {"type": "string"},
+         "kind": {"type": "string", "enum": ["static", "oauth2"]},
+         "updatedAt": _TIME,
+         "oauthStatus": {"type": "string",
+                         "enum": ["authorized", "pending", "reauthorization_required"]},
+         "tokenExpiresAt": _TIME_OR_NULL},
+        ["user", "kind", "updatedAt"],
+    ),
+    "UserCredentialList": _object(
+        {"data": {"type": "array", "items": _ref("UserCredential")}}, ["data"]
+    ),
+    "AuthorizeResponse": _object(
+        {"authorizeUrl": {"type": "string", "format": "uri",
+                          "description": "open it in a browser; valid for 10 minutes, once"}},
+        ["authorizeUrl"],
+    ),
     "ConnectionList": _list_of("Connection"),
     "AuditEvent": _object({**_AUDIT_FIELDS, **_AUDIT_OPTIONAL}, list(_AUDIT_FIELDS)),
     "AuditList": _list_of("AuditEvent"),
@@ -297,7 +380,9 @@ _SCHEMAS: dict[str, Any] = {
          "connections": {"type": ["array", "null"], "items": _SLUG, "uniqueItems": True,
                          "description": "limit an mcp key to these connections"},
          "expiresAt": _TIME_OR_NULL,
-         "rateLimit": _RATE_LIMIT, "tools": _TOOLS, "maxConcurrent": _MAX_CONCURRENT},
+         "rateLimit": _RATE_LIMIT, "tools": _TOOLS, "maxConcurrent": _MAX_CONCURRENT,
+         "user": {"type": ["string", "null"], "minLength": 1, "maxLength": 256,
+                  "description": "bind the key to this end user (X-Igris-User must match)"}},
         ["name", "scopes"],
     ),
     "ApiKeyUpdate": _object(
@@ -326,6 +411,7 @@ REQUEST_FIELDS: dict[str, frozenset[str]] = {
         "Empty",
         "ApiKeyCreate",
         "ApiKeyUpdate",
+        "UserCredentialPut",
     )
 }
 
@@ -358,6 +444,9 @@ _QUERY: dict[str, dict[str, Any]] = {
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "slug": {"name": "slug", "in": "path", "required": True, "schema": _SLUG},
     "id": {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+    "user": {"name": "user", "in": "path", "required": True,
+             "description": "the end user's id (1-256 printable characters)",
+             "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
 }
 
 _ERRORS: dict[str, str] = {
@@ -370,6 +459,7 @@ _ERRORS: dict[str, str] = {
     "415": "The body is not application/json",
     "422": "A field is invalid; the message (and `field`) names it",
     "500": "Internal error (no details are given)",
+    "502": "An outside server failed: the OAuth authorization server, or its discovery",
     "503": "The store or the crypto provider is unavailable (see Retry-After)",
 }
 
@@ -392,7 +482,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         "summary": op.summary,
         "tags": [op.tag],
     }
-    params = [_PATH_PARAMS[p] for p in ("slug", "id") if "{" + p + "}" in op.path]
+    params = [_PATH_PARAMS[p] for p in ("slug", "id", "user") if "{" + p + "}" in op.path]
     params += [_QUERY[q] for q in op.query]
     if params:
         out["parameters"] = params
@@ -405,6 +495,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     success: dict[str, Any] = {"description": op.summary}
     if op.response is not None:
         success["content"] = {JSON: {"schema": _ref(op.response)}}
+    elif op.html:
+        success["content"] = {"text/html": {"schema": {"type": "string"}}}
     elif op.public:
         success["content"] = {JSON: {"schema": {"type": "object"}}}
     responses: dict[str, Any] = {str(op.success): success}
@@ -420,6 +512,8 @@ def _operation(op: Operation) -> dict[str, Any]:
             errors += ["400", "413", "415", "422"]
         if op.conflict:
             errors.append("409")
+        if op.outside:
+            errors.append("502")
         for status in sorted(set(errors)):
             responses[status] = {"$ref": f"#/components/responses/E{status}"}
     out["responses"] = responses

@@ -30,6 +30,7 @@ import base64
 import hashlib
 import logging
 import ssl
+import time
 from collections.abc import Coroutine
 from typing import Any, Final
 
@@ -45,10 +46,12 @@ from ._errors import (
     UnknownKeyId,
     ValidationError,
 )
+from ._oauth.gateway import OAuthConnection
 from ._openwork import OpenWork
 from ._proxy import Target
 from ._proxy.tls import ContextCache, TlsMaterial
 from ._service import Service
+from ._user_credentials import UserCredentials
 from .models import ApiKey, AuthType, Connection, utcnow
 from .storage import Change, Store
 
@@ -80,6 +83,9 @@ class _Resolved:
     connection: Connection
     target: Target | None = attrs.field(repr=False)
     fault: str | None = None
+    #: For OAuth auth types (holds the client secret); ``target`` then injects
+    #: nothing and the gateway adds the access token per request.
+    oauth: OAuthConnection | None = attrs.field(default=None, repr=False)
 
     def unusable(self) -> CryptoUnavailable:
         """The client-facing error for a connection whose credential cannot be opened."""
@@ -90,9 +96,16 @@ class _Resolved:
         )
 
 
+_MAX_USER_TARGETS = 100_000
+
+# OAuth connections inject the access token obtained with the credential, not
+# the credential (the client secret) itself.
+_NO_STATIC_HEADER = frozenset({AuthType.NONE, AuthType.OAUTH2_CLIENT_CREDENTIALS, AuthType.OAUTH2})
+
+
 def inject_headers(conn: Connection, credential: bytes | None) -> tuple[tuple[str, str], ...]:
     """The headers that carry ``credential`` to the upstream, per the connection's auth type."""
-    if conn.auth_type is AuthType.NONE or credential is None:
+    if conn.auth_type in _NO_STATIC_HEADER or credential is None:
         return ()
     text = credential.decode("utf-8")
     if conn.auth_type is AuthType.BEARER:
@@ -149,6 +162,12 @@ class Resolver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.tls = tls if tls is not None else ContextCache()
+        self._ttl = ttl
+        self._users = UserCredentials(service)
+        # Per-user static credentials of per_user connections, keyed by (slug,
+        # user) and valid for one connection version (every per-user change
+        # bumps it) and at most ``ttl`` seconds: (version, loaded at, target).
+        self._user_targets: dict[tuple[str, str], tuple[int, float, Target | None]] = {}
 
     def attach(self) -> None:
         """Start following the store's changes (call once the store is open)."""
@@ -186,6 +205,32 @@ class Resolver:
     async def connection(self, slug: str) -> _Resolved | _Missing:
         """The connection for ``slug`` (``MISSING`` if there is none), from the cache."""
         return await self.connections.get(slug)
+
+    async def user_target(self, found: _Resolved, base: Target, user: str) -> Target | None:
+        """``user``'s Target on a per_user connection (None: no credential), cached.
+
+        Raises:
+            CryptoUnavailable: the user's credential does not open.
+        """
+        conn = found.connection
+        key = (conn.slug, user)
+        now = time.monotonic()
+        hit = self._user_targets.get(key)
+        if hit is not None and hit[0] == conn.version and now - hit[1] < self._ttl:
+            return hit[2]
+        try:
+            secret = await self._users.open(conn, user)
+        except InvalidCiphertext as exc:
+            _crypto_fault(conn, exc)
+            raise found.unusable() from None
+        target = None
+        if secret is not None:
+            # evolve keeps the connection's URL and TLS context.
+            target = attrs.evolve(base, inject=inject_headers(conn, secret.reveal()))
+        if len(self._user_targets) > _MAX_USER_TARGETS:
+            self._user_targets.clear()
+        self._user_targets[key] = (conn.version, now, target)
+        return target
 
     # -- invalidation -------------------------------------------------------
     def on_change(self, change: Change) -> None:
@@ -328,7 +373,8 @@ class Resolver:
         except ValidationError as exc:
             log.error("connection %r: its TLS settings cannot be used: %s", conn.slug, exc.message)
             return _Resolved(conn, None, f"its TLS settings cannot be used: {exc.message}")
-        return _Resolved(conn, Target(base_url=conn.upstream_url, inject=inject, ssl=context))
+        target = Target(base_url=conn.upstream_url, inject=inject, ssl=context)
+        return _Resolved(conn, target, oauth=OAuthConnection.of(conn, secret))
 
     async def _ssl_context(self, conn: Connection) -> ssl.SSLContext | None:
         """The connection's own context, or ``None`` for the forwarder's default."""

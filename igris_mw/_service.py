@@ -18,6 +18,7 @@ import attrs
 from ._audit.events import new_event_id
 from ._auth import generate_key, hash_key, hashes_equal, is_well_formed, new_key_id
 from ._errors import NotFound, Unauthorized, ValidationError, VersionConflict
+from ._oauth.config import OAUTH_AUTH_TYPES, parse_oauth
 from ._policy.egress import EgressPolicy
 from ._service_audit import AuditOps, diff_changes
 from ._validation import (
@@ -32,6 +33,7 @@ from ._validation import (
     parse_ca_certificate,
     parse_client_identity,
     parse_credential,
+    parse_credential_scope,
     parse_cursor,
     parse_expires_at,
     parse_key_connections,
@@ -39,6 +41,7 @@ from ._validation import (
     parse_max_concurrent,
     parse_scopes,
     parse_since,
+    parse_user,
     require_mapping,
 )
 from .crypto import CLIENT_KEY_LABEL, CryptoProvider, binding
@@ -67,6 +70,37 @@ __all__ = ["AuditSink", "Service"]
 # A guarded write that keeps losing races is retried this many times, then
 # the VersionConflict reaches the caller (409).
 _WRITE_ATTEMPTS = 5
+
+
+def _oauth_for(
+    auth_type: AuthType, body: Mapping[str, Any], *, has_secret: bool
+) -> dict[str, Any] | None:
+    """The checked ``oauth`` object a connection of ``auth_type`` keeps (None unless OAuth)."""
+    if auth_type.value in OAUTH_AUTH_TYPES:
+        return parse_oauth(auth_type.value, body.get("oauth"), has_secret=has_secret)
+    if body.get("oauth") is not None:
+        raise ValidationError(
+            "oauth", "is only allowed when authType is oauth2_client_credentials or oauth2"
+        )
+    return None
+
+
+def _grants_stale(
+    current: Connection, auth_type: AuthType, oauth: Mapping[str, Any] | None, *, rotated: bool
+) -> bool:
+    """Whether a change makes the connection's stored OAuth tokens unfit to keep.
+
+    Client-credentials tokens are cheap to replace: any change of their
+    settings or secret drops them. An oauth2 grant (a person's consent) is
+    kept unless the auth type or the client changes.
+    """
+    if current.oauth is None:
+        return False
+    if auth_type is not current.auth_type:
+        return True
+    if auth_type is AuthType.OAUTH2_CLIENT_CREDENTIALS:
+        return rotated or oauth != current.oauth
+    return oauth is None or oauth.get("clientId") != current.oauth.get("clientId")
 
 
 def _bind(conn: Connection) -> bytes:
@@ -136,7 +170,15 @@ class Service(AuditOps):
         tools = ToolPolicy.from_json(body.get("tools"))
         raw_credential = body.get("credential")
         plaintext: bytes | None = None
-        if auth_type is AuthType.NONE:
+        oauth = _oauth_for(auth_type, body, has_secret=raw_credential is not None)
+        scope = parse_credential_scope(
+            body.get("credentialScope"), auth_type, raw_credential is not None
+        )
+        if auth_type is AuthType.OAUTH2 and raw_credential is None:
+            pass  # a public client: PKCE is its only proof
+        elif scope == "per_user":
+            pass  # each user's credential comes later, per user
+        elif auth_type is AuthType.NONE:
             if raw_credential is not None:
                 raise ValidationError("credential", "must be omitted when authType is 'none'")
         elif raw_credential is None:
@@ -159,6 +201,8 @@ class Service(AuditOps):
             credential_version=1,
             created_at=now,
             updated_at=now,
+            oauth=oauth,
+            credential_scope=scope,
             rate_limit=rate_limit,
             tools=tools,
         )
@@ -237,7 +281,10 @@ class Service(AuditOps):
         if set(changes) == {"enabled"} and new_enabled is not None:
             return await self.set_enabled(slug, new_enabled, actor=actor)
 
+        stale = False
+
         async def build(current: Connection) -> Connection:
+            nonlocal stale
             auth_type = new_type if new_type is not None else current.auth_type
             if "headerName" in changes:
                 header_value = changes["headerName"]
@@ -246,6 +293,12 @@ class Service(AuditOps):
             else:
                 header_value = None
             header_name = header_name_for(auth_type, header_value)
+            oauth: Mapping[str, Any] | None = current.oauth
+            if "oauth" in changes or auth_type is not current.auth_type:
+                kept = current.oauth if auth_type.value in OAUTH_AUTH_TYPES else None
+                source = changes if "oauth" in changes else {"oauth": kept}
+                oauth = _oauth_for(auth_type, source, has_secret=current.ciphertext is not None)
+            stale = _grants_stale(current, auth_type, oauth, rotated=False)
             tls = current.tls or TlsConfig()
             if "caCertificate" in changes:
                 tls = attrs.evolve(tls, ca_certificate=new_ca)
@@ -261,12 +314,13 @@ class Service(AuditOps):
                 rate_limit=new_rate if "rateLimit" in changes else current.rate_limit,
                 tools=new_tools if "tools" in changes else current.tools,
                 updated_at=self.clock(),
+                oauth=oauth,
                 tls=_tls_or_none(tls),
             )
             return await self._reseal_client_key(current, await self._reseal(current, updated))
 
         fields = sorted(changes)
-        return await self._guarded(
+        stored = await self._guarded(
             slug,
             build,
             lambda old, new: self._event(
@@ -274,10 +328,17 @@ class Service(AuditOps):
                 changes=diff_changes(old.to_json(), new.to_json()),
             ),
         )  # fmt: skip
+        if stale:
+            await self.store.delete_oauth_grants(slug)
+        return stored
 
     async def _reseal(self, current: Connection, updated: Connection) -> Connection:
         if updated.auth_type is AuthType.NONE:
             return attrs.evolve(updated, ciphertext=None)
+        if current.ciphertext is None and (
+            updated.auth_type is AuthType.OAUTH2 or updated.credential_scope == "per_user"
+        ):
+            return updated  # a public OAuth client, or credentials per user: nothing to re-seal
         if current.ciphertext is None:
             raise ValidationError(
                 "authType",
@@ -356,7 +417,10 @@ class Service(AuditOps):
             # Both given: check before any store read (a stored one is needed otherwise).
             parse_client_identity(client_certificate, client_key, self.clock())
 
+        stale = False
+
         async def build(current: Connection) -> Connection:
+            nonlocal stale
             kind = new_type if new_type is not None else current.auth_type
             if credential is None:
                 return await self._rotate_tls_only(current, client_certificate, client_key)
@@ -370,7 +434,16 @@ class Service(AuditOps):
                 header_value: object = header_name
             else:
                 header_value = current.header_name if kind is AuthType.HEADER else None
+            if current.credential_scope == "per_user" and kind is not AuthType.OAUTH2:
+                raise ValidationError(
+                    "credential",
+                    "this connection holds a credential per user: "
+                    "PUT .../users/{user}/credential instead",
+                )
             plaintext = parse_credential(credential, kind)
+            kept = current.oauth if kind.value in OAUTH_AUTH_TYPES else None
+            oauth = _oauth_for(kind, {"oauth": kept}, has_secret=True)
+            stale = _grants_stale(current, kind, oauth, rotated=True)
             now = self.clock()
             updated = attrs.evolve(
                 current,
@@ -379,6 +452,7 @@ class Service(AuditOps):
                 credential_version=current.credential_version + 1,
                 updated_at=now,
                 rotated_at=now,
+                oauth=oauth,
             )
             updated = attrs.evolve(
                 updated, ciphertext=await self.crypto.encrypt(plaintext, _bind(updated))
@@ -386,13 +460,16 @@ class Service(AuditOps):
             return await self._rotate_identity(current, updated, client_certificate, client_key)
 
         # The credential appears only as its version, never as a value.
-        return await self._guarded(
+        stored = await self._guarded(
             slug,
             build,
             lambda old, new: self._event(
                 new, "rotate", actor, changes=diff_changes(old.to_json(), new.to_json())
             ),
         )
+        if stale:
+            await self.store.delete_oauth_grants(slug)
+        return stored
 
     async def _rotate_tls_only(
         self, current: Connection, client_certificate: Any, client_key: Any
@@ -588,6 +665,7 @@ class Service(AuditOps):
         connections = parse_key_connections(body.get("connections"), scopes)
         now = self.clock()
         expires_at = parse_expires_at(body.get("expiresAt"), now)
+        user = parse_user(body["user"]) if body.get("user") is not None else None
         rate_limit = RateLimit.from_json(body.get("rateLimit"))
         tools = ToolPolicy.from_json(body.get("tools"))
         max_concurrent = parse_max_concurrent(body.get("maxConcurrent"))
@@ -600,6 +678,7 @@ class Service(AuditOps):
             connections=connections,
             created_at=now,
             expires_at=expires_at,
+            user=user,
             rate_limit=rate_limit,
             tools=tools,
             max_concurrent=max_concurrent,

@@ -60,6 +60,20 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _url_repr(url: str | None) -> str:
+    """A store, crypto or audit URL for a repr: no password (postgresql://u:pw@...)."""
+    if url is None:
+        return "None"
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and "@" not in parts.netloc:
+            return repr(url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return repr(parts._replace(netloc=f"***@{host}").geturl())
+    except ValueError:
+        return "'<unparseable URL>'"
+
+
 def _path(name: str, raw: str) -> Path:
     if "\0" in raw:
         raise ConfigurationError(f"{name} holds a NUL character")
@@ -197,9 +211,15 @@ class Settings:
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
-    store: str | None = attrs.field(default=None, metadata=_env("IGRIS_STORE", _text))
-    crypto: str | None = attrs.field(default=None, metadata=_env("IGRIS_CRYPTO", _text))
-    audit: str | None = attrs.field(default=None, metadata=_env("IGRIS_AUDIT", _text))
+    store: str | None = attrs.field(
+        default=None, repr=_url_repr, metadata=_env("IGRIS_STORE", _text)
+    )
+    crypto: str | None = attrs.field(
+        default=None, repr=_url_repr, metadata=_env("IGRIS_CRYPTO", _text)
+    )
+    audit: str | None = attrs.field(
+        default=None, repr=_url_repr, metadata=_env("IGRIS_AUDIT", _text)
+    )
     master_key: str | None = attrs.field(
         default=None, repr=False, metadata=_env(ENV_MASTER_KEY, _master_key, keep_empty=True)
     )

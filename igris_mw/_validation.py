@@ -37,6 +37,7 @@ __all__ = [
     "parse_ca_certificate",
     "parse_client_identity",
     "parse_credential",
+    "parse_credential_scope",
     "parse_cursor",
     "parse_expires_at",
     "parse_key_connections",
@@ -44,6 +45,7 @@ __all__ = [
     "parse_max_concurrent",
     "parse_scopes",
     "parse_since",
+    "parse_user",
     "require_mapping",
 ]
 
@@ -51,11 +53,11 @@ __all__ = [
 TLS_FIELDS = frozenset({"caCertificate", "clientCertificate", "clientKey"})
 CREATE_FIELDS = (
     frozenset({"slug", "name", "upstreamUrl", "authType", "headerName", "credential", "enabled"})
-    | {"rateLimit", "tools"}
+    | {"rateLimit", "tools", "oauth", "credentialScope"}
     | TLS_FIELDS
 )
 PATCH_FIELDS = frozenset(
-    {"name", "upstreamUrl", "authType", "headerName", "enabled", "rateLimit", "tools"}
+    {"name", "upstreamUrl", "authType", "headerName", "enabled", "rateLimit", "tools", "oauth"}
 ) | {"caCertificate", "clientCertificate"}
 _READ_ONLY_FIELDS = frozenset(
     {
@@ -66,10 +68,12 @@ _READ_ONLY_FIELDS = frozenset(
         "gatewayUrl",
         "id",
         "revokedAt",
+        "oauthStatus",
+        "tokenExpiresAt",
     }
 )
 API_KEY_FIELDS = frozenset(
-    {"name", "scopes", "connections", "expiresAt", "rateLimit", "tools", "maxConcurrent"}
+    {"name", "scopes", "connections", "expiresAt", "rateLimit", "tools", "maxConcurrent", "user"}
 )
 API_KEY_PATCH_FIELDS = frozenset(
     {"name", "connections", "expiresAt", "rateLimit", "tools", "maxConcurrent"}
@@ -125,12 +129,17 @@ def parse_credential(value: object, auth_type: AuthType, field: str = "credentia
     plaintext = validate_secret_text(value, field=field)
     if auth_type is AuthType.BASIC and b":" not in plaintext:
         raise ValidationError(field, "must be 'user:password' for authType basic")
-    if auth_type in (AuthType.BEARER, AuthType.HEADER) and not all(
+    if auth_type in (
+        AuthType.BEARER,
+        AuthType.HEADER,
+        AuthType.OAUTH2_CLIENT_CREDENTIALS,
+        AuthType.OAUTH2,
+    ) and not all(
         0x20 <= b <= 0x7E or b == 0x09 for b in plaintext
     ):
         # It goes out as an HTTP field value as it is: a character that cannot
         # be sent would only fail later, on every request. (basic is base64.)
-        raise ValidationError(field, "must be printable ASCII for authType bearer or header")
+        raise ValidationError(field, f"must be printable ASCII for authType {auth_type}")
     return plaintext
 
 
@@ -165,6 +174,32 @@ def header_name_for(auth_type: AuthType, value: object) -> str | None:
     if value is not None:
         raise ValidationError("headerName", "is only allowed when authType is 'header'")
     return None
+
+
+def parse_user(value: object, field: str = "user") -> str:
+    """An end user's id: 1-256 printable characters (it names a per-user credential)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 256 or not value.isprintable():
+        raise ValidationError(field, "must be 1-256 printable characters")
+    return value
+
+
+def parse_credential_scope(value: object, auth_type: AuthType, has_credential: bool) -> str:
+    """``shared`` (default) or ``per_user``, checked against the auth type."""
+    if value is None or value == "shared":
+        return "shared"
+    if value != "per_user":
+        raise ValidationError("credentialScope", "must be shared or per_user")
+    if auth_type in (AuthType.NONE, AuthType.OAUTH2_CLIENT_CREDENTIALS):
+        raise ValidationError(
+            "credentialScope", f"per_user does not apply to authType '{auth_type}'"
+        )
+    if has_credential and auth_type is not AuthType.OAUTH2:
+        raise ValidationError(
+            "credential",
+            "must be omitted when credentialScope is per_user: give each user's credential "
+            "with PUT .../users/{user}/credential",
+        )
+    return "per_user"
 
 
 def parse_limit(value: object) -> int:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Literal
+from urllib.parse import quote
 
 import attrs
 import httpx
@@ -47,6 +48,8 @@ from ._errors import (
     Unauthorized,
     UpstreamError,
     UpstreamTimeout,
+    UserCredentialMissing,
+    UserMismatch,
     ValidationError,
     VersionConflict,
 )
@@ -205,6 +208,8 @@ def _connection_body(
     credential: str | None,
     enabled: bool,
     tls: Mapping[str, str | None] | None = None,
+    oauth: Mapping[str, Any] | None = None,
+    credential_scope: str | None = None,
 ) -> Record:
     body: Record = {"slug": slug, "name": name, "upstreamUrl": upstream_url,
                     "authType": auth_type, "enabled": enabled}
@@ -213,7 +218,24 @@ def _connection_body(
     if credential is not None:
         body["credential"] = credential
     body.update({k: v for k, v in (tls or {}).items() if v is not None})
+    if oauth is not None:
+        body["oauth"] = dict(oauth)
+    if credential_scope is not None:
+        body["credentialScope"] = credential_scope
     return body
+
+
+def _user_path(slug: str, user: str, suffix: str = "") -> str:
+    # The user is any printable text: one escaped path segment.
+    if not isinstance(user, str) or not user or len(user) > 256 or not user.isprintable():
+        raise ValidationError("user", "must be 1-256 printable characters")
+    return _slug_path(slug, f"/users/{quote(user, safe='')}{suffix}")
+
+
+def _authorize_call(slug: str, user: str | None) -> _Call:
+    if user is None:
+        return _Call("POST", _slug_path(slug, "/oauth/authorize"))
+    return _Call("POST", _user_path(slug, user, "/oauth/authorize"))
 
 
 def _tls_fields(
@@ -266,6 +288,7 @@ _BY_CODE: Final[dict[str, type[IgrisError]]] = {
     "version_conflict": VersionConflict,
     "store_unavailable": StoreUnavailable,
     "crypto_unavailable": CryptoUnavailable,
+    "user_mismatch": UserMismatch,
 }
 
 
@@ -274,6 +297,7 @@ def _error_for(response: httpx.Response) -> IgrisError:
     code: str | None = None
     message = f"the gateway answered HTTP {status}"
     field: str | None = None
+    body: Any = None
     try:
         body = json.loads(response.content)
         error = body["error"]
@@ -294,6 +318,9 @@ def _error_for(response: httpx.Response) -> IgrisError:
         if code is not None:
             exc.code = code
         return exc
+    if code == "user_credential_missing":
+        url = body["error"].get("authorizeUrl") if isinstance(body, dict) else None
+        return UserCredentialMissing(message, authorize_url=url if isinstance(url, str) else None)
     cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status, IgrisError)
     if issubclass(cls, ServiceUnavailable):
         retry = response.headers.get("retry-after", "")
@@ -435,6 +462,8 @@ class IgrisClient(_Base):
         client_key: str | None = None,
         rate_limit: Mapping[str, int] | None = None,
         tools: Mapping[str, Sequence[str]] | None = None,
+        oauth: Mapping[str, Any] | None = None,
+        credential_scope: str | None = None,
     ) -> Record:
         """Create a connection; returns it (never the credential, never the client key).
 
@@ -447,7 +476,7 @@ class IgrisClient(_Base):
         """
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled, _tls_fields(ca_certificate, client_certificate,
-                                                     client_key))
+                                                     client_key), oauth, credential_scope)
         body.update(_policy(rate_limit, tools, None))
         result: Record = self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
@@ -486,6 +515,7 @@ class IgrisClient(_Base):
         client_certificate: _Unset | None = UNSET,
         rate_limit: Mapping[str, int] | _Unset | None = UNSET,
         tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        oauth: Mapping[str, Any] | _Unset = UNSET,
     ) -> Record:
         """Change the given fields only (the credential and the client key change
         with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
@@ -497,7 +527,7 @@ class IgrisClient(_Base):
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
                         header_name=header_name, enabled=enabled,
                         ca_certificate=ca_certificate, client_certificate=client_certificate,
-                        rate_limit=rate_limit, tools=tools)
+                        rate_limit=rate_limit, tools=tools, oauth=oauth)
         result: Record = self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -592,10 +622,13 @@ class IgrisClient(_Base):
         rate_limit: Mapping[str, int] | None = None,
         tools: Mapping[str, Sequence[str]] | None = None,
         max_concurrent: int | None = None,
+        user: str | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
         body.update(_policy(rate_limit, tools, max_concurrent))
+        if user is not None:
+            body["user"] = user
         return _issued(self._run(_Call("POST", f"{_API}/api-keys", json=body)))
 
     def list_api_keys(self) -> list[Record]:
@@ -625,6 +658,28 @@ class IgrisClient(_Base):
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""
         self._run(_Call("DELETE", _key_path(key_id)))
+
+    # -- OAuth consent and per-user credentials
+    def authorize_connection(self, slug: str, *, user: str | None = None) -> str:
+        """The URL where a person consents for an oauth2 connection (or one user's)."""
+        result: Record = self._run(_authorize_call(slug, user))
+        return str(result["authorizeUrl"])
+
+    def set_user_credential(self, slug: str, user: str, credential: str) -> Record:
+        """Set one end user's credential on a per_user connection (never returned)."""
+        result: Record = self._run(
+            _Call("PUT", _user_path(slug, user, "/credential"), json={"credential": credential})
+        )
+        return result
+
+    def delete_user_credential(self, slug: str, user: str) -> None:
+        """Forget one end user's credential or grant. Raises NotFound."""
+        self._run(_Call("DELETE", _user_path(slug, user, "/credential")))
+
+    def list_users(self, slug: str) -> list[Record]:
+        """The users of a per_user connection (never a credential)."""
+        result: list[Record] = self._run(_Call("GET", _slug_path(slug, "/users")))["data"]
+        return result
 
 
 def _api_key_body(
@@ -751,11 +806,13 @@ class AsyncIgrisClient(_Base):
         client_key: str | None = None,
         rate_limit: Mapping[str, int] | None = None,
         tools: Mapping[str, Sequence[str]] | None = None,
+        oauth: Mapping[str, Any] | None = None,
+        credential_scope: str | None = None,
     ) -> Record:
         """Create a connection; returns it (never the credential, never the client key)."""
         body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
                                 enabled, _tls_fields(ca_certificate, client_certificate,
-                                                     client_key))
+                                                     client_key), oauth, credential_scope)
         body.update(_policy(rate_limit, tools, None))
         result: Record = await self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
@@ -795,6 +852,7 @@ class AsyncIgrisClient(_Base):
         client_certificate: _Unset | None = UNSET,
         rate_limit: Mapping[str, int] | _Unset | None = UNSET,
         tools: Mapping[str, Sequence[str]] | _Unset | None = UNSET,
+        oauth: Mapping[str, Any] | _Unset = UNSET,
     ) -> Record:
         """Change the given fields only (the credential and the client key change
         with ``rotate``; ``client_certificate=None`` removes the mTLS identity,
@@ -806,7 +864,7 @@ class AsyncIgrisClient(_Base):
         body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
                         header_name=header_name, enabled=enabled,
                         ca_certificate=ca_certificate, client_certificate=client_certificate,
-                        rate_limit=rate_limit, tools=tools)
+                        rate_limit=rate_limit, tools=tools, oauth=oauth)
         result: Record = await self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -905,10 +963,13 @@ class AsyncIgrisClient(_Base):
         rate_limit: Mapping[str, int] | None = None,
         tools: Mapping[str, Sequence[str]] | None = None,
         max_concurrent: int | None = None,
+        user: str | None = None,
     ) -> IssuedApiKey:
         """Issue a gateway key; ``.key`` holds it, shown this once."""
         body = _api_key_body(name, scopes, connections, expires_at)
         body.update(_policy(rate_limit, tools, max_concurrent))
+        if user is not None:
+            body["user"] = user
         return _issued(await self._run(_Call("POST", f"{_API}/api-keys", json=body)))
 
     async def list_api_keys(self) -> list[Record]:
@@ -938,3 +999,25 @@ class AsyncIgrisClient(_Base):
     async def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key at once. Raises NotFound."""
         await self._run(_Call("DELETE", _key_path(key_id)))
+
+    # -- OAuth consent and per-user credentials
+    async def authorize_connection(self, slug: str, *, user: str | None = None) -> str:
+        """The URL where a person consents for an oauth2 connection (or one user's)."""
+        result: Record = await self._run(_authorize_call(slug, user))
+        return str(result["authorizeUrl"])
+
+    async def set_user_credential(self, slug: str, user: str, credential: str) -> Record:
+        """Set one end user's credential on a per_user connection (never returned)."""
+        result: Record = await self._run(
+            _Call("PUT", _user_path(slug, user, "/credential"), json={"credential": credential})
+        )
+        return result
+
+    async def delete_user_credential(self, slug: str, user: str) -> None:
+        """Forget one end user's credential or grant. Raises NotFound."""
+        await self._run(_Call("DELETE", _user_path(slug, user, "/credential")))
+
+    async def list_users(self, slug: str) -> list[Record]:
+        """The users of a per_user connection (never a credential)."""
+        result: list[Record] = (await self._run(_Call("GET", _slug_path(slug, "/users"))))["data"]
+        return result

@@ -101,6 +101,10 @@ class AuthType(enum.StrEnum):
     HEADER = "header"
     BASIC = "basic"
     NONE = "none"
+    # The credential is an OAuth client secret; the gateway injects the access
+    # token it obtains (docs/oauth.md).
+    OAUTH2_CLIENT_CREDENTIALS = "oauth2_client_credentials"
+    OAUTH2 = "oauth2"
 
 
 class Scope(enum.StrEnum):
@@ -222,6 +226,10 @@ def validate_secret_text(value: object, *, field: str = "credential") -> bytes:
     return value.encode("utf-8")
 
 
+def _optional_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
+
+
 @attrs.frozen(kw_only=True)
 class TlsConfig:
     """A connection's TLS material for its ``https://`` upstream.
@@ -313,6 +321,10 @@ class Connection:
     tls: TlsConfig | None = None
     rate_limit: RateLimit | None = None
     tools: ToolPolicy | None = None
+    #: The ``oauth`` object of an OAuth connection (never a secret), else None.
+    oauth: Mapping[str, Any] | None = attrs.field(default=None, converter=_optional_dict)
+    #: ``shared`` (one credential) or ``per_user`` (one per end user).
+    credential_scope: str = "shared"
 
     def to_json(self, *, base_url: str | None = None) -> dict[str, Any]:
         """The contract's JSON (never the credential, never the client key)."""
@@ -332,9 +344,35 @@ class Connection:
             "rateLimit": self.rate_limit.to_json() if self.rate_limit else None,
             "tools": self.tools.to_json() if self.tools else None,
         }
+        if self.oauth is not None:
+            out["oauth"] = dict(self.oauth)
+        if self.credential_scope != "shared":
+            out["credentialScope"] = self.credential_scope
         if base_url is not None:
             out["gatewayUrl"] = f"{base_url.rstrip('/')}/v1/mcp/{self.slug}"
         return out
+
+
+@attrs.frozen(kw_only=True)
+class OAuthGrant:
+    """The OAuth tokens a connection holds (for one end user, or ``user=""``), sealed.
+
+    ``ciphertext`` is the envelope of the tokens (access and refresh), bound
+    to ``(slug, user)``; ``status`` is ``authorized``, ``refreshing`` (a
+    replica holds the right to refresh until ``lease_until``) or
+    ``reauthorization_required``. Every write is a compare-and-set on
+    ``version`` (``Store.put_oauth_grant``), which is how replicas take turns.
+    """
+
+    slug: str
+    user: str = ""
+    ciphertext: bytes | None = attrs.field(default=None, repr=False)
+    expires_at: datetime | None = None
+    lifetime: float | None = None
+    status: str = "authorized"
+    lease_until: datetime | None = None
+    version: int = 1
+    updated_at: datetime
 
 
 @attrs.frozen(kw_only=True)
@@ -352,6 +390,8 @@ class ApiKey:
     rate_limit: RateLimit | None = None
     tools: ToolPolicy | None = None
     max_concurrent: int | None = None
+    #: The end user this key acts for (per-user credentials), if bound to one.
+    user: str | None = None
 
     def is_usable(self, now: datetime) -> bool:
         if self.revoked_at is not None:
@@ -378,6 +418,7 @@ class ApiKey:
             "rateLimit": self.rate_limit.to_json() if self.rate_limit else None,
             "tools": self.tools.to_json() if self.tools else None,
             "maxConcurrent": self.max_concurrent,
+            "user": self.user,
         }
 
 

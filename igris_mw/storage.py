@@ -44,7 +44,7 @@ from ._audit.chain import (
 )
 from ._errors import NotFound, SlugTaken, StoreUnavailable, VersionConflict
 from ._paging import check_limit, decode_cursor, encode_cursor
-from .models import ApiKey, AuditEvent, Connection, Page
+from .models import ApiKey, AuditEvent, Connection, OAuthGrant, Page
 
 __all__ = [
     "ANCHOR",
@@ -240,7 +240,32 @@ class Store(Protocol):
     async def delete_connection(
         self, slug: str, *, audit_events: Sequence[AuditEvent] = ()
     ) -> None:
-        """Raises ``NotFound`` for an unknown slug. The audit trail stays."""
+        """Raises ``NotFound`` for an unknown slug. The audit trail stays; the
+        connection's OAuth grants go with it."""
+        ...
+
+    # -- OAuth grants and per-user credentials ---------------------------
+    # A grant row holds sealed OAuth tokens, or (``status == "static"``) the
+    # sealed static credential of one end user of a per-user connection.
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        """The grant of ``(slug, user)``, or ``None``."""
+        ...
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        """Every grant of ``slug`` (the connection's own and per user), ordered by user."""
+        ...
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        """Write ``grant`` (every field) only if the stored version of
+        ``(grant.slug, grant.user)`` is ``expected_version`` (``0``: no row
+        yet); the stored version becomes ``expected_version + 1``. Atomic
+        with respect to every other writer, in this process or another: of
+        two writers with the same ``expected_version`` exactly one wins.
+        Returns whether it was written. The connection need not exist."""
+        ...
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        """Forget ``slug``'s grant of ``user`` (every grant of ``slug`` when None)."""
         ...
 
     # -- gateway API keys ------------------------------------------------

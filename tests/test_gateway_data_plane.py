@@ -53,6 +53,13 @@ class Upstream:
             return web.json_response({"error": "no"}, status=403, headers={"X-Debug": auth})
         if route == "echo-ok":
             return web.json_response({"echo": auth}, status=200)
+        if route == "echo-ok-header":
+            return web.json_response({"ok": True}, headers={"X-Debug": auth, "X-Kept": "yes"})
+        if route == "redirect-token":
+            token = auth.partition(" ")[2]
+            return web.Response(
+                status=302, headers={"Location": f"https://elsewhere.example/cb?t={token}"}
+            )
         if route == "plain-error":
             return web.json_response({"error": "nothing here"}, status=404)
         if route == "headers":
@@ -178,6 +185,22 @@ async def test_error_echoing_the_credential_is_502_and_never_shows_it(
     assert TOKEN not in r.text
     assert all(TOKEN not in v for v in r.headers.values())
     assert await _outcomes(gw) == [(502, "upstream_reflected_credential")]
+
+
+@pytest.mark.parametrize("route", ["echo-ok-header", "redirect-token"])
+async def test_success_header_echoing_the_credential_is_dropped(
+    gw: IgrisGateway, route: str
+) -> None:
+    """A 2xx/3xx header carrying the injected credential is dropped; the response is relayed."""
+    async with _client(gw) as c:
+        r = await c.get(f"/v1/mcp/upx/{route}")
+    assert r.status_code in (200, 302)
+    assert all(TOKEN not in v for v in r.headers.values())
+    assert "x-debug" not in r.headers
+    assert "location" not in r.headers
+    if r.status_code == 200:
+        assert r.headers["x-kept"] == "yes"
+        assert r.json() == {"ok": True}
 
 
 async def test_basic_password_echo_is_caught_too(gw: IgrisGateway) -> None:

@@ -108,6 +108,21 @@ def test_any_text_is_settings_or_a_named_error(name: str, value: str) -> None:
         assert name in error.message
 
 
+def test_url_passwords_are_never_in_the_repr() -> None:
+    """repr(Settings) shows store, crypto and audit URLs without their user info."""
+    s = Settings(
+        store="postgresql://igris:St0rePw-canary@db:5432/igris",
+        crypto="vault://t0ken-canary@vault:8200/transit",
+        audit="postgresql://audit:Aud1tPw-canary@db/audit",
+        rate_limit_store="redis://:Red1sPw-canary@cache:6379/0",
+    )
+    text = repr(s)
+    for secret in ("St0rePw-canary", "t0ken-canary", "Aud1tPw-canary", "Red1sPw-canary"):
+        assert secret not in text
+    assert "***@db:5432" in text
+    assert repr(Settings(store="sqlite:///x.db")).count("sqlite:///x.db") == 1
+
+
 def test_master_key_is_never_in_the_repr() -> None:
     """repr(Settings) leaves the master key out."""
     s = Settings.from_env({"IGRIS_MASTER_KEY": KEY})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import yarl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igris_mw._proxy.sse import EndpointRewriter, endpoint_rewrite
+from igris_mw._proxy.sse import WITHHELD, EndpointRewriter, endpoint_rewrite
 
-_REWRITE = endpoint_rewrite("/legacy", "/root/v1/mcp/s")
+_REWRITE = endpoint_rewrite("/legacy", "/root/v1/mcp/s", yarl.URL("http://up:9"))
 
 
 @pytest.mark.parametrize(
@@ -26,6 +27,40 @@ _REWRITE = endpoint_rewrite("/legacy", "/root/v1/mcp/s")
 def test_endpoint_rewrite_mapping(data: bytes, expected: bytes) -> None:
     """The upstream base path is replaced by the gateway prefix; other places stay as they are."""
     assert _REWRITE(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"http://evil:9/legacy/messages/?session_id=x",
+        b"https://up:9/legacy/messages/?session_id=x",
+        b"http://up:10/legacy/messages/?session_id=x",
+        b"//evil/legacy/messages/?session_id=x",
+        b"//evil/elsewhere",
+        b"http://evil/elsewhere/messages",
+        b"http://up:9/elsewhere/messages",
+        b"http://user@evil/x",
+    ],
+)
+def test_endpoint_rewrite_withholds_other_origins(data: bytes) -> None:
+    """An absolute endpoint URL not under the upstream's origin and base path is withheld."""
+    assert _REWRITE(data) is None
+
+
+def test_endpoint_rewrite_without_origin_trusts_no_absolute_url() -> None:
+    """With no upstream origin given, every absolute endpoint URL is withheld."""
+    rewrite = endpoint_rewrite("/legacy", "/v1/mcp/s")
+    assert rewrite(b"http://up:9/legacy/messages/") is None
+    assert rewrite(b"/legacy/messages/") == b"/v1/mcp/s/messages/"
+
+
+def test_rewriter_replaces_withheld_endpoint_by_a_comment() -> None:
+    """A cross-origin endpoint event reaches the client as a comment and carries no data."""
+    r = EndpointRewriter(_REWRITE)
+    out = r.feed(b"event: endpoint\ndata: http://evil:1/legacy/messages/?s=1\n\n")
+    assert out == b"event: endpoint\n" + WITHHELD + b"\n\n"
+    assert b"evil" not in out
+    assert WITHHELD.startswith(b":")
 
 
 def test_rewriter_does_not_hold_other_events() -> None:

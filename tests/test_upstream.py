@@ -139,3 +139,22 @@ def test_response_headers_drop_hop_by_hop_and_cookies(rewriting: bool) -> None:
         expected.append((b"content-length", b"10"))
     expected.append((b"mcp-session-id", b"s1"))
     assert out == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+        [(b"transfer-encoding", b"chunked"), (b"content-length", b"5")],
+        [(b"Transfer-Encoding", b"gzip, chunked"), (b"Content-Length", b"0")],
+    ],
+)
+def test_request_headers_drop_content_length_beside_transfer_encoding(
+    raw: list[tuple[bytes, bytes]],
+) -> None:
+    """With Transfer-Encoding (the body's real framing, RFC 9112 6.3) no Content-Length
+    goes upstream: a streamed body longer than it would smuggle a second request."""
+    headers, has_body = request_headers({"headers": raw}, Target("https://h"))
+    assert "content-length" not in headers
+    assert "transfer-encoding" not in headers
+    assert has_body

@@ -742,7 +742,9 @@ def _rewriter_for(
         resp.content_type == "text/event-stream"
         and resp.headers.get("content-encoding", "identity").lower() == "identity"
     ):
-        return EndpointRewriter(endpoint_rewrite(target._base_path, gateway_prefix))
+        return EndpointRewriter(
+            endpoint_rewrite(target._base_path, gateway_prefix, target.base_url.origin())
+        )
     return None
 
 
@@ -765,8 +767,10 @@ async def _relay(
             {
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": response_headers(
-                    resp.raw_headers, rewriting=rewriter is not None or filtering is not None
+                "headers": target.without_credential(
+                    response_headers(
+                        resp.raw_headers, rewriting=rewriter is not None or filtering is not None
+                    )
                 ),
             }
         )

@@ -5,6 +5,12 @@ event (``/legacy/messages/?session_id=...``, relative or absolute). Through
 the gateway that place must be under the gateway's own path
 (``/v1/mcp/<slug>/messages/?session_id=...``). Every other event passes
 through untouched and unbuffered.
+
+An absolute URL that cannot be mapped under the gateway (another host, or
+the upstream's host outside its base path) is withheld: the client would
+otherwise POST its gateway key straight to that host. Its ``data:`` line is
+replaced by an SSE comment, so the event carries no data and is never
+dispatched (the SSE rule for an event with an empty data buffer).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ __all__ = ["EndpointRewriter", "endpoint_rewrite"]
 # so a hostile upstream cannot grow the held-back line without bound.
 MAX_HELD_LINE = 64 * 1024
 
+# What replaces the data line of a withheld endpoint event: a comment, ignored by clients.
+WITHHELD = b": igris-mw withheld an endpoint outside the upstream"
+
 
 class EndpointRewriter:
     """Rewrites the data of SSE ``endpoint`` events, incrementally, line by line.
@@ -33,7 +42,7 @@ class EndpointRewriter:
     __slots__ = ("_cr", "_in_endpoint", "_partial", "_passing", "_rewrite")
     _EOL = re.compile(rb"\r\n|\r|\n")
 
-    def __init__(self, rewrite: Callable[[bytes], bytes]) -> None:
+    def __init__(self, rewrite: Callable[[bytes], bytes | None]) -> None:
         self._rewrite = rewrite
         self._partial = b""
         self._passing = False  # the current line was let through unfinished
@@ -54,7 +63,8 @@ class EndpointRewriter:
         if name == b"event":
             self._in_endpoint = value == b"endpoint"
         elif name == b"data" and self._in_endpoint:
-            return b"data: " + self._rewrite(value)
+            new = self._rewrite(value)
+            return WITHHELD if new is None else b"data: " + new
         return line
 
     def feed(self, chunk: bytes) -> bytes:
@@ -95,21 +105,38 @@ class EndpointRewriter:
         return rest
 
 
-def endpoint_rewrite(base_path: str, gateway_prefix: str) -> Callable[[bytes], bytes]:
+def endpoint_rewrite(
+    base_path: str, gateway_prefix: str, origin: yarl.URL | None = None
+) -> Callable[[bytes], bytes | None]:
+    """The rewrite of one endpoint URL; ``None`` means withhold it.
+
+    Args:
+        base_path: the upstream URL's path, without its trailing slash.
+        gateway_prefix: where the connection lives under the gateway.
+        origin: the upstream's origin (scheme, host, port); an absolute URL
+            elsewhere is withheld. ``None`` trusts no absolute URL.
+    """
     prefix = gateway_prefix.rstrip("/")
 
-    def rewrite(value: bytes) -> bytes:
+    def rewrite(value: bytes) -> bytes | None:
         try:
             text = value.decode("utf-8")
             url = yarl.URL(text, encoded=True)
         except (UnicodeDecodeError, ValueError):
-            return value
+            # Unparseable: a client could not follow it to another host either.
+            return None if b"//" in value else value
         # A relative-path reference ("messages/?...") already resolves to the same
         # place under the gateway, since the client resolves it against its /sse URL.
         if not url.absolute and not text.startswith("/"):
             return value
         path = url.raw_path
-        if base_path and not (path == base_path or path.startswith(base_path + "/")):
+        under = not base_path or path == base_path or path.startswith(base_path + "/")
+        if url.absolute:  # also "//host/...": it leaves the gateway's origin
+            resolved = origin.join(url) if origin is not None else url
+            if origin is None or resolved.origin() != origin or not under:
+                return None
+        elif not under:
+            # An absolute path outside the base resolves to the gateway itself: harmless.
             return value
         new = prefix + path[len(base_path) :]
         if url.raw_query_string:

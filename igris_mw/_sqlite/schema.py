@@ -11,7 +11,16 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
-from ..models import ApiKey, AuditEvent, AuthType, Connection, Scope, TlsConfig, policy_from_json
+from ..models import (
+    ApiKey,
+    AuditEvent,
+    AuthType,
+    Connection,
+    OAuthGrant,
+    Scope,
+    TlsConfig,
+    policy_from_json,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -20,6 +29,7 @@ __all__ = [
     "from_ms",
     "row_to_api_key",
     "row_to_connection",
+    "row_to_grant",
     "to_ms",
     "to_ms_ceil",
     "to_ms_opt",
@@ -79,6 +89,28 @@ MIGRATIONS: list[list[str]] = [
         "INSERT INTO audit_heads (chain, body) SELECT '#reseal', '{}'"
         " WHERE EXISTS (SELECT 1 FROM audit_events)",
     ],
+    # 5: OAuth and per-user credentials
+    [
+        # The oauth object of OAuth connections (JSON, never a secret), the
+        # credential scope, the user an API key is bound to, and per-user or
+        # OAuth credentials: sealed per (connection, user; "" for the
+        # connection's own), written by compare-and-set on ``version``.
+        "ALTER TABLE connections ADD COLUMN oauth TEXT",
+        "ALTER TABLE connections ADD COLUMN credential_scope TEXT NOT NULL DEFAULT 'shared'",
+        "ALTER TABLE api_keys ADD COLUMN user TEXT",
+        """CREATE TABLE oauth_grants (
+            slug TEXT NOT NULL,
+            user TEXT NOT NULL,
+            ciphertext BLOB,
+            expires_at INTEGER,
+            lifetime REAL,
+            status TEXT NOT NULL,
+            lease_until INTEGER,
+            version INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (slug, user)
+        ) WITHOUT ROWID""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -116,6 +148,22 @@ def row_to_connection(row: sqlite3.Row) -> Connection:
         version=row["version"],
         tls=TlsConfig.from_text(row["tls"]),
         **policy_from_json(row["policy"]),
+        oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
+        credential_scope=row["credential_scope"],
+    )
+
+
+def row_to_grant(row: sqlite3.Row) -> OAuthGrant:
+    return OAuthGrant(
+        slug=row["slug"],
+        user=row["user"],
+        ciphertext=None if row["ciphertext"] is None else bytes(row["ciphertext"]),
+        expires_at=from_ms_opt(row["expires_at"]),
+        lifetime=row["lifetime"],
+        status=row["status"],
+        lease_until=from_ms_opt(row["lease_until"]),
+        version=row["version"],
+        updated_at=from_ms(row["updated_at"]),
     )
 
 
@@ -131,6 +179,7 @@ def row_to_api_key(row: sqlite3.Row) -> ApiKey:
         expires_at=from_ms_opt(row["expires_at"]),
         revoked_at=from_ms_opt(row["revoked_at"]),
         **policy_from_json(row["policy"]),
+        user=row["user"],
     )
 
 

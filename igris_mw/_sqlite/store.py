@@ -67,6 +67,7 @@ from ..models import (
     AuditEvent,
     AuthType,
     Connection,
+    OAuthGrant,
     Page,
     Scope,
     policy_to_json,
@@ -87,6 +88,7 @@ from .schema import (
     from_ms,
     row_to_api_key,
     row_to_connection,
+    row_to_grant,
     to_ms,
     to_ms_ceil,
     to_ms_opt,
@@ -305,9 +307,9 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO connections (slug, name, upstream_url, auth_type, header_name,"
-                    " enabled, credential_version, ciphertext, tls, policy, created_at,"
-                    " updated_at, rotated_at, version)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    " enabled, credential_version, ciphertext, tls, policy, oauth,"
+                    " credential_scope, created_at, updated_at, rotated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     (
                         connection.slug,
                         *self._mutable(connection),
@@ -337,6 +339,8 @@ class SQLiteStore:
             c.ciphertext,
             tls_text(c.tls),
             policy_to_json(c),
+            None if c.oauth is None else json.dumps(dict(c.oauth)),
+            c.credential_scope,
         )
 
     @staticmethod
@@ -382,7 +386,8 @@ class SQLiteStore:
                 cur = db.execute(
                     "UPDATE connections SET name = ?, upstream_url = ?, auth_type = ?,"
                     " header_name = ?, enabled = ?, credential_version = ?, ciphertext = ?,"
-                    " tls = ?, policy = ?, updated_at = ?, rotated_at = ?, version = version + 1"
+                    " tls = ?, policy = ?, oauth = ?, credential_scope = ?, updated_at = ?,"
+                    " rotated_at = ?, version = version + 1"
                     " WHERE slug = ? AND version = ?",
                     (
                         *self._mutable(connection),
@@ -415,10 +420,74 @@ class SQLiteStore:
                 cur = db.execute("DELETE FROM connections WHERE slug = ?", (slug,))
                 if cur.rowcount == 0:
                     raise NotFound(f"no connection {slug!r}")
+                db.execute("DELETE FROM oauth_grants WHERE slug = ?", (slug,))
                 _append_in(db, events, key)
 
         await self._run(delete)
         self._notify(Change("connection", slug))
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        def select(db: sqlite3.Connection) -> OAuthGrant | None:
+            row = db.execute(
+                "SELECT * FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user)
+            ).fetchone()
+            return None if row is None else row_to_grant(row)
+
+        return await self._run(select)
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        def select(db: sqlite3.Connection) -> list[OAuthGrant]:
+            rows = db.execute(
+                "SELECT * FROM oauth_grants WHERE slug = ? ORDER BY user", (slug,)
+            ).fetchall()
+            return [row_to_grant(r) for r in rows]
+
+        return await self._run(select)
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        g = grant
+        values = (
+            g.ciphertext,
+            to_ms_opt(g.expires_at),
+            g.lifetime,
+            g.status,
+            to_ms_opt(g.lease_until),
+            expected_version + 1,
+            to_ms(g.updated_at),
+        )
+
+        def put(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                if expected_version == 0:
+                    cur = db.execute(
+                        "INSERT INTO oauth_grants (ciphertext, expires_at, lifetime, status,"
+                        " lease_until, version, updated_at, slug, user)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*values, g.slug, g.user),
+                    )
+                else:
+                    cur = db.execute(
+                        "UPDATE oauth_grants SET ciphertext = ?, expires_at = ?, lifetime = ?,"
+                        " status = ?, lease_until = ?, version = ?, updated_at = ?"
+                        " WHERE slug = ? AND user = ? AND version = ?",
+                        (*values, g.slug, g.user, expected_version),
+                    )
+                return cur.rowcount == 1
+
+        return await self._run(put)
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                if user is None:
+                    db.execute("DELETE FROM oauth_grants WHERE slug = ?", (slug,))
+                else:
+                    db.execute(
+                        "DELETE FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user)
+                    )
+
+        await self._run(delete)
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(
@@ -430,7 +499,7 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, scopes, connections, created_at,"
-                    " expires_at, revoked_at, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, revoked_at, policy, user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.id,
                         key.name,
@@ -441,6 +510,7 @@ class SQLiteStore:
                         to_ms_opt(key.expires_at),
                         to_ms_opt(key.revoked_at),
                         policy_to_json(key),
+                        key.user,
                     ),
                 )
                 _append_in(db, events, audit_key)

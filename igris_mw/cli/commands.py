@@ -33,6 +33,13 @@ from ._common import (
     open_audit_sink,
     settings_for,
 )
+from .oauth import (
+    add_create_options,
+    needs_credential,
+    oauth_create_body,
+    parse_oauth_option,
+    register_connection_oauth,
+)
 from .output import (
     EVENT_HEADERS,
     cell,
@@ -114,6 +121,8 @@ async def _api_keys_create(args: argparse.Namespace, svc: Service) -> int:
     if args.expires_at is not None:
         body["expiresAt"] = args.expires_at
     body.update(policy_changes(args))
+    if args.user is not None:
+        body["user"] = args.user
     record, key = await svc.create_api_key(body)
     if args.json:
         print_json({**record.to_json(), "key": key})
@@ -167,9 +176,10 @@ async def _connections_create(args: argparse.Namespace, svc: Service) -> int:
     if args.header_name is not None:
         body["headerName"] = args.header_name
     body.update(policy_changes(args))
-    if args.auth_type != AuthType.NONE.value or args.credential_file is not None:
+    if needs_credential(args):
         body["credential"] = _read_credential(args.credential_file)
     body.update(_tls_body(args))
+    body.update(oauth_create_body(args))
     show_connection(await svc.create_connection(body), args.json)
     return 0
 
@@ -218,6 +228,8 @@ async def _connections_update(args: argparse.Namespace, svc: Service) -> int:
     if args.remove_client_cert:
         changes["clientCertificate"] = None
     changes.update(policy_changes(args))
+    if args.oauth is not None:
+        changes["oauth"] = parse_oauth_option(args.oauth)
     if not changes:
         raise UsageError(
             "nothing to change: give --name, --upstream-url, --auth-type, --header-name, "
@@ -392,6 +404,7 @@ def _register_api_keys(sub: Any, common: argparse.ArgumentParser) -> None:
         help="limit an mcp key to this connection; repeatable",
     )
     create.add_argument("--expires-at", metavar="RFC3339", help="e.g. 2030-01-01T00:00:00Z")
+    create.add_argument("--user", metavar="U", help="bind the key to this end user")
     add_policy_options(create, key=True)
     register_api_keys_update(leaves, common, _leaf)
     _leaf(leaves, "list", common, _api_keys_list, "list keys (never the keys themselves)")
@@ -418,6 +431,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--disabled", action="store_true", help="create it disabled")
     _add_tls_options(create, ca=True)
     add_policy_options(create, key=False)
+    add_create_options(create)
 
     _leaf(leaves, "list", common, _connections_list, "list connections")
     for name, handler, help_ in (
@@ -446,6 +460,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
         help="drop the client certificate and key (replace them with rotate)",
     )
     add_policy_options(update, key=False)
+    update.add_argument("--oauth", metavar="JSON", help="replace the oauth object")
 
     rotate = _leaf(leaves, "rotate", common, _connections_rotate, "replace the credential")
     rotate.add_argument("slug", metavar="SLUG")
@@ -456,6 +471,7 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     rotate.add_argument("--header-name", metavar="H")
     _add_tls_options(rotate, ca=False)
+    register_connection_oauth(leaves, common, _leaf, _read_credential, cred_help)
 
 
 def _add_tls_options(parser: argparse.ArgumentParser, *, ca: bool) -> None:

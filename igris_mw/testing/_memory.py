@@ -22,7 +22,7 @@ from .._errors import (
     VersionConflict,
 )
 from .._paging import check_limit, decode_seq_cursor, decode_slug_cursor, encode_cursor
-from ..models import ApiKey, AuditEvent, Connection, Page
+from ..models import ApiKey, AuditEvent, Connection, OAuthGrant, Page
 from ..storage import (
     AuditQuery,
     Capabilities,
@@ -68,6 +68,7 @@ class MemoryStore:
         self._anchor: ChainAnchor | None = None
         self._audit_key: AuditKey | None = None
         self._listeners: list[ChangeListener] = []
+        self._grants: dict[tuple[str, str], OAuthGrant] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -159,7 +160,33 @@ class MemoryStore:
             raise NotFound(f"no connection {slug!r}")
         self._append_now(audit_events)
         del self._connections[slug]
+        await self.delete_oauth_grants(slug)
         self._notify(Change("connection", slug))
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        return self._grants.get((slug, user))
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        return [self._grants[k] for k in sorted(k for k in self._grants if k[0] == slug)]
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        key = (grant.slug, grant.user)
+        current = self._grants.get(key)
+        if (current.version if current is not None else 0) != expected_version:
+            return False
+        self._grants[key] = attrs.evolve(
+            grant,
+            version=expected_version + 1,
+            expires_at=_ms_opt(grant.expires_at),
+            lease_until=_ms_opt(grant.lease_until),
+            updated_at=_ms(grant.updated_at),
+        )
+        return True
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        for key in [k for k in self._grants if k[0] == slug and (user is None or k[1] == user)]:
+            del self._grants[key]
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(

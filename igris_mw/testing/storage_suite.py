@@ -52,6 +52,7 @@ from ._suite_connections import ConnectionTests
 from ._suite_data import T0, StoreFactory, make_api_key, make_connection, make_event
 from ._suite_keys import ApiKeyTests
 from ._suite_machine import StoreMachine, make_state_machine
+from ._suite_oauth import OAuthGrantTests
 from ._suite_policy import PolicySuite
 
 __all__ = [
@@ -66,5 +67,7 @@ __all__ = [
 ]
 
 
-class StoreSuite(ConnectionTests, ApiKeyTests, AuditTests, AuditKeyTests, PolicySuite):
+class StoreSuite(
+    ConnectionTests, ApiKeyTests, AuditTests, AuditKeyTests, PolicySuite, OAuthGrantTests
+):
     """Inherit under a ``Test*`` name and implement ``make_store``."""

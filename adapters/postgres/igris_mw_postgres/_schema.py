@@ -100,6 +100,27 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO igris_audit_heads (connection, seq, hash)
         SELECT '#reseal', 0, NULL WHERE EXISTS (SELECT 1 FROM igris_audit_events);
     """,
+    # 5: the oauth object of OAuth connections (JSON text, never a secret),
+    # the credential scope, the user an API key is bound to, and OAuth or
+    # per-user credentials: sealed per (connection, user; '' for the
+    # connection's own), written by compare-and-set on version
+    """
+    ALTER TABLE igris_connections ADD COLUMN oauth text;
+    ALTER TABLE igris_connections ADD COLUMN credential_scope text NOT NULL DEFAULT 'shared';
+    ALTER TABLE igris_api_keys ADD COLUMN "user" text;
+    CREATE TABLE igris_oauth_grants (
+        slug text COLLATE "C" NOT NULL,
+        "user" text COLLATE "C" NOT NULL,
+        ciphertext bytea,
+        expires_at timestamptz,
+        lifetime double precision,
+        status text NOT NULL,
+        lease_until timestamptz,
+        version bigint NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (slug, "user")
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

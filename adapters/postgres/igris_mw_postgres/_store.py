@@ -41,6 +41,7 @@ from igris_mw.models import (
     AuditEvent,
     AuthType,
     Connection,
+    OAuthGrant,
     Page,
     Scope,
     TlsConfig,
@@ -91,10 +92,15 @@ Row = dict[str, Any]
 
 _CONNECTION_COLS = (
     "slug, name, upstream_url, auth_type, header_name, enabled, credential_version, "
-    "ciphertext, created_at, updated_at, rotated_at, version, tls, policy"
+    "ciphertext, created_at, updated_at, rotated_at, version, tls, policy, oauth, "
+    "credential_scope"
+)
+_GRANT_COLS = (
+    'slug, "user", ciphertext, expires_at, lifetime, status, lease_until, version, updated_at'
 )
 _API_KEY_COLS = (
-    "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy"
+    "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy, "
+    '"user"'
 )
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
@@ -128,6 +134,24 @@ def _metadata_text(metadata: Any) -> str | None:
     return json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=True)
 
 
+def _grant_from_row(row: Row) -> OAuthGrant:
+    return OAuthGrant(
+        slug=row["slug"],
+        user=row["user"],
+        ciphertext=bytes(row["ciphertext"]) if row["ciphertext"] is not None else None,
+        expires_at=_utc(row["expires_at"]),
+        lifetime=row["lifetime"],
+        status=row["status"],
+        lease_until=_utc(row["lease_until"]),
+        version=row["version"],
+        updated_at=row["updated_at"].astimezone(UTC),
+    )
+
+
+def _oauth_text(c: Connection) -> str | None:
+    return None if c.oauth is None else json.dumps(dict(c.oauth))
+
+
 def _connection_from_row(row: Row) -> Connection:
     return Connection(
         slug=row["slug"],
@@ -144,6 +168,8 @@ def _connection_from_row(row: Row) -> Connection:
         version=row["version"],
         tls=TlsConfig.from_text(row["tls"]),
         **policy_from_json(row["policy"]),
+        oauth=None if row["oauth"] is None else json.loads(row["oauth"]),
+        credential_scope=row["credential_scope"],
     )
 
 
@@ -158,6 +184,7 @@ def _api_key_from_row(row: Row) -> ApiKey:
         expires_at=_utc(row["expires_at"]),
         revoked_at=_utc(row["revoked_at"]),
         **policy_from_json(row["policy"]),
+        user=row["user"],
     )
 
 
@@ -376,11 +403,12 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_connections ({_CONNECTION_COLS}) "  # noqa: S608
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s) "
                         f"RETURNING {_CONNECTION_COLS}",
                         (c.slug, c.name, c.upstream_url, c.auth_type.value, c.header_name,
                          c.enabled, c.credential_version, c.ciphertext, c.created_at,
-                         c.updated_at, c.rotated_at, tls_text(c.tls), policy_to_json(c)),
+                         c.updated_at, c.rotated_at, tls_text(c.tls), policy_to_json(c),
+                         _oauth_text(c), c.credential_scope),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._append_in(conn, audit_events)
@@ -432,11 +460,13 @@ class PostgresStore:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "UPDATE igris_connections SET name = %s, upstream_url = %s, auth_type = %s, "  # noqa: S608
                 "header_name = %s, enabled = %s, credential_version = %s, ciphertext = %s, "
-                "updated_at = %s, rotated_at = %s, tls = %s, policy = %s, version = version + 1 "
+                "updated_at = %s, rotated_at = %s, tls = %s, policy = %s, oauth = %s, "
+                "credential_scope = %s, version = version + 1 "
                 f"WHERE slug = %s AND version = %s RETURNING {_CONNECTION_COLS}",
                 (c.name, c.upstream_url, c.auth_type.value, c.header_name, c.enabled,
                  c.credential_version, c.ciphertext, c.updated_at, c.rotated_at,
-                 tls_text(c.tls), policy_to_json(c), c.slug, expected_version),
+                 tls_text(c.tls), policy_to_json(c), _oauth_text(c), c.credential_scope, c.slug,
+                 expected_version),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is None:
@@ -462,9 +492,65 @@ class PostgresStore:
             )
             if await cur.fetchone() is None:
                 raise NotFound(f"no connection {slug!r}")
+            await conn.execute("DELETE FROM igris_oauth_grants WHERE slug = %s", (slug,))
             await self._append_in(conn, audit_events)
             await self._send(conn, "connection", slug)
         self._notify_local(Change("connection", slug))
+
+    # -- OAuth grants ----------------------------------------------------
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_GRANT_COLS} FROM igris_oauth_grants "  # noqa: S608
+                'WHERE slug = %s AND "user" = %s',
+                (slug, user),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _grant_from_row(row)
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        async with self._connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_GRANT_COLS} FROM igris_oauth_grants "  # noqa: S608
+                'WHERE slug = %s ORDER BY "user"',
+                (slug,),
+            )
+            rows = await cur.fetchall()
+        return [_grant_from_row(r) for r in rows]
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        g = grant
+        values = (g.ciphertext, g.expires_at, g.lifetime, g.status, g.lease_until,
+                  expected_version + 1, g.updated_at)  # fmt: skip
+        async with self._connection() as conn, conn.transaction():
+            if expected_version == 0:
+                cur = await conn.execute(
+                    "INSERT INTO igris_oauth_grants (ciphertext, expires_at, lifetime, status, "
+                    'lease_until, version, updated_at, slug, "user") '
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (*values, g.slug, g.user),
+                )
+            else:
+                # A single-row UPDATE ... WHERE version = %s is atomic under
+                # READ COMMITTED: a concurrent writer re-checks the condition
+                # after the first commits, so exactly one of them matches.
+                cur = await conn.execute(
+                    "UPDATE igris_oauth_grants SET ciphertext = %s, expires_at = %s, "
+                    "lifetime = %s, status = %s, lease_until = %s, version = %s, "
+                    'updated_at = %s WHERE slug = %s AND "user" = %s AND version = %s',
+                    (*values, g.slug, g.user, expected_version),
+                )
+            return cur.rowcount == 1
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        async with self._connection() as conn, conn.transaction():
+            if user is None:
+                await conn.execute("DELETE FROM igris_oauth_grants WHERE slug = %s", (slug,))
+            else:
+                await conn.execute(
+                    'DELETE FROM igris_oauth_grants WHERE slug = %s AND "user" = %s',
+                    (slug, user),
+                )
 
     # -- gateway API keys ------------------------------------------------
     async def create_api_key(
@@ -476,10 +562,11 @@ class PostgresStore:
                 async with conn.transaction():
                     cur = await conn.cursor(row_factory=dict_row).execute(
                         f"INSERT INTO igris_api_keys ({_API_KEY_COLS}) "  # noqa: S608
-                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_API_KEY_COLS}",
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        f"RETURNING {_API_KEY_COLS}",
                         (k.id, k.name, k.key_hash, sorted(s.value for s in k.scopes),
                          sorted(k.connections) if k.connections is not None else None,
-                         k.created_at, k.expires_at, k.revoked_at, policy_to_json(k)),
+                         k.created_at, k.expires_at, k.revoked_at, policy_to_json(k), k.user),
                     )  # fmt: skip
                     row = await cur.fetchone()
                     await self._append_in(conn, audit_events)

@@ -46,6 +46,7 @@ from igris_mw.models import (
     AuditEvent,
     AuthType,
     Connection,
+    OAuthGrant,
     Page,
     Scope,
     TlsConfig,
@@ -242,6 +243,8 @@ class VaultKVStore:
             "created_at": _time(c.created_at),
             "updated_at": _time(c.updated_at),
             "rotated_at": _time(c.rotated_at),
+            "oauth": dict(c.oauth) if c.oauth is not None else None,
+            "credential_scope": c.credential_scope,
             "tls": tls_text(c.tls),
             "policy": policy_to_json(c),
         }
@@ -262,6 +265,8 @@ class VaultKVStore:
                 updated_at=_need_time(data["updated_at"]),
                 rotated_at=_parse_time(data.get("rotated_at")),
                 version=version,
+                oauth=data.get("oauth"),
+                credential_scope=str(data.get("credential_scope") or "shared"),
                 tls=TlsConfig.from_text(data.get("tls")),
                 **policy_from_json(data.get("policy")),
             )
@@ -340,7 +345,67 @@ class VaultKVStore:
     ) -> None:
         await self.get_connection(slug)
         await self._destroy(self._path("connections", slug))
+        await self.delete_oauth_grants(slug)
         self._notify(Change("connection", slug))
+
+    # -- OAuth grants: one secret per (slug, user), KV check-and-set as the guard --
+    def _grant_path(self, slug: str, user: str) -> str:
+        # The user is any text: hex keeps it one path segment.
+        return self._path("oauth-grants", slug, user.encode().hex() or "-")
+
+    async def get_oauth_grant(self, slug: str, user: str = "") -> OAuthGrant | None:
+        path = self._grant_path(slug, user)
+        found = await self._read(path)
+        if found is None:
+            return None
+        data, version = found
+        try:
+            ct = data.get("ciphertext")
+            lifetime = data.get("lifetime")
+            return OAuthGrant(
+                slug=slug,
+                user=user,
+                ciphertext=base64.b64decode(ct, validate=True) if ct is not None else None,
+                expires_at=_parse_time(data.get("expires_at")),
+                lifetime=float(lifetime) if lifetime is not None else None,
+                status=str(data["status"]),
+                lease_until=_parse_time(data.get("lease_until")),
+                version=version,
+                updated_at=_need_time(data["updated_at"]),
+            )
+        except (KeyError, ValueError, TypeError, binascii.Error) as exc:
+            raise StoreUnavailable(
+                f"{self._client.where}: the secret at {path!r} is not an igris-mw OAuth grant",
+                code="vault_bad_record",
+            ) from exc
+
+    async def list_oauth_grants(self, slug: str) -> list[OAuthGrant]:
+        names = await self._list(self._path("oauth-grants", slug))
+        users = [bytes.fromhex(n).decode() if n != "-" else "" for n in names]
+        found = await self._gather(sorted(users), lambda u: self.get_oauth_grant(slug, u))
+        return [g for g in found if g is not None]
+
+    async def put_oauth_grant(self, grant: OAuthGrant, *, expected_version: int) -> bool:
+        g = grant
+        data = {
+            "ciphertext": base64.b64encode(g.ciphertext).decode()
+            if g.ciphertext is not None
+            else None,
+            "expires_at": _time(g.expires_at),
+            "lifetime": g.lifetime,
+            "status": g.status,
+            "lease_until": _time(g.lease_until),
+            "updated_at": _time(g.updated_at),
+        }
+        version = await self._write(self._grant_path(g.slug, g.user), data, cas=expected_version)
+        return version is not None
+
+    async def delete_oauth_grants(self, slug: str, user: str | None = None) -> None:
+        if user is not None:
+            await self._destroy(self._grant_path(slug, user))
+            return
+        for name in await self._list(self._path("oauth-grants", slug)):
+            await self._destroy(self._path("oauth-grants", slug, name))
 
     # -- gateway API keys --------------------------------------------------------
     @staticmethod
@@ -354,6 +419,7 @@ class VaultKVStore:
             "created_at": _time(k.created_at),
             "expires_at": _time(k.expires_at),
             "revoked_at": _time(k.revoked_at),
+            "user": k.user,
             "policy": policy_to_json(k),
         }
 
@@ -369,6 +435,7 @@ class VaultKVStore:
                 created_at=_need_time(data["created_at"]),
                 expires_at=_parse_time(data.get("expires_at")),
                 revoked_at=_parse_time(data.get("revoked_at")),
+                user=data.get("user"),
                 **policy_from_json(data.get("policy")),
             )
         except (KeyError, ValueError, TypeError) as exc:
