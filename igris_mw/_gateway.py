@@ -336,7 +336,8 @@ class IgrisGateway:
             from ._dashboard import Dashboard  # imported only when on: jinja2 loads lazily
 
             self.dashboard = Dashboard(
-                self.service, authenticate=self.resolver.authenticate, public_url=public_url
+                self.service, authenticate=self.resolver.authenticate, public_url=public_url,
+                oauth=self.oauth,
             )
         # Bound once: the hot path calls these without going through the resolver.
         self._authenticate = self.resolver.authenticate

@@ -944,3 +944,33 @@ async def test_an_api_key_policy_is_edited_through_the_service(signed_in: Env) -
     now = {k.id: k for k in await env.gw.service.list_api_keys()}[record.id].to_json()
     assert (now["rateLimit"], now["tools"], now["maxConcurrent"]) == (None, None, None)
     assert (await env.http.get("/ui/api-keys/nope/edit")).status_code == 404
+
+
+async def test_an_oauth2_connection_shows_its_status_and_authorize_gives_the_consent_link(
+    signed_in: Env,
+) -> None:
+    """oauth2: status pending, Authorize answers a page linking the provider's consent URL."""
+    env = signed_in
+    await env.gw.service.create_connection({
+        "slug": "drive", "name": "Drive", "upstreamUrl": "https://mcp.drive.example/mcp",
+        "authType": "oauth2", "credential": "client-secret-" + CANARY,
+        "oauth": {"clientId": "igris-test", "scopes": ["files.read"],
+                  "authorizationUrl": "https://auth.drive.example/authorize",
+                  "tokenUrl": "https://auth.drive.example/token"},
+    })
+    page = await env.http.get("/ui/connections/drive")
+    assert "pending" in page.text
+    assert ">Authorize</button>" in page.text
+    consent = await env.http.post("/ui/connections/drive/authorize",
+                                  data={"csrf": await env.csrf()})
+    assert consent.status_code == 200
+    link = re.search(r'href="(https://auth\.drive\.example/authorize\?[^"]+)"', consent.text)
+    assert link is not None
+    assert "client_id=igris-test" in link.group(1)
+    assert CANARY not in consent.text
+    plain = await env.create()
+    assert plain.status_code == 303
+    assert ">Authorize</button>" not in (await env.http.get("/ui/connections/github")).text
+    refused = await env.http.post("/ui/connections/github/authorize",
+                                  data={"csrf": await env.csrf()})
+    assert refused.status_code == 404

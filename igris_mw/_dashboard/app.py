@@ -24,7 +24,7 @@ import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlencode
 
 import jinja2
@@ -78,6 +78,7 @@ class Dashboard(ConnectionPages, KeyPages):
         session_idle, session_lifetime: seconds a session lives without a
             request, and in all.
         max_body: the largest form body accepted, in bytes.
+        oauth: the gateway's OAuth runtime, for ``Authorize`` on oauth2 connections.
     """
 
     def __init__(
@@ -90,10 +91,12 @@ class Dashboard(ConnectionPages, KeyPages):
         session_idle: float = 30 * 60,
         session_lifetime: float = 12 * 3600,
         max_body: int = 64 * 1024,
+        oauth: Any = None,
     ) -> None:
         if sign_in_failures_per_minute < 1:
             raise ValueError("sign_in_failures_per_minute must be at least 1")
         self.service = service
+        self.oauth = oauth  # the gateway's OAuthRuntime: consent starts there, as in the API
         self._authenticate: Authenticator = authenticate or service.authenticate
         self.sessions = SessionStore(idle=session_idle, lifetime=session_lifetime)
         self.throttle = SignInThrottle(sign_in_failures_per_minute)
@@ -289,6 +292,7 @@ _ROUTES: Final = [
     (rf"/connections/{_SLUG}/audit\.json", {"GET": "connection_audit_json"}),
     (rf"/connections/{_SLUG}/rotate", {"POST": "connection_rotate"}),
     (rf"/connections/{_SLUG}/policy", {"POST": "connection_policy"}),
+    (rf"/connections/{_SLUG}/authorize", {"POST": "connection_authorize"}),
     (rf"/connections/{_SLUG}/edit", {"GET": "connection_edit_form", "POST": "connection_edit"}),
     (rf"/connections/{_SLUG}/disable", {"POST": "connection_disable"}),
     (rf"/connections/{_SLUG}/enable", {"POST": "connection_enable"}),

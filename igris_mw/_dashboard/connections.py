@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .._errors import NotFound, SlugTaken, ValidationError
+from .._oauth.config import OAUTH_AUTH_TYPES, oauth_status
 from .._service import Service
-from ..models import Connection
+from ..models import AuthType, Connection
 from .audit_view import CONNECTION_AUDIT_COLUMNS, PAGE_ROWS, audit_row, last_used
 from .forms import PEM_FIELDS, errors_for, pem
 from .http import Request, Response
@@ -30,6 +31,7 @@ class ConnectionPages:
     """Handlers (``_h_*``) for the connection routes; mixed into ``Dashboard``."""
 
     service: Service
+    oauth: Any
 
     async def _h_connections(self, req: Request) -> Response:
         cursor = req.query.get("cursor") or None
@@ -110,8 +112,16 @@ class ConnectionPages:
             indent=2,
         )
         record = conn.to_json()
+        if conn.auth_type.value in OAUTH_AUTH_TYPES:
+            record.update(oauth_status(await self.service.store.get_oauth_grant(conn.slug)))
+        can_authorize = (
+            conn.auth_type is AuthType.OAUTH2
+            and conn.credential_scope != "per_user"
+            and self.oauth is not None
+        )
         return req.page(
             "connection.html", status=status, nav="connections", conn=conn, record=record,
+            can_authorize=can_authorize,
             policy=values if values is not None else policy_values(record),
             gateway_url=gateway_url, mcp_servers=mcp_servers, errors=errors,
             audit=[audit_row(e, with_connection=False) for e in page.items],
@@ -214,6 +224,22 @@ class ConnectionPages:
             return self._edit_form(req, current, 422, values, errors_for(exc, _CONNECTION_FIELDS))
         req.notice(f"Connection {conn.slug} saved." if changes else "Nothing changed.")
         return req.redirect(f"/connections/{conn.slug}")
+
+    async def _h_connection_authorize(self, req: Request, slug: str) -> Response:
+        conn = await self.service.get_connection(slug)
+        if conn.auth_type is not AuthType.OAUTH2 or self.oauth is None:
+            raise NotFound("this connection is not authorized by consent")
+        if conn.credential_scope == "per_user":
+            raise NotFound("a per-user connection is authorized per user, through the API")
+        from .._oauth.gateway import OAuthConnection
+
+        target = OAuthConnection.of(conn, await self.service.open_credential(conn))
+        assert target is not None
+        url = await self.oauth.begin(
+            slug, target, redirect_uri=f"{req.base_url()}/api/v1/oauth/callback"
+        )
+        # A link, not a redirect: the pages' CSP keeps form submissions on this site.
+        return req.page("connection_authorize.html", nav="connections", conn=conn, url=url)
 
     async def _h_connection_disable(self, req: Request, slug: str) -> Response:
         conn = await self.service.set_enabled(slug, False, actor=req.key_id)
