@@ -95,7 +95,9 @@ async def _bootstrap(store_url: str, env: dict[str, str], upstream: str, token: 
     store = store_from_url(store_url)
     await store.open()
     try:
-        service = Service(store, crypto_from_url(None, env))
+        from bootstrap import service_options
+
+        service = Service(store, crypto_from_url(None, env), **service_options(env))  # type: ignore[arg-type]
         await service.create_connection(
             {"slug": SLUG, "name": SLUG, "upstreamUrl": upstream, "credential": token}
         )
@@ -134,7 +136,8 @@ def main() -> int:
     token = secrets.token_urlsafe(24)
     env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token,
            "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-           "IGRIS_HOME": str(work / "home")}  # fmt: skip
+           "IGRIS_HOME": str(work / "home"),
+           "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"}  # fmt: skip (upstream on loopback)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
         env.pop(name, None)
     procs: list[Proc] = []

@@ -208,6 +208,7 @@ class Settings:
             to share rate-limit buckets across replicas; ``None``: per process.
         auth_failures_per_minute: ``IGRIS_AUTH_FAILURES_PER_MINUTE``, failed
             authentications one client address may make in a minute (default 30).
+        workers: ``IGRIS_WORKERS``, processes ``serve`` runs on its port (default 1).
     """
 
     home: Path = attrs.field(factory=_default_home, metadata=_env("IGRIS_HOME", _path))
@@ -262,6 +263,7 @@ class Settings:
     auth_failures_per_minute: int = attrs.field(
         default=30, metadata=_env("IGRIS_AUTH_FAILURES_PER_MINUTE", _count)
     )
+    workers: int = attrs.field(default=1, metadata=_env("IGRIS_WORKERS", _count))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

@@ -13,7 +13,7 @@ import pytest
 
 from igris_mw import storage
 from igris_mw._audit import chain
-from igris_mw._audit.chain import canonical_json
+from igris_mw._audit.chain import canonical_json, derive_audit_key
 from igris_mw._audit.jsonl import JsonlAuditSink
 from igris_mw._sqlite import SQLiteStore
 from igris_mw.models import AuditEvent
@@ -217,3 +217,21 @@ async def test_every_sink_hashes_the_same_events_identically(tmp_path: Path) -> 
     reread = JsonlAuditSink(tmp_path / "audit.jsonl")
     await reread.open()
     assert [e.hash for e in await reread.audit_chain("golden")] == GOLDEN_HASHES
+
+
+def test_keyed_seal_event_json_text_names_the_key_and_parses_back() -> None:
+    """Sealed under a key, the stored text carries that keyId, parses back to the sealed
+    event and its hash is the key's MAC of the canonical text; sealed without a key, a
+    keyId the event carried is gone from both."""
+    key = derive_audit_key("k-test", b"\x01" * 32)
+    first = attrs.evolve(_golden_events()[0], key_id="stale")
+    sealed, text = seal_event_json(first, None, key)
+    body = json.loads(text)
+    assert body["keyId"] == "k-test" == sealed.key_id
+    assert AuditEvent.from_json(body) == sealed
+    del body["hash"]
+    assert key.mac(canonical_json(body).encode()) == sealed.hash
+    plain, plain_text = seal_event_json(first, None)
+    assert plain.key_id is None
+    assert "keyId" not in json.loads(plain_text)
+    assert audit_chain_hash(plain) == plain.hash

@@ -20,6 +20,7 @@ import pytest_asyncio
 import uvicorn
 from aiohttp import web
 
+import igris_mw._proxy.forward as forward_module
 from igris_mw._proxy import (
     BodyPrefix,
     Forwarder,
@@ -606,3 +607,69 @@ async def test_read_body_prefix_stops_at_limit_and_reports_completion() -> None:
     assert (len(whole.data), whole.complete) == (1201, True)
     gone = await read_body_prefix(feeder([{"type": "http.disconnect"}]), 10)
     assert gone == BodyPrefix(b"", complete=False, disconnected=True)
+
+
+def _direct_call(path: str) -> tuple[dict[str, Any], list[str]]:
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": f"/v1/mcp/x{path}",
+        "raw_path": f"/v1/mcp/x{path}".encode(),
+        "query_string": b"",
+        "headers": [],
+    }
+    return scope, []
+
+
+async def test_quick_call_runs_without_a_receive_watcher(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with its body in hand whose sized answer comes before the watch delay never
+    reads receive again: no watcher task is started for it."""
+    # The delay is 5 ms in production; long here so a loaded machine cannot cross it.
+    monkeypatch.setattr(forward_module, "_WATCH_AFTER", 30.0)
+    target = Target(f"http://127.0.0.1:{env.upstream.port}", inject=(("X-Key", SECRET),))
+    scope, calls = _direct_call("/echo/quick")
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        calls.append("receive")
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    async with Forwarder(timeout=5) as forwarder:
+        await forwarder.forward(scope, receive, send, target, "/echo/quick", gateway_prefix="/x")
+        result = await forwarder.forward(
+            scope, receive, send, target, "/echo/quick", gateway_prefix="/x"
+        )
+    assert (result.outcome, result.status) == ("ok", 200)
+    assert calls == []
+
+
+async def test_slow_call_is_watched_and_outside_cancellation_still_propagates(env: Env) -> None:
+    """A call still waiting for headers gets a watcher (receive is read), and cancelling
+    the handler from outside raises CancelledError rather than posing as client_closed."""
+    target = Target(f"http://127.0.0.1:{env.upstream.port}", inject=(("X-Key", SECRET),))
+    scope, calls = _direct_call("/slow-headers")
+
+    async def receive() -> dict[str, Any]:
+        calls.append("receive")
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    async with Forwarder(timeout=5) as forwarder:
+        task = asyncio.ensure_future(
+            forwarder.forward(scope, receive, send, target, "/slow-headers", gateway_prefix="/x")
+        )
+        await asyncio.sleep(0.2)
+        assert calls == ["receive"]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

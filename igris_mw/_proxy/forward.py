@@ -23,7 +23,13 @@ prefix first), the response body comes back chunk by chunk, each chunk sent
 at once; ``text/event-stream`` is never buffered. ``timeout`` bounds only the
 wait for the response headers, never an open stream. A client disconnect,
 seen by a task that watches ``receive`` (``_Exchange.watch``), closes the
-upstream request at once.
+upstream request at once. That task is started only where it can matter: at
+once for a request body still to stream; for a request whose body is in hand
+(most MCP calls), when the response headers take longer than
+``_WATCH_AFTER``, or when the response is a stream (no length, or
+``text/event-stream``). A short call thus runs in the handler's task alone:
+no second task, no request task (the watcher cancels the handler's wait for
+the headers itself).
 
 Per request the work is split in steps that each do one job, with no extra
 task or coroutine on the way: ``upstream_url``/``request_headers`` (where and
@@ -91,6 +97,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
         f"the request body is larger than {limit} bytes (IGRIS_MAX_REQUEST_BODY)",
         code="request_too_large",
     )
+# A request with its whole body in hand gets a disconnect watcher only when its
+# response headers take longer than this (seconds): a client that leaves a
+# quick call is noticed when the answer is sent, which costs nothing extra.
+_WATCH_AFTER = 0.005
 
 
 @attrs.frozen
@@ -185,12 +195,15 @@ class _Exchange:
         "idle",
         "last",
         "max_body",
-        "request",
+        "receive",
         "response",
+        "waiting",
+        "watcher",
     )
 
     def __init__(
         self,
+        receive: Receive,
         *,
         streams_body: bool,
         max_body: int = DEFAULT_MAX_BODY,
@@ -201,8 +214,10 @@ class _Exchange:
         self.body_queue: asyncio.Queue[bytes | _ClientGone | None] = (
             asyncio.Queue(maxsize=4) if streams_body else _NO_QUEUE
         )
-        self.disconnected = asyncio.Event()
-        self.request: asyncio.Future[aiohttp.ClientResponse] | None = None
+        self.receive = receive
+        self.disconnected = False
+        # The task waiting for the response headers (the watcher cancels it).
+        self.waiting: asyncio.Task[Any] | None = None
         self.response: aiohttp.ClientResponse | None = None
         self.max_body = max_body
         self.body_timeout = body_timeout
@@ -211,6 +226,12 @@ class _Exchange:
         self.body_failure: IgrisError | None = None
         self.idle = False  # the upstream went quiet past the idle timeout
         self.last = 0.0  # loop time of the upstream's last bytes (the sweeper reads it)
+        self.watcher: asyncio.Future[None] | None = None
+
+    def start_watch(self, body_done: bool) -> None:
+        """Start the receive watcher (idempotent); also a ``call_later`` callback."""
+        if self.watcher is None:
+            self.watcher = asyncio.ensure_future(self.watch(self.receive, body_done))
 
     async def watch(self, receive: Receive, body_done: bool) -> None:
         """Feed body chunks to the queue, then wait for the client to disconnect."""
@@ -229,13 +250,13 @@ class _Exchange:
                     await self.body_queue.put(None)
         except Exception:  # a broken receive is a gone client
             log.debug("receive failed; treating the client as gone", exc_info=True)
-        self.disconnected.set()
+        self.disconnected = True
         if not body_done:
             with contextlib.suppress(asyncio.QueueFull):
                 self.body_queue.put_nowait(_ClientGone())
-        if self.request is not None and not self.request.done():
+        if self.waiting is not None:
             # Still waiting for the response headers: give up on them at once.
-            self.request.cancel()
+            self.waiting.cancel()
         if self.response is not None:
             # Closing the connection wakes the pending read and tells the upstream.
             self.response.close()
@@ -245,7 +266,7 @@ class _Exchange:
             counter.bytes_in += len(first)
             yield first
         while True:
-            if self.disconnected.is_set() and self.body_queue.empty():
+            if self.disconnected and self.body_queue.empty():
                 raise _ClientGone()
             try:
                 async with asyncio.timeout(self.body_timeout):
@@ -536,41 +557,49 @@ class Forwarder:
 
         body_done = prefix.complete or (not has_body and not prefix.data)
         ex = _Exchange(
-            streams_body=not body_done, max_body=self.max_body, body_timeout=self.body_timeout
+            receive,
+            streams_body=not body_done,
+            max_body=self.max_body,
+            body_timeout=self.body_timeout,
         )
-        watcher = asyncio.ensure_future(ex.watch(receive, body_done))
-        request: asyncio.Future[aiohttp.ClientResponse] | None = None
+        task = asyncio.current_task()
+        later: asyncio.TimerHandle | None = None
+        if body_done:
+            later = asyncio.get_running_loop().call_later(_WATCH_AFTER, ex.start_watch, True)
+        else:
+            ex.start_watch(False)  # it feeds the body queue
         try:
             data = _request_body(ex, prefix, body_done, headers, result)
-            request = asyncio.ensure_future(
-                session.request(
-                    scope["method"],
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    # True: the connector's context (system CAs + the CA file).
-                    ssl=target.ssl if target.ssl is not None else True,
-                    **self._proxy_options,
-                )
-            )
-            # The watcher cancels the request if the client leaves first: cheaper on
-            # every request than asyncio.wait() on both (a waiter and four callbacks).
-            ex.request = request
             timer = asyncio.timeout(self.timeout)
+            # Awaited in this task: the watcher cancels it if the client leaves
+            # first (cheaper than a request task and asyncio.wait() on both).
+            ex.waiting = task
             try:
                 async with timer:
-                    resp = await request
+                    resp = await session.request(
+                        scope["method"],
+                        url,
+                        headers=headers,
+                        data=data,
+                        allow_redirects=False,
+                        # True: the connector's context (system CAs + the CA file).
+                        ssl=target.ssl if target.ssl is not None else True,
+                        **self._proxy_options,
+                    )
+                ex.waiting = None
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not ex.disconnected.is_set() or (task is not None and task.cancelling()):
+                ex.waiting = None
+                # Ours only if the watcher asked and nobody else did as well.
+                if not ex.disconnected or task is None or task.cancelling() != 1:
                     raise
+                task.uncancel()
                 result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
                 return result
             except EgressForbidden as exc:
                 log.warning("upstream refused by the egress policy: %s", exc.refusal.describe())
                 return await _fail(send, result, exc, "upstream_forbidden")
             except (aiohttp.ClientError, OSError, _ClientGone) as exc:  # TimeoutError too
+                ex.waiting = None
                 if ex.body_failure is not None:
                     return await _fail(send, result, ex.body_failure, ex.body_failure.code)
                 failure = self._headers_failure(exc, ex, timer.expired(), target)
@@ -580,6 +609,10 @@ class Forwarder:
                 return await _fail(send, result, *failure)
             async with resp:
                 ex.response = resp
+                if ex.watcher is None and (
+                    resp.content_length is None or resp.content_type == "text/event-stream"
+                ):
+                    ex.start_watch(True)  # a stream: the client may leave while it runs
                 if resp.status >= 400:
                     refusal = await self._error_refusal(resp, target)
                     if isinstance(refusal, IgrisError):
@@ -598,13 +631,13 @@ class Forwarder:
                         resp.close()
             return result
         finally:
-            if request is not None and not request.done():
-                request.cancel()
-                with contextlib.suppress(BaseException):
-                    await request
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            ex.waiting = None
+            if later is not None:
+                later.cancel()
+            if ex.watcher is not None:
+                ex.watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ex.watcher
 
     async def _error_refusal(
         self, resp: aiohttp.ClientResponse, target: Target
@@ -670,7 +703,7 @@ class Forwarder:
     ) -> tuple[IgrisError, str] | None:
         """What a failed wait for the response headers means: the error and outcome to
         answer with, or ``None`` when the client left (nothing to answer)."""
-        if ex.disconnected.is_set():
+        if ex.disconnected:
             return None
         if expired:
             return (
@@ -722,7 +755,7 @@ async def _relay_whole(
         result.bytes_out = len(body)
     except OSError:
         result.outcome = "client_closed"
-    if ex.disconnected.is_set():
+    if ex.disconnected:
         result.outcome = "client_closed"
 
 
@@ -778,7 +811,7 @@ async def _relay(
             try:
                 chunk = await resp.content.readany()
             except (aiohttp.ClientError, OSError) as exc:
-                if ex.disconnected.is_set():
+                if ex.disconnected:
                     break
                 if ex.idle:
                     result.outcome = "upstream_idle"
@@ -802,7 +835,7 @@ async def _relay(
                 continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             result.bytes_out += len(chunk)
-        if ex.disconnected.is_set():
+        if ex.disconnected:
             result.outcome = "client_closed"
             return
         tail = rewriter.flush() if rewriter is not None else b""

@@ -20,6 +20,8 @@ from typing import Any
 
 import uvicorn
 
+from ._workers import inherited_socket
+
 __all__ = ["run_bounded"]
 
 # uvicorn's own exit status when the app fails to start.
@@ -54,6 +56,8 @@ def run_bounded(app: Any, *, shutdown_timeout: float, **options: Any) -> None:
     """``uvicorn.run(app, **options)``, finished within ``shutdown_timeout`` of a signal."""
     config = uvicorn.Config(app, timeout_graceful_shutdown=round(shutdown_timeout * 0.5), **options)
     server = _BoundedServer(config, shutdown_timeout)
-    server.run()
+    # A worker of serve --workers N serves on the socket its parent bound.
+    sock = inherited_socket()
+    server.run(sockets=None if sock is None else [sock])
     if not server.started:
         sys.exit(_STARTUP_FAILURE)

@@ -60,11 +60,28 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_PORT ", "")) from None
 
 
+def _workers_count(text: str) -> int:
+    try:
+        return int(Settings.from_env({"IGRIS_WORKERS": text}).workers)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("IGRIS_WORKERS ", "")) from None
+
+
 def _positive(text: str) -> float:
     try:
         return float(Settings.from_env({"IGRIS_UPSTREAM_TIMEOUT": text}).upstream_timeout)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+
+
+def _bytes(text: str) -> int:
+    # The same rule as IGRIS_MAX_REQUEST_BODY: a bad value is argparse's one line, not a traceback.
+    try:
+        return int(Settings.from_env({"IGRIS_MAX_REQUEST_BODY": text}).max_request_body)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of bytes, got {text!r}"
+        ) from None
 
 
 def _at_least_one(text: str) -> int:
@@ -171,7 +188,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-request-body",
-        type=int,
+        type=_bytes,
         default=None,
         metavar="BYTES",
         help="largest request body on gateway paths (default: $IGRIS_MAX_REQUEST_BODY, else 8 MiB)",
@@ -205,6 +222,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-host",
         help="address of the metrics listener (default: $IGRIS_METRICS_HOST, else 127.0.0.1)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers_count,
+        help="processes serving the port (default: $IGRIS_WORKERS, else 1; docs/workers.md)",
     )
     add_location_options(p)
     p.set_defaults(run=run_serve)
@@ -279,6 +301,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .._gateway import IgrisGateway
     from .._plugins import redact_url, store_from_url
     from ._shutdown import run_bounded
+    from ._workers import fork_workers, worker_path, worker_slot
 
     environ = dict(os.environ)
     settings = Settings.from_env(environ).override(
@@ -299,6 +322,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_stale=args.max_stale,
         rate_limit_store=args.rate_limit_store,
         auth_failures_per_minute=args.auth_failures_per_minute,
+        workers=args.workers,
     )
     global _JSON_LINES
     _JSON_LINES = settings.log_format == "json"
@@ -319,6 +343,22 @@ def run_serve(args: argparse.Namespace) -> int:
             "first start: an admin key was issued. It is shown this once only:\n\n"
             f"    {admin_key}\n"
         )
+    if settings.workers > 1:
+        if settings.rate_limit_store is None:
+            _say(
+                f"{settings.workers} workers without --rate-limit-store: rate limits, "
+                "maxConcurrent and the failed-authentication throttle count per worker "
+                f"(up to {settings.workers}x each limit in all; docs/workers.md)"
+            )
+        status = fork_workers(
+            settings.host,
+            settings.port,
+            settings.workers,
+            shutdown_timeout=args.shutdown_timeout,
+            on_exit=_shared_metrics(settings, environ),
+        )
+        if status is not None:  # the parent, once every worker has stopped
+            return status
     store = store_from_url(settings.store_url)
     audit_url, defaulted = audit_url_for(settings, store)
     if defaulted:
@@ -339,7 +379,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_stale=settings.max_stale,
         rate_limit_store=settings.rate_limit_store,
         auth_failures_per_minute=settings.auth_failures_per_minute,
-        audit_spill=settings.audit_spill_path,
+        audit_spill=worker_path(settings.audit_spill_path),
         metrics=settings.metrics_port is not None,
         environ=environ,
         allow_upstream_networks=settings.allow_upstream_networks,
@@ -353,7 +393,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # is for closing the store and exiting. What the sink has not taken then
     # is in the spill file (docs/shutdown.md).
     app.audit.close_timeout = args.shutdown_timeout * 0.3
-    stop_metrics = _start_metrics(app, settings)
+    # With workers, one listens: any worker's scrape sums them all (_shared_metrics).
+    stop_metrics = _start_metrics(app, settings) if worker_slot() in (None, 0) else None
     try:
         import uvloop  # noqa: F401
 
@@ -387,6 +428,34 @@ def run_serve(args: argparse.Namespace) -> int:
         if stop_metrics is not None:
             stop_metrics()
     return 0
+
+
+def _shared_metrics(settings: Settings, environ: dict[str, str]) -> Any:
+    """Before forking workers with metrics on: point them at one multiprocess
+    directory (``PROMETHEUS_MULTIPROC_DIR``; when unset, ``<data dir>/metrics``,
+    wiped now), so a scrape returns the sum over every worker. Returns what
+    the supervisor calls with a dead worker's pid, else ``None``."""
+    if settings.metrics_port is None:
+        return None
+    # Not imported from _ops.metrics: that imports prometheus_client, which
+    # picks its value class from the environment once, at import.
+    variable = "PROMETHEUS_MULTIPROC_DIR"
+    path = environ.get(variable) or environ.get(variable.lower())
+    if not path:
+        directory = settings.home / "metrics"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        path = str(directory)
+        # Read by prometheus_client when a worker first imports it, after the fork.
+        os.environ[variable] = environ[variable] = path
+
+    def dead(pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+    return dead
 
 
 def _start_metrics(app: Any, settings: Settings) -> Any:
