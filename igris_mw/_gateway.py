@@ -213,6 +213,7 @@ class IgrisGateway:
         upstream_proxy: ``http://[user:password@]host:port`` of a forward proxy
             for all upstream traffic (default ``IGRIS_UPSTREAM_PROXY``); the
             process's ``HTTP(S)_PROXY`` is never used.
+        dashboard: serve the admin dashboard at ``/ui/`` (see docs/dashboard.md).
 
     Raises:
         ConfigurationError: unknown store scheme, malformed master key, ...
@@ -246,6 +247,7 @@ class IgrisGateway:
         stream_idle_timeout: float | None = None,
         upstream_ca_file: str | os.PathLike[str] | None = None,
         upstream_proxy: str | None = None,
+        dashboard: bool = False,
     ) -> None:
         env = os.environ if environ is None else environ
         settings = Settings.from_env(env)
@@ -348,6 +350,14 @@ class IgrisGateway:
             max_body=max_body,
             public_url=public_url,
         )
+        self.dashboard: Any = None
+        if dashboard:
+            from ._dashboard import Dashboard  # imported only when on: jinja2 loads lazily
+
+            self.dashboard = Dashboard(
+                self.service, authenticate=self.resolver.authenticate, public_url=public_url,
+                oauth=self.oauth,
+            )
         # Bound once: the hot path calls these without going through the resolver.
         self._authenticate = self.resolver.authenticate
         self._conns = self.resolver.connections
@@ -442,6 +452,10 @@ class IgrisGateway:
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
                 if self._life.started or await self._life.ensure_started(send):
                     await self.api(scope, receive, send)
+                return
+            if self.dashboard is not None and (path == "/ui" or path.startswith("/ui/")):
+                if self._life.started or await self._life.ensure_started(send):
+                    await self.dashboard(scope, receive, send)
                 return
             if self._health_path is not None and path == self._health_path:
                 await send_json(send, 200, {"status": "ok"})

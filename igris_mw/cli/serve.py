@@ -395,6 +395,7 @@ def run_serve(args: argparse.Namespace) -> int:
         stream_idle_timeout=settings.stream_idle_timeout,
         upstream_ca_file=args.upstream_ca_file,
         upstream_proxy=args.upstream_proxy,
+        dashboard=True,
     )
     # Half the bound for open requests, 3/10 for the audit queue; the rest
     # is for closing the store and exiting. What the sink has not taken then
