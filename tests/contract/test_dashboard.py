@@ -12,7 +12,6 @@ import httpx
 import pytest
 from contract_harness import Served, serve
 
-DASHBOARD = pytest.mark.xfail(strict=True, reason="lands with branch dashboard")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,6 @@ def _sign_in(gw: Served, key: str) -> tuple[httpx.Client, httpx.Response]:
     return client, resp
 
 
-@DASHBOARD
 def test_ui_is_served_with_security_headers(gw: Served) -> None:
     """/ui/ answers HTML with a CSP without inline scripts and X-Frame-Options DENY."""
     r = httpx.get(gw.url + "/ui/", follow_redirects=True)
@@ -103,7 +101,6 @@ def test_ui_is_served_with_security_headers(gw: Served) -> None:
     assert "<script>" not in r.text.replace(" ", "")  # no inline script body
 
 
-@DASHBOARD
 def test_sign_in_sets_a_strict_http_only_cookie(gw: Served) -> None:
     """Signing in with an admin key sets an HttpOnly SameSite=Strict session cookie."""
     client, resp = _sign_in(gw, gw.admin)
@@ -118,7 +115,6 @@ def test_sign_in_sets_a_strict_http_only_cookie(gw: Served) -> None:
             assert word in home.text
 
 
-@DASHBOARD
 def test_mcp_key_or_bad_key_cannot_sign_in(gw: Served) -> None:
     """A key without the admin scope, or a wrong key, gets no session."""
     key, _ = gw.mcp_key()
@@ -130,7 +126,6 @@ def test_mcp_key_or_bad_key_cannot_sign_in(gw: Served) -> None:
             assert c["slug"] not in client.get("/ui/connections").text
 
 
-@DASHBOARD
 def test_sign_in_without_the_csrf_token_is_refused(gw: Served) -> None:
     """The sign-in form POSTed without its hidden CSRF field gives no session."""
     c = gw.create_connection(None)
@@ -148,7 +143,6 @@ def test_sign_in_without_the_csrf_token_is_refused(gw: Served) -> None:
         assert c["slug"] not in client.get("/ui/connections").text
 
 
-@DASHBOARD
 def test_new_connection_form_and_escaping(gw: Served) -> None:
     """New connection has the contract's labels and Create; client strings show as text."""
     gw.create_connection(None, name="<script>alert('x')</script><b>bold</b>")

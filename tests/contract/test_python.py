@@ -14,7 +14,6 @@ from e2e_harness import serve as serve_asgi
 
 from igris_mw import AsyncIgrisClient, IgrisClient, IgrisGateway
 
-DASHBOARD = pytest.mark.xfail(strict=True, reason="lands with branch dashboard")
 
 
 async def _host_app(scope: Any, receive: Any, send: Any) -> None:
@@ -77,15 +76,15 @@ async def test_allowed_networks_kwarg_is_honoured(
         assert r.json()["error"]["code"] == "upstream_forbidden"
 
 
-@DASHBOARD
 async def test_dashboard_kwarg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """IgrisGateway(..., dashboard=True) serves /ui/; without it /ui/ stays the app's."""
     _master_key_env(monkeypatch)
     on = IgrisGateway(_host_app, store=f"sqlite:///{tmp_path / 'a.db'}", dashboard=True)
-    async with serve_asgi(on) as base:
-        r = httpx.get(base + "/ui/", follow_redirects=True)
+    # An async client: the server runs on this test's own event loop.
+    async with serve_asgi(on) as base, httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(base + "/ui/", follow_redirects=True)
         assert r.status_code == 200
         assert "host app" not in r.text
     off = IgrisGateway(_host_app, store=f"sqlite:///{tmp_path / 'b.db'}")
-    async with serve_asgi(off) as base:
-        assert httpx.get(base + "/ui/").text == "host app"
+    async with serve_asgi(off) as base, httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(base + "/ui/")).text == "host app"
