@@ -70,8 +70,12 @@ def main() -> None:
     fwd = Forwarder(egress=EgressPolicy.from_setting("10.0.0.0/8"))
     fwd._literal_refusal("mcp.internal")  # warm: the cold check ran once
     body = json.dumps(
-        {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-         "params": {"name": "get_issue", "arguments": {"n": 1}}}
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "get_issue", "arguments": {"n": 1}},
+        }
     ).encode()
     check = combine(ToolPolicy(allow=("get_*", "list_*")), ToolPolicy(deny=("*secret*",)))
     assert check is not None
@@ -100,20 +104,28 @@ def main() -> None:
         watched.discard(marker)
 
     rows = [
-        ("request_headers (9 headers, new strip rules)", per_call(
-            lambda: request_headers(scope, target))),
+        (
+            "request_headers (9 headers, new strip rules)",
+            per_call(lambda: request_headers(scope, target)),
+        ),
         ("upstream_url, no subpath or query", per_call(lambda: upstream_url(target, ""))),
-        ("egress: literal check of a warm host (dict read)", per_call(
-            lambda: fwd._literal_refusal("mcp.internal"))),
+        (
+            "egress: literal check of a warm host (dict read)",
+            per_call(lambda: fwd._literal_refusal("mcp.internal")),
+        ),
         ("body peek: read_body_prefix, no deadline", per_await(plain)),
         ("body peek: Forwarder.read_prefix (sweeper deadline)", per_await(swept)),
         ("body peek: with asyncio.timeout instead (not used)", per_await(with_timeout)),
         ("idle deadline: set add/discard + one stamp", per_await(idle_registration)),
-        ("tool policy: check_request on a tools/call body", per_call(
-            lambda: check_request(body, check))),
+        (
+            "tool policy: check_request on a tools/call body",
+            per_call(lambda: check_request(body, check)),
+        ),
         ("tool policy: allows(name), two policies", per_call(lambda: check.allows("get_issue"))),
-        ("rate limit: in-process token bucket take()", per_call(
-            lambda: buckets.take("key:abc", limit))),
+        (
+            "rate limit: in-process token bucket take()",
+            per_call(lambda: buckets.take("key:abc", limit)),
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'operation':<{width}}  us/op")

@@ -44,15 +44,24 @@ async def echo_auth(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while (await receive()).get("more_body"):
         pass
     auth = dict(scope["headers"]).get(b"authorization", b"").decode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps({"auth": auth}).encode()})
 
 
 def cli(store: str, *args: str) -> Any:
     out = subprocess.run(
         [sys.executable, "-m", "igris_mw.cli", *args, "--store", store, "--json"],
-        env={**os.environ, **MASTER}, capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, **MASTER},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return json.loads(out.stdout)
 
@@ -74,15 +83,24 @@ async def measure(dsn: str, trials: int, home: Path) -> list[float]:
         ):
             async with httpx.AsyncClient(timeout=10) as http:
                 adm = {"Authorization": f"Bearer {admin}"}
-                r = await http.post(f"{a.base_url}/api/v1/virtual-keys", headers=adm, json={
-                    "slug": "bench", "name": "Bench", "upstreamUrl": upstream,
-                    "credential": "cred-0"})
+                r = await http.post(
+                    f"{a.base_url}/api/v1/virtual-keys",
+                    headers=adm,
+                    json={
+                        "slug": "bench",
+                        "name": "Bench",
+                        "upstreamUrl": upstream,
+                        "credential": "cred-0",
+                    },
+                )
                 r.raise_for_status()
 
                 async def on_b() -> httpx.Response:
                     return await http.post(
-                        f"{b.base_url}/v1/mcp/bench", headers={"Authorization": f"Bearer {mcp}"},
-                        json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+                        f"{b.base_url}/v1/mcp/bench",
+                        headers={"Authorization": f"Bearer {mcp}"},
+                        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                    )
 
                 async def wait_for(ok: Any) -> float:
                     started = time.perf_counter()
@@ -95,20 +113,29 @@ async def measure(dsn: str, trials: int, home: Path) -> list[float]:
                 for i in range(1, trials + 1):
                     if i % 2:
                         cred = f"cred-{i}"
-                        r = await http.post(f"{a.base_url}/api/v1/virtual-keys/bench/rotate",
-                                            headers=adm, json={"credential": cred})
+                        r = await http.post(
+                            f"{a.base_url}/api/v1/virtual-keys/bench/rotate",
+                            headers=adm,
+                            json={"credential": cred},
+                        )
                         r.raise_for_status()
                         want = {"auth": f"Bearer {cred}"}
-                        samples.append(await wait_for(
-                            lambda resp, want=want: resp.status_code == 200
-                            and resp.json() == want))
+                        samples.append(
+                            await wait_for(
+                                lambda resp, want=want: (
+                                    resp.status_code == 200 and resp.json() == want
+                                )
+                            )
+                        )
                     else:
-                        r = await http.post(f"{a.base_url}/api/v1/virtual-keys/bench/disable",
-                                            headers=adm)
+                        r = await http.post(
+                            f"{a.base_url}/api/v1/virtual-keys/bench/disable", headers=adm
+                        )
                         r.raise_for_status()
                         samples.append(await wait_for(lambda resp: resp.status_code == 403))
-                        r = await http.post(f"{a.base_url}/api/v1/virtual-keys/bench/enable",
-                                            headers=adm)
+                        r = await http.post(
+                            f"{a.base_url}/api/v1/virtual-keys/bench/enable", headers=adm
+                        )
                         r.raise_for_status()
                         await wait_for(lambda resp: resp.status_code == 200)
     finally:
@@ -130,8 +157,10 @@ def main() -> int:
     ms = sorted(s * 1000 for s in samples)
     p99 = ms[min(len(ms) - 1, round(0.99 * len(ms)) - 1)]
     print(f"replica propagation over {len(ms)} trials (rotate and disable alternating):")
-    print(f"  p50 {statistics.median(ms):.1f} ms   p99 {p99:.1f} ms   max {ms[-1]:.1f} ms"
-          f"   (target p99 <= 100 ms: {'met' if p99 <= 100 else 'NOT met'})")
+    print(
+        f"  p50 {statistics.median(ms):.1f} ms   p99 {p99:.1f} ms   max {ms[-1]:.1f} ms"
+        f"   (target p99 <= 100 ms: {'met' if p99 <= 100 else 'NOT met'})"
+    )
     return 0 if p99 <= 100 else 1
 
 

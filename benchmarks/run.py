@@ -194,7 +194,7 @@ async def _audit_seq(store_url: str, slug: str) -> int:
         # checkout's store would migrate a --before-python gateway's schema.
         import sqlite3
 
-        db = sqlite3.connect(f"file:{store_url[len('sqlite:///'):]}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{store_url[len('sqlite:///') :]}?mode=ro", uri=True)
         try:
             row = db.execute(
                 "SELECT max(seq) FROM audit_events WHERE connection = ?", (slug,)
@@ -385,8 +385,11 @@ def build_table(
         r = _med(g.rps) / _med(now.rps)
         table.add(f"throughput: {g.name} / igris-mw sqlite", f"{r:.2f}x",
                   f"{_med(now.rps):,.0f} req/s", "", "")  # fmt: skip
-        table.add(f"p50 latency: {g.name} - igris-mw sqlite",
-                  f"{_med(g.p50) - _med(now.p50):+.3f} ms", f"{_med(now.p50):.3f} ms")
+        table.add(
+            f"p50 latency: {g.name} - igris-mw sqlite",
+            f"{_med(g.p50) - _med(now.p50):+.3f} ms",
+            f"{_med(now.p50):.3f} ms",
+        )
     b50, b99 = _med(bare.p50), _med(bare.p99)
     table.add("p50 latency, 1 conn: direct", f"{_med(direct.p50):.3f} ms", f"bare {b50:.3f}",
               f"{_med(direct.p50) - b50:+.3f} ms")  # fmt: skip
@@ -478,15 +481,23 @@ def main() -> int:
     parser.add_argument("--sse-samples", type=int, default=200)
     parser.add_argument("--cold", type=int, default=40, help="connections for the cold path")
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="compare serve --workers 1 and N, unpinned (0: skip)")
-    parser.add_argument("--before-python", metavar="PYTHON",
-                        help="also run the gateway of another checkout: its venv's python")
-    parser.add_argument("--before-label", default="before",
-                        help="name of the --before-python gateway in the table")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="compare serve --workers 1 and N, unpinned (0: skip)"
+    )
+    parser.add_argument(
+        "--before-python",
+        metavar="PYTHON",
+        help="also run the gateway of another checkout: its venv's python",
+    )
+    parser.add_argument(
+        "--before-label", default="before", help="name of the --before-python gateway in the table"
+    )
     parser.add_argument("--tls", action="store_true", help="append tls.py's table (https)")
-    parser.add_argument("--metrics", action="store_true",
-                        help="also run the gateway with --metrics-port (metrics on vs off)")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also run the gateway with --metrics-port (metrics on vs off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
@@ -544,6 +555,7 @@ def main() -> int:
                 subprocess.run(["taskset", "-a", "-p", "-c", pin.load, pid],
                                check=False, capture_output=True)  # fmt: skip
             stores["postgres"] = create_database(cluster.dsn)
+
         def gateway(
             name: str, url: str, *, python: str = PY, extra: tuple[str, ...] = (),
             pinned: bool = True, bootstrap_store: bool = True,

@@ -81,10 +81,13 @@ def main() -> int:
     wrk = Wrk(pin, work / "wrk.log")
     print(f"igris-mw ASGI servers: {machine()}", file=sys.stderr)
     token = secrets.token_urlsafe(24)
-    env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token,
-           "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-           "IGRIS_HOME": str(work / "home"),
-           "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"}  # fmt: skip (upstream on loopback)
+    env = {
+        **os.environ,
+        "BENCH_UPSTREAM_TOKEN": token,
+        "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "IGRIS_HOME": str(work / "home"),
+        "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",
+    }  # fmt: skip (upstream on loopback)
     procs: list[Proc] = []
     targets: dict[str, Target] = {}
     with started(procs):

@@ -134,10 +134,13 @@ def main() -> int:
     leaf.private_key_pem.write_to_path(str(key_file))
 
     token = secrets.token_urlsafe(24)
-    env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token,
-           "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-           "IGRIS_HOME": str(work / "home"),
-           "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8"}  # fmt: skip (upstream on loopback)
+    env = {
+        **os.environ,
+        "BENCH_UPSTREAM_TOKEN": token,
+        "IGRIS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "IGRIS_HOME": str(work / "home"),
+        "IGRIS_ALLOW_UPSTREAM_NETWORKS": "127.0.0.0/8",
+    }  # fmt: skip (upstream on loopback)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
         env.pop(name, None)
     procs: list[Proc] = []

@@ -145,18 +145,14 @@ class ManagementAPI:
     @property
     def routes(self) -> frozenset[tuple[str, str]]:
         """Every ``(path template, METHOD)`` this app serves."""
-        return frozenset(
-            (op.path, method) for _, ops in self._routes for method, op in ops.items()
-        )
+        return frozenset((op.path, method) for _, ops in self._routes for method, op in ops.items())
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document served at ``/api/v1/openapi.json``."""
         result: dict[str, Any] = json.loads(self._document_bytes)
         return result
 
-    async def __call__(
-        self, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await _Exchange(self, scope, receive, send).run()
         elif scope["type"] == "lifespan":
@@ -179,9 +175,7 @@ class ManagementAPI:
         return 201, await self._connection_json(conn, ex.base_url())
 
     async def _h_list_connections(self, ex: _Exchange) -> _Result:
-        page = await self._service.list_connections(
-            limit=ex.limit(), cursor=ex.query_str("cursor")
-        )
+        page = await self._service.list_connections(limit=ex.limit(), cursor=ex.query_str("cursor"))
         base = ex.base_url()
         data = [await self._connection_json(c, base) for c in page.items]
         return 200, {"data": data, "nextCursor": page.next_cursor}
@@ -286,9 +280,7 @@ class ManagementAPI:
     async def _authorize(self, ex: _Exchange, conn: Connection, user: str) -> _Result:
         slug = conn.slug
         if conn.auth_type is not AuthType.OAUTH2:
-            raise ValidationError(
-                "authType", "only an oauth2 connection is authorized by consent"
-            )
+            raise ValidationError("authType", "only an oauth2 connection is authorized by consent")
         if self._oauth is None:
             raise NotFound("OAuth consent is served by the gateway only")
         from ._oauth.gateway import OAuthConnection
@@ -365,9 +357,7 @@ class _Exchange:
 
     __slots__ = ("actor", "api", "params", "receive", "route", "scope", "send")
 
-    def __init__(
-        self, api: ManagementAPI, scope: Any, receive: Receive, send: Send
-    ) -> None:
+    def __init__(self, api: ManagementAPI, scope: Any, receive: Receive, send: Send) -> None:
         self.api = api
         self.scope = scope
         self.receive = receive
@@ -396,7 +386,9 @@ class _Exchange:
             # unexpected exception's message may hold anything.
             logger.error(
                 "management %s %s failed with %s\n%s",
-                self.method, self.route, type(exc).__qualname__,
+                self.method,
+                self.route,
+                type(exc).__qualname__,
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
             status = 500
@@ -404,16 +396,17 @@ class _Exchange:
         await self._respond(status, payload, headers)
         logger.debug(
             "management %s %s -> %d in %.1f ms",
-            self.method, self.route, status, (time.perf_counter() - started) * 1000,
+            self.method,
+            self.route,
+            status,
+            (time.perf_counter() - started) * 1000,
         )
 
     @property
     def method(self) -> str:
         return str(self.scope["method"]).upper()
 
-    async def _respond(
-        self, status: int, payload: Any, extra: list[tuple[bytes, bytes]]
-    ) -> None:
+    async def _respond(self, status: int, payload: Any, extra: list[tuple[bytes, bytes]]) -> None:
         if isinstance(payload, HtmlPage):
             await payload.send(self.send, status)
             return
@@ -587,7 +580,6 @@ class _Exchange:
                     raise ValidationError("body", "has a field that is not allowed here")
                 raise ValidationError(name, "is not a known field here")
         return value
-
 
 
 # Only a \uD800-\uDFFF escape can put a surrogate in parsed JSON (raw UTF-8 cannot).

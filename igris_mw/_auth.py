@@ -61,7 +61,7 @@ def is_well_formed(key: str) -> bool:
     """Prefix, alphabet, length and checksum are right (constant work, no store)."""
     if not isinstance(key, str) or len(key) != KEY_LENGTH or not _SHAPE.fullmatch(key):
         return False
-    body, check = key[: -CHECKSUM_LENGTH], key[-CHECKSUM_LENGTH:]
+    body, check = key[:-CHECKSUM_LENGTH], key[-CHECKSUM_LENGTH:]
     return hmac.compare_digest(_checksum(body), check)
 
 

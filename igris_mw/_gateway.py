@@ -355,7 +355,9 @@ class IgrisGateway:
             from ._dashboard import Dashboard  # imported only when on: jinja2 loads lazily
 
             self.dashboard = Dashboard(
-                self.service, authenticate=self.resolver.authenticate, public_url=public_url,
+                self.service,
+                authenticate=self.resolver.authenticate,
+                public_url=public_url,
                 oauth=self.oauth,
             )
         # Bound once: the hot path calls these without going through the resolver.
@@ -945,6 +947,7 @@ class IgrisGateway:
             status=status,
             latency_ms=round((now - started) * 1000, 3),
         )
+
 
 class _TrackedSend:
     """``send`` that remembers how far the response got, so a revoked request

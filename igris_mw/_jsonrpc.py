@@ -20,6 +20,7 @@ __all__ = ["PEEK_LIMIT", "peek_jsonrpc", "prefix_method"]
 
 PEEK_LIMIT = 64 * 1024
 
+
 def _from_message(msg: Any) -> tuple[str | None, str | None]:
     if not isinstance(msg, dict):
         return None, None

@@ -83,7 +83,7 @@ def _decode_key(text: str, where: str) -> bytes:
     except (binascii.Error, ValueError):
         raise ConfigurationError(
             f"{where} is not valid base64; generate one with: "
-            "python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\""
+            'python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"'
         ) from None
     if len(raw) != KEY_SIZE:
         raise ConfigurationError(

@@ -363,9 +363,7 @@ class Service(AuditOps):
         tls = updated.tls
         if tls is None or tls.client_key_ciphertext is None or _bind(current) == _bind(updated):
             return updated
-        plaintext = await self.crypto.decrypt(
-            tls.client_key_ciphertext, _bind_client_key(current)
-        )
+        plaintext = await self.crypto.decrypt(tls.client_key_ciphertext, _bind_client_key(current))
         sealed = await self.crypto.encrypt(plaintext, _bind_client_key(updated))
         return attrs.evolve(updated, tls=attrs.evolve(tls, client_key_ciphertext=sealed))
 
@@ -509,9 +507,7 @@ class Service(AuditOps):
         identity = parse_client_identity(certificate, key, self.clock())
         assert identity is not None  # both present: parse_client_identity raised otherwise
         sealed = await self.crypto.encrypt(identity[1].reveal(), _bind_client_key(updated))
-        tls = attrs.evolve(
-            stored_tls, client_certificate=identity[0], client_key_ciphertext=sealed
-        )
+        tls = attrs.evolve(stored_tls, client_certificate=identity[0], client_key_ciphertext=sealed)
         return attrs.evolve(updated, tls=tls)
 
     async def set_enabled(
@@ -683,9 +679,7 @@ class Service(AuditOps):
             tools=tools,
             max_concurrent=max_concurrent,
         )
-        event = self._key_event(
-            record, "create", actor, changes=diff_changes({}, record.to_json())
-        )
+        event = self._key_event(record, "create", actor, changes=diff_changes({}, record.to_json()))
         stored = await self._audited(
             lambda ev: self.store.create_api_key(record, audit_events=ev), [event]
         )

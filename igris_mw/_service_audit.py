@@ -219,9 +219,7 @@ class AuditOps:
             seen = last.get(chain)
             if (seen.seq if seen is not None else 0) < head.seq:
                 await walk(chain)
-        await self._audit_keys(
-            [*heads.values(), *([anchor] if anchor is not None else [])], keys
-        )
+        await self._audit_keys([*heads.values(), *([anchor] if anchor is not None else [])], keys)
         report: dict[str, list[str]] = {}
         removed = [c for c in heads if c not in names] if slug is None else []
         for name in [*names, *removed]:

@@ -281,12 +281,8 @@ class Settings:
         default=1 << 30, metadata=_env("IGRIS_AUDIT_SPILL_MAX", _size)
     )
     log_format: str = attrs.field(default="text", metadata=_env("IGRIS_LOG_FORMAT", _log_format))
-    metrics_host: str = attrs.field(
-        default="127.0.0.1", metadata=_env("IGRIS_METRICS_HOST", _text)
-    )
-    metrics_port: int | None = attrs.field(
-        default=None, metadata=_env("IGRIS_METRICS_PORT", _port)
-    )
+    metrics_host: str = attrs.field(default="127.0.0.1", metadata=_env("IGRIS_METRICS_HOST", _text))
+    metrics_port: int | None = attrs.field(default=None, metadata=_env("IGRIS_METRICS_PORT", _port))
     allow_upstream_networks: tuple[str, ...] = attrs.field(
         default=(), metadata=_env("IGRIS_ALLOW_UPSTREAM_NETWORKS", _networks)
     )

@@ -134,9 +134,7 @@ def parse_credential(value: object, auth_type: AuthType, field: str = "credentia
         AuthType.HEADER,
         AuthType.OAUTH2_CLIENT_CREDENTIALS,
         AuthType.OAUTH2,
-    ) and not all(
-        0x20 <= b <= 0x7E or b == 0x09 for b in plaintext
-    ):
+    ) and not all(0x20 <= b <= 0x7E or b == 0x09 for b in plaintext):
         # It goes out as an HTTP field value as it is: a character that cannot
         # be sent would only fail later, on every request. (basic is base64.)
         raise ValidationError(field, f"must be printable ASCII for authType {auth_type}")

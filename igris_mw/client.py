@@ -156,8 +156,9 @@ def _build_mcp_config(
         if not isinstance(metadata, Mapping):
             raise ValidationError("metadata", "must be a mapping (a JSON object)")
         try:
-            text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=True,
-                              allow_nan=False)
+            text = json.dumps(
+                dict(metadata), separators=(",", ":"), ensure_ascii=True, allow_nan=False
+            )
         except (TypeError, ValueError):
             raise ValidationError("metadata", "must be JSON-serialisable") from None
         headers["X-Igris-Metadata"] = text
@@ -168,8 +169,9 @@ def _time(value: datetime | str) -> str:
     return format_time(value) if isinstance(value, datetime) else value
 
 
-def _page_params(limit: int | None, cursor: str | None, since: datetime | str | None = None
-                 ) -> dict[str, str]:
+def _page_params(
+    limit: int | None, cursor: str | None, since: datetime | str | None = None
+) -> dict[str, str]:
     params: dict[str, str] = {}
     if limit is not None:
         params["limit"] = str(limit)
@@ -192,7 +194,11 @@ def _all_audit_params(
 ) -> dict[str, str]:
     params = _page_params(limit, cursor, since)
     for name, value in (
-        ("slug", slug), ("kind", kind), ("action", action), ("outcome", outcome), ("user", user)
+        ("slug", slug),
+        ("kind", kind),
+        ("action", action),
+        ("outcome", outcome),
+        ("user", user),
     ):
         if value is not None:
             params[name] = value
@@ -211,8 +217,13 @@ def _connection_body(
     oauth: Mapping[str, Any] | None = None,
     credential_scope: str | None = None,
 ) -> Record:
-    body: Record = {"slug": slug, "name": name, "upstreamUrl": upstream_url,
-                    "authType": auth_type, "enabled": enabled}
+    body: Record = {
+        "slug": slug,
+        "name": name,
+        "upstreamUrl": upstream_url,
+        "authType": auth_type,
+        "enabled": enabled,
+    }
     if header_name is not None:
         body["headerName"] = header_name
     if credential is not None:
@@ -241,23 +252,35 @@ def _authorize_call(slug: str, user: str | None) -> _Call:
 def _tls_fields(
     ca_certificate: str | None, client_certificate: str | None, client_key: str | None
 ) -> dict[str, str | None]:
-    return {"caCertificate": ca_certificate, "clientCertificate": client_certificate,
-            "clientKey": client_key}
+    return {
+        "caCertificate": ca_certificate,
+        "clientCertificate": client_certificate,
+        "clientKey": client_key,
+    }
 
 
 def _rotate_body(
     credential: str | None, client_certificate: str | None, client_key: str | None
 ) -> Record:
-    fields = {"credential": credential, "clientCertificate": client_certificate,
-              "clientKey": client_key}
+    fields = {
+        "credential": credential,
+        "clientCertificate": client_certificate,
+        "clientKey": client_key,
+    }
     return {k: v for k, v in fields.items() if v is not None}
 
 
 def _changes(**fields: Any) -> Record:
-    names = {"upstream_url": "upstreamUrl", "auth_type": "authType", "header_name": "headerName",
-             "ca_certificate": "caCertificate", "client_certificate": "clientCertificate",
-             "rate_limit": "rateLimit", "max_concurrent": "maxConcurrent",
-             "expires_at": "expiresAt"}
+    names = {
+        "upstream_url": "upstreamUrl",
+        "auth_type": "authType",
+        "header_name": "headerName",
+        "ca_certificate": "caCertificate",
+        "client_certificate": "clientCertificate",
+        "rate_limit": "rateLimit",
+        "max_concurrent": "maxConcurrent",
+        "expires_at": "expiresAt",
+    }
     return {names.get(k, k): v for k, v in fields.items() if v is not UNSET}
 
 
@@ -313,7 +336,7 @@ def _error_for(response: httpx.Response) -> IgrisError:
         field = field or "body"
         prefix = f"{field}: "
         exc: IgrisError = ValidationError(
-            field, message[len(prefix):] if message.startswith(prefix) else message
+            field, message[len(prefix) :] if message.startswith(prefix) else message
         )
         if code is not None:
             exc.code = code
@@ -474,18 +497,29 @@ class IgrisClient(_Base):
         Raises:
             ValidationError: a field is invalid. SlugTaken: the slug is in use.
         """
-        body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
-                                enabled, _tls_fields(ca_certificate, client_certificate,
-                                                     client_key), oauth, credential_scope)
+        body = _connection_body(
+            slug,
+            name,
+            upstream_url,
+            auth_type,
+            header_name,
+            credential,
+            enabled,
+            _tls_fields(ca_certificate, client_certificate, client_key),
+            oauth,
+            credential_scope,
+        )
         body.update(_policy(rate_limit, tools, None))
         result: Record = self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
-    def list_connections(self, *, limit: int | None = None, cursor: str | None = None
-                         ) -> Page[Record]:
+    def list_connections(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Record]:
         """One page of connections; pass ``page.next_cursor`` for the next."""
-        return _page(self._run(_Call("GET", f"{_API}/virtual-keys",
-                                     params=_page_params(limit, cursor))))
+        return _page(
+            self._run(_Call("GET", f"{_API}/virtual-keys", params=_page_params(limit, cursor)))
+        )
 
     def iter_connections(self, *, page_size: int = 50) -> Iterator[Record]:
         """Every connection, page after page."""
@@ -524,10 +558,18 @@ class IgrisClient(_Base):
         ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
         (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
         """
-        body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
-                        header_name=header_name, enabled=enabled,
-                        ca_certificate=ca_certificate, client_certificate=client_certificate,
-                        rate_limit=rate_limit, tools=tools, oauth=oauth)
+        body = _changes(
+            name=name,
+            upstream_url=upstream_url,
+            auth_type=auth_type,
+            header_name=header_name,
+            enabled=enabled,
+            ca_certificate=ca_certificate,
+            client_certificate=client_certificate,
+            rate_limit=rate_limit,
+            tools=tools,
+            oauth=oauth,
+        )
         result: Record = self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -569,8 +611,11 @@ class IgrisClient(_Base):
         since: datetime | str | None = None,
     ) -> Page[Record]:
         """One page of a connection's audit trail, newest first."""
-        return _page(self._run(_Call("GET", _slug_path(slug, "/audit"),
-                                     params=_page_params(limit, cursor, since))))
+        return _page(
+            self._run(
+                _Call("GET", _slug_path(slug, "/audit"), params=_page_params(limit, cursor, since))
+            )
+        )
 
     def iter_audit(
         self, slug: str, *, since: datetime | str | None = None, page_size: int = 50
@@ -722,11 +767,13 @@ def _key_changes(
     return _changes(
         name=name,
         connections=(
-            connections if connections is None or isinstance(connections, _Unset)
+            connections
+            if connections is None or isinstance(connections, _Unset)
             else list(connections)
         ),
         expires_at=(
-            expires_at if expires_at is None or isinstance(expires_at, _Unset)
+            expires_at
+            if expires_at is None or isinstance(expires_at, _Unset)
             else _time(expires_at)
         ),
         rate_limit=rate_limit,
@@ -810,18 +857,31 @@ class AsyncIgrisClient(_Base):
         credential_scope: str | None = None,
     ) -> Record:
         """Create a connection; returns it (never the credential, never the client key)."""
-        body = _connection_body(slug, name, upstream_url, auth_type, header_name, credential,
-                                enabled, _tls_fields(ca_certificate, client_certificate,
-                                                     client_key), oauth, credential_scope)
+        body = _connection_body(
+            slug,
+            name,
+            upstream_url,
+            auth_type,
+            header_name,
+            credential,
+            enabled,
+            _tls_fields(ca_certificate, client_certificate, client_key),
+            oauth,
+            credential_scope,
+        )
         body.update(_policy(rate_limit, tools, None))
         result: Record = await self._run(_Call("POST", f"{_API}/virtual-keys", json=body))
         return result
 
-    async def list_connections(self, *, limit: int | None = None, cursor: str | None = None
-                               ) -> Page[Record]:
+    async def list_connections(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Record]:
         """One page of connections; pass ``page.next_cursor`` for the next."""
-        return _page(await self._run(_Call("GET", f"{_API}/virtual-keys",
-                                           params=_page_params(limit, cursor))))
+        return _page(
+            await self._run(
+                _Call("GET", f"{_API}/virtual-keys", params=_page_params(limit, cursor))
+            )
+        )
 
     async def iter_connections(self, *, page_size: int = 50) -> AsyncIterator[Record]:
         """Every connection, page after page."""
@@ -861,10 +921,18 @@ class AsyncIgrisClient(_Base):
         ``rate_limit`` (``{"requestsPerMinute": N, "burst": B}``) and ``tools``
         (``{"allow": [...], "deny": [...]}``): ``None`` removes them.
         """
-        body = _changes(name=name, upstream_url=upstream_url, auth_type=auth_type,
-                        header_name=header_name, enabled=enabled,
-                        ca_certificate=ca_certificate, client_certificate=client_certificate,
-                        rate_limit=rate_limit, tools=tools, oauth=oauth)
+        body = _changes(
+            name=name,
+            upstream_url=upstream_url,
+            auth_type=auth_type,
+            header_name=header_name,
+            enabled=enabled,
+            ca_certificate=ca_certificate,
+            client_certificate=client_certificate,
+            rate_limit=rate_limit,
+            tools=tools,
+            oauth=oauth,
+        )
         result: Record = await self._run(_Call("PATCH", _slug_path(slug), json=body))
         return result
 
@@ -906,8 +974,11 @@ class AsyncIgrisClient(_Base):
         since: datetime | str | None = None,
     ) -> Page[Record]:
         """One page of a connection's audit trail, newest first."""
-        return _page(await self._run(_Call("GET", _slug_path(slug, "/audit"),
-                                           params=_page_params(limit, cursor, since))))
+        return _page(
+            await self._run(
+                _Call("GET", _slug_path(slug, "/audit"), params=_page_params(limit, cursor, since))
+            )
+        )
 
     async def iter_audit(
         self, slug: str, *, since: datetime | str | None = None, page_size: int = 50
@@ -939,9 +1010,7 @@ class AsyncIgrisClient(_Base):
         params = _all_audit_params(slug, kind, action, outcome, user, since, limit, cursor)
         return _page(await self._run(_Call("GET", f"{_API}/audit", params=params)))
 
-    async def iter_all_audit(
-        self, *, page_size: int = 50, **filters: Any
-    ) -> AsyncIterator[Record]:
+    async def iter_all_audit(self, *, page_size: int = 50, **filters: Any) -> AsyncIterator[Record]:
         """The whole trail (``filters`` as ``list_all_audit``'s), newest first."""
         cursor: str | None = None
         while True:

@@ -206,9 +206,7 @@ def validate_header_name(value: object, *, field: str = "headerName") -> str:
         raise ValidationError(field, "must be a valid HTTP field name (RFC 9110 token)")
     lowered = value.lower()
     if lowered in _RESERVED_HEADER_NAMES or lowered.startswith(_RESERVED_HEADER_PREFIXES):
-        raise ValidationError(
-            field, "may not be a framing, routing, hop-by-hop or gateway header"
-        )
+        raise ValidationError(field, "may not be a framing, routing, hop-by-hop or gateway header")
     return value
 
 

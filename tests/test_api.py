@@ -23,9 +23,21 @@ CANARY = "canary-Kf93Lq-credential"
 CANARY2 = "canary-Tz61Wb-rotated"
 BASE = "http://gw.test"
 CONNECTION_FIELDS = {
-    "slug", "name", "upstreamUrl", "authType", "headerName", "enabled", "credentialVersion",
-    "createdAt", "updatedAt", "rotatedAt", "gatewayUrl", "caCertificate", "clientCertificate",
-    "rateLimit", "tools",
+    "slug",
+    "name",
+    "upstreamUrl",
+    "authType",
+    "headerName",
+    "enabled",
+    "credentialVersion",
+    "createdAt",
+    "updatedAt",
+    "rotatedAt",
+    "gatewayUrl",
+    "caCertificate",
+    "clientCertificate",
+    "rateLimit",
+    "tools",
 }
 
 
@@ -43,8 +55,13 @@ class Env:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
     async def create(self, slug: str = "github-prod", **over: Any) -> httpx.Response:
-        body = {"slug": slug, "name": "GitHub", "upstreamUrl": "https://up.test/mcp",
-                "credential": CANARY, **over}
+        body = {
+            "slug": slug,
+            "name": "GitHub",
+            "upstreamUrl": "https://up.test/mcp",
+            "credential": CANARY,
+            **over,
+        }
         return await self.http.post("/api/v1/virtual-keys", json=body, headers=self.auth)
 
 
@@ -153,11 +170,17 @@ async def test_read_update_rotate_disable_enable_delete(env: Env) -> None:
     assert r.status_code == 200
     assert r.json()["slug"] == "github-prod"
 
-    r = await env.http.patch(one, json={"name": "Renamed", "authType": "header",
-                                        "headerName": "X-Token"}, headers=env.auth)
+    r = await env.http.patch(
+        one,
+        json={"name": "Renamed", "authType": "header", "headerName": "X-Token"},
+        headers=env.auth,
+    )
     assert r.status_code == 200
     assert (r.json()["name"], r.json()["authType"], r.json()["headerName"]) == (
-        "Renamed", "header", "X-Token")
+        "Renamed",
+        "header",
+        "X-Token",
+    )
 
     r = await env.http.post(one + "/rotate", json={"credential": CANARY2}, headers=env.auth)
     assert r.status_code == 200
@@ -190,21 +213,29 @@ async def test_audit_lists_management_changes_newest_first_with_actor(env: Env) 
     assert r.json()["nextCursor"] is None
 
     first = await env.http.get(one + "/audit", params={"limit": "2"}, headers=env.auth)
-    rest = await env.http.get(one + "/audit", headers=env.auth,
-                              params={"limit": "2", "cursor": first.json()["nextCursor"]})
+    rest = await env.http.get(
+        one + "/audit",
+        headers=env.auth,
+        params={"limit": "2", "cursor": first.json()["nextCursor"]},
+    )
     assert [e["action"] for e in first.json()["data"] + rest.json()["data"]] == [
-        "disable", "rotate", "create"]
+        "disable",
+        "rotate",
+        "create",
+    ]
     assert rest.json()["nextCursor"] is None
 
-    later = await env.http.get(one + "/audit", params={"since": "2999-01-01T00:00:00Z"},
-                               headers=env.auth)
+    later = await env.http.get(
+        one + "/audit", params={"since": "2999-01-01T00:00:00Z"}, headers=env.auth
+    )
     assert (later.status_code, later.json()["data"]) == (200, [])
 
 
 async def test_api_keys_issue_list_and_revoke(env: Env) -> None:
     """POST /api-keys shows the key once; GET never does; DELETE revokes at once."""
-    r = await env.http.post("/api/v1/api-keys", headers=env.auth,
-                            json={"name": "ops", "scopes": ["admin"]})
+    r = await env.http.post(
+        "/api/v1/api-keys", headers=env.auth, json={"name": "ops", "scopes": ["admin"]}
+    )
     assert r.status_code == 201
     issued = r.json()
     key = issued["key"]
@@ -234,7 +265,10 @@ async def test_openapi_document_matches_the_router(env: Env) -> None:
     assert {"openapi", "info", "paths", "components"} <= set(doc)
     assert {"title", "version"} <= set(doc["info"])
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "bearerFormat": "ig_..."}
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "ig_...",
+    }
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
     assert documented == env.api.routes
     assert len(documented) == 21
@@ -275,52 +309,184 @@ def test_request_schemas_match_the_fields_the_service_accepts() -> None:
 
 BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     # (id, method, path, request kwargs, status, field named in the 422)
-    ("malformed-json", "POST", "/api/v1/virtual-keys",
-     {"content": b'{"slug": "abc",', "headers": {"content-type": "application/json"}}, 400, None),
+    (
+        "malformed-json",
+        "POST",
+        "/api/v1/virtual-keys",
+        {"content": b'{"slug": "abc",', "headers": {"content-type": "application/json"}},
+        400,
+        None,
+    ),
     ("array-body", "POST", "/api/v1/virtual-keys", {"json": ["slug"]}, 400, None),
     ("empty-body", "POST", "/api/v1/virtual-keys", {}, 400, None),
-    ("duplicate-keys", "POST", "/api/v1/virtual-keys/taken-one/rotate",
-     {"content": f'{{"credential": "{CANARY}", "credential": "x"}}'.encode(),
-      "headers": {"content-type": "application/json"}}, 400, None),
-    ("nan", "POST", "/api/v1/virtual-keys",
-     {"content": b'{"slug": NaN}', "headers": {"content-type": "application/json"}}, 400, None),
-    ("not-json-type", "POST", "/api/v1/virtual-keys",
-     {"content": b"slug=abc", "headers": {"content-type": "application/x-www-form-urlencoded"}},
-     415, None),
-    ("unknown-field", "POST", "/api/v1/virtual-keys",
-     {"json": {"slug": "new-one", "name": "N", "upstreamUrl": "https://u.test", "credential": "c",
-               "bogus": 1}}, 422, "bogus"),
-    ("wrong-type", "POST", "/api/v1/virtual-keys",
-     {"json": {"slug": "new-one", "name": 5, "upstreamUrl": "https://u.test", "credential": "c"}},
-     422, "name"),
-    ("bad-slug", "POST", "/api/v1/virtual-keys",
-     {"json": {"slug": "No!", "name": "N", "upstreamUrl": "https://u.test", "credential": "c"}},
-     422, "slug"),
-    ("bad-url", "POST", "/api/v1/virtual-keys",
-     {"json": {"slug": "new-one", "name": "N", "upstreamUrl": "ftp://u", "credential": "c"}},
-     422, "upstreamUrl"),
-    ("crlf-credential", "POST", "/api/v1/virtual-keys",
-     {"json": {"slug": "new-one", "name": "N", "upstreamUrl": "https://u.test",
-               "credential": CANARY + "\r\nX-Evil: 1"}}, 422, "credential"),
-    ("taken-slug", "POST", "/api/v1/virtual-keys",
-     {"json": {"slug": "taken-one", "name": "N", "upstreamUrl": "https://u.test",
-               "credential": "c"}}, 409, None),
-    ("patch-credential", "PATCH", "/api/v1/virtual-keys/taken-one",
-     {"json": {"credential": CANARY2}}, 422, "credential"),
-    ("patch-wrong-type", "PATCH", "/api/v1/virtual-keys/taken-one",
-     {"json": {"enabled": "no"}}, 422, "enabled"),
-    ("patch-unknown", "PATCH", "/api/v1/virtual-keys/nobody-here", {"json": {"name": "x"}},
-     404, None),
-    ("rotate-unknown-field", "POST", "/api/v1/virtual-keys/taken-one/rotate",
-     {"json": {"credential": CANARY2, "extra": True}}, 422, "extra"),
-    ("rotate-secret-as-key", "POST", "/api/v1/virtual-keys/taken-one/rotate",
-     {"json": {"credential": "x", CANARY2 + "-" + CANARY: 1}}, 422, "body"),
-    ("rotate-missing", "POST", "/api/v1/virtual-keys/taken-one/rotate", {"json": {}},
-     422, "credential"),
-    ("rotate-unknown-slug", "POST", "/api/v1/virtual-keys/nobody-here/rotate",
-     {"json": {"credential": CANARY2}}, 404, None),
-    ("disable-with-field", "POST", "/api/v1/virtual-keys/taken-one/disable",
-     {"json": {"enabled": False}}, 422, "enabled"),
+    (
+        "duplicate-keys",
+        "POST",
+        "/api/v1/virtual-keys/taken-one/rotate",
+        {
+            "content": f'{{"credential": "{CANARY}", "credential": "x"}}'.encode(),
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        None,
+    ),
+    (
+        "nan",
+        "POST",
+        "/api/v1/virtual-keys",
+        {"content": b'{"slug": NaN}', "headers": {"content-type": "application/json"}},
+        400,
+        None,
+    ),
+    (
+        "not-json-type",
+        "POST",
+        "/api/v1/virtual-keys",
+        {"content": b"slug=abc", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        415,
+        None,
+    ),
+    (
+        "unknown-field",
+        "POST",
+        "/api/v1/virtual-keys",
+        {
+            "json": {
+                "slug": "new-one",
+                "name": "N",
+                "upstreamUrl": "https://u.test",
+                "credential": "c",
+                "bogus": 1,
+            }
+        },
+        422,
+        "bogus",
+    ),
+    (
+        "wrong-type",
+        "POST",
+        "/api/v1/virtual-keys",
+        {
+            "json": {
+                "slug": "new-one",
+                "name": 5,
+                "upstreamUrl": "https://u.test",
+                "credential": "c",
+            }
+        },
+        422,
+        "name",
+    ),
+    (
+        "bad-slug",
+        "POST",
+        "/api/v1/virtual-keys",
+        {"json": {"slug": "No!", "name": "N", "upstreamUrl": "https://u.test", "credential": "c"}},
+        422,
+        "slug",
+    ),
+    (
+        "bad-url",
+        "POST",
+        "/api/v1/virtual-keys",
+        {"json": {"slug": "new-one", "name": "N", "upstreamUrl": "ftp://u", "credential": "c"}},
+        422,
+        "upstreamUrl",
+    ),
+    (
+        "crlf-credential",
+        "POST",
+        "/api/v1/virtual-keys",
+        {
+            "json": {
+                "slug": "new-one",
+                "name": "N",
+                "upstreamUrl": "https://u.test",
+                "credential": CANARY + "\r\nX-Evil: 1",
+            }
+        },
+        422,
+        "credential",
+    ),
+    (
+        "taken-slug",
+        "POST",
+        "/api/v1/virtual-keys",
+        {
+            "json": {
+                "slug": "taken-one",
+                "name": "N",
+                "upstreamUrl": "https://u.test",
+                "credential": "c",
+            }
+        },
+        409,
+        None,
+    ),
+    (
+        "patch-credential",
+        "PATCH",
+        "/api/v1/virtual-keys/taken-one",
+        {"json": {"credential": CANARY2}},
+        422,
+        "credential",
+    ),
+    (
+        "patch-wrong-type",
+        "PATCH",
+        "/api/v1/virtual-keys/taken-one",
+        {"json": {"enabled": "no"}},
+        422,
+        "enabled",
+    ),
+    (
+        "patch-unknown",
+        "PATCH",
+        "/api/v1/virtual-keys/nobody-here",
+        {"json": {"name": "x"}},
+        404,
+        None,
+    ),
+    (
+        "rotate-unknown-field",
+        "POST",
+        "/api/v1/virtual-keys/taken-one/rotate",
+        {"json": {"credential": CANARY2, "extra": True}},
+        422,
+        "extra",
+    ),
+    (
+        "rotate-secret-as-key",
+        "POST",
+        "/api/v1/virtual-keys/taken-one/rotate",
+        {"json": {"credential": "x", CANARY2 + "-" + CANARY: 1}},
+        422,
+        "body",
+    ),
+    (
+        "rotate-missing",
+        "POST",
+        "/api/v1/virtual-keys/taken-one/rotate",
+        {"json": {}},
+        422,
+        "credential",
+    ),
+    (
+        "rotate-unknown-slug",
+        "POST",
+        "/api/v1/virtual-keys/nobody-here/rotate",
+        {"json": {"credential": CANARY2}},
+        404,
+        None,
+    ),
+    (
+        "disable-with-field",
+        "POST",
+        "/api/v1/virtual-keys/taken-one/disable",
+        {"json": {"enabled": False}},
+        422,
+        "enabled",
+    ),
     ("get-unknown", "GET", "/api/v1/virtual-keys/nobody-here", {}, 404, None),
     ("delete-unknown", "DELETE", "/api/v1/virtual-keys/nobody-here", {}, 404, None),
     ("path-bad-slug", "DELETE", "/api/v1/virtual-keys/BAD%20SLUG", {}, 422, "slug"),
@@ -328,12 +494,23 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     ("limit-text", "GET", "/api/v1/virtual-keys?limit=ten", {}, 422, "limit"),
     ("limit-big", "GET", "/api/v1/virtual-keys/taken-one/audit?limit=201", {}, 422, "limit"),
     ("bad-cursor", "GET", "/api/v1/virtual-keys?cursor=garbage", {}, 422, "cursor"),
-    ("bad-since", "GET", "/api/v1/virtual-keys/taken-one/audit?since=yesterday", {}, 422,
-     "since"),
-    ("bad-scope", "POST", "/api/v1/api-keys", {"json": {"name": "k", "scopes": ["root"]}},
-     422, "scopes"),
-    ("key-unknown-field", "POST", "/api/v1/api-keys",
-     {"json": {"name": "k", "scopes": ["mcp"], "key": "ig_x"}}, 422, "key"),
+    ("bad-since", "GET", "/api/v1/virtual-keys/taken-one/audit?since=yesterday", {}, 422, "since"),
+    (
+        "bad-scope",
+        "POST",
+        "/api/v1/api-keys",
+        {"json": {"name": "k", "scopes": ["root"]}},
+        422,
+        "scopes",
+    ),
+    (
+        "key-unknown-field",
+        "POST",
+        "/api/v1/api-keys",
+        {"json": {"name": "k", "scopes": ["mcp"], "key": "ig_x"}},
+        422,
+        "key",
+    ),
     ("revoke-unknown", "DELETE", "/api/v1/api-keys/key_0000000000000000", {}, 404, None),
     ("unknown-path", "GET", "/api/v1/nothing-here", {}, 404, None),
     ("wrong-method", "PUT", "/api/v1/virtual-keys/taken-one", {"json": {}}, 405, None),
@@ -368,8 +545,14 @@ async def test_bad_request_gets_its_status_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("authorization", "status"),
-    [(None, 401), ("Bearer", 401), ("Basic Zm9vOmJhcg==", 401),
-     ("Bearer ig_notakey", 401), ("Bearer {revoked}", 401), ("Bearer {mcp}", 403)],
+    [
+        (None, 401),
+        ("Bearer", 401),
+        ("Basic Zm9vOmJhcg==", 401),
+        ("Bearer ig_notakey", 401),
+        ("Bearer {revoked}", 401),
+        ("Bearer {mcp}", 403),
+    ],
     ids=["none", "empty", "basic", "malformed", "revoked", "mcp-scope"],
 )
 async def test_every_route_needs_an_admin_key(
@@ -387,8 +570,11 @@ async def test_every_route_needs_an_admin_key(
         if path.endswith(("openapi.json", "/oauth/callback")):  # public: a browser lands there
             continue
         concrete = path.replace("{slug}", "taken-one").replace("{id}", env.admin_id)
-        body = {"slug": "another", "name": "n", "upstreamUrl": "https://u.test",
-                "credential": CANARY} if method in ("POST", "PATCH") else None
+        body = (
+            {"slug": "another", "name": "n", "upstreamUrl": "https://u.test", "credential": CANARY}
+            if method in ("POST", "PATCH")
+            else None
+        )
         r = await env.http.request(method, concrete, headers=headers, json=body)
         assert r.status_code == status, (method, path)
         if status == 401:
@@ -414,11 +600,23 @@ async def test_body_over_limit_by_content_length_is_refused_before_reading() -> 
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/api/v1/virtual-keys", "raw_path": b"/api/v1/virtual-keys",
-        "root_path": "", "query_string": b"", "server": ("gw.test", 80), "client": None,
-        "headers": [(b"host", b"gw.test"), (b"content-type", b"application/json"),
-                    (b"authorization", f"Bearer {key}".encode()), (b"content-length", b"101")],
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/virtual-keys",
+        "raw_path": b"/api/v1/virtual-keys",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("gw.test", 80),
+        "client": None,
+        "headers": [
+            (b"host", b"gw.test"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-length", b"101"),
+        ],
     }
     await api(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == 413
@@ -441,24 +639,31 @@ async def test_chunked_body_over_limit_is_refused_as_soon_as_it_passes(env: Env)
 
     before = await snapshot(env.service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url=BASE) as c:
-        r = await c.post("/api/v1/virtual-keys", content=chunks(),
-                         headers={**env.auth, "content-type": "application/json"})
+        r = await c.post(
+            "/api/v1/virtual-keys",
+            content=chunks(),
+            headers={**env.auth, "content-type": "application/json"},
+        )
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "payload_too_large"
     assert pulled <= 11
     assert await snapshot(env.service) == before
 
     # Just under the limit is fine.
-    small = json.dumps({"slug": "chunky", "name": "x" * 100, "upstreamUrl": "https://u.test",
-                        "credential": "c"}).encode()
+    small = json.dumps(
+        {"slug": "chunky", "name": "x" * 100, "upstreamUrl": "https://u.test", "credential": "c"}
+    ).encode()
 
     async def one() -> AsyncIterator[bytes]:
         for i in range(0, len(small), 7):
-            yield small[i:i + 7]
+            yield small[i : i + 7]
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url=BASE) as c:
-        r = await c.post("/api/v1/virtual-keys", content=one(),
-                         headers={**env.auth, "content-type": "application/json"})
+        r = await c.post(
+            "/api/v1/virtual-keys",
+            content=one(),
+            headers={**env.auth, "content-type": "application/json"},
+        )
     assert r.status_code == 201
 
 
@@ -466,6 +671,7 @@ async def test_store_unavailable_is_503_with_retry_after(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A StoreUnavailable with retry_after becomes 503 store_unavailable + Retry-After."""
+
     async def down(**_: Any) -> Any:
         raise StoreUnavailable("the store is down", retry_after=7)
 
@@ -487,8 +693,9 @@ async def test_unexpected_error_is_500_without_details_or_leaks(
 
     monkeypatch.setattr(env.service, "rotate_credential", boom)
     await env.create()
-    r = await env.http.post("/api/v1/virtual-keys/github-prod/rotate",
-                            json={"credential": CANARY2}, headers=env.auth)
+    r = await env.http.post(
+        "/api/v1/virtual-keys/github-prod/rotate", json={"credential": CANARY2}, headers=env.auth
+    )
     assert r.status_code == 500
     assert r.json() == {"error": {"code": "internal_error", "message": "internal error"}}
     assert "RuntimeError" in caplog.text
@@ -508,19 +715,34 @@ async def test_canary_never_in_responses_or_logs(
     responses.append(await env.create("basic-one", authType="basic", credential=f"u:{CANARY}"))
     responses.append(await env.http.get("/api/v1/virtual-keys", headers=env.auth))
     responses.append(await env.http.get(one, headers=env.auth))
-    responses.append(await env.http.patch(one, json={"upstreamUrl": "https://up2.test/mcp"},
-                                          headers=env.auth))
-    responses.append(await env.http.post(one + "/rotate", json={"credential": CANARY2},
-                                         headers=env.auth))
-    responses.append(await env.http.post(one + "/rotate", json={"credential": CANARY2 + "\n"},
-                                         headers=env.auth))
+    responses.append(
+        await env.http.patch(one, json={"upstreamUrl": "https://up2.test/mcp"}, headers=env.auth)
+    )
+    responses.append(
+        await env.http.post(one + "/rotate", json={"credential": CANARY2}, headers=env.auth)
+    )
+    responses.append(
+        await env.http.post(one + "/rotate", json={"credential": CANARY2 + "\n"}, headers=env.auth)
+    )
     responses.append(await env.http.patch(one, json={"credential": CANARY2}, headers=env.auth))
     responses.append(await env.http.get(one + "/audit", headers=env.auth))
     responses.append(await env.http.get("/api/v1/api-keys", headers=env.auth))
     responses.append(await env.http.get(one, headers={"Authorization": f"Bearer {env.mcp_key}"}))
     responses.append(await env.http.delete(one, headers=env.auth))
     assert [r.status_code for r in responses] == [
-        201, 201, 200, 200, 200, 200, 422, 422, 200, 200, 403, 204]
+        201,
+        201,
+        200,
+        200,
+        200,
+        200,
+        422,
+        422,
+        200,
+        200,
+        403,
+        204,
+    ]
     secrets = (CANARY, CANARY2, env.admin_key, env.mcp_key)
     for r in responses:
         wire = r.text + json.dumps(dict(r.headers))
@@ -532,10 +754,12 @@ async def test_canary_never_in_responses_or_logs(
 async def test_disconnect_while_reading_sends_nothing(env: Env) -> None:
     """A client that goes away mid-body gets no response and nothing is created."""
     sent: list[Any] = []
-    messages = iter([
-        {"type": "http.request", "body": b'{"slug": "gone-', "more_body": True},
-        {"type": "http.disconnect"},
-    ])
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"slug": "gone-', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
 
     async def receive() -> Any:
         return next(messages)
@@ -544,8 +768,13 @@ async def test_disconnect_while_reading_sends_nothing(env: Env) -> None:
         sent.append(message)
 
     scope = {
-        "type": "http", "method": "POST", "scheme": "http", "path": "/api/v1/virtual-keys",
-        "root_path": "", "query_string": b"", "server": ("gw.test", 80),
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/virtual-keys",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("gw.test", 80),
         "headers": [(b"authorization", f"Bearer {env.admin_key}".encode())],
     }
     await env.api(scope, receive, send)  # type: ignore[arg-type]
@@ -557,7 +786,8 @@ async def test_lifespan_and_websocket_scopes() -> None:
     """Served alone, it completes lifespan events and closes websockets."""
     api = ManagementAPI(Service(MemoryStore(), FixedKeyring()))
     inbox: Iterator[dict[str, Any]] = iter(
-        [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    )
     sent: list[Any] = []
 
     async def receive() -> Any:
@@ -580,21 +810,45 @@ async def test_every_response_matches_its_documented_schema(env: Env) -> None:
     doc = env.api.openapi()
     one = "/api/v1/virtual-keys/github-prod"
     calls: list[tuple[str, str, str, dict[str, Any]]] = [
-        ("POST", "/api/v1/virtual-keys", "/api/v1/virtual-keys",
-         {"json": {"slug": "github-prod", "name": "G", "upstreamUrl": "https://u.test",
-                   "credential": CANARY}}),
+        (
+            "POST",
+            "/api/v1/virtual-keys",
+            "/api/v1/virtual-keys",
+            {
+                "json": {
+                    "slug": "github-prod",
+                    "name": "G",
+                    "upstreamUrl": "https://u.test",
+                    "credential": CANARY,
+                }
+            },
+        ),
         ("POST", "/api/v1/virtual-keys", "/api/v1/virtual-keys", {"json": {"slug": 1}}),
         ("GET", "/api/v1/virtual-keys", "/api/v1/virtual-keys", {"params": {"limit": "1"}}),
         ("GET", "/api/v1/virtual-keys/{slug}", one, {}),
         ("PATCH", "/api/v1/virtual-keys/{slug}", one, {"json": {"name": "H"}}),
-        ("POST", "/api/v1/virtual-keys/{slug}/rotate", one + "/rotate",
-         {"json": {"credential": CANARY2}}),
+        (
+            "POST",
+            "/api/v1/virtual-keys/{slug}/rotate",
+            one + "/rotate",
+            {"json": {"credential": CANARY2}},
+        ),
         ("POST", "/api/v1/virtual-keys/{slug}/disable", one + "/disable", {}),
         ("POST", "/api/v1/virtual-keys/{slug}/enable", one + "/enable", {}),
         ("GET", "/api/v1/virtual-keys/{slug}/audit", one + "/audit", {}),
-        ("POST", "/api/v1/api-keys", "/api/v1/api-keys",
-         {"json": {"name": "k", "scopes": ["mcp"], "connections": ["github-prod"],
-                   "expiresAt": "2999-01-01T00:00:00Z"}}),
+        (
+            "POST",
+            "/api/v1/api-keys",
+            "/api/v1/api-keys",
+            {
+                "json": {
+                    "name": "k",
+                    "scopes": ["mcp"],
+                    "connections": ["github-prod"],
+                    "expiresAt": "2999-01-01T00:00:00Z",
+                }
+            },
+        ),
         ("GET", "/api/v1/api-keys", "/api/v1/api-keys", {}),
         ("DELETE", "/api/v1/api-keys/{id}", f"/api/v1/api-keys/{env.admin_id}x", {}),
         ("DELETE", "/api/v1/virtual-keys/{slug}", one, {}),
@@ -614,8 +868,7 @@ async def test_every_response_matches_its_documented_schema(env: Env) -> None:
         if "content" not in entry:
             assert r.content == b""
             continue
-        schema = {"components": doc["components"],
-                  **entry["content"]["application/json"]["schema"]}
+        schema = {"components": doc["components"], **entry["content"]["application/json"]["schema"]}
         jsonschema.Draft202012Validator(schema).validate(r.json())
         statuses.add(r.status_code)
     assert statuses >= {200, 201, 404, 422}

@@ -14,9 +14,7 @@ from igris_mw._sqlite import SQLiteStore
 from igris_mw.testing import FixedKeyring
 
 BASE = "http://gw.test"
-CONN = (
-    '{"slug": "%s", "name": %s, "upstreamUrl": "https://up.test/mcp", "credential": %s}'
-)
+CONN = '{"slug": "%s", "name": %s, "upstreamUrl": "https://up.test/mcp", "credential": %s}'
 
 
 @pytest.fixture
@@ -49,7 +47,8 @@ async def test_lone_surrogate_is_400_and_nothing_changes(
     http, _, admin = api
     headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
     made = await http.post(
-        "/api/v1/virtual-keys", headers=headers,
+        "/api/v1/virtual-keys",
+        headers=headers,
         content=CONN % ("base", '"base"', '"c"'),
     )
     assert made.status_code == 201

@@ -149,8 +149,12 @@ async def test_old_master_key_chains_verify_after_rotation(tmp_path: Path) -> No
     try:
         old = Service(store, FixedKeyring("old"))
         await old.create_connection(
-            {"slug": "ghub", "name": "G", "upstreamUrl": "https://mcp.example/mcp",
-             "credential": "t"}
+            {
+                "slug": "ghub",
+                "name": "G",
+                "upstreamUrl": "https://mcp.example/mcp",
+                "credential": "t",
+            }
         )
         new = Service(store, FixedKeyring("new", "old"))
         await store.use_audit_key(await FixedKeyring("new", "old").audit_key())
@@ -180,8 +184,11 @@ async def test_unkeyed_sqlite_trail_is_resealed_by_the_migration(tmp_path: Path)
 
     for i in range(3):
         event = AuditEvent(
-            id=f"evt_{i:028x}", timestamp=datetime(2026, 1, 1, tzinfo=UTC), connection="ghub",
-            kind="management", action="update",
+            id=f"evt_{i:028x}",
+            timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+            connection="ghub",
+            kind="management",
+            action="update",
         )
         previous = seal_event(event, previous)
         assert previous.hash == audit_chain_hash(previous)
@@ -201,7 +208,6 @@ async def test_unkeyed_sqlite_trail_is_resealed_by_the_migration(tmp_path: Path)
         assert all(e.key_id == FixedKeyring().primary_key_id for e in chain)
     finally:
         await store.close()
-
 
 
 def _unkeyed_chain(slug: str, n: int) -> list[AuditEvent]:

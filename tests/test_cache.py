@@ -222,7 +222,11 @@ async def test_negative_entries_have_their_own_budget() -> None:
         return src.values.get(key, -1)
 
     cache: RefreshingCache[str, int] = RefreshingCache(
-        load, ttl=100, clock=Clock(), max_entries=100, max_negative=20,
+        load,
+        ttl=100,
+        clock=Clock(),
+        max_entries=100,
+        max_negative=20,
         negative=lambda v: v < 0,
     )
     for key in real:

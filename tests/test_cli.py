@@ -94,8 +94,15 @@ def open_credential(url: str, slug: str, keyring: Keyring | None = None) -> byte
 
 def create_args(slug: str = "gh-prod", *extra: str) -> list[str]:
     return [
-        "connections", "create", "--slug", slug, "--name", "GitHub",
-        "--upstream-url", "https://mcp.example/mcp", *extra,
+        "connections",
+        "create",
+        "--slug",
+        slug,
+        "--name",
+        "GitHub",
+        "--upstream-url",
+        "https://mcp.example/mcp",
+        *extra,
     ]
 
 
@@ -128,8 +135,16 @@ def test_api_key_create_json_prints_key_once(home: Path, run: Run) -> None:
 def test_api_key_human_create_scoped_and_revoke(home: Path, run: Run) -> None:
     """A scoped mcp key prints its key once; revoke marks it revoked."""
     code, out, err = run(
-        "api-keys", "create", "--name", "ci", "--scope", "mcp", "--connection", "gh-prod",
-        "--expires-at", "2999-01-01T00:00:00Z",
+        "api-keys",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "mcp",
+        "--connection",
+        "gh-prod",
+        "--expires-at",
+        "2999-01-01T00:00:00Z",
     )
     assert code == 0
     assert "not shown again" in err
@@ -215,7 +230,11 @@ def test_connection_lifecycle(home: Path, run: Run) -> None:
 
     audit = run.json("audit", "gh-prod")
     assert [e["action"] for e in audit["data"]] == [
-        "update", "enable", "disable", "rotate", "create"
+        "update",
+        "enable",
+        "disable",
+        "rotate",
+        "create",
     ]
     assert all(e["kind"] == "management" for e in audit["data"])
     code, out, _ = run("audit", "gh-prod", "--limit", "2")
@@ -274,6 +293,7 @@ def test_audit_follow_prints_new_events_until_ctrl_c(
     def writer() -> None:
         try:
             time.sleep(0.5)
+
             # Another process's write, through its own store object.
             async def disable() -> None:
                 store = SQLiteStore.from_url(default_url(home))
@@ -306,8 +326,12 @@ def test_audit_follow_prints_new_events_until_ctrl_c(
 BAD: list[tuple[list[str], dict[str, str | None], int, str]] = [
     (create_args("Bad Slug", "--credential-file", "cred2.txt"), {}, 1, "slug"),
     (create_args("gh-prod", "--credential-file", "cred2.txt"), {}, 1, "taken"),
-    (create_args("hdr-one", "--auth-type", "header", "--credential-file", "cred2.txt"), {}, 1,
-     "headerName"),
+    (
+        create_args("hdr-one", "--auth-type", "header", "--credential-file", "cred2.txt"),
+        {},
+        1,
+        "headerName",
+    ),
     (create_args("new-one", "--credential-file", "missing.txt"), {}, 1, "missing.txt"),
     (create_args("new-one", "--credential-file", "twoline.txt"), {}, 1, "credential"),
     (["connections", "show", "missing"], {}, 1, "missing"),
@@ -318,15 +342,30 @@ BAD: list[tuple[list[str], dict[str, str | None], int, str]] = [
     (["audit", "gh-prod", "--limit", "0"], {}, 1, "limit"),
     (["audit", "gh-prod", "--since", "yesterday"], {}, 1, "since"),
     (["api-keys", "revoke", "key_0000000000000000"], {}, 1, "key"),
-    (["api-keys", "create", "--name", "x", "--scope", "admin", "--connection", "gh-prod"], {}, 1,
-     "connections"),
-    (create_args("new-one", "--credential-file", "cred2.txt"),
-     {"IGRIS_MASTER_KEY": "not-base64!"}, 2, "IGRIS_MASTER_KEY"),
-    (create_args("new-one", "--credential-file", "cred2.txt"),
-     {"IGRIS_MASTER_KEY": "c2hvcnQ="}, 2, "IGRIS_MASTER_KEY"),
-    (["connections", "rotate", "gh-prod", "--credential-file", "cred2.txt"],
-     {"IGRIS_MASTER_KEY": None, "IGRIS_MASTER_KEY_FILE": "/nonexistent/master.key"}, 2,
-     "/nonexistent/master.key"),
+    (
+        ["api-keys", "create", "--name", "x", "--scope", "admin", "--connection", "gh-prod"],
+        {},
+        1,
+        "connections",
+    ),
+    (
+        create_args("new-one", "--credential-file", "cred2.txt"),
+        {"IGRIS_MASTER_KEY": "not-base64!"},
+        2,
+        "IGRIS_MASTER_KEY",
+    ),
+    (
+        create_args("new-one", "--credential-file", "cred2.txt"),
+        {"IGRIS_MASTER_KEY": "c2hvcnQ="},
+        2,
+        "IGRIS_MASTER_KEY",
+    ),
+    (
+        ["connections", "rotate", "gh-prod", "--credential-file", "cred2.txt"],
+        {"IGRIS_MASTER_KEY": None, "IGRIS_MASTER_KEY_FILE": "/nonexistent/master.key"},
+        2,
+        "/nonexistent/master.key",
+    ),
     (["connections", "list", "--store", "foo://bar"], {}, 2, "foo"),
     (["connections", "list"], {"IGRIS_STORE": "nope://x"}, 2, "nope"),
     (["connections", "list"], {"IGRIS_HOME": "cred.txt/home"}, 2, "data directory"),
@@ -391,9 +430,9 @@ def test_default_key_file_is_used(home: Path, run: Run, monkeypatch: pytest.Monk
     keyring = Keyring.generate_key_file(key_file)
     assert run.json(*create_args("gh-prod", "--credential-file", "cred.txt"))["slug"] == "gh-prod"
     assert open_credential(default_url(home), "gh-prod", keyring) == CRED.encode()
-    assert cli.crypto_environ({"IGRIS_HOME": str(home / "home")})[
-        "IGRIS_MASTER_KEY_FILE"
-    ] == str(key_file)
+    assert cli.crypto_environ({"IGRIS_HOME": str(home / "home")})["IGRIS_MASTER_KEY_FILE"] == str(
+        key_file
+    )
 
 
 def test_store_option_and_environment(
@@ -427,7 +466,10 @@ def test_installed_entry_point_exits_cleanly(home: Path) -> None:
     exe = Path(sys.executable).parent / "igris-mw"
     proc = subprocess.run(
         [str(exe), "connections", "show", "missing-one"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert proc.stdout == ""
@@ -436,7 +478,10 @@ def test_installed_entry_point_exits_cleanly(home: Path) -> None:
     assert "Traceback" not in proc.stderr
     proc = subprocess.run(
         [str(exe), "connections", "list", "--store", "bogus://x"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

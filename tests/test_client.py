@@ -82,9 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", ws="none"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -110,8 +108,9 @@ class InProcess:
     mcp_key: str
 
     def client(self, key: str | None = None, **kw: Any) -> AsyncIgrisClient:
-        return AsyncIgrisClient(BASE, key or self.admin_key,
-                                transport=httpx.ASGITransport(app=self.api), **kw)
+        return AsyncIgrisClient(
+            BASE, key or self.admin_key, transport=httpx.ASGITransport(app=self.api), **kw
+        )
 
 
 @pytest.fixture
@@ -135,8 +134,9 @@ def _no_network(request: httpx.Request) -> httpx.Response:
 def test_get_mcp_config_builds_url_and_headers_without_network() -> None:
     """get_mcp_config gives <base>/v1/mcp/<slug> and the gateway headers, offline."""
     with IgrisClient("https://gw.example/", KEY, transport=httpx.MockTransport(_no_network)) as c:
-        config = c.get_mcp_config("vk_github_prod", user="alice@company.com",
-                                  metadata={"role": "developer", "n": 1})
+        config = c.get_mcp_config(
+            "vk_github_prod", user="alice@company.com", metadata={"role": "developer", "n": 1}
+        )
     assert config.url == "https://gw.example/v1/mcp/vk_github_prod"
     assert dict(config.headers) == {
         "Authorization": f"Bearer {KEY}",
@@ -175,10 +175,14 @@ def test_to_mcp_servers_renders_the_mcp_servers_block() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.url = "https://elsewhere.test"  # type: ignore[misc]
     block = config.to_mcp_servers()
-    assert block == {"mcpServers": {"github": {
-        "url": f"{BASE}/v1/mcp/github",
-        "headers": {"Authorization": f"Bearer {KEY}", "X-Igris-User": "bob"},
-    }}}
+    assert block == {
+        "mcpServers": {
+            "github": {
+                "url": f"{BASE}/v1/mcp/github",
+                "headers": {"Authorization": f"Bearer {KEY}", "X-Igris-User": "bob"},
+            }
+        }
+    }
     assert json.loads(json.dumps(block)) == block
     typed = config.to_mcp_servers("gh", type="http")
     assert typed["mcpServers"]["gh"]["type"] == "http"
@@ -215,13 +219,18 @@ def test_constructor_refuses_bad_base_url_and_key() -> None:
 async def test_async_client_every_management_call(app: InProcess) -> None:
     """Each management method of AsyncIgrisClient does its call and returns the API's JSON."""
     async with app.client() as c:
-        created = await c.create_connection("conn-a", "A", "https://up.test/mcp",
-                                            credential=CANARY)
+        created = await c.create_connection("conn-a", "A", "https://up.test/mcp", credential=CANARY)
         assert created["gatewayUrl"] == f"{BASE}/v1/mcp/conn-a"
         assert CANARY not in json.dumps(created)
         for i in range(4):
-            await c.create_connection(f"conn-{i}x", "n", "https://up.test/mcp",
-                                      auth_type="header", header_name="X-Key", credential="s")
+            await c.create_connection(
+                f"conn-{i}x",
+                "n",
+                "https://up.test/mcp",
+                auth_type="header",
+                header_name="X-Key",
+                credential="s",
+            )
         first = await c.list_connections(limit=2)
         assert len(first.items) == 2
         assert first.next_cursor is not None
@@ -281,38 +290,86 @@ async def test_api_errors_raise_the_matching_exception(app: InProcess) -> None:
 @pytest.mark.parametrize(
     ("status", "body", "headers", "cls", "code"),
     [
-        (400, {"error": {"code": "invalid_json", "message": "bad"}}, {}, BadRequest,
-         "invalid_json"),
-        (401, {"error": {"code": "unauthorized", "message": "no"}}, {}, Unauthorized,
-         "unauthorized"),
-        (403, {"error": {"code": "insufficient_scope", "message": "no"}}, {}, Forbidden,
-         "insufficient_scope"),
+        (
+            400,
+            {"error": {"code": "invalid_json", "message": "bad"}},
+            {},
+            BadRequest,
+            "invalid_json",
+        ),
+        (
+            401,
+            {"error": {"code": "unauthorized", "message": "no"}},
+            {},
+            Unauthorized,
+            "unauthorized",
+        ),
+        (
+            403,
+            {"error": {"code": "insufficient_scope", "message": "no"}},
+            {},
+            Forbidden,
+            "insufficient_scope",
+        ),
         (404, {"error": {"code": "not_found", "message": "gone"}}, {}, NotFound, "not_found"),
-        (409, {"error": {"code": "version_conflict", "message": "race"}}, {}, VersionConflict,
-         "version_conflict"),
-        (409, {"error": {"code": "other_conflict", "message": "x"}}, {}, Conflict,
-         "other_conflict"),
-        (413, {"error": {"code": "payload_too_large", "message": "big"}}, {}, PayloadTooLarge,
-         "payload_too_large"),
+        (
+            409,
+            {"error": {"code": "version_conflict", "message": "race"}},
+            {},
+            VersionConflict,
+            "version_conflict",
+        ),
+        (
+            409,
+            {"error": {"code": "other_conflict", "message": "x"}},
+            {},
+            Conflict,
+            "other_conflict",
+        ),
+        (
+            413,
+            {"error": {"code": "payload_too_large", "message": "big"}},
+            {},
+            PayloadTooLarge,
+            "payload_too_large",
+        ),
         (502, "<html>bad gateway</html>", {}, UpstreamError, "upstream_unreachable"),
-        (503, {"error": {"code": "store_unavailable", "message": "down"}}, {"retry-after": "9"},
-         StoreUnavailable, "store_unavailable"),
-        (504, {"error": {"code": "upstream_timeout", "message": "slow"}}, {}, UpstreamTimeout,
-         "upstream_timeout"),
-        (418, {"error": {"code": "teapot", "message": "short and stout"}}, {}, IgrisError,
-         "teapot"),
+        (
+            503,
+            {"error": {"code": "store_unavailable", "message": "down"}},
+            {"retry-after": "9"},
+            StoreUnavailable,
+            "store_unavailable",
+        ),
+        (
+            504,
+            {"error": {"code": "upstream_timeout", "message": "slow"}},
+            {},
+            UpstreamTimeout,
+            "upstream_timeout",
+        ),
+        (
+            418,
+            {"error": {"code": "teapot", "message": "short and stout"}},
+            {},
+            IgrisError,
+            "teapot",
+        ),
     ],
 )
 def test_status_maps_to_exception(
     status: int, body: Any, headers: dict[str, str], cls: type[IgrisError], code: str
 ) -> None:
     """Each error status (and code) raises its IgrisError subclass with the server's text."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         return httpx.Response(status, content=content, headers=headers)
 
-    with IgrisClient(BASE, KEY, transport=httpx.MockTransport(handler)) as c, \
-            pytest.raises(cls) as info:
+    with (
+        IgrisClient(BASE, KEY, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(cls) as info,
+    ):
         c.list_connections()
     assert type(info.value) is cls
     assert info.value.code == code
@@ -333,8 +390,10 @@ def test_redirects_are_not_followed_and_key_goes_only_to_base() -> None:
         seen.append(request)
         return httpx.Response(307, headers={"location": "https://evil.test/api/v1/virtual-keys"})
 
-    with IgrisClient(f"{BASE}/igris", KEY, transport=httpx.MockTransport(handler)) as c, \
-            pytest.raises(IgrisError) as info:
+    with (
+        IgrisClient(f"{BASE}/igris", KEY, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(IgrisError) as info,
+    ):
         c.list_connections(limit=5)
     assert info.value.status == 307
     assert len(seen) == 1
@@ -344,11 +403,14 @@ def test_redirects_are_not_followed_and_key_goes_only_to_base() -> None:
 
 def test_transport_failure_is_service_unavailable_without_the_key() -> None:
     """A connection error becomes ServiceUnavailable(gateway_unreachable), key-free."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"refused {request.headers['authorization']}")
 
-    with IgrisClient(BASE, KEY, transport=httpx.MockTransport(handler)) as c, \
-            pytest.raises(ServiceUnavailable) as info:
+    with (
+        IgrisClient(BASE, KEY, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ServiceUnavailable) as info,
+    ):
         c.get_connection("abc")
     assert info.value.code == "gateway_unreachable"
     assert KEY not in str(info.value)
@@ -370,8 +432,7 @@ def test_slug_and_key_id_are_checked_before_the_request() -> None:
 def test_sync_client_against_real_server(served: Served) -> None:
     """IgrisClient drives the API over real HTTP on a loopback port (uvicorn)."""
     with IgrisClient(served.url, served.admin_key, timeout=10) as c:
-        created = c.create_connection("real-one", "Real", "https://up.test/mcp",
-                                      credential=CANARY)
+        created = c.create_connection("real-one", "Real", "https://up.test/mcp", credential=CANARY)
         assert created["gatewayUrl"] == f"{served.url}/v1/mcp/real-one"
         assert c.get_mcp_config("real-one").url == created["gatewayUrl"]
         assert [x["slug"] for x in c.iter_connections(page_size=1)] == ["real-one"]
@@ -392,12 +453,10 @@ def test_sync_client_against_real_server(served: Served) -> None:
 async def test_async_client_against_real_server(served: Served) -> None:
     """AsyncIgrisClient works over real HTTP too, including a 413 from the size limit."""
     async with AsyncIgrisClient(served.url, served.admin_key, timeout=10) as c:
-        created = await c.create_connection("async-one", "A", "https://up.test/mcp",
-                                            credential="s")
+        created = await c.create_connection("async-one", "A", "https://up.test/mcp", credential="s")
         assert created["slug"] == "async-one"
         with pytest.raises(PayloadTooLarge):
-            await c.create_connection("big-one", "B", "https://up.test/mcp",
-                                      credential="x" * 70000)
+            await c.create_connection("big-one", "B", "https://up.test/mcp", credential="x" * 70000)
         assert [x["slug"] async for x in c.iter_connections()] == ["async-one"]
         await c.delete_connection("async-one")
 

@@ -65,9 +65,14 @@ class Env:
 
     async def create(self, slug: str = "github", **over: str) -> httpx.Response:
         data = {
-            "csrf": await self.csrf(), "slug": slug, "name": "GitHub",
-            "upstreamUrl": "https://up.test/mcp", "authType": "bearer", "credential": CANARY,
-            "enabled": "on", **over,
+            "csrf": await self.csrf(),
+            "slug": slug,
+            "name": "GitHub",
+            "upstreamUrl": "https://up.test/mcp",
+            "authType": "bearer",
+            "credential": CANARY,
+            "enabled": "on",
+            **over,
         }
         return await self.http.post("/ui/connections", data=data)
 
@@ -75,14 +80,11 @@ class Env:
 async def make_env(
     *, base: str = BASE, client: tuple[str, int] = ("127.0.0.1", 5000), **options: Any
 ) -> tuple[IgrisGateway, httpx.AsyncClient, str, str, str]:
-    gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring(), dashboard=True,
-                      **options)
+    gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring(), dashboard=True, **options)
     await gw.startup()
     admin, admin_key = await gw.service.create_api_key({"name": "admin", "scopes": ["admin"]})
     _, mcp_key = await gw.service.create_api_key({"name": "agent", "scopes": ["mcp"]})
-    http = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=gw, client=client), base_url=base
-    )
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw, client=client), base_url=base)
     return gw, http, admin_key, admin.id, mcp_key
 
 
@@ -117,10 +119,19 @@ async def test_every_page_carries_the_security_headers(signed_in: Env) -> None:
     """CSP without inline script, DENY framing, no referrer, no-store on pages and errors."""
     env = signed_in
     await env.create()
-    paths = ["/ui/connections", "/ui/new/connection", "/ui/connections/github",
-             "/ui/connections/github/delete", "/ui/connections/github/edit", "/ui/api-keys",
-             "/ui/new/api-key", "/ui/audit",
-             "/ui/connections/nope", "/ui/connections/github/audit.json", "/ui/no-such-page"]
+    paths = [
+        "/ui/connections",
+        "/ui/new/connection",
+        "/ui/connections/github",
+        "/ui/connections/github/delete",
+        "/ui/connections/github/edit",
+        "/ui/api-keys",
+        "/ui/new/api-key",
+        "/ui/audit",
+        "/ui/connections/nope",
+        "/ui/connections/github/audit.json",
+        "/ui/no-such-page",
+    ]
     for path in paths:
         response = await env.http.get(path)
         assert response.status_code in (200, 404), path
@@ -138,9 +149,9 @@ async def test_pages_need_a_session(env: Env) -> None:
     assert (await env.http.get("/ui/audit.json")).status_code == 401
     response = await env.http.post("/ui/connections", data={"slug": "abc"})
     assert response.status_code == 401
-    assert await env.gw.service.list_connections() == type(
-        await env.gw.service.list_connections()
-    )([], None)
+    assert await env.gw.service.list_connections() == type(await env.gw.service.list_connections())(
+        [], None
+    )
 
 
 async def test_the_session_cookie_is_httponly_strict_and_never_the_key(env: Env) -> None:
@@ -163,16 +174,17 @@ async def test_the_session_cookie_is_httponly_strict_and_never_the_key(env: Env)
 
 async def test_the_cookie_is_secure_on_https() -> None:
     """On https (or behind an https public_url) the cookies carry Secure."""
-    for base, options in (("https://gw.test", {}),
-                          ("http://gw.test", {"public_url": "https://gw.example"})):
+    for base, options in (
+        ("https://gw.test", {}),
+        ("http://gw.test", {"public_url": "https://gw.example"}),
+    ):
         gw, http, admin_key, _, _ = await make_env(base=base, **options)
         async with http:
             form = await http.get("/ui/login")
             assert "Secure" in form.headers["set-cookie"]
             token = CSRF_RE.search(form.text)
             assert token is not None
-            response = await http.post("/ui/login", data={"csrf": token.group(1),
-                                                          "key": admin_key})
+            response = await http.post("/ui/login", data={"csrf": token.group(1), "key": admin_key})
             assert all("Secure" in c for c in response.headers.get_list("set-cookie"))
         await gw.aclose()
 
@@ -197,15 +209,20 @@ async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
     await env.create()
     other_gw_session = env.gw.dashboard.sessions.create(env.admin_id)
     for token in (None, "", "x" * 43, other_gw_session.csrf):
-        data = {"slug": "second", "name": "n", "upstreamUrl": "https://u.test/",
-                "credential": CANARY}
+        data = {
+            "slug": "second",
+            "name": "n",
+            "upstreamUrl": "https://u.test/",
+            "credential": CANARY,
+        }
         if token is not None:
             data["csrf"] = token
         response = await env.http.post("/ui/connections", data=data)
         assert response.status_code == 403
         assert "CSRF" in response.text
-        disable = await env.http.post("/ui/connections/github/disable",
-                                      data={} if token is None else {"csrf": token})
+        disable = await env.http.post(
+            "/ui/connections/github/disable", data={} if token is None else {"csrf": token}
+        )
         assert disable.status_code == 403
     assert [c.slug for c in (await env.gw.service.list_connections()).items] == ["github"]
     assert (await env.gw.service.get_connection("github")).enabled is True
@@ -225,15 +242,25 @@ async def test_a_post_from_another_origin_is_refused(signed_in: Env) -> None:
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
         response = await env.http.post(
             "/ui/connections",
-            data={"csrf": token, "slug": "abc", "name": "n", "upstreamUrl": "https://u.test/",
-                  "credential": CANARY},
+            data={
+                "csrf": token,
+                "slug": "abc",
+                "name": "n",
+                "upstreamUrl": "https://u.test/",
+                "credential": CANARY,
+            },
             headers=headers,
         )
         assert response.status_code == 403
     same = await env.http.post(
         "/ui/connections",
-        data={"csrf": token, "slug": "abc", "name": "n", "upstreamUrl": "https://u.test/",
-              "credential": CANARY},
+        data={
+            "csrf": token,
+            "slug": "abc",
+            "name": "n",
+            "upstreamUrl": "https://u.test/",
+            "credential": CANARY,
+        },
         headers={"Origin": "http://gw.test", "Sec-Fetch-Site": "same-origin"},
     )
     assert same.status_code == 303
@@ -256,8 +283,9 @@ async def test_failed_sign_ins_are_throttled_per_client_address(env: Env) -> Non
         form = await gw2_http.get("/ui/login")
         token = CSRF_RE.search(form.text)
         assert token is not None
-        other = await gw2_http.post("/ui/login", data={"csrf": token.group(1),
-                                                       "key": env.admin_key})
+        other = await gw2_http.post(
+            "/ui/login", data={"csrf": token.group(1), "key": env.admin_key}
+        )
     assert other.status_code == 303
 
 
@@ -285,13 +313,25 @@ async def test_admin_and_client_strings_render_as_text(signed_in: Env) -> None:
     env = signed_in
     assert (await env.create(name=HOSTILE)).status_code == 303
     event = AuditEvent(
-        id="evt_hostile", timestamp=utcnow(), connection="github", user=SCRIPT,
-        metadata={"note": SCRIPT}, method="POST", path="/v1/mcp/github/" + HOSTILE,
-        rpc_method="tools/call", tool=SCRIPT, status=200,
+        id="evt_hostile",
+        timestamp=utcnow(),
+        connection="github",
+        user=SCRIPT,
+        metadata={"note": SCRIPT},
+        method="POST",
+        path="/v1/mcp/github/" + HOSTILE,
+        rpc_method="tools/call",
+        tool=SCRIPT,
+        status=200,
     )
     await env.gw.service.audit.append_audit_events([event])
-    for path in ("/ui/connections", "/ui/connections/github", "/ui/audit",
-                 "/ui/audit?user=" + SCRIPT, "/ui/connections/github/delete"):
+    for path in (
+        "/ui/connections",
+        "/ui/connections/github",
+        "/ui/audit",
+        "/ui/audit?user=" + SCRIPT,
+        "/ui/connections/github/delete",
+    ):
         page = await env.http.get(path)
         assert page.status_code == 200
         assert "<img src=x" not in page.text
@@ -352,8 +392,9 @@ async def test_a_bad_field_is_shown_next_to_it_and_the_credential_is_not_echoed(
     assert again.status_code == 409
     assert 'id="e-slug"' in again.text
     assert CANARY not in again.text
-    rotate = await env.http.post("/ui/connections/github/rotate",
-                                 data={"csrf": await env.csrf(), "credential": ""})
+    rotate = await env.http.post(
+        "/ui/connections/github/rotate", data={"csrf": await env.csrf(), "credential": ""}
+    )
     assert rotate.status_code == 422
     assert 'id="e-credential"' in rotate.text
 
@@ -373,8 +414,9 @@ async def test_password_fields_are_write_only_and_forms_post(signed_in: Env) -> 
         for tag in inputs:
             assert 'autocomplete="off"' in tag
             assert 'value=""' in tag
-        assert not re.search(r'<form[^>]*method="get"[^>]*>(?:(?!</form>).)*type="password"',
-                             page, re.S)
+        assert not re.search(
+            r'<form[^>]*method="get"[^>]*>(?:(?!</form>).)*type="password"', page, re.S
+        )
 
 
 async def test_templates_have_no_inline_script_or_handlers() -> None:
@@ -404,8 +446,9 @@ async def test_a_new_api_key_is_shown_once(signed_in: Env) -> None:
     assert again.status_code == 303
     listing = await env.http.get("/ui/api-keys")
     assert keys[0] not in listing.text
-    revoke = await env.http.post(f"/ui/api-keys/{record.id}/revoke",
-                                 data={"csrf": await env.csrf()})
+    revoke = await env.http.post(
+        f"/ui/api-keys/{record.id}/revoke", data={"csrf": await env.csrf()}
+    )
     assert revoke.status_code == 303
     keys_now = {k.id: k for k in await env.gw.service.list_api_keys()}
     assert keys_now[record.id].revoked_at is not None
@@ -414,8 +457,11 @@ async def test_a_new_api_key_is_shown_once(signed_in: Env) -> None:
 async def test_api_key_form_errors_are_shown_next_to_the_field(signed_in: Env) -> None:
     """An empty name, an unknown connection or a past expiry are 422 next to their field."""
     env = signed_in
-    for data, field in (({"name": ""}, "name"), ({"expiresAt": "2001-01-01T00:00"}, "expiresAt"),
-                        ({"expiresAt": "yesterday"}, "expiresAt")):
+    for data, field in (
+        ({"name": ""}, "name"),
+        ({"expiresAt": "2001-01-01T00:00"}, "expiresAt"),
+        ({"expiresAt": "yesterday"}, "expiresAt"),
+    ):
         body = {"csrf": await env.csrf(), "name": "bot", "scope": "mcp", **data}
         response = await env.http.post("/ui/api-keys", data=body)
         assert response.status_code == 422, data
@@ -429,8 +475,16 @@ async def test_the_audit_page_filters(signed_in: Env) -> None:
     await env.create("bravo")
     now = utcnow()
     events = [
-        AuditEvent(id=f"evt_{i}", timestamp=now, connection=slug, user=user, outcome=outcome,
-                   method="POST", path=f"/v1/mcp/{slug}", status=200)
+        AuditEvent(
+            id=f"evt_{i}",
+            timestamp=now,
+            connection=slug,
+            user=user,
+            outcome=outcome,
+            method="POST",
+            path=f"/v1/mcp/{slug}",
+            status=200,
+        )
         for i, (slug, user, outcome) in enumerate(
             [("alpha", "alice", "ok"), ("alpha", "bob", "denied"), ("bravo", "alice", "ok")]
         )
@@ -440,8 +494,11 @@ async def test_the_audit_page_filters(signed_in: Env) -> None:
     async def rows(query: str) -> list[list[str]]:
         response = await env.http.get("/ui/audit.json" + query)
         assert response.status_code == 200
-        return [r["cells"] for r in response.json()["rows"] if r["id"].startswith("evt_")
-                and r["id"][4:].isdigit()]
+        return [
+            r["cells"]
+            for r in response.json()["rows"]
+            if r["id"].startswith("evt_") and r["id"][4:].isdigit()
+        ]
 
     assert len(await rows("")) == 3
     assert {r[1] for r in await rows("?slug=alpha")} == {"alpha"}
@@ -520,8 +577,9 @@ async def test_delete_needs_the_confirm_field(signed_in: Env) -> None:
     refused = await env.http.post("/ui/connections/github/delete", data={"csrf": token})
     assert refused.status_code == 422
     await env.gw.service.get_connection("github")
-    done = await env.http.post("/ui/connections/github/delete",
-                               data={"csrf": token, "confirm": "github"})
+    done = await env.http.post(
+        "/ui/connections/github/delete", data={"csrf": token, "confirm": "github"}
+    )
     assert done.status_code == 303
     assert (await env.gw.service.list_connections()).items == []
 
@@ -533,8 +591,12 @@ async def test_static_files_have_their_content_types(env: Env) -> None:
     js = await env.http.get("/ui/static/dashboard.js")
     assert js.headers["content-type"] == "text/javascript; charset=utf-8"
     assert "innerHTML" not in js.text
-    for path in ("/ui/static/app.py", "/ui/static/..%2Fapp.py", "/ui/static/../app.py",
-                 "/ui/static/"):
+    for path in (
+        "/ui/static/app.py",
+        "/ui/static/..%2Fapp.py",
+        "/ui/static/../app.py",
+        "/ui/static/",
+    ):
         assert (await env.http.get(path)).status_code == 404
 
 
@@ -544,8 +606,9 @@ async def test_wrong_methods_and_big_forms_are_refused(signed_in: Env) -> None:
     response = await env.http.delete("/ui/connections")
     assert response.status_code == 405
     assert "GET" in response.headers["allow"]
-    big = await env.http.post("/ui/connections",
-                              data={"csrf": await env.csrf(), "name": "x" * 100_000})
+    big = await env.http.post(
+        "/ui/connections", data={"csrf": await env.csrf(), "name": "x" * 100_000}
+    )
     assert big.status_code == 413
     head = await env.http.head("/ui/connections")
     assert head.status_code == 200
@@ -646,7 +709,10 @@ def test_serve_turns_the_dashboard_on(tmp_path: Path) -> None:
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "igris_mw.cli", "serve", "--port", str(port)],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -702,13 +768,18 @@ async def test_management_changes_from_the_page_are_audited_with_the_admin_key(
     """Create, rotate, disable, enable and delete record the signed-in key's id as actor."""
     env = signed_in
     await env.create()
-    for action, data in (("rotate", {"credential": "new-" + CANARY}), ("disable", {}),
-                         ("enable", {})):
-        response = await env.http.post(f"/ui/connections/github/{action}",
-                                       data={"csrf": await env.csrf(), **data})
+    for action, data in (
+        ("rotate", {"credential": "new-" + CANARY}),
+        ("disable", {}),
+        ("enable", {}),
+    ):
+        response = await env.http.post(
+            f"/ui/connections/github/{action}", data={"csrf": await env.csrf(), **data}
+        )
         assert response.status_code == 303, action
-    await env.http.post("/ui/connections/github/delete",
-                        data={"csrf": await env.csrf(), "confirm": "github"})
+    await env.http.post(
+        "/ui/connections/github/delete", data={"csrf": await env.csrf(), "confirm": "github"}
+    )
     trail = (await env.gw.service.list_audit("github")).items
     assert [e.action for e in trail] == ["delete", "enable", "disable", "rotate", "create"]
     assert {e.api_key_id for e in trail} == {env.admin_id}
@@ -717,8 +788,13 @@ async def test_management_changes_from_the_page_are_audited_with_the_admin_key(
 
 def test_policy_inputs_become_the_api_json() -> None:
     """Per-minute, burst, globs and max concurrent map to rateLimit / tools / maxConcurrent."""
-    form = {"rateLimitRpm": "60", "rateLimitBurst": "10", "toolsAllow": "search_*, get_issue",
-            "toolsDeny": "delete_*\nadmin_*", "maxConcurrent": "4"}
+    form = {
+        "rateLimitRpm": "60",
+        "rateLimitBurst": "10",
+        "toolsAllow": "search_*, get_issue",
+        "toolsDeny": "delete_*\nadmin_*",
+        "maxConcurrent": "4",
+    }
     assert policy_body(form, rate_limit=True, tools=True, max_concurrent=True) == {
         "rateLimit": {"requestsPerMinute": 60, "burst": 10},
         "tools": {"allow": ["search_*", "get_issue"], "deny": ["delete_*", "admin_*"]},
@@ -727,14 +803,19 @@ def test_policy_inputs_become_the_api_json() -> None:
     assert policy_body(form, rate_limit=False, tools=False) == {}
     assert policy_body({}, rate_limit=True, tools=True, max_concurrent=True) == {}
     assert policy_body({}, rate_limit=True, tools=True, max_concurrent=True, clear=True) == {
-        "rateLimit": None, "tools": None, "maxConcurrent": None,
+        "rateLimit": None,
+        "tools": None,
+        "maxConcurrent": None,
     }
     # Not a number: passed on as text for the service to refuse, naming the field.
     assert policy_body({"rateLimitRpm": "lots"}, rate_limit=True, tools=False) == {
         "rateLimit": {"requestsPerMinute": "lots"},
     }
-    record = {"rateLimit": {"requestsPerMinute": 60, "burst": 10},
-              "tools": {"allow": ["a*"], "deny": []}, "maxConcurrent": 4}
+    record = {
+        "rateLimit": {"requestsPerMinute": 60, "burst": 10},
+        "tools": {"allow": ["a*"], "deny": []},
+        "maxConcurrent": 4,
+    }
     values = policy_values(record)
     assert values["rateLimitRpm"] == "60"
     assert values["toolsAllow"] == "a*"
@@ -751,8 +832,13 @@ async def test_policy_fields_show_when_the_service_takes_them(
 ) -> None:
     """With the features on, the forms carry the policy inputs and a 422 lands at its input."""
     env = signed_in
-    on = Features(connection_rate_limit=True, connection_tools=True, key_rate_limit=True,
-                  key_tools=True, key_max_concurrent=True)
+    on = Features(
+        connection_rate_limit=True,
+        connection_tools=True,
+        key_rate_limit=True,
+        key_tools=True,
+        key_max_concurrent=True,
+    )
     for module in (dashboard_connections, dashboard_keys, dashboard_http):
         monkeypatch.setattr(module, "FEATURES", on)
     page = await env.http.get("/ui/new/connection")
@@ -785,8 +871,7 @@ async def test_policy_round_trips_where_the_service_supports_it(signed_in: Env) 
         assert record["tools"]["deny"] == ["delete_*"]
     page = await env.http.get("/ui/connections/github")
     assert 'value="60"' in page.text or 'value="echo, search_*"' in page.text
-    saved = await env.http.post("/ui/connections/github/policy",
-                                data={"csrf": await env.csrf()})
+    saved = await env.http.post("/ui/connections/github/policy", data={"csrf": await env.csrf()})
     assert saved.status_code == 303
     record = (await env.gw.service.get_connection("github")).to_json()
     assert record.get("rateLimit") is None
@@ -802,8 +887,7 @@ def test_a_gateway_without_the_dashboard_loads_none_of_it() -> None:
         "IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring())\n"
         "print('igris_mw._dashboard' in sys.modules, 'jinja2' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -814,18 +898,35 @@ async def test_edit_changes_what_changed_and_shows_errors_at_their_field(signed_
     form = (await env.http.get("/ui/connections/github/edit")).text
     assert 'value="GitHub"' in form
     assert CANARY not in form
-    bad = await env.http.post("/ui/connections/github/edit", data={
-        "csrf": await env.csrf(), "name": "GitHub", "upstreamUrl": "not a url",
-        "authType": "bearer", "headerName": ""})
+    bad = await env.http.post(
+        "/ui/connections/github/edit",
+        data={
+            "csrf": await env.csrf(),
+            "name": "GitHub",
+            "upstreamUrl": "not a url",
+            "authType": "bearer",
+            "headerName": "",
+        },
+    )
     assert bad.status_code == 422
     assert 'id="e-upstreamUrl"' in bad.text
-    ok = await env.http.post("/ui/connections/github/edit", data={
-        "csrf": await env.csrf(), "name": "GitHub prod", "upstreamUrl": "https://up.test/mcp",
-        "authType": "header", "headerName": "X-Token"})
+    ok = await env.http.post(
+        "/ui/connections/github/edit",
+        data={
+            "csrf": await env.csrf(),
+            "name": "GitHub prod",
+            "upstreamUrl": "https://up.test/mcp",
+            "authType": "header",
+            "headerName": "X-Token",
+        },
+    )
     assert ok.status_code == 303
     conn = await env.gw.service.get_connection("github")
-    assert (conn.name, conn.auth_type.value, conn.header_name) == ("GitHub prod", "header",
-                                                                   "X-Token")
+    assert (conn.name, conn.auth_type.value, conn.header_name) == (
+        "GitHub prod",
+        "header",
+        "X-Token",
+    )
     secret = await env.gw.service.open_credential(conn)
     assert secret is not None
     assert secret.reveal() == CANARY.encode()  # re-sealed under the new binding
@@ -850,13 +951,20 @@ async def test_tls_fields_through_the_forms_and_the_client_key_stays_write_only(
     key_pem = leaf.private_key_pem.bytes().decode()
     key_body = key_pem.splitlines()[1]
     cert = _crlf(leaf.cert_chain_pems[0].bytes())
-    bad = await env.create("A", caCertificate=_crlf(ca.cert_pem.bytes()), clientCertificate=cert,
-                           clientKey=key_pem.replace("\n", "\r\n"))
+    bad = await env.create(
+        "A",
+        caCertificate=_crlf(ca.cert_pem.bytes()),
+        clientCertificate=cert,
+        clientKey=key_pem.replace("\n", "\r\n"),
+    )
     assert bad.status_code == 422
     assert key_body not in bad.text
     assert "BEGIN CERTIFICATE" in bad.text  # the public certificates are kept in the form
-    created = await env.create(caCertificate=_crlf(ca.cert_pem.bytes()), clientCertificate=cert,
-                               clientKey=key_pem.replace("\n", "\r\n"))
+    created = await env.create(
+        caCertificate=_crlf(ca.cert_pem.bytes()),
+        clientCertificate=cert,
+        clientKey=key_pem.replace("\n", "\r\n"),
+    )
     assert created.status_code == 303, created.text
     record = (await env.gw.service.get_connection("github")).to_json()
     assert record["caCertificate"].startswith("-----BEGIN CERTIFICATE-----\n")
@@ -867,30 +975,53 @@ async def test_tls_fields_through_the_forms_and_the_client_key_stays_write_only(
     edit = await env.http.get("/ui/connections/github/edit")
     assert "BEGIN CERTIFICATE" in edit.text
     assert key_body not in edit.text
-    cleared = await env.http.post("/ui/connections/github/edit", data={
-        "csrf": await env.csrf(), "name": "GitHub", "upstreamUrl": "https://up.test/mcp",
-        "authType": "bearer", "headerName": "", "caCertificate": "",
-        "clientCertificate": cert})
+    cleared = await env.http.post(
+        "/ui/connections/github/edit",
+        data={
+            "csrf": await env.csrf(),
+            "name": "GitHub",
+            "upstreamUrl": "https://up.test/mcp",
+            "authType": "bearer",
+            "headerName": "",
+            "caCertificate": "",
+            "clientCertificate": cert,
+        },
+    )
     assert cleared.status_code == 303
     assert (await env.gw.service.get_connection("github")).to_json()["caCertificate"] is None
     new_leaf = ca.issue_cert("client2.example")
-    rotated = await env.http.post("/ui/connections/github/rotate", data={
-        "csrf": await env.csrf(), "credential": "",
-        "clientCertificate": _crlf(new_leaf.cert_chain_pems[0].bytes()),
-        "clientKey": _crlf(new_leaf.private_key_pem.bytes())})
+    rotated = await env.http.post(
+        "/ui/connections/github/rotate",
+        data={
+            "csrf": await env.csrf(),
+            "credential": "",
+            "clientCertificate": _crlf(new_leaf.cert_chain_pems[0].bytes()),
+            "clientKey": _crlf(new_leaf.private_key_pem.bytes()),
+        },
+    )
     assert rotated.status_code == 303
     assert (await env.gw.service.get_connection("github")).credential_version == 2
-    lonely = await env.http.post("/ui/connections/github/rotate", data={
-        "csrf": await env.csrf(), "credential": "", "clientKey": key_pem})
+    lonely = await env.http.post(
+        "/ui/connections/github/rotate",
+        data={"csrf": await env.csrf(), "credential": "", "clientKey": key_pem},
+    )
     assert lonely.status_code == 422
     assert 'id="e-clientKey"' in lonely.text or 'id="e-clientCertificate"' in lonely.text
     assert key_body not in lonely.text
 
 
 @settings(max_examples=40)  # each example builds a gateway and signs in: keep it bounded
-@given(st.binary(max_size=300), st.sampled_from(["/ui/connections", "/ui/api-keys",
-                                                  "/ui/connections/github/rotate",
-                                                  "/ui/connections/github/edit"]))
+@given(
+    st.binary(max_size=300),
+    st.sampled_from(
+        [
+            "/ui/connections",
+            "/ui/api-keys",
+            "/ui/connections/github/rotate",
+            "/ui/connections/github/edit",
+        ]
+    ),
+)
 def test_any_form_body_gets_a_clear_answer_never_a_500(body: bytes, path: str) -> None:
     """Random bytes as a form (with a valid token in front) are refused or handled, never a 500."""
 
@@ -902,7 +1033,8 @@ def test_any_form_body_gets_a_clear_answer_never_a_500(body: bytes, path: str) -
             await env.create()
             token = await env.csrf()
             response = await http.post(
-                path, content=b"csrf=" + token.encode() + b"&" + body,
+                path,
+                content=b"csrf=" + token.encode() + b"&" + body,
                 headers={"content-type": "application/x-www-form-urlencoded"},
             )
         await gw.aclose()
@@ -922,13 +1054,23 @@ async def test_an_api_key_policy_is_edited_through_the_service(signed_in: Env) -
     form = await env.http.get(f"/ui/api-keys/{record.id}/edit")
     assert form.status_code == 200
     assert 'value="bot"' in form.text
-    bad = await env.http.post(f"/ui/api-keys/{record.id}/edit", data={
-        "csrf": await env.csrf(), "name": "bot", "maxConcurrent": "-3"})
+    bad = await env.http.post(
+        f"/ui/api-keys/{record.id}/edit",
+        data={"csrf": await env.csrf(), "name": "bot", "maxConcurrent": "-3"},
+    )
     assert bad.status_code == 422
     assert 'id="e-maxConcurrent"' in bad.text
-    saved = await env.http.post(f"/ui/api-keys/{record.id}/edit", data={
-        "csrf": await env.csrf(), "name": "bot two", "connections": "github",
-        "rateLimitRpm": "30", "toolsDeny": "delete_*", "maxConcurrent": "2"})
+    saved = await env.http.post(
+        f"/ui/api-keys/{record.id}/edit",
+        data={
+            "csrf": await env.csrf(),
+            "name": "bot two",
+            "connections": "github",
+            "rateLimitRpm": "30",
+            "toolsDeny": "delete_*",
+            "maxConcurrent": "2",
+        },
+    )
     assert saved.status_code == 303
     now = {k.id: k for k in await env.gw.service.list_api_keys()}[record.id].to_json()
     assert now["name"] == "bot two"
@@ -938,8 +1080,10 @@ async def test_an_api_key_policy_is_edited_through_the_service(signed_in: Env) -
     assert now["maxConcurrent"] == 2
     listing = await env.http.get("/ui/api-keys")
     assert "30/min" in listing.text
-    cleared = await env.http.post(f"/ui/api-keys/{record.id}/edit", data={
-        "csrf": await env.csrf(), "name": "bot two", "connections": "github"})
+    cleared = await env.http.post(
+        f"/ui/api-keys/{record.id}/edit",
+        data={"csrf": await env.csrf(), "name": "bot two", "connections": "github"},
+    )
     assert cleared.status_code == 303
     now = {k.id: k for k in await env.gw.service.list_api_keys()}[record.id].to_json()
     assert (now["rateLimit"], now["tools"], now["maxConcurrent"]) == (None, None, None)
@@ -951,18 +1095,27 @@ async def test_an_oauth2_connection_shows_its_status_and_authorize_gives_the_con
 ) -> None:
     """oauth2: status pending, Authorize answers a page linking the provider's consent URL."""
     env = signed_in
-    await env.gw.service.create_connection({
-        "slug": "drive", "name": "Drive", "upstreamUrl": "https://mcp.drive.example/mcp",
-        "authType": "oauth2", "credential": "client-secret-" + CANARY,
-        "oauth": {"clientId": "igris-test", "scopes": ["files.read"],
-                  "authorizationUrl": "https://auth.drive.example/authorize",
-                  "tokenUrl": "https://auth.drive.example/token"},
-    })
+    await env.gw.service.create_connection(
+        {
+            "slug": "drive",
+            "name": "Drive",
+            "upstreamUrl": "https://mcp.drive.example/mcp",
+            "authType": "oauth2",
+            "credential": "client-secret-" + CANARY,
+            "oauth": {
+                "clientId": "igris-test",
+                "scopes": ["files.read"],
+                "authorizationUrl": "https://auth.drive.example/authorize",
+                "tokenUrl": "https://auth.drive.example/token",
+            },
+        }
+    )
     page = await env.http.get("/ui/connections/drive")
     assert "pending" in page.text
     assert ">Authorize</button>" in page.text
-    consent = await env.http.post("/ui/connections/drive/authorize",
-                                  data={"csrf": await env.csrf()})
+    consent = await env.http.post(
+        "/ui/connections/drive/authorize", data={"csrf": await env.csrf()}
+    )
     assert consent.status_code == 200
     link = re.search(r'href="(https://auth\.drive\.example/authorize\?[^"]+)"', consent.text)
     assert link is not None
@@ -971,6 +1124,7 @@ async def test_an_oauth2_connection_shows_its_status_and_authorize_gives_the_con
     plain = await env.create()
     assert plain.status_code == 303
     assert ">Authorize</button>" not in (await env.http.get("/ui/connections/github")).text
-    refused = await env.http.post("/ui/connections/github/authorize",
-                                  data={"csrf": await env.csrf()})
+    refused = await env.http.post(
+        "/ui/connections/github/authorize", data={"csrf": await env.csrf()}
+    )
     assert refused.status_code == 404

@@ -41,7 +41,8 @@ def test_no_reference_points_outside_the_repository(page: Path) -> None:
 def test_relative_links_resolve(page: Path) -> None:
     """Every relative link in README.md and docs/ names a file or folder that exists."""
     missing = [
-        t for t in _LINK.findall(page.read_text(encoding="utf-8"))
+        t
+        for t in _LINK.findall(page.read_text(encoding="utf-8"))
         if not re.match(r"^[a-z][a-z0-9+.-]*:|^#", t) and not _resolve(page, t).exists()
     ]
     assert missing == []

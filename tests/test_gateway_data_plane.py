@@ -119,12 +119,21 @@ async def gw(upstream: Upstream) -> AsyncIterator[IgrisGateway]:
         {"slug": "upx", "name": "up", "upstreamUrl": base, "credential": TOKEN}
     )
     await gateway.service.create_connection(
-        {"slug": "fixed", "name": "fixed", "upstreamUrl": base + "/mcp?api_key=fixed&v=2",
-         "authType": "none"}
+        {
+            "slug": "fixed",
+            "name": "fixed",
+            "upstreamUrl": base + "/mcp?api_key=fixed&v=2",
+            "authType": "none",
+        }
     )
     await gateway.service.create_connection(
-        {"slug": "basic", "name": "basic", "upstreamUrl": base, "authType": "basic",
-         "credential": "alice:s3cret-basic-pw"}
+        {
+            "slug": "basic",
+            "name": "basic",
+            "upstreamUrl": base,
+            "authType": "basic",
+            "credential": "alice:s3cret-basic-pw",
+        }
     )
     yield gateway
     await gateway.aclose()
@@ -167,8 +176,13 @@ async def test_upstream_state_and_policy_headers_are_never_relayed(gw: IgrisGate
     async with _client(gw) as c:
         r = await c.get("/v1/mcp/upx/headers")
     assert r.status_code == 200
-    for name in ("set-cookie", "alt-svc", "strict-transport-security", "clear-site-data",
-                 "www-authenticate"):
+    for name in (
+        "set-cookie",
+        "alt-svc",
+        "strict-transport-security",
+        "clear-site-data",
+        "www-authenticate",
+    ):
         assert name not in r.headers, name
     assert r.headers["x-kept"] == "yes"
 
@@ -259,8 +273,15 @@ async def test_client_routing_and_metadata_headers_are_dropped(
 
 
 @pytest.mark.parametrize(
-    "query", ["api_key=evil", "API_KEY=evil", "api_key[]=evil", "api%5Fkey=evil", "x=1&v=3",
-              "x=1;api_key=evil"]
+    "query",
+    [
+        "api_key=evil",
+        "API_KEY=evil",
+        "api_key[]=evil",
+        "api%5Fkey=evil",
+        "x=1&v=3",
+        "x=1;api_key=evil",
+    ],
 )
 async def test_fixed_query_parameters_cannot_be_repeated_or_overridden(
     gw: IgrisGateway, upstream: Upstream, query: str
@@ -292,23 +313,49 @@ async def test_servlet_dot_segments_are_refused(
 
 
 @pytest.mark.parametrize(
-    "name", ["Host", "Content-Length", "Transfer-Encoding", "Connection", "Cookie",
-             "X-Forwarded-For", "TE", "Upgrade", "mcp-session-id"]
+    "name",
+    [
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Cookie",
+        "X-Forwarded-For",
+        "TE",
+        "Upgrade",
+        "mcp-session-id",
+    ],
 )
 async def test_header_name_cannot_be_a_framing_or_routing_header(
     gw: IgrisGateway, name: str
 ) -> None:
     """headerName naming a hop-by-hop, framing or routing header is 422; nothing is stored."""
     async with _client(gw) as c:
-        r = await c.post("/api/v1/virtual-keys", json={
-            "slug": "hdr", "name": "h", "upstreamUrl": "https://mcp.example/",
-            "authType": "header", "headerName": name, "credential": "x" * 12})
+        r = await c.post(
+            "/api/v1/virtual-keys",
+            json={
+                "slug": "hdr",
+                "name": "h",
+                "upstreamUrl": "https://mcp.example/",
+                "authType": "header",
+                "headerName": name,
+                "credential": "x" * 12,
+            },
+        )
         assert r.status_code == 422
         assert r.json()["error"]["field"] == "headerName"
         assert (await c.get("/api/v1/virtual-keys/hdr")).status_code == 404
-        ok = await c.post("/api/v1/virtual-keys", json={
-            "slug": "hdr", "name": "h", "upstreamUrl": "https://mcp.example/",
-            "authType": "header", "headerName": "X-Api-Key", "credential": "x" * 12})
+        ok = await c.post(
+            "/api/v1/virtual-keys",
+            json={
+                "slug": "hdr",
+                "name": "h",
+                "upstreamUrl": "https://mcp.example/",
+                "authType": "header",
+                "headerName": "X-Api-Key",
+                "credential": "x" * 12,
+            },
+        )
         assert ok.status_code == 201
 
 
@@ -393,7 +440,9 @@ def test_endpoint_rewriter_line_buffer_is_bounded() -> None:
 def test_gateway_reads_limits_from_the_environment() -> None:
     """IGRIS_MAX_REQUEST_BODY and IGRIS_STREAM_IDLE_TIMEOUT set the forwarder's limits."""
     gateway = IgrisGateway(
-        None, store=MemoryStore(), crypto=FixedKeyring(),
+        None,
+        store=MemoryStore(),
+        crypto=FixedKeyring(),
         environ={"IGRIS_MAX_REQUEST_BODY": "1000", "IGRIS_STREAM_IDLE_TIMEOUT": "12"},
     )
     assert gateway.forwarder.max_body == 1000
@@ -440,8 +489,9 @@ async def test_5xx_for_unauthenticated_callers_names_no_store_or_host(
             transport=httpx.ASGITransport(app=gateway), base_url="http://gw.test"
         ) as c:
             answers = [
-                await c.post("/v1/mcp/some-slug", json=RPC,
-                             headers={"Authorization": f"Bearer {key}"}),
+                await c.post(
+                    "/v1/mcp/some-slug", json=RPC, headers={"Authorization": f"Bearer {key}"}
+                ),
                 await c.get("/api/v1/virtual-keys", headers={"Authorization": f"Bearer {key}"}),
             ]
     finally:

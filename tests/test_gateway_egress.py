@@ -43,9 +43,7 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 async def _gateway(store: MemoryStore, allowed: list[str]) -> tuple[IgrisGateway, str]:
-    gw = IgrisGateway(
-        None, store=store, crypto=FixedKeyring(), allow_upstream_networks=allowed
-    )
+    gw = IgrisGateway(None, store=store, crypto=FixedKeyring(), allow_upstream_networks=allowed)
     await gw.startup()
     _, admin = await gw.service.create_api_key({"name": "admin", "scopes": ["admin"]})
     return gw, admin
@@ -96,7 +94,9 @@ async def test_create_and_patch_with_a_forbidden_literal_are_422(url: str) -> No
             assert error["field"] == "upstreamUrl"
             assert (await c.get("/api/v1/virtual-keys/bad-one")).status_code == 404
 
-            ok = await c.post("/api/v1/virtual-keys", json=_conn("good-one", "https://mcp.example/"))
+            ok = await c.post(
+                "/api/v1/virtual-keys", json=_conn("good-one", "https://mcp.example/")
+            )
             assert ok.status_code == 201
             r = await c.patch("/api/v1/virtual-keys/good-one", json={"upstreamUrl": url})
             assert r.status_code == 422
@@ -127,9 +127,7 @@ async def test_name_resolving_to_loopback_is_502_at_connect_and_nothing_is_sent(
     """localhost passes create (no DNS there) but is refused at connect: 502, upstream untouched."""
     gw, admin = await _gateway(MemoryStore(), [])
     try:
-        await gw.service.create_connection(
-            _conn("local", f"http://localhost:{upstream.port}/mcp")
-        )
+        await gw.service.create_connection(_conn("local", f"http://localhost:{upstream.port}/mcp"))
         async with _client(gw, admin) as c:
             r = await c.post("/v1/mcp/local", json=RPC)
         assert r.status_code == 502
@@ -148,9 +146,7 @@ async def test_allowed_loopback_network_lets_the_same_connection_work(upstream: 
     """With 127.0.0.0/8 (and ::1) allowed, the localhost connection reaches its upstream."""
     gw, admin = await _gateway(MemoryStore(), ["127.0.0.0/8", "::1/128"])
     try:
-        await gw.service.create_connection(
-            _conn("local", f"http://localhost:{upstream.port}/mcp")
-        )
+        await gw.service.create_connection(_conn("local", f"http://localhost:{upstream.port}/mcp"))
         async with _client(gw, admin) as c:
             r = await c.post("/v1/mcp/local", json=RPC)
         assert r.status_code == 200, r.text
@@ -165,9 +161,7 @@ async def test_stored_literal_is_refused_at_connect_when_no_longer_allowed(
     """A connection stored while loopback was allowed is refused where it no longer is."""
     store = MemoryStore()
     first, _ = await _gateway(store, ["127.0.0.0/8"])
-    await first.service.create_connection(
-        _conn("literal", f"http://127.0.0.1:{upstream.port}/mcp")
-    )
+    await first.service.create_connection(_conn("literal", f"http://127.0.0.1:{upstream.port}/mcp"))
     await first.aclose()
     second, admin = await _gateway(store, [])
     try:
@@ -224,8 +218,18 @@ def test_cli_connections_create_uses_the_environment(
     monkeypatch.setenv("IGRIS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("IGRIS_MASTER_KEY", FixedKeyring.environ()["IGRIS_MASTER_KEY"])
     (tmp_path / "cred.txt").write_text(TOKEN + "\n")
-    args = ["connections", "create", "--slug", "lan", "--name", "LAN", "--upstream-url",
-            "http://192.168.0.10/mcp", "--credential-file", str(tmp_path / "cred.txt")]
+    args = [
+        "connections",
+        "create",
+        "--slug",
+        "lan",
+        "--name",
+        "LAN",
+        "--upstream-url",
+        "http://192.168.0.10/mcp",
+        "--credential-file",
+        str(tmp_path / "cred.txt"),
+    ]
     monkeypatch.setenv("IGRIS_ALLOW_UPSTREAM_NETWORKS", "")
     assert cli.main(args) != 0
     err = capsys.readouterr().err

@@ -91,8 +91,15 @@ def test_text_access_message_keeps_one_line(path: str, user: str) -> None:
     log.setLevel(logging.INFO)
     try:
         access_line(
-            "evt_1", connection="c-1", api_key_id="key_1", user=user, method="GET",
-            path=path, outcome="ok", status=200, latency_ms=1.0,
+            "evt_1",
+            connection="c-1",
+            api_key_id="key_1",
+            user=user,
+            method="GET",
+            path=path,
+            outcome="ok",
+            status=200,
+            latency_ms=1.0,
         )
     finally:
         log.removeHandler(handler)
@@ -106,16 +113,26 @@ def test_text_access_message_keeps_one_line(path: str, user: str) -> None:
 def test_uvicorn_access_line_drops_the_query_string() -> None:
     """uvicorn's access record becomes method, path without query, status and client."""
     record = logging.LogRecord(
-        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5000", "GET", "/api/v1/audit?cursor=secret-cursor", "1.1", 200), None,
+        "uvicorn.access",
+        logging.INFO,
+        "",
+        0,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/api/v1/audit?cursor=secret-cursor", "1.1", 200),
+        None,
     )
     line = json.loads(JsonFormatter().format(record))
     assert line["path"] == "/api/v1/audit"
     assert line["status"] == 200
     assert "secret-cursor" not in json.dumps(line)
     gateway = logging.LogRecord(
-        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5000", "POST", "/v1/mcp/x", "1.1", 200), None,
+        "uvicorn.access",
+        logging.INFO,
+        "",
+        0,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/v1/mcp/x", "1.1", 200),
+        None,
     )
     assert SkipGatewayAccess().filter(record)
     assert not SkipGatewayAccess().filter(gateway)
@@ -144,9 +161,9 @@ def test_log_config_text_keeps_uvicorns_and_json_routes_everything() -> None:
     assert text["loggers"]["igris_mw"]["level"] == "WARNING"
     assert text["loggers"]["igris_mw.access"]["level"] == "WARNING"
     assert text["loggers"]["uvicorn.access"]["filters"] == ["skip_gateway"]
-    assert log_config("text", "info", access_log=True)["loggers"]["igris_mw.access"][
-        "level"
-    ] == "INFO"
+    assert (
+        log_config("text", "info", access_log=True)["loggers"]["igris_mw.access"]["level"] == "INFO"
+    )
     config = log_config("json", "warning")
     assert config["handlers"]["stdout"]["stream"] == "ext://sys.stdout"
     assert config["root"]["level"] == "WARNING"
@@ -167,8 +184,12 @@ async def test_lines_logged_during_a_request_carry_its_id(captured: Capture) -> 
     try:
         _, key = await gw.service.create_api_key({"name": "k", "scopes": ["mcp"]})
         await gw.service.create_connection(
-            {"slug": "dead", "name": "d", "upstreamUrl": f"http://127.0.0.1:{dead}/mcp",
-             "credential": CREDENTIAL}
+            {
+                "slug": "dead",
+                "name": "d",
+                "upstreamUrl": f"http://127.0.0.1:{dead}/mcp",
+                "credential": CREDENTIAL,
+            }
         )
         transport = httpx.ASGITransport(app=gw)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as c:

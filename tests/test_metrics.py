@@ -199,8 +199,10 @@ async def test_random_slugs_add_no_series(gateway: tuple[IgrisGateway, str]) -> 
     counts = requests_by(text)
     assert {conn for conn, _ in counts} == {UNKNOWN_CONNECTION}
     assert sum(counts.values()) == 60
-    assert "r" not in {dict(k).get("connection", "")[:1] for k in
-                       samples(text, "igris_gateway_request_duration_seconds_count")}
+    assert "r" not in {
+        dict(k).get("connection", "")[:1]
+        for k in samples(text, "igris_gateway_request_duration_seconds_count")
+    }
 
 
 async def test_audit_queue_and_written_events_are_reported(
@@ -315,8 +317,12 @@ def test_grafana_dashboard_uses_only_exposed_series() -> None:
     queried = {name for e in _dashboard_exprs() for name in re.findall(r"igris_[a-z_]+", e)}
     assert queried, "the dashboard queries nothing"
     assert queried <= exposed, queried - exposed
-    for needed in ("igris_gateway_requests_total", "igris_gateway_open_streams",
-                   "igris_audit_queue_depth", "igris_upstream_response_seconds_bucket"):
+    for needed in (
+        "igris_gateway_requests_total",
+        "igris_gateway_open_streams",
+        "igris_audit_queue_depth",
+        "igris_upstream_response_seconds_bucket",
+    ):
         assert needed in queried
 
 
@@ -328,8 +334,10 @@ def test_grafana_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
             pytest.fail("IGRIS_TEST_REQUIRE_BACKENDS=1 but promtool is not installed")
         pytest.skip("promtool is not installed")
     rules = [
-        {"record": f"igris:dashboard_{i}", "expr": e.replace("$__rate_interval", "5m")
-         .replace("$connection", ".*")}
+        {
+            "record": f"igris:dashboard_{i}",
+            "expr": e.replace("$__rate_interval", "5m").replace("$connection", ".*"),
+        }
         for i, e in enumerate(_dashboard_exprs())
     ]
     path = tmp_path / "rules.json"  # YAML is a superset of JSON
@@ -350,8 +358,7 @@ async def test_metrics_app_mounts_in_the_wrapped_starlette_app(upstream: str) ->
     try:
         _, key = await gw.service.create_api_key({"name": "k", "scopes": ["mcp"]})
         await gw.service.create_connection(
-            {"slug": "mounted", "name": "m", "upstreamUrl": upstream + "/mcp",
-             "credential": TOKEN}
+            {"slug": "mounted", "name": "m", "upstreamUrl": upstream + "/mcp", "credential": TOKEN}
         )
         async with client(gw) as c:
             auth = {"Authorization": f"Bearer {key}"}

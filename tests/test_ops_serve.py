@@ -130,8 +130,14 @@ def test_json_logs_and_metrics_listener(tmp_path: Path) -> None:
     assert any(rec["path"] == "/api/v1/virtual-keys" for rec in api_lines)
     assert not any(rec["path"].startswith("/v1/mcp/") for rec in api_lines)
 
-    for canary in (CREDENTIAL, METADATA_CANARY, COOKIE_CANARY, BODY_CANARY, mcp_key,
-                   "query-canary-3Wm"):
+    for canary in (
+        CREDENTIAL,
+        METADATA_CANARY,
+        COOKIE_CANARY,
+        BODY_CANARY,
+        mcp_key,
+        "query-canary-3Wm",
+    ):
         assert canary not in text
     assert sum(admin in line for line in lines) == 1  # the one-time first-start notice
 
@@ -154,8 +160,16 @@ def test_metrics_port_taken_is_one_line_error(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
         env["IGRIS_HOME"] = str(tmp_path / "data")
         done = subprocess.run(
-            [sys.executable, "-m", "igris_mw.cli", "serve", "--port", str(_free_port()),
-             "--metrics-port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "igris_mw.cli",
+                "serve",
+                "--port",
+                str(_free_port()),
+                "--metrics-port",
+                str(port),
+            ],
             env=env,
             capture_output=True,
             text=True,
@@ -195,8 +209,12 @@ def test_text_access_log_has_the_request_id(tmp_path: Path) -> None:
         r = httpx.post(
             url + "/api/v1/virtual-keys",
             headers=auth,
-            json={"slug": "self", "name": "s", "upstreamUrl": url + "/healthz",
-                  "credential": CREDENTIAL},
+            json={
+                "slug": "self",
+                "name": "s",
+                "upstreamUrl": url + "/healthz",
+                "credential": CREDENTIAL,
+            },
         )
         assert r.status_code == 201, r.text
         r = httpx.get(url + "/v1/mcp/self", headers={**auth, "Cookie": f"c={COOKIE_CANARY}"})
@@ -222,7 +240,9 @@ def test_operations_settings_are_validated() -> None:
     assert (s.log_format, s.metrics_port, s.metrics_host) == ("json", 9464, "::1")
     defaults = Settings.from_env({})
     assert (defaults.log_format, defaults.metrics_port, defaults.metrics_host) == (
-        "text", None, "127.0.0.1"
+        "text",
+        None,
+        "127.0.0.1",
     )
     with pytest.raises(ConfigurationError, match="IGRIS_LOG_FORMAT"):
         Settings.from_env({"IGRIS_LOG_FORMAT": "xml"})

@@ -342,8 +342,10 @@ def test_public_addresses_are_accepted_in_every_notation(host: str) -> None:
 LINK_LOCAL_V6 = ipaddress.IPv6Network("fe80::/10")
 
 
-@given(st.integers(0, LINK_LOCAL_V6.num_addresses - 1).map(lambda i: LINK_LOCAL_V6[i]),
-       st.text("abcxyz019", min_size=1))
+@given(
+    st.integers(0, LINK_LOCAL_V6.num_addresses - 1).map(lambda i: LINK_LOCAL_V6[i]),
+    st.text("abcxyz019", min_size=1),
+)
 def test_ipv6_zone_ids_do_not_hide_link_local(addr: ipaddress.IPv6Address, zone: str) -> None:
     """fe80::/10 with any zone id, raw or %25-encoded, is refused."""
     with pytest.raises(UpstreamForbidden):
@@ -454,9 +456,7 @@ async def test_localhost_with_ipv4_loopback_allowed_keeps_only_that_address() ->
 
 async def test_any_metadata_answer_refuses_the_host_outright() -> None:
     """A name answering a metadata address among public ones is refused, whatever is allowed."""
-    resolver = EgressResolver(
-        EVERYTHING, FakeResolver(lambda _: ["1.1.1.1", "169.254.169.254"])
-    )
+    resolver = EgressResolver(EVERYTHING, FakeResolver(lambda _: ["1.1.1.1", "169.254.169.254"]))
     with pytest.raises(EgressForbidden) as info:
         await resolver.resolve("sneaky.example", 80)
     assert info.value.refusal.always
@@ -493,9 +493,7 @@ class RecordingServer:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             head = await reader.readuntil(b"\r\n\r\n")
             self.heads.append(head)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            )
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             await writer.drain()
         writer.close()
 

@@ -236,8 +236,9 @@ def test_mcp_headers_must_match_the_body() -> None:
     check_mcp_headers(None, None, body)
     check_mcp_headers("tools/call", "get_issue", body)
     check_mcp_headers("tools/call", None, body)
-    read = _body({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
-                  "params": {"uri": "file:///a"}})
+    read = _body(
+        {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "file:///a"}}
+    )
     check_mcp_headers("resources/read", "file:///a", read)
     for method, name, payload in (
         ("tools/list", None, body),
@@ -256,8 +257,14 @@ def test_mcp_headers_must_match_the_body() -> None:
 
 def test_json_tools_list_result_is_filtered() -> None:
     """A tools/list JSON answer loses the tools the key may not call."""
-    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": _tools(
-        "get_issue", "delete_repo", "get_secret_key", 7, None), "nextCursor": "c2"}}
+    answer = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {
+            "tools": _tools("get_issue", "delete_repo", "get_secret_key", 7, None),
+            "nextCursor": "c2",
+        },
+    }
     out = json.loads(filter_json_response(_body(answer), {"1"}, _check(GITHUB)))
     assert [t["name"] for t in out["result"]["tools"]] == ["get_issue"]
     assert out["result"]["nextCursor"] == "c2"
@@ -309,10 +316,16 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-LIST_ANSWER = {"jsonrpc": "2.0", "id": 7, "result": {"tools": _tools(
-    "get_issue", "delete_repo", "search_code", "get_secret")}}
-PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress",
-            "params": {"progressToken": 1, "message": "tools"}}
+LIST_ANSWER = {
+    "jsonrpc": "2.0",
+    "id": 7,
+    "result": {"tools": _tools("get_issue", "delete_repo", "search_code", "get_secret")},
+}
+PROGRESS = {
+    "jsonrpc": "2.0",
+    "method": "notifications/progress",
+    "params": {"progressToken": 1, "message": "tools"},
+}
 OTHER = {"jsonrpc": "2.0", "id": 8, "result": {"tools": _tools("delete_repo")}}
 
 
@@ -430,8 +443,14 @@ def test_escaped_duplicate_members_are_refused(body: bytes) -> None:
 
 def test_fast_path_still_sees_nested_names() -> None:
     """A tools/call whose arguments contain "name" keys is judged by params.name."""
-    body = _body({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                  "params": {"name": "delete_repo", "arguments": {"name": "get_issue"}}})
+    body = _body(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "delete_repo", "arguments": {"name": "get_issue"}},
+        }
+    )
     verdict = check_request(body, _check(GITHUB))
     assert verdict.reply is not None
     assert json.loads(verdict.reply)["error"]["message"] == "tool delete_repo is not allowed"

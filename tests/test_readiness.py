@@ -118,9 +118,7 @@ async def test_store_recovery_is_seen_after_the_cache_second(gw: IgrisGateway) -
 
 async def test_audit_backlog_and_failing_sink_are_not_ready() -> None:
     """Audit events piling up behind a failing sink: 503 with audit reasons."""
-    gw = IgrisGateway(
-        None, store=MemoryStore(), crypto=FixedKeyring("ready"), audit=BrokenSink()
-    )
+    gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring("ready"), audit=BrokenSink())
     await gw.startup()
     try:
         gw.readiness._audit_threshold = 5

@@ -139,7 +139,12 @@ def test_loose_default_master_key_file_is_refused_in_one_line(tmp_path: Path) ->
     key_file.chmod(0o644)
     proc = subprocess.run(
         [sys.executable, "-m", "igris_mw.cli", "serve", "--port", str(_free_port())],
-        env=_env(home), cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        env=_env(home),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -219,12 +224,25 @@ def test_cli_on_a_vault_store_shares_serves_default_audit_sink(tmp_path: Path, b
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "igris_mw.cli", *argv, "--store", store, "--json"],
-            env=_env(home, extra), cwd=tmp_path, input="cli-canary-Vb72",
-            capture_output=True, text=True, timeout=60, check=False,
+            env=_env(home, extra),
+            cwd=tmp_path,
+            input="cli-canary-Vb72",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
-    made = cli("connections", "create", "--slug", "by-cli", "--name", "n",
-               "--upstream-url", "http://127.0.0.1:9/mcp")
+    made = cli(
+        "connections",
+        "create",
+        "--slug",
+        "by-cli",
+        "--name",
+        "n",
+        "--upstream-url",
+        "http://127.0.0.1:9/mcp",
+    )
     assert made.returncode == 0, made.stderr
     with _serve(home, "--store", store, env=extra) as (url, output):
         r = _create_connection(url, _admin_key(output[0]), "by-serve")

@@ -216,8 +216,16 @@ async def test_no_span_attribute_holds_a_secret_or_header_value(traced: Any) -> 
         )
         for s in spans
     )
-    for canary in (CREDENTIAL, key, "ig_" + "x" * 40, USER_CANARY, METADATA_CANARY,
-                   "cookie-canary-6Tb", BODY_CANARY, "Bearer"):
+    for canary in (
+        CREDENTIAL,
+        key,
+        "ig_" + "x" * 40,
+        USER_CANARY,
+        METADATA_CANARY,
+        "cookie-canary-6Tb",
+        BODY_CANARY,
+        "Bearer",
+    ):
         assert canary not in dump
 
 

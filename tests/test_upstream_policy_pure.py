@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from igris_mw._errors import BadRequest
 from igris_mw._proxy.upstream import Target, request_headers, response_headers, upstream_url
 
-TOKEN = "tok/en+with=odd&chars\"9"
+TOKEN = 'tok/en+with=odd&chars"9'
 
 
 @pytest.mark.parametrize(
@@ -49,8 +49,11 @@ def test_short_credentials_are_not_looked_for() -> None:
     assert not target.reflects_credential([], b"abc abc abc")
 
 
-@given(st.text(min_size=8, max_size=60).filter(lambda t: "\r" not in t and "\n" not in t
-                                                and "\x00" not in t))
+@given(
+    st.text(min_size=8, max_size=60).filter(
+        lambda t: "\r" not in t and "\n" not in t and "\x00" not in t
+    )
+)
 def test_any_injected_header_value_is_found_when_echoed(value: str) -> None:
     """Whatever the header credential, echoing it verbatim is detected."""
     target = Target("https://up.example/", inject=(("X-Api-Key", value),))
@@ -84,18 +87,28 @@ def test_fixed_query_names_in_every_spelling(query: bytes, refused: bool) -> Non
 
 def test_client_routing_headers_never_go_upstream_and_metadata_headers_neither() -> None:
     """request_headers drops Forwarded, X-Forwarded-*, X-Real-IP and metadata headers."""
-    scope = {"headers": [
-        (b"forwarded", b"for=1.2.3.4"), (b"x-forwarded-for", b"1.2.3.4"),
-        (b"x-real-ip", b"1.2.3.4"), (b"metadata-flavor", b"Google"),
-        (b"x-aws-ec2-metadata-token-ttl-seconds", b"21600"), (b"accept", b"*/*"),
-    ]}
+    scope = {
+        "headers": [
+            (b"forwarded", b"for=1.2.3.4"),
+            (b"x-forwarded-for", b"1.2.3.4"),
+            (b"x-real-ip", b"1.2.3.4"),
+            (b"metadata-flavor", b"Google"),
+            (b"x-aws-ec2-metadata-token-ttl-seconds", b"21600"),
+            (b"accept", b"*/*"),
+        ]
+    }
     headers, _ = request_headers(scope, Target("https://up.example/"))
     assert list(headers) == ["accept"]
 
 
 def test_upstream_policy_headers_never_reach_the_client() -> None:
     """response_headers drops cookies, challenges, Alt-Svc, HSTS and Clear-Site-Data."""
-    raw = [(b"Set-Cookie", b"a=b"), (b"WWW-Authenticate", b"Bearer"), (b"Alt-Svc", b"h3"),
-           (b"Strict-Transport-Security", b"max-age=1"), (b"Clear-Site-Data", b'"*"'),
-           (b"Content-Type", b"application/json")]
+    raw = [
+        (b"Set-Cookie", b"a=b"),
+        (b"WWW-Authenticate", b"Bearer"),
+        (b"Alt-Svc", b"h3"),
+        (b"Strict-Transport-Security", b"max-age=1"),
+        (b"Clear-Site-Data", b'"*"'),
+        (b"Content-Type", b"application/json"),
+    ]
     assert response_headers(raw, rewriting=False) == [(b"content-type", b"application/json")]

@@ -53,9 +53,21 @@ def _serve_workers(
     log = home.parent / f"serve-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "igris_mw.cli", "serve", "--port", str(port),
-             "--workers", str(workers), *args],
-            env=env, cwd=home.parent, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "igris_mw.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                *args,
+            ],
+            env=env,
+            cwd=home.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 30
@@ -98,7 +110,10 @@ def _connect(port: int) -> http.client.HTTPConnection:
 
 
 def _request(
-    conn: http.client.HTTPConnection, method: str, path: str, key: str | None = None,
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    key: str | None = None,
     body: object = None,
 ) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
@@ -168,13 +183,24 @@ def _check_propagation(port: int, proc: subprocess.Popen[bytes], log: Path) -> N
     assert len(admin) == 1  # printed once, by the parent, not once per worker
     a, b = conns[pids[0]], conns[pids[1]]
 
-    status, body = _request(a, "POST", "/api/v1/api-keys", admin[0],
-                            {"name": "client", "scopes": ["mcp"]})
+    status, body = _request(
+        a, "POST", "/api/v1/api-keys", admin[0], {"name": "client", "scopes": ["mcp"]}
+    )
     assert status == 201, body
     mcp_key, mcp_id = json.loads(body)["key"], json.loads(body)["id"]
-    status, body = _request(a, "POST", "/api/v1/virtual-keys", admin[0], {
-        "slug": "wrk", "name": "wrk", "upstreamUrl": "http://127.0.0.1:9/mcp",
-        "authType": "bearer", "credential": "workers-canary-Qm2"})
+    status, body = _request(
+        a,
+        "POST",
+        "/api/v1/virtual-keys",
+        admin[0],
+        {
+            "slug": "wrk",
+            "name": "wrk",
+            "upstreamUrl": "http://127.0.0.1:9/mcp",
+            "authType": "bearer",
+            "credential": "workers-canary-Qm2",
+        },
+    )
     assert status == 201, body
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     # Worker b caches the key and the connection (the upstream is closed: 502).
@@ -236,12 +262,23 @@ def test_two_workers_audit_one_connection_into_one_linear_chain(tmp_path: Path) 
         conns = _one_connection_per_worker(port, pids)
         admin = KEY_RE.findall(log.read_text())[0]
         a = conns[pids[0]]
-        status, body = _request(a, "POST", "/api/v1/virtual-keys", admin, {
-            "slug": "chain", "name": "chain", "upstreamUrl": "http://127.0.0.1:9/mcp",
-            "authType": "bearer", "credential": "x"})
+        status, body = _request(
+            a,
+            "POST",
+            "/api/v1/virtual-keys",
+            admin,
+            {
+                "slug": "chain",
+                "name": "chain",
+                "upstreamUrl": "http://127.0.0.1:9/mcp",
+                "authType": "bearer",
+                "credential": "x",
+            },
+        )
         assert status == 201, body
-        status, body = _request(a, "POST", "/api/v1/api-keys", admin,
-                                {"name": "c", "scopes": ["mcp"]})
+        status, body = _request(
+            a, "POST", "/api/v1/api-keys", admin, {"name": "c", "scopes": ["mcp"]}
+        )
         key = json.loads(body)["key"]
         per_worker = 150
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
@@ -270,7 +307,11 @@ def test_two_workers_audit_one_connection_into_one_linear_chain(tmp_path: Path) 
     env["IGRIS_HOME"] = str(home)
     verify = subprocess.run(
         [sys.executable, "-m", "igris_mw.cli", "audit", "verify", "chain", "--json"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -124,8 +124,13 @@ class ChainHead:
         return cls(chain, seq, hash_, key_id, _mac(key, cls.text(chain, seq, hash_)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"chain": self.chain, "seq": self.seq, "hash": self.hash,
-                "keyId": self.key_id, "mac": self.mac}
+        return {
+            "chain": self.chain,
+            "seq": self.seq,
+            "hash": self.hash,
+            "keyId": self.key_id,
+            "mac": self.mac,
+        }
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ChainHead:
@@ -151,8 +156,7 @@ class ChainAnchor:
         return cls(chains, digest, key_id, _mac(key, cls.text(chains, digest)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"chains": self.chains, "digest": self.digest, "keyId": self.key_id,
-                "mac": self.mac}
+        return {"chains": self.chains, "digest": self.digest, "keyId": self.key_id, "mac": self.mac}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ChainAnchor:
@@ -407,33 +411,51 @@ def check_heads(
         head = heads.get(chain)
         if head is None:
             if keys is not None:
-                add(chain, f"{_name(chain)} has no signed head: its head was removed, or it "
-                    "was written outside the gateway")
+                add(
+                    chain,
+                    f"{_name(chain)} has no signed head: its head was removed, or it "
+                    "was written outside the gateway",
+                )
             continue
         if tail is None:
             continue
         if tail.seq < head.seq:
             cut = head.seq - tail.seq
-            add(chain, f"the last {cut} event(s) of {_name(chain)} were removed: it ends at "
-                f"seq {tail.seq}, its signed head says seq {head.seq}")
+            add(
+                chain,
+                f"the last {cut} event(s) of {_name(chain)} were removed: it ends at "
+                f"seq {tail.seq}, its signed head says seq {head.seq}",
+            )
         elif tail.seq > head.seq:
-            add(chain, f"{_name(chain)} has events after its signed head (seq {head.seq}): "
-                "added outside the gateway")
+            add(
+                chain,
+                f"{_name(chain)} has events after its signed head (seq {head.seq}): "
+                "added outside the gateway",
+            )
         elif tail.hash != head.hash:
             add(chain, f"the last event of {_name(chain)} (seq {tail.seq}) was replaced")
     for chain, head in heads.items():
         ok = mac_ok(head.key_id, ChainHead.text(chain, head.seq, head.hash), head.mac)
         if ok is None and head.key_id is None:
-            add(chain, f"the head of {_name(chain)} is not signed with the audit key: "
-                "re-signed without the key")
+            add(
+                chain,
+                f"the head of {_name(chain)} is not signed with the audit key: "
+                "re-signed without the key",
+            )
         elif ok is None:
-            add(chain, f"the head of {_name(chain)} is signed with audit key "
-                f"{head.key_id!r}, which is not configured")
+            add(
+                chain,
+                f"the head of {_name(chain)} is signed with audit key "
+                f"{head.key_id!r}, which is not configured",
+            )
         elif not ok:
             add(chain, f"the signed head of {_name(chain)} was forged (its MAC does not match)")
         if chain not in last and head.seq > 0:
-            add(chain, f"{_name(chain)} was removed whole: its signed head says seq {head.seq}, "
-                "no event is left")
+            add(
+                chain,
+                f"{_name(chain)} was removed whole: its signed head says seq {head.seq}, "
+                "no event is left",
+            )
     if anchor is None:
         if heads and keys is not None:
             add(ANCHOR, "the anchor over the chain heads is missing (removed)")
@@ -442,8 +464,11 @@ def check_heads(
     if mac_ok(anchor.key_id, anchor_text, anchor.mac) is not True:
         add(ANCHOR, "the anchor over the chain heads was forged (its MAC does not match)")
     if anchor.chains > len(heads):
-        add(ANCHOR, f"{anchor.chains - len(heads)} chain(s) were removed whole together with "
-            "their signed heads")
+        add(
+            ANCHOR,
+            f"{anchor.chains - len(heads)} chain(s) were removed whole together with "
+            "their signed heads",
+        )
     elif anchor.chains != len(heads) or anchor.digest != digest_of(heads.values()):
         add(ANCHOR, "the chain heads do not match their signed anchor: a head was replaced")
     return report

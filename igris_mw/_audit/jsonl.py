@@ -231,6 +231,7 @@ class JsonlAuditSink:
                 self._write_heads(heads, new_anchor)
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     @property
     def heads_path(self) -> Path:
         return self.path.with_name(self.path.name + ".heads")

@@ -140,7 +140,8 @@ class Dashboard(ConnectionPages, KeyPages):
         except Exception as exc:
             log.error(
                 "dashboard %s failed with %s\n%s",
-                req.route, type(exc).__qualname__,
+                req.route,
+                type(exc).__qualname__,
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
             response = req.error_page(IgrisError("internal error"))
@@ -212,7 +213,8 @@ class Dashboard(ConnectionPages, KeyPages):
         if wait:
             await self._session_event("sign_in", None, "rate_limited", address)
             return req.login_page(
-                429, f"Too many failed sign-ins. Try again in {wait} seconds.",
+                429,
+                f"Too many failed sign-ins. Try again in {wait} seconds.",
                 headers=((b"retry-after", str(wait).encode()),),
             )
         key_text = (form.get("key") or "").strip()
@@ -223,8 +225,9 @@ class Dashboard(ConnectionPages, KeyPages):
         except Unauthorized:
             self.throttle.fail(address)
             await self._session_event("sign_in", None, "denied", address)
-            return req.login_page(401, "This key was not accepted: it is unknown, revoked "
-                                       "or expired.")
+            return req.login_page(
+                401, "This key was not accepted: it is unknown, revoked or expired."
+            )
         if KeyScope.ADMIN not in record.scopes:
             self.throttle.fail(address)
             await self._session_event("sign_in", record.id, "denied", address)
@@ -254,8 +257,13 @@ class Dashboard(ConnectionPages, KeyPages):
             "dashboard %s: outcome=%s key=%s client=%s", action, outcome, key_id or "-", address
         )
         event = AuditEvent(
-            id=new_event_id(), timestamp=self.service.clock(), connection=None,
-            kind="dashboard", action=action, api_key_id=key_id, outcome=outcome,
+            id=new_event_id(),
+            timestamp=self.service.clock(),
+            connection=None,
+            kind="dashboard",
+            action=action,
+            api_key_id=key_id,
+            outcome=outcome,
             metadata={"client": address},
         )
         try:
@@ -269,8 +277,13 @@ class Dashboard(ConnectionPages, KeyPages):
     async def _h_audit(self, req: Request) -> Response:
         filters, rows, errors, older = await global_audit(self.service, req.query)
         return req.page(
-            "audit.html", nav="audit", filters=filters, audit=rows, errors=errors,
-            columns=AUDIT_COLUMNS, live_url=req.url("/audit.json") + _query(filters),
+            "audit.html",
+            nav="audit",
+            filters=filters,
+            audit=rows,
+            errors=errors,
+            columns=AUDIT_COLUMNS,
+            live_url=req.url("/audit.json") + _query(filters),
             older=req.url("/audit") + _query({**filters, "cursor": older}) if older else None,
             paged=bool(req.query.get("cursor")),
         )
@@ -278,6 +291,7 @@ class Dashboard(ConnectionPages, KeyPages):
     async def _h_audit_json(self, req: Request) -> Response:
         _, rows, errors, _ = await global_audit(self.service, req.query)
         return req.json({"rows": rows, "errors": errors})
+
 
 _PUBLIC: Final = frozenset({"root", "static", "login_form", "login"})
 _SLUG = r"(?P<slug>[^/]+)"
@@ -296,8 +310,10 @@ _ROUTES: Final = [
     (rf"/connections/{_SLUG}/edit", {"GET": "connection_edit_form", "POST": "connection_edit"}),
     (rf"/connections/{_SLUG}/disable", {"POST": "connection_disable"}),
     (rf"/connections/{_SLUG}/enable", {"POST": "connection_enable"}),
-    (rf"/connections/{_SLUG}/delete", {"GET": "connection_delete_form",
-                                       "POST": "connection_delete"}),
+    (
+        rf"/connections/{_SLUG}/delete",
+        {"GET": "connection_delete_form", "POST": "connection_delete"},
+    ),
     (r"/api-keys", {"GET": "api_keys", "POST": "api_key_create"}),
     (r"/new/api-key", {"GET": "api_key_new"}),
     (r"/api-keys/created", {"GET": "api_key_created"}),
@@ -315,4 +331,3 @@ def _same(a: str, b: str) -> bool:
 def _query(filters: Mapping[str, str]) -> str:
     kept = {k: v for k, v in filters.items() if v}
     return "?" + urlencode(kept) if kept else ""
-

@@ -26,8 +26,19 @@ __all__ = [
 ]
 
 AUDIT_COLUMNS: Final = (
-    "Time", "Connection", "Event", "User", "Request", "RPC method", "Tool", "Status",
-    "Outcome", "Latency (ms)", "API key", "Credential version", "Details",
+    "Time",
+    "Connection",
+    "Event",
+    "User",
+    "Request",
+    "RPC method",
+    "Tool",
+    "Status",
+    "Outcome",
+    "Latency (ms)",
+    "API key",
+    "Credential version",
+    "Details",
 )
 # One connection's trail leaves out the column that would repeat its slug.
 CONNECTION_AUDIT_COLUMNS: Final = tuple(c for c in AUDIT_COLUMNS if c != "Connection")

@@ -22,7 +22,13 @@ from .policy import FEATURES, POLICY_INPUTS, policy_body, policy_values
 __all__ = ["ConnectionPages"]
 
 _CONNECTION_FIELDS: Final = (
-    "slug", "name", "upstreamUrl", "authType", "headerName", "credential", *PEM_FIELDS,
+    "slug",
+    "name",
+    "upstreamUrl",
+    "authType",
+    "headerName",
+    "credential",
+    *PEM_FIELDS,
 )
 _AUTH_TYPES: Final = ("bearer", "header", "basic", "none")
 
@@ -53,8 +59,12 @@ class ConnectionPages:
         self, req: Request, status: int, values: Mapping[str, str], errors: Mapping[str, str]
     ) -> Response:
         return req.page(
-            "connection_new.html", status=status, nav="connections", values=values,
-            errors=errors, auth_types=_AUTH_TYPES,
+            "connection_new.html",
+            status=status,
+            nav="connections",
+            values=values,
+            errors=errors,
+            auth_types=_AUTH_TYPES,
         )
 
     async def _h_connection_create(self, req: Request) -> Response:
@@ -72,12 +82,15 @@ class ConnectionPages:
             body["credential"] = form["credential"]
         if FEATURES.tls:
             body.update({k: pem(form[k]) for k in PEM_FIELDS if pem(form.get(k, ""))})
-        body.update(policy_body(
-            form, rate_limit=FEATURES.connection_rate_limit, tools=FEATURES.connection_tools
-        ))
+        body.update(
+            policy_body(
+                form, rate_limit=FEATURES.connection_rate_limit, tools=FEATURES.connection_tools
+            )
+        )
         # Kept for the form on an error, without the credential (write-only).
         values = {
-            k: str(v) for k, v in body.items()
+            k: str(v)
+            for k, v in body.items()
             if isinstance(v, str) and k not in ("credential", "clientKey")
         }
         values["enabled"] = "on" if body["enabled"] else ""
@@ -106,9 +119,14 @@ class ConnectionPages:
         page = await self.service.list_audit(conn.slug, limit=PAGE_ROWS)
         gateway_url = f"{req.base_url()}/v1/mcp/{conn.slug}"
         mcp_servers = json.dumps(
-            {"mcpServers": {conn.slug: {
-                "url": gateway_url, "headers": {"Authorization": "Bearer ig_..."},
-            }}},
+            {
+                "mcpServers": {
+                    conn.slug: {
+                        "url": gateway_url,
+                        "headers": {"Authorization": "Bearer ig_..."},
+                    }
+                }
+            },
             indent=2,
         )
         record = conn.to_json()
@@ -120,10 +138,16 @@ class ConnectionPages:
             and self.oauth is not None
         )
         return req.page(
-            "connection.html", status=status, nav="connections", conn=conn, record=record,
+            "connection.html",
+            status=status,
+            nav="connections",
+            conn=conn,
+            record=record,
             can_authorize=can_authorize,
             policy=values if values is not None else policy_values(record),
-            gateway_url=gateway_url, mcp_servers=mcp_servers, errors=errors,
+            gateway_url=gateway_url,
+            mcp_servers=mcp_servers,
+            errors=errors,
             audit=[audit_row(e, with_connection=False) for e in page.items],
             columns=CONNECTION_AUDIT_COLUMNS,
             live_url=req.url(f"/connections/{conn.slug}/audit.json"),
@@ -138,8 +162,10 @@ class ConnectionPages:
         credential = form.get("credential") or None
         identity: dict[str, str] = {}
         if FEATURES.tls:
-            for field, arg in (("clientCertificate", "client_certificate"),
-                               ("clientKey", "client_key")):
+            for field, arg in (
+                ("clientCertificate", "client_certificate"),
+                ("clientKey", "client_key"),
+            ):
                 if pem(form.get(field, "")):
                     identity[arg] = pem(form[field])
         try:
@@ -149,12 +175,17 @@ class ConnectionPages:
         except ValidationError as exc:
             current = await self.service.get_connection(slug)
             return await self._connection_page(
-                req, current, 422,
-                errors_for(exc, ("credential", "clientCertificate", "clientKey"),
-                           default="credential"),
+                req,
+                current,
+                422,
+                errors_for(
+                    exc, ("credential", "clientCertificate", "clientKey"), default="credential"
+                ),
             )
-        req.notice(f"Credential rotated: {conn.slug} now uses credential version "
-                   f"{conn.credential_version}.")
+        req.notice(
+            f"Credential rotated: {conn.slug} now uses credential version "
+            f"{conn.credential_version}."
+        )
         return req.redirect(f"/connections/{conn.slug}")
 
     async def _h_connection_policy(self, req: Request, slug: str) -> Response:
@@ -162,7 +193,9 @@ class ConnectionPages:
             raise NotFound("no such page")
         form = await req.form()
         changes = policy_body(
-            form, rate_limit=FEATURES.connection_rate_limit, tools=FEATURES.connection_tools,
+            form,
+            rate_limit=FEATURES.connection_rate_limit,
+            tools=FEATURES.connection_tools,
             clear=True,
         )
         try:
@@ -179,10 +212,14 @@ class ConnectionPages:
     async def _h_connection_edit_form(self, req: Request, slug: str) -> Response:
         conn = await self.service.get_connection(slug)
         record = conn.to_json()
-        values = {"name": conn.name, "upstreamUrl": conn.upstream_url,
-                  "authType": conn.auth_type.value, "headerName": conn.header_name or "",
-                  "caCertificate": record.get("caCertificate") or "",
-                  "clientCertificate": record.get("clientCertificate") or ""}
+        values = {
+            "name": conn.name,
+            "upstreamUrl": conn.upstream_url,
+            "authType": conn.auth_type.value,
+            "headerName": conn.header_name or "",
+            "caCertificate": record.get("caCertificate") or "",
+            "clientCertificate": record.get("clientCertificate") or "",
+        }
         return self._edit_form(req, conn, 200, values, {})
 
     def _edit_form(
@@ -194,8 +231,13 @@ class ConnectionPages:
         errors: Mapping[str, str],
     ) -> Response:
         return req.page(
-            "connection_edit.html", status=status, nav="connections", conn=conn,
-            values=values, errors=errors, auth_types=_AUTH_TYPES,
+            "connection_edit.html",
+            status=status,
+            nav="connections",
+            conn=conn,
+            values=values,
+            errors=errors,
+            auth_types=_AUTH_TYPES,
         )
 
     async def _h_connection_edit(self, req: Request, slug: str) -> Response:
@@ -260,7 +302,10 @@ class ConnectionPages:
         if form.get("confirm") != slug:
             conn = await self.service.get_connection(slug)
             return req.page(
-                "connection_delete.html", status=422, nav="connections", conn=conn,
+                "connection_delete.html",
+                status=422,
+                nav="connections",
+                conn=conn,
                 error="Confirm the deletion with the Delete button on this page.",
             )
         await self.service.delete_connection(slug, actor=req.key_id)

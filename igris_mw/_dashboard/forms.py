@@ -21,7 +21,7 @@ def pem(text: str) -> str:
 def field_message(exc: ValidationError) -> str:
     """The message without its ``field:`` prefix (the page shows it at the field)."""
     prefix = f"{exc.field}: "
-    text = exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message
+    text = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
     return text[:1].upper() + text[1:]
 
 

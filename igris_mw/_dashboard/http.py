@@ -107,9 +107,9 @@ class Request:
         root = scope.get("root_path", "") or ""
         path: str = scope["path"]
         if root and path.startswith(root + "/ui"):
-            path = path[len(root):]
+            path = path[len(root) :]
         self.root = root
-        self.local_path = path[len("/ui"):] if path.startswith("/ui") else path
+        self.local_path = path[len("/ui") :] if path.startswith("/ui") else path
         raw_query = bytes(scope.get("query_string", b"")).decode("latin-1")
         self.query: dict[str, str] = {}
         for name, value in parse_qsl(raw_query, keep_blank_values=True):
@@ -209,7 +209,9 @@ class Request:
             raise BadForm("the form must be sent as application/x-www-form-urlencoded")
         try:
             pairs = parse_qsl(
-                raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                raw.decode("utf-8"),
+                keep_blank_values=True,
+                strict_parsing=False,
                 max_num_fields=1000,
             )
         except (UnicodeDecodeError, ValueError):
@@ -268,10 +270,17 @@ class Request:
         return Response(200, body, "application/json")
 
     def render(self, template: str, **context: Any) -> bytes:
-        return self.dash.env.get_template(template).render(
-            ui=f"{self.root}/ui", session=self.session, key=self.key, features=FEATURES,
-            **context
-        ).encode()
+        return (
+            self.dash.env.get_template(template)
+            .render(
+                ui=f"{self.root}/ui",
+                session=self.session,
+                key=self.key,
+                features=FEATURES,
+                **context,
+            )
+            .encode()
+        )
 
     def page(self, template: str, *, status: int = 200, **context: Any) -> Response:
         notice = None
@@ -281,8 +290,10 @@ class Request:
         return Response(
             status,
             self.render(
-                template, notice=notice,
-                csrf=self.session.csrf if self.session is not None else "", **context,
+                template,
+                notice=notice,
+                csrf=self.session.csrf if self.session is not None else "",
+                **context,
             ),
         )
 
@@ -291,8 +302,7 @@ class Request:
     ) -> Response:
         token = secrets.token_urlsafe(32)
         self.set_cookies.append(self._cookie(LOGIN_COOKIE, token))
-        body = self.render("login.html", nav="", csrf=token, error=error, notice=None,
-                           errors={})
+        body = self.render("login.html", nav="", csrf=token, error=error, notice=None, errors={})
         return Response(status, body, headers=headers)
 
     def error_page(self, exc: IgrisError) -> Response:
@@ -306,13 +316,25 @@ class Request:
             body = json.dumps(exc.to_json(), separators=(",", ":")).encode()
             return Response(exc.status, body, "application/json", headers)
         titles = {
-            400: "Bad request", 401: "Not signed in", 403: "Refused", 404: "Not found",
-            405: "Method not allowed", 409: "Conflict", 413: "Too large", 422: "Invalid input",
-            429: "Too many requests", 503: "Unavailable",
+            400: "Bad request",
+            401: "Not signed in",
+            403: "Refused",
+            404: "Not found",
+            405: "Method not allowed",
+            409: "Conflict",
+            413: "Too large",
+            422: "Invalid input",
+            429: "Too many requests",
+            503: "Unavailable",
         }
         body = self.render(
-            "error.html", nav="", status=exc.status, title=titles.get(exc.status, "Error"),
-            message=exc.message, notice=None, errors={},
+            "error.html",
+            nav="",
+            status=exc.status,
+            title=titles.get(exc.status, "Error"),
+            message=exc.message,
+            notice=None,
+            errors={},
             csrf=self.session.csrf if self.session is not None else "",
         )
         return Response(exc.status, body, headers=headers)

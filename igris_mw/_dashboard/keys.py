@@ -35,7 +35,11 @@ class KeyPages:
     ) -> Response:
         page = await self.service.list_connections(limit=200)
         return req.page(
-            "api_key_new.html", status=status, nav="api-keys", values=values, errors=errors,
+            "api_key_new.html",
+            status=status,
+            nav="api-keys",
+            values=values,
+            errors=errors,
             slugs=[c.slug for c in page.items],
         )
 
@@ -55,10 +59,14 @@ class KeyPages:
         body: dict[str, Any] = {"name": values["name"], "scopes": [values["scope"]]}
         if connections:
             body["connections"] = connections
-        body.update(policy_body(
-            form, rate_limit=FEATURES.key_rate_limit, tools=FEATURES.key_tools,
-            max_concurrent=FEATURES.key_max_concurrent,
-        ))
+        body.update(
+            policy_body(
+                form,
+                rate_limit=FEATURES.key_rate_limit,
+                tools=FEATURES.key_tools,
+                max_concurrent=FEATURES.key_max_concurrent,
+            )
+        )
         try:
             if values["expiresAt"]:
                 body["expiresAt"] = form_time(values["expiresAt"], "expiresAt")
@@ -99,8 +107,13 @@ class KeyPages:
     ) -> Response:
         page = await self.service.list_connections(limit=200)
         return req.page(
-            "api_key_edit.html", status=status, nav="api-keys", record=record.to_json(),
-            values=values, errors=errors, slugs=[c.slug for c in page.items],
+            "api_key_edit.html",
+            status=status,
+            nav="api-keys",
+            record=record.to_json(),
+            values=values,
+            errors=errors,
+            slugs=[c.slug for c in page.items],
         )
 
     async def _h_api_key_edit_form(self, req: Request, key_id: str) -> Response:
@@ -135,8 +148,11 @@ class KeyPages:
         if "mcp" in j["scopes"] and sorted(values["connections"]) != (j["connections"] or []):
             changes["connections"] = values["connections"] or None
         policy_changes = policy_body(
-            form, rate_limit=FEATURES.key_rate_limit, tools=FEATURES.key_tools,
-            max_concurrent=FEATURES.key_max_concurrent, clear=True,
+            form,
+            rate_limit=FEATURES.key_rate_limit,
+            tools=FEATURES.key_tools,
+            max_concurrent=FEATURES.key_max_concurrent,
+            clear=True,
         )
         changes.update({k: v for k, v in policy_changes.items() if v != j.get(k)})
         try:
@@ -148,8 +164,9 @@ class KeyPages:
         except ValidationError as exc:
             errors = errors_for(exc, ("name", "connections", "expiresAt"))
             return await self._api_key_edit_page(req, record, 422, values, errors)
-        req.notice(f"API key {updated.name} ({updated.id}) saved." if changes
-                   else "Nothing changed.")
+        req.notice(
+            f"API key {updated.name} ({updated.id}) saved." if changes else "Nothing changed."
+        )
         return req.redirect("/api-keys")
 
     async def _h_api_key_revoke(self, req: Request, key_id: str) -> Response:

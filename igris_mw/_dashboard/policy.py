@@ -20,7 +20,11 @@ from .._validation import API_KEY_FIELDS, CREATE_FIELDS, PATCH_FIELDS
 __all__ = ["FEATURES", "POLICY_INPUTS", "Features", "input_for", "policy_body", "policy_values"]
 
 POLICY_INPUTS: Final = (
-    "rateLimitRpm", "rateLimitBurst", "toolsAllow", "toolsDeny", "maxConcurrent",
+    "rateLimitRpm",
+    "rateLimitBurst",
+    "toolsAllow",
+    "toolsDeny",
+    "maxConcurrent",
 )
 _SPLIT = re.compile(r"[\s,]+")
 

@@ -116,7 +116,6 @@ def parse_oauth(auth_type: str, value: object, *, has_secret: bool) -> dict[str,
     return out
 
 
-
 def oauth_status(grant: OAuthGrant | None) -> dict[str, Any]:
     """A connection's read-only ``oauthStatus`` and ``tokenExpiresAt``, from its grant."""
     if grant is None:

@@ -290,7 +290,5 @@ async def discover(
     found = await discover_resource(
         session, resource, www_authenticate=www_authenticate, check_host=check_host
     )
-    server = await discover_server(
-        session, found.authorization_servers[0], check_host=check_host
-    )
+    server = await discover_server(session, found.authorization_servers[0], check_host=check_host)
     return found, server

@@ -311,9 +311,7 @@ class GrantManager:
         except BaseException:
             # Anything else (a bug, a cancelled request): release the claim
             # rather than leave the others waiting for the lease to run out.
-            await asyncio.shield(
-                self._settle(key, claim, attrs.evolve(claim, status="authorized"))
-            )
+            await asyncio.shield(self._settle(key, claim, attrs.evolve(claim, status="authorized")))
             raise
         self._failures.pop(key, None)
         self._refused.pop(key, None)

@@ -267,9 +267,7 @@ class TokenClient:
                 error=error,
             )
         detail = f" ({error})" if error else ""
-        raise OAuthError(
-            f"the token endpoint at {host} answered {status}{detail}", error=error
-        )
+        raise OAuthError(f"the token endpoint at {host} answered {status}{detail}", error=error)
 
     def _parse(self, url: str, body: bytes, sent_at: float) -> TokenSet:
         host = _host(url)
@@ -324,4 +322,3 @@ def _error_code(body: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return safe_error_code(data.get("error")) if isinstance(data, Mapping) else None
-

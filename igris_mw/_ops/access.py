@@ -63,9 +63,7 @@ class Reply:
         # frame fewer per chunk.
         if message["type"] == "http.response.start":
             self.started_at = time.perf_counter()
-            headers = [
-                h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER
-            ]
+            headers = [h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER]
             headers.append((REQUEST_ID_HEADER, self.request_id.encode()))
             if self._metrics is not None and _is_event_stream(headers):
                 self.stream = True

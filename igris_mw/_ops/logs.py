@@ -58,9 +58,7 @@ class JsonFormatter(logging.Formatter):
             client, method, full_path, _, status = record.args  # type: ignore[misc]
             path = str(full_path).split("?", 1)[0][:2048]
             line["message"] = f"{method} {path} {status}"
-            line.update(
-                {"method": method, "path": path, "status": status, "client": str(client)}
-            )
+            line.update({"method": method, "path": path, "status": status, "client": str(client)})
         else:
             line["message"] = record.getMessage()
             request_id = current_request_id.get()

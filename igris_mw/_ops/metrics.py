@@ -121,8 +121,7 @@ _DOC: Final = {
     "streams": "Event streams (text/event-stream responses) open now.",
     "queue": "Audit events waiting for the audit sink.",
     "written": "Audit events the sink has taken.",
-    "spilled": "Audit events written to the local spill file because the sink could not "
-    "take them.",
+    "spilled": "Audit events written to the local spill file because the sink could not take them.",
     "quarantined": "Audit events set aside because they could not be stored as they were.",
     "rate_limited": "Requests refused with 429 rate_limited.",
     "refresh": "Upstream credential renewals (OAuth) by result.",

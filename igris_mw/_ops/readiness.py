@@ -93,8 +93,11 @@ class Readiness:
         pending = int(self._audit.pending)
         if getattr(self._audit, "refusing", False):
             reasons.append(
-                {"check": "audit", "message": "the audit sink and spill are unavailable; "
-                 "gateway requests are refused (fail closed)"}
+                {
+                    "check": "audit",
+                    "message": "the audit sink and spill are unavailable; "
+                    "gateway requests are refused (fail closed)",
+                }
             )
         if pending >= self._audit_threshold:
             reasons.append(

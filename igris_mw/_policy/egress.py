@@ -449,4 +449,3 @@ class EgressPolicy:
 
     def check_connect_host(self, host: str) -> None:
         check_connect_host(host, self.allowed)
-

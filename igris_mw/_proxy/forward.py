@@ -97,6 +97,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
         f"the request body is larger than {limit} bytes (IGRIS_MAX_REQUEST_BODY)",
         code="request_too_large",
     )
+
+
 # A request with its whole body in hand gets a disconnect watcher only when its
 # response headers take longer than this (seconds): a client that leaves a
 # quick call is noticed when the answer is sent, which costs nothing extra.
@@ -816,9 +818,7 @@ async def _relay(
                 if ex.idle:
                     result.outcome = "upstream_idle"
                     break
-                log.warning(
-                    "upstream %s broke mid-stream: %s", target.label, type(exc).__name__
-                )
+                log.warning("upstream %s broke mid-stream: %s", target.label, type(exc).__name__)
                 result.outcome = "upstream_error"
                 result.error = _unreachable(target, exc)
                 break

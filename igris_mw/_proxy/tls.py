@@ -268,9 +268,10 @@ def _alert_in(error: ssl.SSLError, alerts: tuple[str, ...]) -> bool:
 
 def is_tls_error(exc: BaseException) -> bool:
     """Whether an upstream failure was TLS (handshake, verification, client cert)."""
-    return isinstance(
-        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
-    ) or _ssl_cause(exc) is not None
+    return (
+        isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError)
+        or _ssl_cause(exc) is not None
+    )
 
 
 def tls_error_for(exc: BaseException, host: str) -> UpstreamError | None:

@@ -167,9 +167,7 @@ class Target:
                 return True
         return any(n in body for n in needles)
 
-    def without_credential(
-        self, headers: list[tuple[bytes, bytes]]
-    ) -> list[tuple[bytes, bytes]]:
+    def without_credential(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """``headers`` less any whose value carries the injected credential.
 
         For a response that is relayed (2xx/3xx): its streamed body cannot be
@@ -227,9 +225,7 @@ def _segment_escapes(segment: str) -> bool:
     if any(c in decoded for c in "\0\r\n"):
         return True
     # "..;x" is ".." to a servlet container (path parameters are cut off).
-    return any(
-        part.split(";", 1)[0] in (".", "..") for part in re.split(r"[/\\]", decoded)
-    )
+    return any(part.split(";", 1)[0] in (".", "..") for part in re.split(r"[/\\]", decoded))
 
 
 def upstream_url(target: Target, subpath: str, query_string: bytes | str = b"") -> yarl.URL:

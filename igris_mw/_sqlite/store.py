@@ -574,9 +574,7 @@ class SQLiteStore:
                 if user is None:
                     db.execute("DELETE FROM oauth_grants WHERE slug = ?", (slug,))
                 else:
-                    db.execute(
-                        "DELETE FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user)
-                    )
+                    db.execute("DELETE FROM oauth_grants WHERE slug = ? AND user = ?", (slug, user))
 
         await self._run(delete)
 

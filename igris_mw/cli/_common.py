@@ -168,4 +168,3 @@ async def open_audit_sink(url: str | None) -> AuditSink | None:
 async def close_audit_sink(sink: Any, store: Store) -> None:
     if sink is not None and sink is not store:
         await sink.close()
-

@@ -330,9 +330,7 @@ async def _audit_verify(args: argparse.Namespace, svc: Service) -> int:
             for problem in problems:
                 out(terminal_safe(f"{slug}: {problem}"))
     if broken:
-        sys.stderr.write(
-            f"igris-mw: error: {len(broken)} audit chain(s) failed verification\n"
-        )
+        sys.stderr.write(f"igris-mw: error: {len(broken)} audit chain(s) failed verification\n")
         return EXIT_ERROR
     return 0
 
@@ -444,7 +442,10 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
         _leaf(leaves, name, common, handler, help_).add_argument("slug", metavar="SLUG")
 
     update = _leaf(
-        leaves, "update", common, _connections_update,
+        leaves,
+        "update",
+        common,
+        _connections_update,
         "change name, upstream URL, auth type or header name",
     )
     update.add_argument("slug", metavar="SLUG")
@@ -457,7 +458,8 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     update.add_argument("--remove-ca", action="store_true", help="drop the connection's CA")
     update.add_argument(
-        "--remove-client-cert", action="store_true",
+        "--remove-client-cert",
+        action="store_true",
         help="drop the client certificate and key (replace them with rotate)",
     )
     add_policy_options(update, key=False)
@@ -467,7 +469,8 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
     rotate.add_argument("slug", metavar="SLUG")
     rotate.add_argument("--credential-file", metavar="F", help=cred_help)
     rotate.add_argument(
-        "--auth-type", choices=[t for t in auth_types if t != AuthType.NONE.value],
+        "--auth-type",
+        choices=[t for t in auth_types if t != AuthType.NONE.value],
         help="switch the auth type along with the credential",
     )
     rotate.add_argument("--header-name", metavar="H")
@@ -478,22 +481,28 @@ def _register_connections(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_tls_options(parser: argparse.ArgumentParser, *, ca: bool) -> None:
     if ca:
         parser.add_argument(
-            "--ca-file", metavar="PEM",
+            "--ca-file",
+            metavar="PEM",
             help="trust this CA (PEM) for the https upstream, besides the system's",
         )
     parser.add_argument(
-        "--client-cert-file", metavar="PEM",
+        "--client-cert-file",
+        metavar="PEM",
         help="client certificate chain (PEM, leaf first) for an upstream requiring mTLS",
     )
     parser.add_argument(
-        "--client-key-file", metavar="PEM",
+        "--client-key-file",
+        metavar="PEM",
         help="its private key (PEM, unencrypted; sealed like the credential, never shown)",
     )
 
 
 def _register_audit(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = _leaf(
-        sub, "audit", common, _audit,
+        sub,
+        "audit",
+        common,
+        _audit,
         "show a connection's audit trail (audit SLUG) or check the hash chains "
         "(audit verify [SLUG])",
     )
@@ -523,7 +532,10 @@ def _register_crypto(sub: Any, common: argparse.ArgumentParser) -> None:
     group = sub.add_parser("crypto", help="master-key maintenance")
     leaves = group.add_subparsers(dest="action", required=True, metavar="ACTION")
     _leaf(
-        leaves, "rewrap", common, _crypto_rewrap,
+        leaves,
+        "rewrap",
+        common,
+        _crypto_rewrap,
         "re-seal every stored credential under the primary master key (or the newest "
         "Transit key version), online; run after adding a new master key first",
     )

@@ -41,7 +41,7 @@ def parse_oauth_option(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
-        raise UsageError("--oauth must be a JSON object, e.g. '{\"clientId\": \"...\"}'") from None
+        raise UsageError('--oauth must be a JSON object, e.g. \'{"clientId": "..."}\'') from None
     if not isinstance(value, dict):
         raise UsageError("--oauth must be a JSON object")
     return value

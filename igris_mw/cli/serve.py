@@ -86,8 +86,9 @@ def _bytes(text: str) -> int:
 
 def _at_least_one(text: str) -> int:
     try:
-        return int(Settings.from_env({"IGRIS_AUTH_FAILURES_PER_MINUTE": text})
-                   .auth_failures_per_minute)
+        return int(
+            Settings.from_env({"IGRIS_AUTH_FAILURES_PER_MINUTE": text}).auth_failures_per_minute
+        )
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
 
@@ -99,9 +100,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "serve", help="run the standalone gateway", description=__doc__
     )
     p.add_argument("--host", help="address to listen on (default: $IGRIS_HOST, else 127.0.0.1)")
-    p.add_argument(
-        "--port", type=_port, help="port to listen on (default: $IGRIS_PORT, else 8080)"
-    )
+    p.add_argument("--port", type=_port, help="port to listen on (default: $IGRIS_PORT, else 8080)")
     p.add_argument(
         "--upstream-timeout",
         type=_positive,
@@ -278,6 +277,7 @@ async def _bootstrap_admin_key(
     """
     from .._service import Service
     from ..models import Scope
+
     crypto = LazyCrypto(settings, environ)
     audit_url, defaulted = audit_url_for(settings, store)
     if defaulted:
@@ -475,9 +475,7 @@ def _start_metrics(app: Any, settings: Settings) -> Any:
 
     host, port = settings.metrics_host, settings.metrics_port
     if port == settings.port:
-        raise ConfigurationError(
-            f"--metrics-port {port} is the gateway's own port: choose another"
-        )
+        raise ConfigurationError(f"--metrics-port {port} is the gateway's own port: choose another")
     try:
         stop = serve_in_thread(app.metrics, host, port)
     except OSError as exc:

@@ -46,9 +46,7 @@ class AuditKeyTests(SuiteBase):
         last: dict[str | None, AuditEvent | None] = {"one": one[-1], "two": two[-1]}
         assert check_heads(last, heads, anchor, {"suite-key": _KEY}) == {}
 
-    async def test_global_chain_holds_events_about_no_connection(
-        self, audit_store: Store
-    ) -> None:
+    async def test_global_chain_holds_events_about_no_connection(self, audit_store: Store) -> None:
         """Events with connection None form their own chain, listed but not a slug."""
         await audit_store.use_audit_key(_KEY)
         events = [

@@ -58,7 +58,11 @@ class OAuthGrantTests(SuiteBase):
         assert await store.put_oauth_grant(claim, expected_version=1)
         assert await store.get_oauth_grant("granted") == attrs.evolve(claim, version=2)
         cleared = attrs.evolve(
-            claim, ciphertext=None, expires_at=None, lifetime=None, lease_until=None,
+            claim,
+            ciphertext=None,
+            expires_at=None,
+            lifetime=None,
+            lease_until=None,
             status="reauthorization_required",
         )
         assert await store.put_oauth_grant(cleared, expected_version=2)
@@ -83,9 +87,7 @@ class OAuthGrantTests(SuiteBase):
         for user in ("", "bob ü/..", "x" * 200):
             assert await store.get_oauth_grant("with-grants", user) is None
 
-    async def test_per_user_scope_key_user_and_grant_listing_round_trip(
-        self, store: Store
-    ) -> None:
+    async def test_per_user_scope_key_user_and_grant_listing_round_trip(self, store: Store) -> None:
         """credential_scope, an API key's user, and list_oauth_grants (ordered by user)."""
         created = await store.create_connection(
             make_connection("per-user", credential_scope="per_user", ciphertext=None)
@@ -113,9 +115,7 @@ class OAuthGrantTests(SuiteBase):
         assert await store.put_oauth_grant(base, expected_version=0)
         results = await asyncio.gather(
             *(
-                store.put_oauth_grant(
-                    attrs.evolve(base, ciphertext=bytes([i])), expected_version=1
-                )
+                store.put_oauth_grant(attrs.evolve(base, ciphertext=bytes([i])), expected_version=1)
                 for i in range(10)
             )
         )

@@ -83,12 +83,20 @@ class AuditTamperSuite:
         made = await self.make_trail()
         try:
             await made.svc.create_connection(
-                {"slug": "ghub", "name": "GitHub", "upstreamUrl": "https://mcp.example/mcp",
-                 "credential": "tok-1"}
+                {
+                    "slug": "ghub",
+                    "name": "GitHub",
+                    "upstreamUrl": "https://mcp.example/mcp",
+                    "credential": "tok-1",
+                }
             )
             await made.svc.create_connection(
-                {"slug": "other", "name": "Other", "upstreamUrl": "https://mcp.example/mcp",
-                 "credential": "tok-2"}
+                {
+                    "slug": "other",
+                    "name": "Other",
+                    "upstreamUrl": "https://mcp.example/mcp",
+                    "credential": "tok-2",
+                }
             )
             for _ in range(2):
                 await made.svc.set_enabled("ghub", False)
@@ -162,9 +170,14 @@ class AuditTamperSuite:
         text = _problems(await trail.svc.verify_audit(), "ghub")
         assert "re-hashed without the key" in text or "re-signed without the key" in text
         # The forged chain is internally consistent: only the key gives it away.
-        assert forged[-1].hash == hashlib.sha256(
-            canonical_json({k: v for k, v in forged[-1].to_json().items() if k != "hash"}).encode()
-        ).hexdigest()
+        assert (
+            forged[-1].hash
+            == hashlib.sha256(
+                canonical_json(
+                    {k: v for k, v in forged[-1].to_json().items() if k != "hash"}
+                ).encode()
+            ).hexdigest()
+        )
 
     async def test_api_key_changes_form_the_global_chain(self, trail: Trail) -> None:
         """API-key create and revoke are audited with connection null, in a verified chain."""

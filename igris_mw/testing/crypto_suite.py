@@ -329,9 +329,7 @@ class CryptoProviderSuite:
         with pytest.raises(UnknownKeyId):
             await provider.audit_key("no-such-audit-key")
 
-    async def test_audit_key_differs_from_another_providers(
-        self, provider: CryptoProvider
-    ) -> None:
+    async def test_audit_key_differs_from_another_providers(self, provider: CryptoProvider) -> None:
         """A provider with another key derives another audit key."""
         foreign = await self.make_foreign_provider()
         if foreign is None:

@@ -35,8 +35,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
 
 
-
-
 @pytest.fixture(scope="session")
 def scripted() -> Iterator[ScriptedUpstream]:
     """The scripted plain-HTTP upstream (see contract_harness.ScriptedUpstream)."""

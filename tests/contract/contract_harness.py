@@ -106,8 +106,14 @@ class Served:
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*igris_command(), *args], env=self.env, cwd=self.home.parent, input=stdin,
-            capture_output=True, text=True, timeout=60, check=False,
+            [*igris_command(), *args],
+            env=self.env,
+            cwd=self.home.parent,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
     def log_text(self) -> str:
@@ -116,7 +122,10 @@ class Served:
 
 @contextmanager
 def serve(
-    home: Path, *args: str, env: Mapping[str, str | None] | None = None, port: int | None = None,
+    home: Path,
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    port: int | None = None,
     admin: str | None = None,
 ) -> Iterator[Served]:
     """Start ``igris-mw serve`` and wait for /healthz; its first-start admin key comes back."""
@@ -126,7 +135,10 @@ def serve(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*igris_command(), "serve", "--port", str(port), *args],
-            env=full_env, cwd=home.parent, stdout=out, stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=home.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -195,8 +207,14 @@ class ScriptedUpstream:
         self._sock = free_socket()
         self.port = int(self._sock.getsockname()[1])
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_config=None, lifespan="off", ws="none",
-                                interface="asgi3", timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            lifespan="off",
+            ws="none",
+            interface="asgi3",
+            timeout_graceful_shutdown=1,
+        )
         self._server = QuietServer(config)
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), daemon=True
@@ -227,17 +245,31 @@ class ScriptedUpstream:
         self.token_requests.append({"mode": mode, **form})
         await asyncio.sleep(0.2)  # a slow provider: concurrent renewals would overlap
         n = len(self.token_requests)
-        status, out = 200, {"access_token": f"at-{mode}-{n}", "token_type": "Bearer",
-                            "expires_in": 3600, "refresh_token": f"rt-{n}"}
+        status, out = (
+            200,
+            {
+                "access_token": f"at-{mode}-{n}",
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": f"rt-{n}",
+            },
+        )
         if mode == "short":
             if form.get("grant_type") == "refresh_token":
                 status, out = 400, {"error": "invalid_grant"}
             else:
                 out["expires_in"] = 2
         data = json.dumps(out).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     LEAKY: ClassVar[list[tuple[bytes, bytes]]] = [
@@ -259,11 +291,17 @@ class ScriptedUpstream:
             body += msg.get("body", b"")
             if not msg.get("more_body"):
                 break
-        headers = {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
-                   for k, v in scope["headers"]}
-        seen = {"method": scope["method"], "path": scope["path"],
-                "query": bytes(scope["query_string"]).decode(), "headers": headers,
-                "bodyLength": len(body)}
+        headers = {
+            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
+            for k, v in scope["headers"]
+        }
+        seen = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": bytes(scope["query_string"]).decode(),
+            "headers": headers,
+            "bodyLength": len(body),
+        }
         self.seen.append(seen)
         parts = scope["path"].strip("/").split("/")
         kind = parts[0]
@@ -271,10 +309,16 @@ class ScriptedUpstream:
             await self._token(parts[1] if len(parts) > 1 else "ok", body, send)
             return
         if kind == "idle":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
-            await send({"type": "http.response.body", "body": b"data: first\n\n",
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": b"data: first\n\n", "more_body": True}
+            )
             await asyncio.sleep(60)
             await send({"type": "http.response.body", "body": b""})
             return
@@ -283,18 +327,30 @@ class ScriptedUpstream:
             target = f"/{kind}/messages/?session_id=s123"
             if kind == "legacy-abs":
                 target = f"http://127.0.0.1:{self.port}{target}"
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": f"event: endpoint\ndata: {target}\n\n".encode()})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": f"event: endpoint\ndata: {target}\n\n".encode(),
+                }
+            )
             await asyncio.sleep(2)
             await send({"type": "http.response.body", "body": b""})
             return
         status, extra, out = 200, [], json.dumps(seen).encode()
         if kind == "status":
             status = int(parts[1])
-            extra = [(b"www-authenticate", b'Bearer resource_metadata="https://x/.well-known"'),
-                     *self.LEAKY]
+            extra = [
+                (b"www-authenticate", b'Bearer resource_metadata="https://x/.well-known"'),
+                *self.LEAKY,
+            ]
             out = b'{"error": "no"}'
         elif kind == "leaky":
             extra = list(self.LEAKY)
@@ -303,7 +359,15 @@ class ScriptedUpstream:
             auth = headers.get("authorization", "")
             extra = [(b"x-echo-auth", auth.encode("latin-1"))]
             out = json.dumps({"error": f"bad token {auth}"}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(out)).encode()), *extra]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(out)).encode()),
+                    *extra,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": out})

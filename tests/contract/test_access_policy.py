@@ -21,8 +21,9 @@ PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 def _events(gw: Served, slug: str, want: str, n: int = 1) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 5
     while True:
-        data = gw.api("GET", f"/api/v1/virtual-keys/{slug}/audit",
-                      params={"limit": 200}).json()["data"]
+        data = gw.api("GET", f"/api/v1/virtual-keys/{slug}/audit", params={"limit": 200}).json()[
+            "data"
+        ]
         hits = [e for e in data if e.get("outcome") == want]
         if len(hits) >= n or time.monotonic() > deadline:
             return hits
@@ -38,12 +39,14 @@ def _rate_limited(r: httpx.Response) -> None:
 
 def test_connection_rate_limit(gw: Served, scripted: ScriptedUpstream) -> None:
     """rateLimit on a connection: past the burst 429 rate_limited + Retry-After, nothing sent."""
-    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
-                             rateLimit={"requestsPerMinute": 60, "burst": 2})
+    c = gw.create_connection(
+        None,
+        upstreamUrl=scripted.base_url + "/echo",
+        rateLimit={"requestsPerMinute": 60, "burst": 2},
+    )
     assert c["rateLimit"] == {"requestsPerMinute": 60, "burst": 2}
     before = len(scripted.seen)
-    codes = [httpx.post(c["gatewayUrl"], headers=gw.h(), json=PING, timeout=10)
-             for _ in range(3)]
+    codes = [httpx.post(c["gatewayUrl"], headers=gw.h(), json=PING, timeout=10) for _ in range(3)]
     assert [r.status_code for r in codes[:2]] == [200, 200]
     _rate_limited(codes[2])
     assert len(scripted.seen) - before == 2
@@ -52,8 +55,9 @@ def test_connection_rate_limit(gw: Served, scripted: ScriptedUpstream) -> None:
 
 def test_burst_defaults_to_requests_per_minute(gw: Served, scripted: ScriptedUpstream) -> None:
     """Without burst, the bucket holds requestsPerMinute requests."""
-    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
-                             rateLimit={"requestsPerMinute": 2})
+    c = gw.create_connection(
+        None, upstreamUrl=scripted.base_url + "/echo", rateLimit={"requestsPerMinute": 2}
+    )
     rs = [httpx.post(c["gatewayUrl"], headers=gw.h(), json=PING, timeout=10) for _ in range(3)]
     assert [r.status_code for r in rs[:2]] == [200, 200]
     _rate_limited(rs[2])
@@ -80,8 +84,11 @@ def test_api_key_rate_limit_via_patch(gw: Served, scripted: ScriptedUpstream) ->
     """PATCH /api/v1/api-keys/{id} sets rateLimit on a key; null removes it."""
     c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
     key, kid = gw.mcp_key()
-    r = gw.api("PATCH", f"/api/v1/api-keys/{kid}",
-               json={"rateLimit": {"requestsPerMinute": 60, "burst": 1}, "name": "renamed"})
+    r = gw.api(
+        "PATCH",
+        f"/api/v1/api-keys/{kid}",
+        json={"rateLimit": {"requestsPerMinute": 60, "burst": 1}, "name": "renamed"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["name"] == "renamed"
     assert "key" not in r.json()
@@ -93,15 +100,24 @@ def test_api_key_rate_limit_via_patch(gw: Served, scripted: ScriptedUpstream) ->
 
 def test_rate_limit_on_api_key_create(gw: Served) -> None:
     """rateLimit is settable on POST /api-keys."""
-    r = gw.api("POST", "/api/v1/api-keys", json={
-        "name": "rl", "scopes": ["mcp"], "rateLimit": {"requestsPerMinute": 5, "burst": 7}})
+    r = gw.api(
+        "POST",
+        "/api/v1/api-keys",
+        json={"name": "rl", "scopes": ["mcp"], "rateLimit": {"requestsPerMinute": 5, "burst": 7}},
+    )
     assert r.status_code == 201
     assert r.json()["rateLimit"] == {"requestsPerMinute": 5, "burst": 7}
 
 
 @pytest.mark.parametrize(
-    "bad", [{"requestsPerMinute": 0}, {"requestsPerMinute": -1}, {"burst": 3}, "fast",
-            {"requestsPerMinute": "10"}],
+    "bad",
+    [
+        {"requestsPerMinute": 0},
+        {"requestsPerMinute": -1},
+        {"burst": 3},
+        "fast",
+        {"requestsPerMinute": "10"},
+    ],
 )
 def test_invalid_rate_limit_is_422(gw: Served, bad: Any) -> None:
     """An invalid rateLimit is 422 naming the field, nothing stored."""
@@ -116,9 +132,15 @@ def test_patch_api_key_fields_and_unknown_key(gw: Served) -> None:
     """PATCH /api-keys/{id} changes connections, expiresAt, tools; unknown id 404; bad 422."""
     c = gw.create_connection(None)
     _, kid = gw.mcp_key()
-    r = gw.api("PATCH", f"/api/v1/api-keys/{kid}", json={
-        "connections": [c["slug"]], "expiresAt": "2099-01-01T00:00:00Z",
-        "tools": {"allow": ["echo"], "deny": []}})
+    r = gw.api(
+        "PATCH",
+        f"/api/v1/api-keys/{kid}",
+        json={
+            "connections": [c["slug"]],
+            "expiresAt": "2099-01-01T00:00:00Z",
+            "tools": {"allow": ["echo"], "deny": []},
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["connections"] == [c["slug"]]
@@ -133,11 +155,13 @@ def test_auth_failures_per_minute(tmp_path_factory: pytest.TempPathFactory) -> N
     home = tmp_path_factory.mktemp("contract-authfail") / "home"
     with serve(home, "--auth-failures-per-minute", "3") as s:
         url = s.url + "/v1/mcp/any-slug"
-        first = [httpx.post(url, json=PING, headers={"Authorization": "Bearer ig_bad"})
-                 for _ in range(3)]
+        first = [
+            httpx.post(url, json=PING, headers={"Authorization": "Bearer ig_bad"}) for _ in range(3)
+        ]
         assert [r.status_code for r in first] == [401, 401, 401]
-        later = [httpx.post(url, json=PING, headers={"Authorization": "Bearer ig_bad"})
-                 for _ in range(2)]
+        later = [
+            httpx.post(url, json=PING, headers={"Authorization": "Bearer ig_bad"}) for _ in range(2)
+        ]
         assert later[-1].status_code == 429, later[-1].text
         _rate_limited(later[-1])
         # even a good key from that address waits for the minute to pass
@@ -188,16 +212,25 @@ async def test_key_tool_allow_list(gw: Served, upstream: UpstreamServer) -> None
 
 def test_denied_call_raw_json_rpc(gw: Served, scripted: ScriptedUpstream) -> None:
     """HTTP 200, same id, error -32003 "tool <name> is not allowed"; nothing sent upstream."""
-    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
-                             tools={"deny": ["rm_rf"]})
+    c = gw.create_connection(
+        None, upstreamUrl=scripted.base_url + "/echo", tools={"deny": ["rm_rf"]}
+    )
     before = len(scripted.seen)
-    call = {"jsonrpc": "2.0", "id": "abc-7", "method": "tools/call",
-            "params": {"name": "rm_rf", "arguments": {}}}
-    r = httpx.post(c["gatewayUrl"], headers=gw.h(Accept="application/json, text/event-stream"),
-                   json=call, timeout=10)
+    call = {
+        "jsonrpc": "2.0",
+        "id": "abc-7",
+        "method": "tools/call",
+        "params": {"name": "rm_rf", "arguments": {}},
+    }
+    r = httpx.post(
+        c["gatewayUrl"],
+        headers=gw.h(Accept="application/json, text/event-stream"),
+        json=call,
+        timeout=10,
+    )
     assert r.status_code == 200
     text = r.text
-    payload = json.loads(text[text.index("{"):]) if not text.startswith("{") else r.json()
+    payload = json.loads(text[text.index("{") :]) if not text.startswith("{") else r.json()
     assert payload["id"] == "abc-7"
     assert payload["error"]["code"] == -32003
     assert payload["error"]["message"] == "tool rm_rf is not allowed"
@@ -207,17 +240,34 @@ def test_denied_call_raw_json_rpc(gw: Served, scripted: ScriptedUpstream) -> Non
 def test_mcp_method_header_mismatch_is_400(gw: Served, scripted: ScriptedUpstream) -> None:
     """Mcp-Method / Mcp-Name disagreeing with the body: 400 header_mismatch, nothing sent."""
     c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {}},
+    }
     before = len(scripted.seen)
-    error_of(httpx.post(c["gatewayUrl"], headers=gw.h(**{"Mcp-Method": "tools/list"}),
-                        json=call, timeout=10), 400, "header_mismatch")
-    error_of(httpx.post(c["gatewayUrl"], headers=gw.h(**{"Mcp-Method": "tools/call",
-                                                          "Mcp-Name": "whoami"}),
-                        json=call, timeout=10), 400, "header_mismatch")
+    error_of(
+        httpx.post(
+            c["gatewayUrl"], headers=gw.h(**{"Mcp-Method": "tools/list"}), json=call, timeout=10
+        ),
+        400,
+        "header_mismatch",
+    )
+    error_of(
+        httpx.post(
+            c["gatewayUrl"],
+            headers=gw.h(**{"Mcp-Method": "tools/call", "Mcp-Name": "whoami"}),
+            json=call,
+            timeout=10,
+        ),
+        400,
+        "header_mismatch",
+    )
     assert len(scripted.seen) == before
-    ok = httpx.post(c["gatewayUrl"], headers=gw.h(**{"Mcp-Method": "tools/call",
-                                                      "Mcp-Name": "echo"}), json=call)
+    ok = httpx.post(
+        c["gatewayUrl"], headers=gw.h(**{"Mcp-Method": "tools/call", "Mcp-Name": "echo"}), json=call
+    )
     assert ok.status_code == 200
 
 
@@ -230,12 +280,10 @@ async def test_max_concurrent(gw: Served, upstream: UpstreamServer) -> None:
     assert r.status_code == 200
     assert r.json()["maxConcurrent"] == 2
     async with streamable_session(c["gatewayUrl"], gw.h(key)) as session:
-        slow = asyncio.create_task(session.call_tool("slow_progress",
-                                                     {"steps": 4, "delay": 0.5}))
+        slow = asyncio.create_task(session.call_tool("slow_progress", {"steps": 4, "delay": 0.5}))
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(timeout=10) as http:
-            extra = [http.post(c["gatewayUrl"], headers=gw.h(key), json=PING)
-                     for _ in range(3)]
+            extra = [http.post(c["gatewayUrl"], headers=gw.h(key), json=PING) for _ in range(3)]
             results = await asyncio.gather(*extra)
         assert 429 in [x.status_code for x in results]
         refused = next(x for x in results if x.status_code == 429)
@@ -250,8 +298,7 @@ async def test_disable_ends_open_streams_within_a_second(
     c = gw.create_connection(upstream)
     upstream.accept(c["_credential"])
     async with streamable_session(c["gatewayUrl"], gw.h()) as session:
-        slow = asyncio.create_task(session.call_tool("slow_progress",
-                                                     {"steps": 30, "delay": 0.5}))
+        slow = asyncio.create_task(session.call_tool("slow_progress", {"steps": 30, "delay": 0.5}))
         await asyncio.sleep(1.0)
         assert gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/disable").status_code == 200
         started = time.monotonic()
@@ -267,8 +314,7 @@ async def test_key_revocation_ends_open_streams(gw: Served, upstream: UpstreamSe
     upstream.accept(c["_credential"])
     key, kid = gw.mcp_key()
     async with streamable_session(c["gatewayUrl"], gw.h(key)) as session:
-        slow = asyncio.create_task(session.call_tool("slow_progress",
-                                                     {"steps": 30, "delay": 0.5}))
+        slow = asyncio.create_task(session.call_tool("slow_progress", {"steps": 30, "delay": 0.5}))
         await asyncio.sleep(1.0)
         assert gw.api("DELETE", f"/api/v1/api-keys/{kid}").status_code == 204
         started = time.monotonic()
@@ -301,9 +347,22 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -332,12 +391,18 @@ def test_rate_limit_store_shares_buckets_across_replicas(
     with serve(home, "--rate-limit-store", redis_url) as a:
         b_env: dict[str, str | None] = {"IGRIS_RATE_LIMIT_STORE": redis_url}
         with serve(home, env=b_env, admin=a.admin) as b:
-            c = a.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
-                                    rateLimit={"requestsPerMinute": 60, "burst": 4})
+            c = a.create_connection(
+                None,
+                upstreamUrl=scripted.base_url + "/echo",
+                rateLimit={"requestsPerMinute": 60, "burst": 4},
+            )
             codes = []
             for i in range(8):
                 s = (a, b)[i % 2]
-                codes.append(httpx.post(f"{s.url}/v1/mcp/{c['slug']}", headers=s.h(),
-                                        json=PING, timeout=10).status_code)
+                codes.append(
+                    httpx.post(
+                        f"{s.url}/v1/mcp/{c['slug']}", headers=s.h(), json=PING, timeout=10
+                    ).status_code
+                )
             assert codes.count(200) == 4, codes
             assert codes.count(429) == 4, codes

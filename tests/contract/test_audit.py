@@ -38,8 +38,10 @@ def test_management_events_carry_changes(gw: Served) -> None:
     by_change = [e for e in events if e.get("changes")]
     patch = next(e for e in by_change if "name" in e["changes"])
     assert patch["changes"]["name"] == {"from": "contract", "to": "New name"}
-    assert patch["changes"]["upstreamUrl"] == {"from": "https://a.example/mcp",
-                                               "to": "https://b.example/mcp"}
+    assert patch["changes"]["upstreamUrl"] == {
+        "from": "https://a.example/mcp",
+        "to": "https://b.example/mcp",
+    }
     rotate = next(e for e in by_change if "credentialVersion" in e["changes"])
     assert set(rotate["changes"]) == {"credentialVersion"}
     assert rotate["changes"]["credentialVersion"] == {"from": 1, "to": 2}
@@ -71,8 +73,13 @@ def test_global_audit_trail(gw: Served) -> None:
     page = gw.api("GET", "/api/v1/audit", params={"limit": 1}).json()
     assert len(page["data"]) == 1
     assert page["nextCursor"]
-    for params in ({"kind": "management"}, {"action": "create"}, {"outcome": "ok"},
-                   {"user": "nobody"}, {"since": "2020-01-01T00:00:00Z"}):
+    for params in (
+        {"kind": "management"},
+        {"action": "create"},
+        {"outcome": "ok"},
+        {"user": "nobody"},
+        {"since": "2020-01-01T00:00:00Z"},
+    ):
         assert gw.api("GET", "/api/v1/audit", params=params).status_code == 200, params
     error_of(gw.api("GET", "/api/v1/audit", params={"since": "soon"}), 422)
     mcp, _ = gw.mcp_key()
@@ -84,8 +91,9 @@ def test_api_key_changes_in_global_trail(gw: Served) -> None:
     """An API-key patch event carries changes for name, connections, rateLimit, expiresAt."""
     c = gw.create_connection(None)
     _, kid = gw.mcp_key()
-    gw.api("PATCH", f"/api/v1/api-keys/{kid}", json={"name": "renamed-key",
-                                                     "connections": [c["slug"]]})
+    gw.api(
+        "PATCH", f"/api/v1/api-keys/{kid}", json={"name": "renamed-key", "connections": [c["slug"]]}
+    )
     data = gw.api("GET", "/api/v1/audit", params={"limit": 50}).json()["data"]
     patch = next(e for e in data if e.get("changes", {}).get("name", {}).get("to") == "renamed-key")
     assert patch["connection"] is None
@@ -114,8 +122,12 @@ def test_hostile_input_is_stored_escaped_and_truncated(
 def test_rpc_method_is_null_when_not_parsed(gw: Served, scripted: ScriptedUpstream) -> None:
     """A body that is not JSON-RPC (or a GET) leaves rpcMethod and tool null."""
     c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
-    httpx.post(c["gatewayUrl"], headers=gw.h(**{"Content-Type": "application/json"}),
-               content=b'{"method": "tools/call", "params": {"name": "x"', timeout=10)
+    httpx.post(
+        c["gatewayUrl"],
+        headers=gw.h(**{"Content-Type": "application/json"}),
+        content=b'{"method": "tools/call", "params": {"name": "x"',
+        timeout=10,
+    )
     httpx.get(c["gatewayUrl"], headers=gw.h(), timeout=10)
     events = [e for e in _trail(gw, c["slug"], 3) if e.get("method")]
     assert len(events) == 2
@@ -147,9 +159,15 @@ def _verify(gw: Served, home: Path, *args: str) -> int:
     import subprocess
 
     from contract_harness import clean_env, igris_command
-    p = subprocess.run([*igris_command(), "audit", "verify", *args],
-                       env=clean_env(home, {"IGRIS_MASTER_KEY": None}), capture_output=True,
-                       text=True, timeout=60, check=False)
+
+    p = subprocess.run(
+        [*igris_command(), "audit", "verify", *args],
+        env=clean_env(home, {"IGRIS_MASTER_KEY": None}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert "Traceback" not in p.stderr
     return p.returncode
 
@@ -162,28 +180,40 @@ def _edit(home: Path, sql: str, *params: Any) -> None:
 
 
 @pytest.mark.parametrize("tamper", ["edit", "remove", "reorder", "cut_end"])
-def test_audit_verify_detects_tampering(
-    gw: Served, tmp_path: Path, tamper: str
-) -> None:
+def test_audit_verify_detects_tampering(gw: Served, tmp_path: Path, tamper: str) -> None:
     """audit verify fails on an event edited, removed, reordered, or cut from the end."""
     home, slug = _chain_home(tmp_path, gw)
     assert _verify(gw, home) == 0
     db = sqlite3.connect(home / "igris.db")
-    rows = db.execute("SELECT seq, body FROM audit_events WHERE connection = ? ORDER BY seq",
-                      (slug,)).fetchall()
+    rows = db.execute(
+        "SELECT seq, body FROM audit_events WHERE connection = ? ORDER BY seq", (slug,)
+    ).fetchall()
     db.close()
     assert len(rows) >= 5
     if tamper == "edit":
         body = json.loads(rows[2][1])
         body["action"] = "delete" if body.get("action") != "delete" else "create"
-        _edit(home, "UPDATE audit_events SET body = ? WHERE connection = ? AND seq = ?",
-              json.dumps(body), slug, rows[2][0])
+        _edit(
+            home,
+            "UPDATE audit_events SET body = ? WHERE connection = ? AND seq = ?",
+            json.dumps(body),
+            slug,
+            rows[2][0],
+        )
     elif tamper == "remove":
         _edit(home, "DELETE FROM audit_events WHERE connection = ? AND seq = ?", slug, rows[2][0])
     elif tamper == "reorder":
-        _edit(home, "UPDATE audit_events SET body = CASE seq WHEN ? THEN ? ELSE ? END "
-              "WHERE connection = ? AND seq IN (?, ?)", rows[1][0], rows[2][1], rows[1][1],
-              slug, rows[1][0], rows[2][0])
+        _edit(
+            home,
+            "UPDATE audit_events SET body = CASE seq WHEN ? THEN ? ELSE ? END "
+            "WHERE connection = ? AND seq IN (?, ?)",
+            rows[1][0],
+            rows[2][1],
+            rows[1][1],
+            slug,
+            rows[1][0],
+            rows[2][0],
+        )
     else:
         _edit(home, "DELETE FROM audit_events WHERE connection = ? AND seq = ?", slug, rows[-1][0])
     assert _verify(gw, home, slug) != 0
@@ -228,4 +258,3 @@ def test_shutdown_timeout_bounds_shutdown(
             s.proc.terminate()
             s.proc.wait(15)
         assert time.monotonic() - started < 6
-

@@ -55,8 +55,18 @@ def test_api_keys_create_plain_prints_the_key(gw: Served) -> None:
 def test_connections_create_reads_the_credential_from_stdin(gw: Served) -> None:
     """connections create takes the credential on stdin; the API then shows the connection."""
     slug = new_slug("cli")
-    p = gw.cli("connections", "create", "--slug", slug, "--name", "CLI", "--upstream-url",
-               "https://mcp.example.com/mcp", "--json", stdin="stdin-canary-81kz\n")
+    p = gw.cli(
+        "connections",
+        "create",
+        "--slug",
+        slug,
+        "--name",
+        "CLI",
+        "--upstream-url",
+        "https://mcp.example.com/mcp",
+        "--json",
+        stdin="stdin-canary-81kz\n",
+    )
     out = _ok(p)
     assert out["slug"] == slug
     assert "stdin-canary-81kz" not in p.stdout + p.stderr
@@ -70,10 +80,25 @@ def test_connections_lifecycle_with_credential_file(gw: Served, tmp_path: Path) 
     cred = tmp_path / "cred.txt"
     cred.write_text("file-canary-7Qa\n")
     slug = new_slug("cli")
-    created = _ok(gw.cli("connections", "create", "--slug", slug, "--name", "F",
-                         "--upstream-url", "https://mcp.example.com/mcp",
-                         "--auth-type", "header", "--header-name", "X-Key",
-                         "--credential-file", str(cred), "--json"))
+    created = _ok(
+        gw.cli(
+            "connections",
+            "create",
+            "--slug",
+            slug,
+            "--name",
+            "F",
+            "--upstream-url",
+            "https://mcp.example.com/mcp",
+            "--auth-type",
+            "header",
+            "--header-name",
+            "X-Key",
+            "--credential-file",
+            str(cred),
+            "--json",
+        )
+    )
     assert created["authType"] == "header"
     assert created["headerName"] == "X-Key"
     shown = _ok(gw.cli("connections", "show", slug, "--json"))
@@ -96,15 +121,41 @@ def test_connections_lifecycle_with_credential_file(gw: Served, tmp_path: Path) 
 def test_connections_create_auth_type_none_needs_no_credential(gw: Served) -> None:
     """--auth-type none creates without reading a credential."""
     slug = new_slug("cli")
-    out = _ok(gw.cli("connections", "create", "--slug", slug, "--name", "N", "--upstream-url",
-                     "https://mcp.example.com/mcp", "--auth-type", "none", "--json", stdin=""))
+    out = _ok(
+        gw.cli(
+            "connections",
+            "create",
+            "--slug",
+            slug,
+            "--name",
+            "N",
+            "--upstream-url",
+            "https://mcp.example.com/mcp",
+            "--auth-type",
+            "none",
+            "--json",
+            stdin="",
+        )
+    )
     assert out["authType"] == "none"
 
 
 def test_credential_is_never_an_argument(gw: Served) -> None:
     """There is no --credential option: a user error, no traceback."""
-    _user_error(gw.cli("connections", "create", "--slug", new_slug(), "--name", "x",
-                       "--upstream-url", "https://a.example/", "--credential", "secret"))
+    _user_error(
+        gw.cli(
+            "connections",
+            "create",
+            "--slug",
+            new_slug(),
+            "--name",
+            "x",
+            "--upstream-url",
+            "https://a.example/",
+            "--credential",
+            "secret",
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,8 +164,16 @@ def test_credential_is_never_an_argument(gw: Served) -> None:
         ("connections", "show", "no-such-slug"),
         ("connections", "delete", "no-such-slug"),
         ("connections", "disable", "no-such-slug"),
-        ("connections", "create", "--slug", "AB", "--name", "x", "--upstream-url",
-         "https://a.example/"),
+        (
+            "connections",
+            "create",
+            "--slug",
+            "AB",
+            "--name",
+            "x",
+            "--upstream-url",
+            "https://a.example/",
+        ),
         ("connections", "create", "--slug", "okslug", "--name", "x", "--upstream-url", "ftp://a"),
         ("api-keys", "revoke", "no-such-id"),
         ("api-keys", "create", "--name", "x", "--scope", "root"),
@@ -129,8 +188,19 @@ def test_user_errors_are_one_line_and_nonzero(gw: Served, args: tuple[str, ...])
 def test_slug_taken_is_a_user_error(gw: Served) -> None:
     """Creating a taken slug from the CLI is one line on stderr."""
     c = gw.create_connection(None)
-    _user_error(gw.cli("connections", "create", "--slug", c["slug"], "--name", "x",
-                       "--upstream-url", "https://a.example/", stdin="c\n"))
+    _user_error(
+        gw.cli(
+            "connections",
+            "create",
+            "--slug",
+            c["slug"],
+            "--name",
+            "x",
+            "--upstream-url",
+            "https://a.example/",
+            stdin="c\n",
+        )
+    )
 
 
 def test_api_keys_list_and_revoke(gw: Served) -> None:
@@ -146,8 +216,21 @@ def test_api_keys_list_and_revoke(gw: Served) -> None:
 def test_api_keys_create_mcp_with_connections(gw: Served) -> None:
     """--scope mcp --connection SLUG (repeatable) limits the key."""
     a, b = gw.create_connection(None), gw.create_connection(None)
-    out = _ok(gw.cli("api-keys", "create", "--name", "lim", "--scope", "mcp",
-                     "--connection", a["slug"], "--connection", b["slug"], "--json"))
+    out = _ok(
+        gw.cli(
+            "api-keys",
+            "create",
+            "--name",
+            "lim",
+            "--scope",
+            "mcp",
+            "--connection",
+            a["slug"],
+            "--connection",
+            b["slug"],
+            "--json",
+        )
+    )
     assert sorted(out["connections"]) == sorted([a["slug"], b["slug"]])
     assert out["scopes"] == ["mcp"]
 
@@ -171,13 +254,24 @@ def test_store_option_and_igris_store_env(tmp_path: Path) -> None:
     env = clean_env(tmp_path / "home", {"IGRIS_MASTER_KEY": master})
     db = tmp_path / "other.db"
     run = [*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin", "--json"]
-    p = subprocess.run([*run, "--store", f"sqlite:///{db}"], env=env, capture_output=True,
-                       text=True, timeout=60, check=False)
+    p = subprocess.run(
+        [*run, "--store", f"sqlite:///{db}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     assert db.exists()
-    listed = subprocess.run([*igris_command(), "api-keys", "list", "--json"],
-                            env={**env, "IGRIS_STORE": f"sqlite:///{db}"},
-                            capture_output=True, text=True, timeout=60, check=False)
+    listed = subprocess.run(
+        [*igris_command(), "api-keys", "list", "--json"],
+        env={**env, "IGRIS_STORE": f"sqlite:///{db}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert listed.returncode == 0
     assert json.loads(p.stdout)["id"] in listed.stdout
     assert not (tmp_path / "home" / "igris.db").exists()
@@ -190,18 +284,38 @@ def test_master_key_file_env(tmp_path: Path) -> None:
     key_file.chmod(0o600)
     env = clean_env(tmp_path / "home", {"IGRIS_MASTER_KEY_FILE": str(key_file)})
     p = subprocess.run(
-        [*igris_command(), "connections", "create", "--slug", "mkf", "--name", "x",
-         "--upstream-url", "https://a.example/", "--json"],
-        env=env, input="c\n", capture_output=True, text=True, timeout=60, check=False)
+        [
+            *igris_command(),
+            "connections",
+            "create",
+            "--slug",
+            "mkf",
+            "--name",
+            "x",
+            "--upstream-url",
+            "https://a.example/",
+            "--json",
+        ],
+        env=env,
+        input="c\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     assert not (tmp_path / "home" / "master.key").exists()
 
 
-
 def test_serve_help_lists_first_part_options() -> None:
     """serve takes --host --port --store --upstream-timeout."""
-    p = subprocess.run([*igris_command(), "serve", "--help"], capture_output=True, text=True,
-                       timeout=60, check=False)
+    p = subprocess.run(
+        [*igris_command(), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     for flag in ("--host", "--port", "--store", "--upstream-timeout"):
         assert flag in p.stdout
 
@@ -210,9 +324,12 @@ def test_every_command_prints_json_with_json(gw: Served) -> None:
     """--json makes delete, revoke and audit verify print JSON too."""
     c = gw.create_connection(None)
     out = _ok(gw.cli("api-keys", "create", "--name", "j", "--scope", "mcp", "--json"))
-    for args in (("audit", "verify", "--json"), ("audit", "verify", c["slug"], "--json"),
-                 ("api-keys", "revoke", out["id"], "--json"),
-                 ("connections", "delete", c["slug"], "--json")):
+    for args in (
+        ("audit", "verify", "--json"),
+        ("audit", "verify", c["slug"], "--json"),
+        ("api-keys", "revoke", out["id"], "--json"),
+        ("connections", "delete", c["slug"], "--json"),
+    ):
         p = gw.cli(*args)
         assert p.returncode == 0, (args, p.stderr)
         json.loads(p.stdout)
@@ -226,9 +343,13 @@ def test_audit_follow_prints_new_events(gw: Served, all_chains: bool) -> None:
 
     c = gw.create_connection(None)
     target = [] if all_chains else [c["slug"]]
-    with subprocess.Popen([*igris_command(), "audit", *target, "--follow", "--json"],
-                          env=gw.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True) as proc:
+    with subprocess.Popen(
+        [*igris_command(), "audit", *target, "--follow", "--json"],
+        env=gw.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
         try:
             time.sleep(2.0)
             gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/disable")
@@ -246,15 +367,25 @@ def test_audit_follow_prints_new_events(gw: Served, all_chains: bool) -> None:
             proc.wait(10)
 
 
-def test_stdin_credential_is_injected_without_its_newline(
-    gw: Served, scripted: Any
-) -> None:
+def test_stdin_credential_is_injected_without_its_newline(gw: Served, scripted: Any) -> None:
     """A credential read from stdin ("tok\\n") reaches the upstream as "Bearer tok"."""
     import httpx
 
     slug = new_slug("cli")
-    _ok(gw.cli("connections", "create", "--slug", slug, "--name", "S", "--upstream-url",
-               scripted.base_url + "/echo", "--json", stdin="stdin-tok-42\n"))
+    _ok(
+        gw.cli(
+            "connections",
+            "create",
+            "--slug",
+            slug,
+            "--name",
+            "S",
+            "--upstream-url",
+            scripted.base_url + "/echo",
+            "--json",
+            stdin="stdin-tok-42\n",
+        )
+    )
     r = httpx.post(f"{gw.url}/v1/mcp/{slug}", headers=gw.h(), json={"jsonrpc": "2.0"})
     assert r.status_code == 200, r.text
     assert r.json()["headers"]["authorization"] == "Bearer stdin-tok-42"
@@ -270,14 +401,36 @@ def test_master_key_rotation_newest_first(
     new = base64.b64encode(secrets.token_bytes(32)).decode()
     home = tmp_path_factory.mktemp("contract-mk") / "home"
     env = clean_env(home, {"IGRIS_MASTER_KEY": old})
-    p = subprocess.run([*igris_command(), "connections", "create", "--slug", "mk-old",
-                        "--name", "x", "--upstream-url", scripted.base_url + "/echo"],
-                       env=env, input="old-sealed-cred\n", capture_output=True, text=True,
-                       timeout=60, check=False)
+    p = subprocess.run(
+        [
+            *igris_command(),
+            "connections",
+            "create",
+            "--slug",
+            "mk-old",
+            "--name",
+            "x",
+            "--upstream-url",
+            scripted.base_url + "/echo",
+        ],
+        env=env,
+        input="old-sealed-cred\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
-    admin = _ok(subprocess.run(
-        [*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin", "--json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False))["key"]
+    admin = _ok(
+        subprocess.run(
+            [*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )["key"]
     with serve(home, env={"IGRIS_MASTER_KEY": f"{new},{old}"}, admin=admin) as s:
         r = httpx.post(f"{s.url}/v1/mcp/mk-old", headers=s.h(), json={"jsonrpc": "2.0"})
         assert r.status_code == 200, r.text
@@ -305,8 +458,14 @@ def ready_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A data directory past its first start (a master key and an admin key exist)."""
     home = tmp_path_factory.mktemp("contract-ready-home") / "home"
     env = clean_env(home, {"IGRIS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()})
-    p = subprocess.run([*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin"],
-                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run(
+        [*igris_command(), "api-keys", "create", "--name", "a", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     return env
 
@@ -314,38 +473,60 @@ def ready_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.mark.parametrize(
     "args",
     [
-        ("--max-stale", "abc"), ("--max-request-body", "-1"), ("--max-request-body", "0"),
+        ("--max-stale", "abc"),
+        ("--max-request-body", "-1"),
+        ("--max-request-body", "0"),
         ("--stream-idle-timeout", "0"),
-        ("--auth-failures-per-minute", "0"), ("--metrics-port", "99999"),
-        ("--log-format", "xml"), ("--allow-upstream-network", "not-a-cidr"),
-        ("--upstream-timeout", "-5"), ("--shutdown-timeout", "x"),
-        ("--rate-limit-store", "ftp://nowhere"), ("--upstream-ca-file", "/no/such/ca.pem"),
-        ("--upstream-proxy", "not a url"), ("--store", "nosuch://x"), ("--port", "70000"),
+        ("--auth-failures-per-minute", "0"),
+        ("--metrics-port", "99999"),
+        ("--log-format", "xml"),
+        ("--allow-upstream-network", "not-a-cidr"),
+        ("--upstream-timeout", "-5"),
+        ("--shutdown-timeout", "x"),
+        ("--rate-limit-store", "ftp://nowhere"),
+        ("--upstream-ca-file", "/no/such/ca.pem"),
+        ("--upstream-proxy", "not a url"),
+        ("--store", "nosuch://x"),
+        ("--port", "70000"),
     ],
 )
 def test_bad_serve_option_is_one_line(ready_env: dict[str, str], args: tuple[str, ...]) -> None:
     """A bad serve option value: non-zero exit, one line on stderr, no traceback."""
     from contract_harness import free_port
 
-    p = subprocess.run([*igris_command(), "serve", "--port", str(free_port()), *args],
-                       env=ready_env, capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run(
+        [*igris_command(), "serve", "--port", str(free_port()), *args],
+        env=ready_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     _user_error(p)
 
 
 @pytest.mark.parametrize(
     "env",
     [
-        {"IGRIS_MAX_STALE": "abc"}, {"IGRIS_MAX_REQUEST_BODY": "lots"},
-        {"IGRIS_ALLOW_UPSTREAM_NETWORKS": "10.0.0.0/33"}, {"IGRIS_UPSTREAM_TIMEOUT": "soon"},
-        {"IGRIS_AUTH_FAILURES_PER_MINUTE": "-3"}, {"IGRIS_MASTER_KEY": "too-short"},
+        {"IGRIS_MAX_STALE": "abc"},
+        {"IGRIS_MAX_REQUEST_BODY": "lots"},
+        {"IGRIS_ALLOW_UPSTREAM_NETWORKS": "10.0.0.0/33"},
+        {"IGRIS_UPSTREAM_TIMEOUT": "soon"},
+        {"IGRIS_AUTH_FAILURES_PER_MINUTE": "-3"},
+        {"IGRIS_MASTER_KEY": "too-short"},
     ],
 )
 def test_bad_environment_is_one_line(ready_env: dict[str, str], env: dict[str, str]) -> None:
     """A bad IGRIS_* value stops serve with one line naming it, no traceback."""
     from contract_harness import free_port
 
-    p = subprocess.run([*igris_command(), "serve", "--port", str(free_port())],
-                       env={**ready_env, **env}, capture_output=True, text=True,
-                       timeout=60, check=False)
+    p = subprocess.run(
+        [*igris_command(), "serve", "--port", str(free_port())],
+        env={**ready_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     _user_error(p)
     assert next(iter(env)) in p.stderr

@@ -13,7 +13,6 @@ import pytest
 from contract_harness import Served, serve
 
 
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("contract-dash") / "home"
@@ -35,8 +34,9 @@ class Forms(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "form":
-            self.forms.append({"action": a.get("action", ""), "method": a.get("method", "get"),
-                               "inputs": []})
+            self.forms.append(
+                {"action": a.get("action", ""), "method": a.get("method", "get"), "inputs": []}
+            )
         elif tag in ("input", "textarea", "select") and self.forms:
             self.forms[-1]["inputs"].append(a)
         if tag in ("label", "button"):
@@ -73,15 +73,19 @@ def _sign_in(gw: Served, key: str) -> tuple[httpx.Client, httpx.Response]:
     try:
         page = client.get("/ui/")
         assert page.status_code == 200, page.text
-        form = next(f for f in _forms(page.text).forms
-                    if any(i.get("type") in ("password", "text") for i in f["inputs"]))
+        form = next(
+            f
+            for f in _forms(page.text).forms
+            if any(i.get("type") in ("password", "text") for i in f["inputs"])
+        )
         data = {}
         for i in form["inputs"]:
             if not i.get("name"):
                 continue
             data[i["name"]] = key if i.get("type") in ("password", "text") else i.get("value", "")
-        resp = client.post(urljoin(str(page.url), form["action"]), data=data,
-                           follow_redirects=False)
+        resp = client.post(
+            urljoin(str(page.url), form["action"]), data=data, follow_redirects=False
+        )
     except BaseException:
         client.close()  # a failing sign-in must not leave its socket to a later test's GC
         raise
@@ -95,8 +99,10 @@ def test_ui_is_served_with_security_headers(gw: Served) -> None:
     assert r.headers["content-type"].startswith("text/html")
     assert r.headers["x-frame-options"] == "DENY"
     csp = r.headers["content-security-policy"]
-    script_src = next((d for d in csp.split(";") if d.strip().startswith("script-src")),
-                      next(d for d in csp.split(";") if d.strip().startswith("default-src")))
+    script_src = next(
+        (d for d in csp.split(";") if d.strip().startswith("script-src")),
+        next(d for d in csp.split(";") if d.strip().startswith("default-src")),
+    )
     assert "'unsafe-inline'" not in script_src
     assert "<script>" not in r.text.replace(" ", "")  # no inline script body
 
@@ -131,14 +137,21 @@ def test_sign_in_without_the_csrf_token_is_refused(gw: Served) -> None:
     c = gw.create_connection(None)
     with httpx.Client(base_url=gw.url, follow_redirects=True, timeout=15) as client:
         page = client.get("/ui/")
-        form = next(f for f in _forms(page.text).forms
-                    if any(i.get("type") in ("password", "text") for i in f["inputs"]))
+        form = next(
+            f
+            for f in _forms(page.text).forms
+            if any(i.get("type") in ("password", "text") for i in f["inputs"])
+        )
         hidden = [i for i in form["inputs"] if i.get("type") == "hidden"]
         assert hidden, "the sign-in form carries no CSRF token"
-        data = {i["name"]: gw.admin for i in form["inputs"]
-                if i.get("name") and i.get("type") in ("password", "text")}
-        resp = client.post(urljoin(str(page.url), form["action"]), data=data,
-                           follow_redirects=False)
+        data = {
+            i["name"]: gw.admin
+            for i in form["inputs"]
+            if i.get("name") and i.get("type") in ("password", "text")
+        }
+        resp = client.post(
+            urljoin(str(page.url), form["action"]), data=data, follow_redirects=False
+        )
         assert resp.status_code in (400, 403), resp.status_code
         assert c["slug"] not in client.get("/ui/connections").text
 
@@ -159,7 +172,9 @@ def test_new_connection_form_and_escaping(gw: Served) -> None:
         page = _forms(client.get(urljoin(str(listing.url), new[0])).text)
         for label in ("Slug", "Name", "Upstream URL", "Auth type", "Header name", "Credential"):
             assert any(label == lbl or lbl.startswith(label) for lbl in page.labels), (
-                label, page.labels)
+                label,
+                page.labels,
+            )
         assert "Create" in page.buttons
 
 

@@ -21,8 +21,21 @@ from upstream import UpstreamServer, fingerprint
 from igris_mw import IgrisClient
 
 AUDIT_FIELDS = {
-    "id", "timestamp", "connection", "apiKeyId", "user", "metadata", "method", "path",
-    "rpcMethod", "tool", "status", "outcome", "latencyMs", "bytesIn", "bytesOut",
+    "id",
+    "timestamp",
+    "connection",
+    "apiKeyId",
+    "user",
+    "metadata",
+    "method",
+    "path",
+    "rpcMethod",
+    "tool",
+    "status",
+    "outcome",
+    "latencyMs",
+    "bytesIn",
+    "bytesOut",
     "credentialVersion",
 }
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
@@ -63,8 +76,10 @@ async def test_streamable_http_through_the_gateway_with_the_mcp_sdk(
     upstream.accept(c["_credential"])
     key, key_id = gw.mcp_key()
     before = len(upstream.requests())
-    headers = gw.h(key, **{"X-Igris-User": "alice@example.com",
-                           "X-Igris-Metadata": json.dumps({"role": "dev"})})
+    headers = gw.h(
+        key,
+        **{"X-Igris-User": "alice@example.com", "X-Igris-Metadata": json.dumps({"role": "dev"})},
+    )
     async with streamable_session(c["gatewayUrl"], headers) as session:
         tools = await session.list_tools()
         assert {"echo", "whoami"} <= {t.name for t in tools.tools}
@@ -136,7 +151,11 @@ def test_subpath_and_query_string_are_kept(gw: Served, upstream: UpstreamServer)
     ],
 )
 def test_auth_types_inject_per_contract(
-    gw: Served, upstream: UpstreamServer, auth: str, extra: dict[str, str], header: str,
+    gw: Served,
+    upstream: UpstreamServer,
+    auth: str,
+    extra: dict[str, str],
+    header: str,
     expected: str,
 ) -> None:
     """header and basic inject the credential as the contract says."""
@@ -193,8 +212,9 @@ def test_rotation_applies_to_the_next_request(gw: Served, upstream: UpstreamServ
     """After the rotate 200, the next request carries the new credential."""
     c = gw.create_connection(upstream)
     key, _ = gw.mcp_key()
-    r = gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/rotate",
-               json={"credential": "new-cred-5521"})
+    r = gw.api(
+        "POST", f"/api/v1/virtual-keys/{c['slug']}/rotate", json={"credential": "new-cred-5521"}
+    )
     assert r.status_code == 200
     before = len(upstream.requests())
     httpx.post(c["gatewayUrl"], headers=gw.h(key), json=PING, timeout=10)
@@ -257,8 +277,9 @@ def test_sdk_get_mcp_config(gw: Served) -> None:
     """IgrisClient.get_mcp_config gives the gateway URL and the headers of the contract."""
     c = gw.create_connection(None)
     igris = IgrisClient(gw.url, api_key=gw.admin)
-    config = igris.get_mcp_config(c["slug"], user="alice@company.com",
-                                  metadata={"role": "developer"})
+    config = igris.get_mcp_config(
+        c["slug"], user="alice@company.com", metadata={"role": "developer"}
+    )
     assert config.url == f"{gw.url}/v1/mcp/{c['slug']}"
     assert config.headers["Authorization"] == f"Bearer {gw.admin}"
     assert config.headers["X-Igris-User"] == "alice@company.com"
@@ -276,9 +297,9 @@ async def test_concurrent_requests_are_each_audited(gw: Served, upstream: Upstre
     c = gw.create_connection(upstream)
     upstream.accept(c["_credential"])
     async with httpx.AsyncClient(timeout=10) as http:
-        await asyncio.gather(*[
-            http.post(c["gatewayUrl"], headers=gw.h(), json=PING) for _ in range(10)
-        ])
+        await asyncio.gather(
+            *[http.post(c["gatewayUrl"], headers=gw.h(), json=PING) for _ in range(10)]
+        )
     assert len(_audit(gw, c["slug"], 10)) == 10
 
 
@@ -294,8 +315,11 @@ def test_502_body_names_no_store_path(gw: Served) -> None:
 def test_mcp_transport_headers_reach_the_upstream(gw: Served, scripted: ScriptedUpstream) -> None:
     """Mcp-Session-Id, MCP-Protocol-Version and Last-Event-ID pass through unchanged."""
     c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
-    sent = {"Mcp-Session-Id": "sess-1", "MCP-Protocol-Version": "2025-06-18",
-            "Last-Event-ID": "ev-9"}
+    sent = {
+        "Mcp-Session-Id": "sess-1",
+        "MCP-Protocol-Version": "2025-06-18",
+        "Last-Event-ID": "ev-9",
+    }
     r = httpx.get(c["gatewayUrl"], headers=gw.h(**sent), timeout=10)
     assert r.status_code == 200
     got = r.json()["headers"]
@@ -348,7 +372,8 @@ def test_upstream_timeout_env(tmp_path_factory: pytest.TempPathFactory) -> None:
         home = tmp_path_factory.mktemp("contract-timeout-env") / "home"
         with serve(home, env={"IGRIS_UPSTREAM_TIMEOUT": "1"}) as s:
             c = s.create_connection(
-                None, upstreamUrl=f"http://127.0.0.1:{listener.getsockname()[1]}/mcp")
+                None, upstreamUrl=f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+            )
             started = time.monotonic()
             error_of(httpx.post(c["gatewayUrl"], headers=s.h(), json=PING, timeout=20), 504)
             assert time.monotonic() - started < 5
@@ -394,8 +419,16 @@ def test_unauthenticated_request_is_audited_denied(gw: Served, scripted: Scripte
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/mcp/", "/v1/mcp", "/v1/mcp/UPPER", "/v1/mcp/%2e%2e", "/v1/mcp/ab",
-     "/v1/mcp/x%00y", "/v1/mcp/" + "a" * 300, "/v1/mcp/%ff%fe"],
+    [
+        "/v1/mcp/",
+        "/v1/mcp",
+        "/v1/mcp/UPPER",
+        "/v1/mcp/%2e%2e",
+        "/v1/mcp/ab",
+        "/v1/mcp/x%00y",
+        "/v1/mcp/" + "a" * 300,
+        "/v1/mcp/%ff%fe",
+    ],
 )
 def test_odd_gateway_paths_are_client_errors(gw: Served, path: str) -> None:
     """Odd gateway paths get a 4xx with the error shape, never a 5xx, with a valid key too."""
@@ -425,8 +458,11 @@ async def test_rotation_lets_requests_in_flight_finish(
     async with streamable_session(c["gatewayUrl"], gw.h()) as session:
         slow = asyncio.create_task(session.call_tool("slow_progress", {"steps": 4, "delay": 0.4}))
         await asyncio.sleep(0.5)
-        r = gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/rotate",
-                   json={"credential": "rotated-inflight-7"})
+        r = gw.api(
+            "POST",
+            f"/api/v1/virtual-keys/{c['slug']}/rotate",
+            json={"credential": "rotated-inflight-7"},
+        )
         assert r.status_code == 200
         assert _text(await asyncio.wait_for(slow, 15)) == "done after 4 steps"
         assert _text(await session.call_tool("whoami", {})) == fingerprint("rotated-inflight-7")
@@ -455,8 +491,11 @@ async def test_connection_trail_is_newest_first_with_overlapping_requests(
     assert stamps == sorted(stamps, reverse=True), stamps
 
 
-@pytest.mark.xfail(strict=True, reason="open: GET /api/v1/audit orders by event id (made when "
-                   "the request arrives) while timestamp is when it ended; see the contract report")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: GET /api/v1/audit orders by event id (made when "
+    "the request arrives) while timestamp is when it ended; see the contract report",
+)
 async def test_global_trail_is_newest_first_with_overlapping_requests(
     gw: Served, upstream: UpstreamServer
 ) -> None:

@@ -13,8 +13,17 @@ from contract_harness import Served, error_of, new_slug, serve
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 CONNECTION_FIELDS = {
-    "slug", "name", "upstreamUrl", "authType", "headerName", "enabled",
-    "credentialVersion", "createdAt", "updatedAt", "rotatedAt", "gatewayUrl",
+    "slug",
+    "name",
+    "upstreamUrl",
+    "authType",
+    "headerName",
+    "enabled",
+    "credentialVersion",
+    "createdAt",
+    "updatedAt",
+    "rotatedAt",
+    "gatewayUrl",
 }
 
 
@@ -28,7 +37,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def _body(**fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "slug": new_slug(), "name": "Contract", "upstreamUrl": "https://mcp.example.com/mcp",
+        "slug": new_slug(),
+        "name": "Contract",
+        "upstreamUrl": "https://mcp.example.com/mcp",
         "credential": "cred-canary-Qx7Jd0",
     }
     body.update(fields)
@@ -130,8 +141,12 @@ def test_slug_taken_is_409(gw: Served) -> None:
 
 def test_bad_json_is_400(gw: Served) -> None:
     """A body that is not JSON is 400 with the error shape."""
-    r = gw.api("POST", "/api/v1/virtual-keys", content=b"{not json",
-               headers={"Content-Type": "application/json"})
+    r = gw.api(
+        "POST",
+        "/api/v1/virtual-keys",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
     error_of(r, 400)
 
 
@@ -148,8 +163,9 @@ def test_mcp_key_lacks_admin_scope_403(gw: Served) -> None:
     """An mcp-scoped key on the management API: 403."""
     key, _ = gw.mcp_key()
     error_of(gw.api("GET", "/api/v1/virtual-keys", key=key), 403)
-    error_of(gw.api("POST", "/api/v1/api-keys", key=key,
-                    json={"name": "x", "scopes": ["admin"]}), 403)
+    error_of(
+        gw.api("POST", "/api/v1/api-keys", key=key, json={"name": "x", "scopes": ["admin"]}), 403
+    )
 
 
 def test_unknown_slug_is_404_everywhere(gw: Served) -> None:
@@ -220,12 +236,24 @@ def test_get_patch_rotate_disable_enable_delete(gw: Served) -> None:
     assert r.json()["slug"] == c["slug"]
     assert c["_credential"] not in r.text
 
-    r = gw.api("PATCH", path, json={"name": "Renamed", "upstreamUrl": "https://b.example/mcp",
-                                     "authType": "header", "headerName": "X-Token"})
+    r = gw.api(
+        "PATCH",
+        path,
+        json={
+            "name": "Renamed",
+            "upstreamUrl": "https://b.example/mcp",
+            "authType": "header",
+            "headerName": "X-Token",
+        },
+    )
     assert r.status_code == 200, r.text
     p = r.json()
     assert (p["name"], p["upstreamUrl"], p["authType"], p["headerName"]) == (
-        "Renamed", "https://b.example/mcp", "header", "X-Token")
+        "Renamed",
+        "https://b.example/mcp",
+        "header",
+        "X-Token",
+    )
     assert p["credentialVersion"] == c["credentialVersion"]
 
     r = gw.api("PATCH", path, json={"enabled": False})
@@ -328,8 +356,9 @@ def test_api_key_invalid_field_is_422(gw: Served, body: dict[str, Any], field: s
 def test_expired_key_is_401(gw: Served) -> None:
     """A key whose expiresAt has passed authenticates nothing (401)."""
     past = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    r = gw.api("POST", "/api/v1/api-keys",
-               json={"name": "old", "scopes": ["admin"], "expiresAt": past})
+    r = gw.api(
+        "POST", "/api/v1/api-keys", json={"name": "old", "scopes": ["admin"], "expiresAt": past}
+    )
     if r.status_code == 422:  # refusing a past expiry on create is also fair
         return
     assert r.status_code == 201
@@ -347,8 +376,7 @@ def test_name_counts_characters(gw: Served, name: str) -> None:
 @pytest.mark.parametrize("header", ["X_Key", "X.Key", "x-api-key", "!#$%&'*+-.^_`|~0Az"])
 def test_header_name_accepts_rfc9110_tokens(gw: Served, header: str) -> None:
     """Any RFC 9110 token that is not a reserved header is a valid headerName."""
-    r = gw.api("POST", "/api/v1/virtual-keys",
-               json=_body(authType="header", headerName=header))
+    r = gw.api("POST", "/api/v1/virtual-keys", json=_body(authType="header", headerName=header))
     assert r.status_code == 201, r.text
 
 
@@ -374,16 +402,22 @@ def test_bad_cursor_is_a_client_error(gw: Served) -> None:
 def test_since_accepts_an_rfc3339_offset(gw: Served) -> None:
     """since takes any RFC 3339 time, a numeric offset too."""
     c = gw.create_connection(None)
-    r = gw.api("GET", f"/api/v1/virtual-keys/{c['slug']}/audit",
-               params={"since": "2020-01-01T00:00:00+02:00"})
+    r = gw.api(
+        "GET",
+        f"/api/v1/virtual-keys/{c['slug']}/audit",
+        params={"since": "2020-01-01T00:00:00+02:00"},
+    )
     assert r.status_code == 200
     assert r.json()["data"]
 
 
 def test_expires_at_accepts_an_offset(gw: Served) -> None:
     """expiresAt takes an RFC 3339 time with an offset and reads back in UTC."""
-    r = gw.api("POST", "/api/v1/api-keys", json={"name": "o", "scopes": ["mcp"],
-                                                  "expiresAt": "2099-01-01T02:00:00+02:00"})
+    r = gw.api(
+        "POST",
+        "/api/v1/api-keys",
+        json={"name": "o", "scopes": ["mcp"], "expiresAt": "2099-01-01T02:00:00+02:00"},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["expiresAt"].startswith("2099-01-01T00:00:00")
 
@@ -399,8 +433,9 @@ def test_unknown_method_and_route_have_the_error_shape(gw: Served) -> None:
 @pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"12"])
 def test_non_object_body_is_a_client_error(gw: Served, body: bytes) -> None:
     """A JSON body that is not an object is 400 or 422 with the error shape."""
-    r = gw.api("POST", "/api/v1/virtual-keys", content=body,
-               headers={"Content-Type": "application/json"})
+    r = gw.api(
+        "POST", "/api/v1/virtual-keys", content=body, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code in (400, 422)
     error_of(r, r.status_code)
 

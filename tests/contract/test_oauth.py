@@ -15,10 +15,16 @@ PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 
 def _cc(gw: Served, scripted: ScriptedUpstream, mode: str = "ok") -> dict[str, Any]:
     return gw.create_connection(
-        None, upstreamUrl=scripted.base_url + "/echo", authType="oauth2_client_credentials",
+        None,
+        upstreamUrl=scripted.base_url + "/echo",
+        authType="oauth2_client_credentials",
         credential="client-secret-canary-9",
-        oauth={"tokenUrl": f"{scripted.base_url}/token/{mode}", "clientId": "igris-test",
-               "scopes": ["mcp:tools", "read"], "audience": "https://api.example"},
+        oauth={
+            "tokenUrl": f"{scripted.base_url}/token/{mode}",
+            "clientId": "igris-test",
+            "scopes": ["mcp:tools", "read"],
+            "audience": "https://api.example",
+        },
     )
 
 
@@ -34,14 +40,14 @@ async def test_client_credentials_token_is_injected_once(
     before_tokens = len(scripted.token_requests)
     before = len(scripted.seen)
     async with httpx.AsyncClient(timeout=15) as http:
-        rs = await asyncio.gather(*[http.post(c["gatewayUrl"], headers=gw.h(), json=PING)
-                                    for _ in range(8)])
+        rs = await asyncio.gather(
+            *[http.post(c["gatewayUrl"], headers=gw.h(), json=PING) for _ in range(8)]
+        )
     assert [r.status_code for r in rs] == [200] * 8
     tokens = scripted.token_requests[before_tokens:]
     assert len(tokens) == 1
     assert tokens[0].get("grant_type") == "client_credentials"
-    sent = [s["headers"]["authorization"] for s in scripted.seen[before:]
-            if s["path"] == "/echo"]
+    sent = [s["headers"]["authorization"] for s in scripted.seen[before:] if s["path"] == "/echo"]
     assert len(sent) == 8
     assert len(set(sent)) == 1
     assert sent[0].startswith("Bearer at-ok-")
@@ -55,9 +61,14 @@ async def test_client_credentials_token_is_injected_once(
 
 def test_oauth_fields_are_validated(gw: Served) -> None:
     """Without tokenUrl an oauth2_client_credentials connection is a 422; with it, a 201."""
-    body = {"slug": "oauth-bad", "name": "x", "upstreamUrl": "https://a.example/",
-            "authType": "oauth2_client_credentials", "credential": "s",
-            "oauth": {"clientId": "c", "scopes": []}}
+    body = {
+        "slug": "oauth-bad",
+        "name": "x",
+        "upstreamUrl": "https://a.example/",
+        "authType": "oauth2_client_credentials",
+        "credential": "s",
+        "oauth": {"clientId": "c", "scopes": []},
+    }
     err = error_of(gw.api("POST", "/api/v1/virtual-keys", json=body), 422)
     assert "tokenUrl" in err["message"] or str(err.get("field", "")).startswith("oauth"), err
     body["oauth"]["tokenUrl"] = "https://login.example/token"
@@ -80,8 +91,11 @@ def _consent(gw: Served, authorize_url: str) -> httpx.Response:
     assert query["code_challenge"][0]
     redirect = query["redirect_uri"][0]
     assert redirect.endswith("/api/v1/oauth/callback")
-    return httpx.get(redirect.replace(urlsplit(redirect).netloc, urlsplit(gw.url).netloc),
-                     params={"code": "the-code", "state": query["state"][0]}, timeout=15)
+    return httpx.get(
+        redirect.replace(urlsplit(redirect).netloc, urlsplit(gw.url).netloc),
+        params={"code": "the-code", "state": query["state"][0]},
+        timeout=15,
+    )
 
 
 def test_authorization_code_flow_and_reauthorization(
@@ -89,10 +103,16 @@ def test_authorization_code_flow_and_reauthorization(
 ) -> None:
     """oauth2: authorize, callback, authorized; invalid_grant: 502 reauthorization_required."""
     c = gw.create_connection(
-        None, upstreamUrl=scripted.base_url + "/echo", authType="oauth2", credential=None,
-        oauth={"clientId": "igris-pkce", "scopes": ["read"],
-               "authorizationUrl": "https://idp.example/authorize",
-               "tokenUrl": f"{scripted.base_url}/token/short"},
+        None,
+        upstreamUrl=scripted.base_url + "/echo",
+        authType="oauth2",
+        credential=None,
+        oauth={
+            "clientId": "igris-pkce",
+            "scopes": ["read"],
+            "authorizationUrl": "https://idp.example/authorize",
+            "tokenUrl": f"{scripted.base_url}/token/short",
+        },
     )
     assert c["oauthStatus"] == "pending"
     url = _authorize(gw, c["slug"])
@@ -114,8 +134,9 @@ def test_authorization_code_flow_and_reauthorization(
 
 def test_per_user_static_credentials(gw: Served, scripted: ScriptedUpstream) -> None:
     """per_user: PUT/GET/DELETE users; X-Igris-User picks the credential; missing is 403."""
-    c = gw.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
-                             credentialScope="per_user", credential=None)
+    c = gw.create_connection(
+        None, upstreamUrl=scripted.base_url + "/echo", credentialScope="per_user", credential=None
+    )
     base = f"/api/v1/virtual-keys/{c['slug']}/users"
     r = gw.api("PUT", f"{base}/alice@example.com/credential", json={"credential": "alice-cred"})
     assert r.status_code in (200, 201, 204), r.text
@@ -123,25 +144,39 @@ def test_per_user_static_credentials(gw: Served, scripted: ScriptedUpstream) -> 
     assert listing.status_code == 200
     assert "alice@example.com" in listing.text
     assert "alice-cred" not in listing.text
-    r = httpx.post(c["gatewayUrl"], headers=gw.h(**{"X-Igris-User": "alice@example.com"}),
-                   json=PING, timeout=10)
+    r = httpx.post(
+        c["gatewayUrl"],
+        headers=gw.h(**{"X-Igris-User": "alice@example.com"}),
+        json=PING,
+        timeout=10,
+    )
     assert r.status_code == 200
     assert r.json()["headers"]["authorization"] == "Bearer alice-cred"
-    error_of(httpx.post(c["gatewayUrl"], headers=gw.h(**{"X-Igris-User": "bob"}), json=PING),
-             403, "user_credential_missing")
-    r = gw.api("POST", "/api/v1/api-keys",
-               json={"name": "bound", "scopes": ["mcp"], "user": "alice@example.com"})
+    error_of(
+        httpx.post(c["gatewayUrl"], headers=gw.h(**{"X-Igris-User": "bob"}), json=PING),
+        403,
+        "user_credential_missing",
+    )
+    r = gw.api(
+        "POST",
+        "/api/v1/api-keys",
+        json={"name": "bound", "scopes": ["mcp"], "user": "alice@example.com"},
+    )
     assert r.status_code == 201
     assert r.json()["user"] == "alice@example.com"
     bound = r.json()["key"]
     ok = httpx.post(c["gatewayUrl"], headers=gw.h(bound), json=PING, timeout=10)
     assert ok.status_code == 200
     assert ok.json()["headers"]["authorization"] == "Bearer alice-cred"
-    error_of(httpx.post(c["gatewayUrl"], headers=gw.h(bound, **{"X-Igris-User": "bob"}),
-                        json=PING), 403, "user_mismatch")
+    error_of(
+        httpx.post(c["gatewayUrl"], headers=gw.h(bound, **{"X-Igris-User": "bob"}), json=PING),
+        403,
+        "user_mismatch",
+    )
     assert gw.api("DELETE", f"{base}/alice@example.com/credential").status_code in (200, 204)
-    error_of(httpx.post(c["gatewayUrl"], headers=gw.h(bound), json=PING),
-             403, "user_credential_missing")
+    error_of(
+        httpx.post(c["gatewayUrl"], headers=gw.h(bound), json=PING), 403, "user_credential_missing"
+    )
 
 
 def test_per_user_oauth2_missing_grant_carries_authorize_url(
@@ -149,11 +184,17 @@ def test_per_user_oauth2_missing_grant_carries_authorize_url(
 ) -> None:
     """per_user oauth2 without a grant for the user: 403 user_credential_missing + authorizeUrl."""
     c = gw.create_connection(
-        None, upstreamUrl=scripted.base_url + "/echo", authType="oauth2", credential=None,
+        None,
+        upstreamUrl=scripted.base_url + "/echo",
+        authType="oauth2",
+        credential=None,
         credentialScope="per_user",
-        oauth={"clientId": "igris-pkce", "scopes": [],
-               "authorizationUrl": "https://idp.example/authorize",
-               "tokenUrl": f"{scripted.base_url}/token/ok"},
+        oauth={
+            "clientId": "igris-pkce",
+            "scopes": [],
+            "authorizationUrl": "https://idp.example/authorize",
+            "tokenUrl": f"{scripted.base_url}/token/ok",
+        },
     )
     r = httpx.post(c["gatewayUrl"], headers=gw.h(**{"X-Igris-User": "carol"}), json=PING)
     err = error_of(r, 403, "user_credential_missing")

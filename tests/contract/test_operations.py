@@ -12,10 +12,15 @@ from contract_harness import ScriptedUpstream, Served, free_port, serve
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
 METRICS = [
-    "igris_gateway_requests_total", "igris_gateway_request_duration_seconds",
-    "igris_upstream_response_seconds", "igris_gateway_open_streams", "igris_audit_queue_depth",
-    "igris_audit_events_written_total", "igris_audit_events_spilled_total",
-    "igris_rate_limited_total", "igris_credential_refresh_total",
+    "igris_gateway_requests_total",
+    "igris_gateway_request_duration_seconds",
+    "igris_upstream_response_seconds",
+    "igris_gateway_open_streams",
+    "igris_audit_queue_depth",
+    "igris_audit_events_written_total",
+    "igris_audit_events_spilled_total",
+    "igris_rate_limited_total",
+    "igris_credential_refresh_total",
 ]
 
 
@@ -53,9 +58,11 @@ def test_metrics_on_their_own_port(
             assert name in r.text, name
         assert "igris_gateway_request_duration_seconds_bucket" in r.text
         assert "igris_upstream_response_seconds_bucket" in r.text
-        line = next(ln for ln in r.text.splitlines()
-                    if ln.startswith("igris_gateway_requests_total{")
-                    and c["slug"] in ln)
+        line = next(
+            ln
+            for ln in r.text.splitlines()
+            if ln.startswith("igris_gateway_requests_total{") and c["slug"] in ln
+        )
         assert 'outcome="ok"' in line
         assert s.admin not in r.text
 
@@ -64,11 +71,17 @@ def test_json_logs(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedU
     """--log-format json: one JSON object per line; an access line per request, no secrets."""
     home = tmp_path_factory.mktemp("contract-logs") / "home"
     with serve(home, "--log-format", "json") as s:
-        c = s.create_connection(None, upstreamUrl=scripted.base_url + "/echo",
-                                credential="log-canary-cred-55")
+        c = s.create_connection(
+            None, upstreamUrl=scripted.base_url + "/echo", credential="log-canary-cred-55"
+        )
         key, kid = s.mcp_key()
-        httpx.post(c["gatewayUrl"], json=PING, headers=s.h(key, **{
-            "X-Igris-User": "loguser", "X-Igris-Metadata": '{"m": "meta-canary-66"}'}))
+        httpx.post(
+            c["gatewayUrl"],
+            json=PING,
+            headers=s.h(
+                key, **{"X-Igris-User": "loguser", "X-Igris-Metadata": '{"m": "meta-canary-66"}'}
+            ),
+        )
         time.sleep(0.5)
         text = s.log_text()
     lines = [ln for ln in text.splitlines() if ln.strip().startswith("{")]
@@ -101,13 +114,16 @@ def test_workers_share_one_port_and_changes(
         c = s.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
         with httpx.Client(timeout=10) as http:
             for _ in range(6):  # new connections, so both workers see requests
-                assert http.post(c["gatewayUrl"], headers=s.h(), json=PING,
-                                 extensions={}).status_code == 200
+                assert (
+                    http.post(c["gatewayUrl"], headers=s.h(), json=PING, extensions={}).status_code
+                    == 200
+                )
         assert s.api("POST", f"/api/v1/virtual-keys/{c['slug']}/disable").status_code == 200
         deadline = time.monotonic() + 10
         while True:
-            codes = {httpx.post(c["gatewayUrl"], headers=s.h(), json=PING).status_code
-                     for _ in range(10)}
+            codes = {
+                httpx.post(c["gatewayUrl"], headers=s.h(), json=PING).status_code for _ in range(10)
+            }
             if codes == {403} or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

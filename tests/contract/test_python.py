@@ -15,7 +15,6 @@ from e2e_harness import serve as serve_asgi
 from igris_mw import AsyncIgrisClient, IgrisClient, IgrisGateway
 
 
-
 async def _host_app(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -25,8 +24,13 @@ async def _host_app(scope: Any, receive: Any, send: Any) -> None:
             elif msg["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"host app"})
 
 
@@ -39,8 +43,11 @@ async def test_middleware_wraps_an_app(
 ) -> None:
     """IgrisGateway(app, store=...) serves /api/v1 and /v1/mcp and passes the rest to the app."""
     _master_key_env(monkeypatch)
-    gw = IgrisGateway(_host_app, store=f"sqlite:///{tmp_path / 'igris.db'}",
-                      allow_upstream_networks=["127.0.0.0/8"])
+    gw = IgrisGateway(
+        _host_app,
+        store=f"sqlite:///{tmp_path / 'igris.db'}",
+        allow_upstream_networks=["127.0.0.0/8"],
+    )
     async with serve_asgi(gw) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             assert (await http.get("/anything")).text == "host app"
@@ -48,9 +55,12 @@ async def test_middleware_wraps_an_app(
             assert (await http.get("/api/v1/virtual-keys")).status_code == 401
         _, admin = await gw.service.create_api_key({"name": "a", "scopes": ["admin"]})
         async with AsyncIgrisClient(base, api_key=admin) as igris:
-            await igris.create_connection(slug="py-conn", name="Py",
-                                          upstream_url=scripted.base_url + "/echo",
-                                          credential="py-cred")
+            await igris.create_connection(
+                slug="py-conn",
+                name="Py",
+                upstream_url=scripted.base_url + "/echo",
+                credential="py-cred",
+            )
         config = IgrisClient(base, api_key=admin).get_mcp_config("py-conn", user="u")
         async with httpx.AsyncClient(timeout=10) as http:
             r = await http.post(config.url, headers=config.headers, json={"jsonrpc": "2.0"})
@@ -68,10 +78,16 @@ async def test_allowed_networks_kwarg_is_honoured(
     async with serve_asgi(gw) as base:
         _, admin = await gw.service.create_api_key({"name": "a", "scopes": ["admin"]})
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            r = await http.post("/api/v1/virtual-keys",
-                                headers={"Authorization": f"Bearer {admin}"},
-                                json={"slug": "py-loop", "name": "x", "credential": "c",
-                                      "upstreamUrl": scripted.base_url + "/echo"})
+            r = await http.post(
+                "/api/v1/virtual-keys",
+                headers={"Authorization": f"Bearer {admin}"},
+                json={
+                    "slug": "py-loop",
+                    "name": "x",
+                    "credential": "c",
+                    "upstreamUrl": scripted.base_url + "/echo",
+                },
+            )
         assert r.status_code == 422
         assert r.json()["error"]["code"] == "upstream_forbidden"
 

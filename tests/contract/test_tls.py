@@ -15,9 +15,16 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tls"))
 
 from tls_harness import ForwardProxy, TlsFront, TlsUpstreamServer, running
 
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-06-18", "capabilities": {},
-    "clientInfo": {"name": "contract", "version": "1"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "contract", "version": "1"},
+    },
+}
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
@@ -58,8 +65,9 @@ def test_untrusted_certificate_is_502_upstream_tls_error(
 def test_wrong_host_name_is_upstream_tls_error(gw: Served, ca: trustme.CA) -> None:
     """A trusted certificate for another name is refused too (host name verified)."""
     with running(TlsUpstreamServer(ca.issue_cert("other.example"))) as up:
-        c = gw.create_connection(None, upstreamUrl=up.url("/mcp"),
-                                 caCertificate=ca.cert_pem.bytes().decode())
+        c = gw.create_connection(
+            None, upstreamUrl=up.url("/mcp"), caCertificate=ca.cert_pem.bytes().decode()
+        )
         error_of(_init(gw, c["gatewayUrl"]), 502, "upstream_tls_error")
 
 
@@ -75,8 +83,13 @@ def test_connection_ca_certificate(gw: Served, ca: trustme.CA, tls_up: TlsUpstre
 
 def test_invalid_ca_certificate_is_422(gw: Served) -> None:
     """A caCertificate that is not PEM is 422 naming it."""
-    body = {"slug": "bad-ca-pem", "name": "x", "upstreamUrl": "https://a.example/",
-            "credential": "c", "caCertificate": "not a certificate"}
+    body = {
+        "slug": "bad-ca-pem",
+        "name": "x",
+        "upstreamUrl": "https://a.example/",
+        "credential": "c",
+        "caCertificate": "not a certificate",
+    }
     err = error_of(gw.api("POST", "/api/v1/virtual-keys", json=body), 422)
     assert "caCertificate" in err["message"] or err.get("field") == "caCertificate"
 
@@ -87,9 +100,13 @@ def test_client_certificate_mtls(gw: Served, ca: trustme.CA) -> None:
     cert_pem = b"".join(b.bytes() for b in ident.cert_chain_pems).decode()
     key_pem = ident.private_key_pem.bytes().decode()
     with running(TlsFront(ca.issue_cert("localhost", "127.0.0.1"), ca)) as front:
-        c = gw.create_connection(None, upstreamUrl=front.url("/mcp"),
-                                 caCertificate=ca.cert_pem.bytes().decode(),
-                                 clientCertificate=cert_pem, clientKey=key_pem)
+        c = gw.create_connection(
+            None,
+            upstreamUrl=front.url("/mcp"),
+            caCertificate=ca.cert_pem.bytes().decode(),
+            clientCertificate=cert_pem,
+            clientKey=key_pem,
+        )
         front.accept(c["_credential"])
         read = gw.api("GET", f"/api/v1/virtual-keys/{c['slug']}")
         assert read.json()["clientCertificate"] == cert_pem
@@ -99,11 +116,15 @@ def test_client_certificate_mtls(gw: Served, ca: trustme.CA) -> None:
         assert r.status_code == 200, r.text
         assert "contract-client" in front.client_names
         # without the client identity the upstream refuses the handshake
-        bare = gw.create_connection(None, upstreamUrl=front.url("/mcp"),
-                                    caCertificate=ca.cert_pem.bytes().decode())
+        bare = gw.create_connection(
+            None, upstreamUrl=front.url("/mcp"), caCertificate=ca.cert_pem.bytes().decode()
+        )
         assert _init(gw, bare["gatewayUrl"]).status_code == 502
-        rotated = gw.api("POST", f"/api/v1/virtual-keys/{c['slug']}/rotate",
-                         json={"clientCertificate": cert_pem, "clientKey": key_pem})
+        rotated = gw.api(
+            "POST",
+            f"/api/v1/virtual-keys/{c['slug']}/rotate",
+            json={"clientCertificate": cert_pem, "clientKey": key_pem},
+        )
         assert rotated.status_code == 200, rotated.text
         assert "PRIVATE KEY" not in rotated.text
         audit = gw.api("GET", f"/api/v1/virtual-keys/{c['slug']}/audit").text
@@ -115,8 +136,10 @@ def test_upstream_ca_file_flag_and_env(
     tmp_path_factory: pytest.TempPathFactory, ca_file: Path, tls_up: TlsUpstreamServer
 ) -> None:
     """--upstream-ca-file and IGRIS_UPSTREAM_CA_FILE trust a private CA for every connection."""
-    for args, env in (((("--upstream-ca-file", str(ca_file))), {}),
-                      ((), {"IGRIS_UPSTREAM_CA_FILE": str(ca_file)})):
+    for args, env in (
+        ((("--upstream-ca-file", str(ca_file))), {}),
+        ((), {"IGRIS_UPSTREAM_CA_FILE": str(ca_file)}),
+    ):
         home = tmp_path_factory.mktemp("contract-cafile") / "home"
         with serve(home, *args, env=env) as s:
             c = s.create_connection(None, upstreamUrl=tls_up.url("/mcp"))
@@ -133,16 +156,22 @@ def test_upstream_proxy_with_credentials(
     password = "proxy-pw-canary-71"
     with running(ForwardProxy(proxy_dir, username="u", password=password)) as proxy:
         home = tmp_path_factory.mktemp("contract-proxied") / "home"
-        with serve(home, "--upstream-ca-file", str(ca_file),
-                   env={"IGRIS_UPSTREAM_PROXY": proxy.url_with()}) as s:
+        with serve(
+            home, "--upstream-ca-file", str(ca_file), env={"IGRIS_UPSTREAM_PROXY": proxy.url_with()}
+        ) as s:
             c = s.create_connection(None, upstreamUrl=tls_up.url("/mcp"))
             tls_up.accept(c["_credential"])
             r = _init(s, c["gatewayUrl"])
             assert r.status_code == 200, r.text
             assert password not in s.log_text()
         home2 = tmp_path_factory.mktemp("contract-proxied-bad") / "home"
-        with serve(home2, "--upstream-proxy", proxy.url_with("wrong-pw-canary"),
-                   "--upstream-ca-file", str(ca_file)) as s:
+        with serve(
+            home2,
+            "--upstream-proxy",
+            proxy.url_with("wrong-pw-canary"),
+            "--upstream-ca-file",
+            str(ca_file),
+        ) as s:
             c = s.create_connection(None, upstreamUrl=tls_up.url("/mcp"))
             r = _init(s, c["gatewayUrl"])
             assert r.status_code == 502  # the proxy refused the password: it was in the path
@@ -156,9 +185,12 @@ def test_process_https_proxy_env_is_ignored(
     """HTTPS_PROXY / HTTP_PROXY in the environment are not used without the setting."""
     home = tmp_path_factory.mktemp("contract-noproxy") / "home"
     dead = "http://127.0.0.1:9"
-    with serve(home, "--upstream-ca-file", str(ca_file),
-               env={"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead,
-                    "http_proxy": dead}) as s:
+    with serve(
+        home,
+        "--upstream-ca-file",
+        str(ca_file),
+        env={"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead, "http_proxy": dead},
+    ) as s:
         c = s.create_connection(None, upstreamUrl=tls_up.url("/mcp"))
         tls_up.accept(c["_credential"])
         assert _init(s, c["gatewayUrl"]).status_code == 200

@@ -10,8 +10,13 @@ import pytest
 from contract_harness import ScriptedUpstream, Served, error_of, serve
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
-NEVER_RELAYED = ("set-cookie", "www-authenticate", "alt-svc", "strict-transport-security",
-                 "clear-site-data")
+NEVER_RELAYED = (
+    "set-cookie",
+    "www-authenticate",
+    "alt-svc",
+    "strict-transport-security",
+    "clear-site-data",
+)
 
 
 def _conn(gw: Served, scripted: ScriptedUpstream, path: str, **fields: Any) -> dict[str, Any]:
@@ -56,17 +61,32 @@ def test_never_forwarded_request_headers(gw: Served, scripted: ScriptedUpstream)
     """Forwarded, X-Forwarded-*, X-Real-IP, metadata headers, X-Igris-* never reach the upstream."""
     c = _conn(gw, scripted, "/echo")
     sent = {
-        "Forwarded": "for=1.2.3.4", "X-Forwarded-Host": "evil", "X-Forwarded-Proto": "https",
-        "X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6", "Metadata-Flavor": "Google",
-        "X-aws-ec2-metadata-token": "t", "X-aws-ec2-metadata-token-ttl-seconds": "60",
-        "X-Igris-User": "u", "X-Igris-Anything": "z", "Connection": "keep-alive",
+        "Forwarded": "for=1.2.3.4",
+        "X-Forwarded-Host": "evil",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Real-IP": "6.6.6.6",
+        "Metadata-Flavor": "Google",
+        "X-aws-ec2-metadata-token": "t",
+        "X-aws-ec2-metadata-token-ttl-seconds": "60",
+        "X-Igris-User": "u",
+        "X-Igris-Anything": "z",
+        "Connection": "keep-alive",
     }
     r = httpx.post(c["gatewayUrl"], headers=gw.h(**sent), json=PING, timeout=10)
     assert r.status_code == 200, r.text
     got = r.json()["headers"]
-    for name in ("forwarded", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
-                 "metadata-flavor", "x-aws-ec2-metadata-token",
-                 "x-aws-ec2-metadata-token-ttl-seconds", "x-igris-user", "x-igris-anything"):
+    for name in (
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "metadata-flavor",
+        "x-aws-ec2-metadata-token",
+        "x-aws-ec2-metadata-token-ttl-seconds",
+        "x-igris-user",
+        "x-igris-anything",
+    ):
         assert name not in got, (name, got)
     assert "6.6.6.6" not in got.get("x-forwarded-for", "")
     assert got["authorization"] == f"Bearer {c['_credential']}"
@@ -95,13 +115,30 @@ def test_fixed_query_parameters_cannot_be_overridden(
 
 
 @pytest.mark.parametrize(
-    "name", ["Host", "Content-Length", "Transfer-Encoding", "Connection", "Cookie", "TE",
-             "Upgrade", "Keep-Alive", "Proxy-Authorization", "Trailer"],
+    "name",
+    [
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Cookie",
+        "TE",
+        "Upgrade",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "Trailer",
+    ],
 )
 def test_header_name_may_not_be_hop_by_hop_framing_or_routing(gw: Served, name: str) -> None:
     """headerName Host, Content-Length, Transfer-Encoding, Connection, Cookie ...: 422."""
-    body = {"slug": "hdr-" + name.lower(), "name": "x", "upstreamUrl": "https://a.example/",
-            "authType": "header", "headerName": name, "credential": "c"}
+    body = {
+        "slug": "hdr-" + name.lower(),
+        "name": "x",
+        "upstreamUrl": "https://a.example/",
+        "authType": "header",
+        "headerName": name,
+        "credential": "c",
+    }
     err = error_of(gw.api("POST", "/api/v1/virtual-keys", json=body), 422)
     assert "headerName" in err["message"]
 
@@ -110,8 +147,12 @@ def test_default_body_limit_allows_a_few_mib(gw: Served, scripted: ScriptedUpstr
     """A 1 MiB body passes under the default 8 MiB limit."""
     c = _conn(gw, scripted, "/echo")
     body = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"a" * (1 << 20) + b'"}}'
-    r = httpx.post(c["gatewayUrl"], headers=gw.h(**{"Content-Type": "application/json"}),
-                   content=body, timeout=20)
+    r = httpx.post(
+        c["gatewayUrl"],
+        headers=gw.h(**{"Content-Type": "application/json"}),
+        content=body,
+        timeout=20,
+    )
     assert r.status_code == 200, r.text
 
 
@@ -119,8 +160,12 @@ def test_body_over_the_default_8_mib_is_413(gw: Served, scripted: ScriptedUpstre
     """Past 8 MiB: 413 request_too_large."""
     c = _conn(gw, scripted, "/echo")
     before = len(scripted.seen)
-    r = httpx.post(c["gatewayUrl"], headers=gw.h(**{"Content-Type": "application/json"}),
-                   content=b"{" + b" " * (8 * 1024 * 1024 + 10) + b"}", timeout=30)
+    r = httpx.post(
+        c["gatewayUrl"],
+        headers=gw.h(**{"Content-Type": "application/json"}),
+        content=b"{" + b" " * (8 * 1024 * 1024 + 10) + b"}",
+        timeout=30,
+    )
     error_of(r, 413, "request_too_large")
     assert all(s["bodyLength"] < 8 * 1024 * 1024 for s in scripted.seen[before:])
 
@@ -134,11 +179,13 @@ def test_max_request_body_flag_env_and_idle_timeout(
         c = s.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
         r = httpx.post(c["gatewayUrl"], headers=s.h(), content=b"x" * 1001, timeout=10)
         error_of(r, 413, "request_too_large")
-        chunked = httpx.post(c["gatewayUrl"], headers=s.h(),
-                             content=iter([b"x" * 600, b"x" * 600]), timeout=10)
+        chunked = httpx.post(
+            c["gatewayUrl"], headers=s.h(), content=iter([b"x" * 600, b"x" * 600]), timeout=10
+        )
         error_of(chunked, 413, "request_too_large")
-        assert httpx.post(c["gatewayUrl"], headers=s.h(), content=b"{}",
-                          timeout=10).status_code == 200
+        assert (
+            httpx.post(c["gatewayUrl"], headers=s.h(), content=b"{}", timeout=10).status_code == 200
+        )
 
         idle = s.create_connection(None, upstreamUrl=scripted.base_url + "/idle")
         started = time.monotonic()
@@ -151,8 +198,11 @@ def test_max_request_body_flag_env_and_idle_timeout(
     home2 = tmp_path_factory.mktemp("contract-limits-env") / "home"
     with serve(home2, env={"IGRIS_MAX_REQUEST_BODY": "500"}) as s:
         c = s.create_connection(None, upstreamUrl=scripted.base_url + "/echo")
-        error_of(httpx.post(c["gatewayUrl"], headers=s.h(), content=b"x" * 501, timeout=10),
-                 413, "request_too_large")
+        error_of(
+            httpx.post(c["gatewayUrl"], headers=s.h(), content=b"x" * 501, timeout=10),
+            413,
+            "request_too_large",
+        )
 
 
 def test_unauthenticated_5xx_names_no_store_path(gw: Served) -> None:

@@ -37,9 +37,7 @@ def new_credential(prefix: str = "cred") -> str:
 
 
 @contextlib.asynccontextmanager
-async def serve(
-    app: Any, *, lifespan: Literal["auto", "on", "off"] = "on"
-) -> AsyncIterator[str]:
+async def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on a free loopback port; yield its base URL."""
     sock = free_socket()
     port = sock.getsockname()[1]
@@ -97,7 +95,11 @@ class Gateway:
         return f"{self.base_url}/v1/mcp/{slug}{subpath}"
 
     async def connection(
-        self, upstream: UpstreamServer, credential: str, *, prefix: str = "e2e",
+        self,
+        upstream: UpstreamServer,
+        credential: str,
+        *,
+        prefix: str = "e2e",
         path: str = "/mcp",
     ) -> str:
         """Create a bearer connection to ``upstream`` that accepts ``credential``."""
@@ -153,9 +155,16 @@ async def legacy_session(url: str, headers: Mapping[str, str]) -> AsyncIterator[
 
 async def raw_post(url: str, key: str, body: Any = None) -> httpx.Response:
     """One JSON-RPC POST without a session: enough to see the gateway's verdict."""
-    payload = body if body is not None else {
-        "jsonrpc": "2.0", "id": 1, "method": "ping", "params": {},
-    }
+    payload = (
+        body
+        if body is not None
+        else {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "ping",
+            "params": {},
+        }
+    )
     async with httpx.AsyncClient(timeout=10) as http:
         return await http.post(
             url,

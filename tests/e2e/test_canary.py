@@ -157,8 +157,12 @@ async def test_canary_never_leaks(
     await call(
         "POST",
         "/virtual-keys",
-        {"slug": legacy, "name": "l", "upstreamUrl": upstream.base_url + "/legacy",
-         "credential": second},
+        {
+            "slug": legacy,
+            "name": "l",
+            "upstreamUrl": upstream.base_url + "/legacy",
+            "credential": second,
+        },
         201,
     )
     async with legacy_session(gateway.url(legacy, "/sse"), client_headers(gateway.mcp_key)) as s:
@@ -169,8 +173,12 @@ async def test_canary_never_leaks(
     await call(
         "POST",
         "/virtual-keys",
-        {"slug": refusing, "name": "r", "upstreamUrl": upstream.base_url + "/mcp",
-         "credential": refused},
+        {
+            "slug": refusing,
+            "name": "r",
+            "upstreamUrl": upstream.base_url + "/mcp",
+            "credential": refused,
+        },
         201,
     )
     upstream_refusal = await raw_post(gateway.url(refusing), gateway.mcp_key, init)
@@ -186,8 +194,12 @@ async def test_canary_never_leaks(
     await call(
         "POST",
         "/virtual-keys",
-        {"slug": gone, "name": "g", "upstreamUrl": f"http://127.0.0.1:{dead_port}/mcp",
-         "credential": unreachable},
+        {
+            "slug": gone,
+            "name": "g",
+            "upstreamUrl": f"http://127.0.0.1:{dead_port}/mcp",
+            "credential": unreachable,
+        },
         201,
     )
     unreachable_response = await raw_post(gateway.url(gone), gateway.mcp_key, init)

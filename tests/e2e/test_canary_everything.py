@@ -87,8 +87,11 @@ class EchoingUpstream:
             echoed = head.replace(b"\r\n", b" | ")
             body = b'{"error": "refused", "youSent": "' + echoed.replace(b'"', b"'") + b'"}'
             auth = next(
-                (line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                 if line.lower().startswith(b"authorization:")),
+                (
+                    line.split(b":", 1)[1].strip()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"authorization:")
+                ),
                 b"none",
             )
             path = head.split(b" ", 2)[1]
@@ -99,7 +102,7 @@ class EchoingUpstream:
                 status = b"400 Bad Request"
             writer.write(
                 b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-                b"www-authenticate: Bearer error=\"" + auth + b"\"\r\n"
+                b'www-authenticate: Bearer error="' + auth + b'"\r\n'
                 b"x-echo: " + auth + b"\r\n"
                 b"location: https://elsewhere.example/?t=" + auth.partition(b" ")[2] + b"\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n"
@@ -109,9 +112,7 @@ class EchoingUpstream:
         writer.close()
 
     async def __aenter__(self) -> EchoingUpstream:
-        self.server = await asyncio.start_server(
-            self._handle, "127.0.0.1", 0, ssl=self.context
-        )
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -133,8 +134,11 @@ class TokenEndpoint:
         with contextlib.suppress(Exception):
             head = await reader.readuntil(b"\r\n\r\n")
             length = next(
-                (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                 if line.lower().startswith(b"content-length:")),
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
                 0,
             )
             self.requests.append(head + await reader.readexactly(length))
@@ -143,7 +147,9 @@ class TokenEndpoint:
             ).encode()
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+                b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
                 + body
             )
             await writer.drain()
@@ -256,9 +262,15 @@ async def test_no_secret_leaves_a_served_gateway(
             with _serve(
                 home,
                 {"IGRIS_UPSTREAM_PROXY": canary_proxy.url_with()},
-                "--log-format", "json", "--log-level", "debug", "--access-log",
-                "--metrics-port", str(metrics_port),
-                "--upstream-ca-file", str(ca_file),
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "--access-log",
+                "--metrics-port",
+                str(metrics_port),
+                "--upstream-ca-file",
+                str(ca_file),
             ) as (url, out_path, err_path):
                 admin = KEY_RE.findall(out_path.read_text() + err_path.read_text())[0]
                 admin_h = {"Authorization": f"Bearer {admin}"}
@@ -283,42 +295,94 @@ async def test_no_secret_leaves_a_served_gateway(
                     def conn(slug: str, upstream_url: str, **extra: Any) -> dict[str, Any]:
                         return {"slug": slug, "name": slug, "upstreamUrl": upstream_url, **extra}
 
-                    await call("POST", "/virtual-keys", conn(
-                        "c-bearer", upstream.url("/mcp"), credential=bearer,
-                        tools={"deny": ["whoami"]},
-                    ), 201)
-                    await call("POST", "/virtual-keys", conn(
-                        "c-limited", upstream.url("/mcp"), credential=bearer,
-                        rateLimit={"requestsPerMinute": 1, "burst": 1},
-                    ), 201)
-                    await call("POST", "/virtual-keys", conn(
-                        "c-header", upstream.url("/mcp"), authType="header",
-                        headerName="X-Api-Key", credential=header_cred,
-                    ), 201)
-                    await call("POST", "/virtual-keys", conn(
-                        "c-basic", upstream.url("/mcp"), authType="basic",
-                        credential=f"user:{basic_pw}",
-                    ), 201)
-                    await call("POST", "/virtual-keys", conn(
-                        "c-mtls", mtls.url("/mcp"), credential=mtls_cred,
-                        clientCertificate="".join(
-                            b.bytes().decode() for b in client_leaf.cert_chain_pems
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn(
+                            "c-bearer",
+                            upstream.url("/mcp"),
+                            credential=bearer,
+                            tools={"deny": ["whoami"]},
                         ),
-                        clientKey=client_key_pem,
-                    ), 201)
-                    await call("POST", "/virtual-keys", conn(
-                        "c-echo", f"https://127.0.0.1:{echo.port}/mcp", credential=echoed
-                    ), 201)
-                    await call("POST", "/virtual-keys", conn(
-                        "c-oauth", upstream.url("/mcp"), authType="oauth2_client_credentials",
-                        credential=client_secret,
-                        oauth={"tokenUrl": f"http://127.0.0.1:{tokens.port}/token",
-                               "clientId": "canary-client", "scopes": ["mcp"]},
-                    ), 201)
+                        201,
+                    )
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn(
+                            "c-limited",
+                            upstream.url("/mcp"),
+                            credential=bearer,
+                            rateLimit={"requestsPerMinute": 1, "burst": 1},
+                        ),
+                        201,
+                    )
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn(
+                            "c-header",
+                            upstream.url("/mcp"),
+                            authType="header",
+                            headerName="X-Api-Key",
+                            credential=header_cred,
+                        ),
+                        201,
+                    )
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn(
+                            "c-basic",
+                            upstream.url("/mcp"),
+                            authType="basic",
+                            credential=f"user:{basic_pw}",
+                        ),
+                        201,
+                    )
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn(
+                            "c-mtls",
+                            mtls.url("/mcp"),
+                            credential=mtls_cred,
+                            clientCertificate="".join(
+                                b.bytes().decode() for b in client_leaf.cert_chain_pems
+                            ),
+                            clientKey=client_key_pem,
+                        ),
+                        201,
+                    )
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn("c-echo", f"https://127.0.0.1:{echo.port}/mcp", credential=echoed),
+                        201,
+                    )
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn(
+                            "c-oauth",
+                            upstream.url("/mcp"),
+                            authType="oauth2_client_credentials",
+                            credential=client_secret,
+                            oauth={
+                                "tokenUrl": f"http://127.0.0.1:{tokens.port}/token",
+                                "clientId": "canary-client",
+                                "scopes": ["mcp"],
+                            },
+                        ),
+                        201,
+                    )
                     dead_port = _free_port()
-                    await call("POST", "/virtual-keys", conn(
-                        "c-dead", f"https://127.0.0.1:{dead_port}/mcp", credential=dead_cred
-                    ), 201)
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn("c-dead", f"https://127.0.0.1:{dead_port}/mcp", credential=dead_cred),
+                        201,
+                    )
                     await call("GET", "/virtual-keys?limit=200")
                     await call("GET", "/virtual-keys/c-mtls")
                     await call("PATCH", "/virtual-keys/c-header", {"name": "renamed"})
@@ -355,11 +419,15 @@ async def test_no_secret_leaves_a_served_gateway(
                     assert upstream.guard.seen_with(access_token)
                     await call("GET", "/virtual-keys/c-oauth")
 
-                    await call("POST", "/virtual-keys", conn(
-                        "c-peruser", upstream.url("/mcp"), credentialScope="per_user"
-                    ), 201)
                     await call(
-                        "PUT", "/virtual-keys/c-peruser/users/alice/credential",
+                        "POST",
+                        "/virtual-keys",
+                        conn("c-peruser", upstream.url("/mcp"), credentialScope="per_user"),
+                        201,
+                    )
+                    await call(
+                        "PUT",
+                        "/virtual-keys/c-peruser/users/alice/credential",
                         {"credential": alice_cred},
                     )
                     await call("GET", "/virtual-keys/c-peruser/users")
@@ -370,9 +438,11 @@ async def test_no_secret_leaves_a_served_gateway(
                         responses.append((await session.call_tool("whoami", {})).model_dump_json())
                     assert upstream.guard.seen_with(alice_cred)
                     bob = await http.post(
-                        gw + "c-peruser", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                        gw + "c-peruser",
+                        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                         headers={
-                            "Authorization": f"Bearer {mcp_key}", "X-Igris-User": "bob",
+                            "Authorization": f"Bearer {mcp_key}",
+                            "X-Igris-User": "bob",
                             "Accept": "application/json, text/event-stream",
                         },
                     )
@@ -380,9 +450,14 @@ async def test_no_secret_leaves_a_served_gateway(
                     assert bob.status_code == 403
 
                     init = {
-                        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-                        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                                   "clientInfo": {"name": "canary", "version": "1"}},
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-06-18",
+                            "capabilities": {},
+                            "clientInfo": {"name": "canary", "version": "1"},
+                        },
                     }
                     mcp_h = {
                         "Authorization": f"Bearer {mcp_key}",
@@ -405,9 +480,12 @@ async def test_no_secret_leaves_a_served_gateway(
                     assert echo.hits >= 1, "the echoing upstream was never reached"
                     echo_cases = (("c-echo-ok", "/ok", 200), ("c-echo-bad", "/bad", 502))
                     for slug, sub, status in echo_cases:
-                        await call("POST", "/virtual-keys", conn(
-                            slug, f"https://127.0.0.1:{echo.port}{sub}", credential=echoed
-                        ), 201)
+                        await call(
+                            "POST",
+                            "/virtual-keys",
+                            conn(slug, f"https://127.0.0.1:{echo.port}{sub}", credential=echoed),
+                            201,
+                        )
                         assert (await mcp(slug)).status_code == status
                     assert (await mcp("c-dead")).status_code in (502, 503, 504)
                     assert (await mcp("c-bearer", "ig_" + "x" * 36)).status_code == 401
@@ -419,13 +497,20 @@ async def test_no_secret_leaves_a_served_gateway(
 
                     await call("POST", "/virtual-keys/c-bearer/rotate", {"credential": rotated})
                     await call(
-                        "POST", "/virtual-keys/c-bearer/rotate",
-                        {"credential": f"{dead_cred}\r\nX-Evil: 1"}, 422,
+                        "POST",
+                        "/virtual-keys/c-bearer/rotate",
+                        {"credential": f"{dead_cred}\r\nX-Evil: 1"},
+                        422,
                     )
                     await call(
-                        "POST", "/virtual-keys/c-mtls/rotate",
-                        {"credential": mtls_cred, "clientKey": "-----BEGIN PRIVATE KEY-----\n"
-                         + key_lines[0] + "\n-----END PRIVATE KEY-----"},
+                        "POST",
+                        "/virtual-keys/c-mtls/rotate",
+                        {
+                            "credential": mtls_cred,
+                            "clientKey": "-----BEGIN PRIVATE KEY-----\n"
+                            + key_lines[0]
+                            + "\n-----END PRIVATE KEY-----",
+                        },
                         422,
                     )
                     async with streamable_session(
@@ -434,9 +519,12 @@ async def test_no_secret_leaves_a_served_gateway(
                         again = await session.call_tool("echo", {"text": "r"})
                         responses.append(again.model_dump_json())
                     assert upstream.guard.seen_with(rotated), "rotation not in effect"
-                    await call("POST", "/virtual-keys", conn(
-                        "c-legacy", upstream.url("/legacy"), credential=rotated
-                    ), 201)
+                    await call(
+                        "POST",
+                        "/virtual-keys",
+                        conn("c-legacy", upstream.url("/legacy"), credential=rotated),
+                        201,
+                    )
                     legacy_url = gw + "c-legacy/sse"
                     async with legacy_session(legacy_url, client_headers(mcp_key)) as s:
                         legacy = await s.call_tool("echo", {"text": "l"})
@@ -453,8 +541,16 @@ async def test_no_secret_leaves_a_served_gateway(
                     assert (await mcp("c-bearer", short_key)).status_code == 401
 
                     for slug in (
-                        "c-bearer", "c-limited", "c-legacy", "c-header", "c-basic", "c-mtls",
-                        "c-echo", "c-dead", "c-oauth", "c-peruser",
+                        "c-bearer",
+                        "c-limited",
+                        "c-legacy",
+                        "c-header",
+                        "c-basic",
+                        "c-mtls",
+                        "c-echo",
+                        "c-dead",
+                        "c-oauth",
+                        "c-peruser",
                     ):
                         await call("GET", f"/virtual-keys/{slug}/audit?limit=200")
                     await call("GET", "/audit?limit=200")
@@ -466,11 +562,19 @@ async def test_no_secret_leaves_a_served_gateway(
                 cli_env = {k: v for k, v in os.environ.items() if not k.startswith("IGRIS_")}
                 cli_env["IGRIS_HOME"] = str(home)
                 cli_out = []
-                for argv in (["audit", "--json", "--limit", "200"], ["audit"],
-                             ["audit", "verify"], ["audit", "c-echo", "--json"]):
+                for argv in (
+                    ["audit", "--json", "--limit", "200"],
+                    ["audit"],
+                    ["audit", "verify"],
+                    ["audit", "c-echo", "--json"],
+                ):
                     done = subprocess.run(
                         [sys.executable, "-m", "igris_mw.cli", *argv],
-                        env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                        env=cli_env,
+                        cwd=tmp_path,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
                     )
                     assert done.returncode == 0, done.stderr
                     cli_out.append(done.stdout + done.stderr)
@@ -482,9 +586,7 @@ async def test_no_secret_leaves_a_served_gateway(
     stdout, stderr = out_path.read_text(), err_path.read_text()
     assert stdout.strip() or stderr.strip()
     files = {
-        p: p.read_bytes()
-        for p in sorted(home.rglob("*"))
-        if p.is_file() and p.name != "master.key"
+        p: p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file() and p.name != "master.key"
     }
     assert any(p.name.startswith("igris.db") for p in files)
 

@@ -37,16 +37,25 @@ from igris_mw._dashboard import policy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 HOSTILE_USER = "<script>alert(1)</script>"
 INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
     "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
         "clientInfo": {"name": "dashboard-test", "version": "1"},
     },
 }
@@ -422,8 +431,9 @@ async def focus_by_tab(page: Page, predicate: str, limit: int = 40) -> None:
     """Press Tab until ``predicate`` (a JS expression on ``el``) holds for the focused element."""
     for _ in range(limit):
         await page.keyboard.press("Tab")
-        if await page.evaluate(f"(function (el) {{ return !!({predicate}); }})"
-                               "(document.activeElement)"):
+        if await page.evaluate(
+            f"(function (el) {{ return !!({predicate}); }})(document.activeElement)"
+        ):
             return
     raise AssertionError(f"Tab never reached {predicate}")
 
@@ -464,8 +474,14 @@ async def test_pages_fit_a_phone_width(tab: Tab, dash: Gateway, upstream: Upstre
     await sign_in(page, dash)
     slug = await create_via_form(page, dash, upstream, new_credential("phone"))
     await page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/ui/connections", f"/ui/connections/{slug}", "/ui/api-keys", "/ui/audit",
-                 "/ui/new/connection", "/ui/new/api-key"):
+    for path in (
+        "/ui/connections",
+        f"/ui/connections/{slug}",
+        "/ui/api-keys",
+        "/ui/audit",
+        "/ui/new/connection",
+        "/ui/new/api-key",
+    ):
         await page.goto(dash.base_url + path)
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)
@@ -486,20 +502,30 @@ async def test_every_page_passes_axe_accessibility_checks(
     await page.get_by_label("Credential", exact=True).fill("")
     await page.get_by_role("button", name="Rotate").click()  # an error next to Credential
     found["connection page (error)"] = (await axe.run(page)).response["violations"]
-    for path in ("/ui/connections", "/ui/new/connection", f"/ui/connections/{slug}/delete",
-                 f"/ui/connections/{slug}/edit",
-                 "/ui/api-keys", "/ui/new/api-key", "/ui/audit", "/ui/audit?since=never"):
+    for path in (
+        "/ui/connections",
+        "/ui/new/connection",
+        f"/ui/connections/{slug}/delete",
+        f"/ui/connections/{slug}/edit",
+        "/ui/api-keys",
+        "/ui/new/api-key",
+        "/ui/audit",
+        "/ui/audit?since=never",
+    ):
         await page.goto(dash.base_url + path)
         found[path] = (await axe.run(page)).response["violations"]
     problems = {
         where: [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in vs]
-        for where, vs in found.items() if vs
+        for where, vs in found.items()
+        if vs
     }
     assert problems == {}
 
 
 async def test_screenshots_of_the_main_pages(
-    browser: Browser, upstream: UpstreamServer, shots: Path,
+    browser: Browser,
+    upstream: UpstreamServer,
+    shots: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """A fresh gateway with a few connections, keys and calls; each main page is pictured."""
@@ -507,27 +533,40 @@ async def test_screenshots_of_the_main_pages(
     gw = make_gateway(store_dir, dashboard=True)
     async with serve(gw) as base_url:
         service = gw.service
-        _, admin_key = await service.create_api_key({"name": "platform admin",
-                                                     "scopes": ["admin"]})
+        _, admin_key = await service.create_api_key({"name": "platform admin", "scopes": ["admin"]})
         credential, rotated = new_credential("gh"), new_credential("gh2")
         upstream.accept(credential, rotated)
         github: dict[str, Any] = {
-            "slug": "github", "name": "GitHub MCP", "upstreamUrl": upstream.base_url + "/mcp",
+            "slug": "github",
+            "name": "GitHub MCP",
+            "upstreamUrl": upstream.base_url + "/mcp",
             "credential": credential,
         }
         if policy.FEATURES.connection_policy:
-            github.update(rateLimit={"requestsPerMinute": 120, "burst": 20},
-                          tools={"allow": [], "deny": ["whoami", "delete_*"]})
+            github.update(
+                rateLimit={"requestsPerMinute": 120, "burst": 20},
+                tools={"allow": [], "deny": ["whoami", "delete_*"]},
+            )
         await service.create_connection(github)
-        await service.create_connection({
-            "slug": "slack", "name": "Slack MCP", "upstreamUrl": "https://mcp.slack.example/mcp",
-            "authType": "header", "headerName": "X-Slack-Token", "credential": "xoxb-demo",
-        })
-        await service.create_connection({
-            "slug": "internal-docs", "name": "Docs search (internal)",
-            "upstreamUrl": "https://docs.internal.example/mcp", "authType": "none",
-            "enabled": False,
-        })
+        await service.create_connection(
+            {
+                "slug": "slack",
+                "name": "Slack MCP",
+                "upstreamUrl": "https://mcp.slack.example/mcp",
+                "authType": "header",
+                "headerName": "X-Slack-Token",
+                "credential": "xoxb-demo",
+            }
+        )
+        await service.create_connection(
+            {
+                "slug": "internal-docs",
+                "name": "Docs search (internal)",
+                "upstreamUrl": "https://docs.internal.example/mcp",
+                "authType": "none",
+                "enabled": False,
+            }
+        )
         agent: dict[str, Any] = {"name": "ci agent", "scopes": ["mcp"], "connections": ["github"]}
         if policy.FEATURES.key_rate_limit:
             agent["rateLimit"] = {"requestsPerMinute": 60}
@@ -566,7 +605,9 @@ async def test_screenshots_of_the_main_pages(
         await page.get_by_role("link", name="New connection").click()
         await page.get_by_label("Slug", exact=True).fill("Jira Cloud")
         await page.get_by_label("Name", exact=True).fill("Jira Cloud")
-        await page.get_by_label("Upstream URL", exact=True).fill("https://mcp.atlassian.example/v1/sse")
+        await page.get_by_label("Upstream URL", exact=True).fill(
+            "https://mcp.atlassian.example/v1/sse"
+        )
         await page.get_by_label("Credential", exact=True).fill("secret")
         await page.get_by_role("button", name="Create").click()
         await expect(page.locator("#e-slug")).to_be_visible()
@@ -594,6 +635,14 @@ async def test_screenshots_of_the_main_pages(
         await page.wait_for_timeout(2500)
         await page.screenshot(path=shots / "connection-phone.png")
         await context.close()
-    for name in ("sign-in", "connections", "connection", "new-connection", "api-keys",
-                 "api-key-created", "audit", "connection-phone"):
+    for name in (
+        "sign-in",
+        "connections",
+        "connection",
+        "new-connection",
+        "api-keys",
+        "api-key-created",
+        "audit",
+        "connection-phone",
+    ):
         assert (shots / f"{name}.png").stat().st_size > 5000

@@ -89,8 +89,12 @@ async def test_mounted_in_fastapi_served_by_uvicorn(
 
         _, key = await gw.service.create_api_key({"name": "mounted", "scopes": ["mcp"]})
         await gw.service.create_connection(
-            {"slug": "mounted-fastapi", "name": "m", "upstreamUrl": upstream.base_url + "/mcp",
-             "credential": credential}
+            {
+                "slug": "mounted-fastapi",
+                "name": "m",
+                "upstreamUrl": upstream.base_url + "/mcp",
+                "credential": credential,
+            }
         )
         url = f"{base_url}/v1/mcp/mounted-fastapi"
         async with streamable_session(url, client_headers(key)) as session:
@@ -137,8 +141,12 @@ async def test_mounted_in_starlette_over_asgi_transport(
 
             created = await http.post(
                 "/api/v1/virtual-keys",
-                json={"slug": "mounted-starlette", "name": "s",
-                      "upstreamUrl": upstream.base_url + "/mcp", "credential": credential},
+                json={
+                    "slug": "mounted-starlette",
+                    "name": "s",
+                    "upstreamUrl": upstream.base_url + "/mcp",
+                    "credential": credential,
+                },
                 headers={"Authorization": f"Bearer {admin}"},
             )
             assert created.status_code == 201, created.text
@@ -147,15 +155,25 @@ async def test_mounted_in_starlette_over_asgi_transport(
             mcp = {"Authorization": f"Bearer {key}", **MCP_ACCEPT}
             init = await http.post(
                 "/v1/mcp/mounted-starlette",
-                json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                                 "clientInfo": {"name": "t", "version": "1"}}},
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                },
                 headers=mcp,
             )
             assert init.status_code == 200, init.text
             assert _sse_result(init)["result"]["serverInfo"]["name"] == "igris-e2e-upstream"
-            session = {**mcp, "Mcp-Session-Id": init.headers["mcp-session-id"],
-                       "MCP-Protocol-Version": "2025-06-18"}
+            session = {
+                **mcp,
+                "Mcp-Session-Id": init.headers["mcp-session-id"],
+                "MCP-Protocol-Version": "2025-06-18",
+            }
             note = await http.post(
                 "/v1/mcp/mounted-starlette",
                 json={"jsonrpc": "2.0", "method": "notifications/initialized"},
@@ -164,8 +182,12 @@ async def test_mounted_in_starlette_over_asgi_transport(
             assert note.status_code == 202
             call = await http.post(
                 "/v1/mcp/mounted-starlette",
-                json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                      "params": {"name": "echo", "arguments": {"text": "in starlette"}}},
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": "in starlette"}},
+                },
                 headers=session,
             )
             assert call.status_code == 200, call.text

@@ -171,8 +171,6 @@ async def test_readyz_and_healthz_on_the_standalone_gateway(
     assert health.json() == {"status": "ok"}
 
 
-
-
 async def test_mcp_session_traced_one_server_and_one_client_span_per_request(
     tmp_path: Path, upstream: UpstreamServer
 ) -> None:
@@ -222,5 +220,6 @@ async def test_mcp_session_traced_one_server_and_one_client_span_per_request(
     assert credential not in dump
     assert key not in dump
     assert {s.attributes.get("mcp.method.name") for s in servers.values() if s.attributes} >= {
-        "initialize", "tools/call"
+        "initialize",
+        "tools/call",
     }

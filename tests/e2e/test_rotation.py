@@ -129,9 +129,7 @@ async def test_revoked_key_gets_401_on_next_request(
     """A revoked gateway key is refused with 401 on the very next request."""
     credential = new_credential()
     slug = await gateway.connection(upstream, credential)
-    created = await api(
-        gateway, "POST", "/api-keys", {"name": "short-lived", "scopes": ["mcp"]}
-    )
+    created = await api(gateway, "POST", "/api-keys", {"name": "short-lived", "scopes": ["mcp"]})
     assert created.status_code == 201
     key, key_id = created.json()["key"], created.json()["id"]
 

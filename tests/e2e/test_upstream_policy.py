@@ -53,8 +53,10 @@ async def test_20_mb_post_is_413_and_the_upstream_gets_nothing(
         r = await http.post(
             gateway.url(slug),
             content=b"{" + b" " * (20 * 1024 * 1024) + b"}",
-            headers={"Authorization": f"Bearer {gateway.mcp_key}",
-                     "Content-Type": "application/json"},
+            headers={
+                "Authorization": f"Bearer {gateway.mcp_key}",
+                "Content-Type": "application/json",
+            },
         )
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"

@@ -251,4 +251,3 @@ class UpstreamServer:
 
     def requests(self) -> list[SeenRequest]:
         return self.guard.requests()
-

@@ -350,5 +350,3 @@ class ResourceServer:
 
 def require_backends() -> bool:
     return os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1"
-
-

@@ -232,4 +232,3 @@ async def test_the_authorize_url_keeps_the_endpoint_query_and_hides_the_verifier
     assert params["code_challenge"] == code_challenge(pending.code_verifier)
     assert pending.code_verifier.reveal().decode() not in url
     assert "Secret('**********')" in repr(pending) or "code_verifier" not in repr(pending)
-

@@ -37,9 +37,7 @@ async def test_cli_authorize_begins_a_flow_the_gateway_completes(
         "--upstream-url", resource_server.resource, "--auth-type", "oauth2", "--oauth", oauth,
     )  # fmt: skip
     assert created["oauth"]["clientId"] == PUBLIC_CLIENT
-    started = await cli(
-        gateway, "connections", "authorize", slug, "--public-url", gateway.base_url
-    )
+    started = await cli(gateway, "connections", "authorize", slug, "--public-url", gateway.base_url)
     callback = await drive_consent(
         started["authorizeUrl"], account="erin",
         redirect_prefix=f"{gateway.base_url}/api/v1/oauth/callback",
@@ -68,8 +66,9 @@ async def test_cli_per_user_credentials(gateway: Gateway, tmp_path: Path) -> Non
     listed = await cli(gateway, "connections", "users", slug)
     assert [u["user"] for u in listed["data"]] == ["alice"]
     assert "alice-canary-secret" not in json.dumps(listed)
-    key = await cli(gateway, "api-keys", "create", "--name", "alice", "--scope", "mcp",
-                    "--user", "alice")
+    key = await cli(
+        gateway, "api-keys", "create", "--name", "alice", "--scope", "mcp", "--user", "alice"
+    )
     assert key["user"] == "alice"
     await cli(gateway, "connections", "delete-user-credential", slug, "alice")
     assert (await cli(gateway, "connections", "users", slug))["data"] == []

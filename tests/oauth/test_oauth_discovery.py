@@ -45,9 +45,7 @@ async def test_discovery_follows_the_www_authenticate_hint(
     async with session.post(resource_server.resource, json={}) as resp:
         assert resp.status == 401
         challenge = resp.headers["WWW-Authenticate"]
-    found = await discover_resource(
-        session, resource_server.resource, www_authenticate=challenge
-    )
+    found = await discover_resource(session, resource_server.resource, www_authenticate=challenge)
     assert found.authorization_servers == (provider.issuer,)
 
 
@@ -129,7 +127,9 @@ async def test_discovery_never_follows_a_hint_into_a_forbidden_network(
     hint = 'Bearer resource_metadata="http://169.254.169.254/latest/meta-data/"'
     with pytest.raises(DiscoveryError):
         await discover_resource(
-            session, resource_server.resource, www_authenticate=hint,
+            session,
+            resource_server.resource,
+            www_authenticate=hint,
             check_host=policy.check_connect_host,
         )
     with pytest.raises(DiscoveryError):

@@ -121,7 +121,8 @@ async def test_consent_then_tools_then_rotation_then_revocation_then_consent_aga
     assert state.refresh_token is not None
     async with TokenClient() as tokens:
         await tokens.revoke(
-            provider.revocation_endpoint, ClientAuth(PUBLIC_CLIENT, None, "none"),
+            provider.revocation_endpoint,
+            ClientAuth(PUBLIC_CLIENT, None, "none"),
             state.refresh_token,
         )
     await asyncio.sleep(short_tokens + 0.5)
@@ -203,9 +204,16 @@ async def test_a_declined_consent_is_audited_and_told_in_words(
     """The provider answers access_denied: a 502 page saying consent was declined, audited."""
     slug = new_slug("declined")
     created = await api(
-        gateway, "POST", "/virtual-keys",
-        json={"slug": slug, "name": "d", "upstreamUrl": resource_server.resource,
-              "authType": "oauth2", "oauth": {"clientId": PUBLIC_CLIENT, "scopes": []}},
+        gateway,
+        "POST",
+        "/virtual-keys",
+        json={
+            "slug": slug,
+            "name": "d",
+            "upstreamUrl": resource_server.resource,
+            "authType": "oauth2",
+            "oauth": {"clientId": PUBLIC_CLIENT, "scopes": []},
+        },
     )
     assert created.status_code == 201
     started = await api(gateway, "POST", f"/virtual-keys/{slug}/oauth/authorize")
@@ -230,9 +238,15 @@ async def test_authorize_is_for_oauth2_connections_and_admins_only(
     """A bearer connection cannot be authorized (422); an mcp key gets 403."""
     slug = new_slug("plain")
     created = await api(
-        gateway, "POST", "/virtual-keys",
-        json={"slug": slug, "name": "p", "upstreamUrl": resource_server.resource,
-              "credential": "static-token"},
+        gateway,
+        "POST",
+        "/virtual-keys",
+        json={
+            "slug": slug,
+            "name": "p",
+            "upstreamUrl": resource_server.resource,
+            "credential": "static-token",
+        },
     )
     assert created.status_code == 201
     assert "oauthStatus" not in created.json()

@@ -85,7 +85,11 @@ async def test_mcp_client_calls_a_tool_with_a_client_credentials_token(
     """The MCP SDK client through the gateway: the upstream sees the provider's token."""
     slug = new_slug("cc")
     body = cc_body(
-        slug, provider, resource_server, client=client, secret=secret,
+        slug,
+        provider,
+        resource_server,
+        client=client,
+        secret=secret,
         tokenEndpointAuthMethod=method,
     )
     resp = await create(gateway, body)
@@ -266,14 +270,26 @@ async def test_a_wrong_client_secret_is_a_502_naming_invalid_client(
         ({"tokenUrl": "ftp://x/token", "clientId": "c"}, "oauth.tokenUrl"),
         ({"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "scopes": "a b"}, "oauth.scopes"),
         ({"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "scopes": ["a b"]}, "oauth.scopes"),
-        ({"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "authorizationUrl": "http://x/a"},
-         "oauth.authorizationUrl"),
-        ({"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "clientSecret": "s"},
-         "oauth.clientSecret"),
-        ({"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "resource": "not a url"},
-         "oauth.resource"),
-        ({"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c",
-          "tokenEndpointAuthMethod": "private_key_jwt"}, "oauth.tokenEndpointAuthMethod"),
+        (
+            {"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "authorizationUrl": "http://x/a"},
+            "oauth.authorizationUrl",
+        ),
+        (
+            {"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "clientSecret": "s"},
+            "oauth.clientSecret",
+        ),
+        (
+            {"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c", "resource": "not a url"},
+            "oauth.resource",
+        ),
+        (
+            {
+                "tokenUrl": "http://127.0.0.1:1/t",
+                "clientId": "c",
+                "tokenEndpointAuthMethod": "private_key_jwt",
+            },
+            "oauth.tokenEndpointAuthMethod",
+        ),
     ],
 )
 async def test_an_invalid_oauth_object_is_a_422_naming_the_field(
@@ -282,8 +298,12 @@ async def test_an_invalid_oauth_object_is_a_422_naming_the_field(
     """Each bad oauth field is a 422 that names it; nothing is created."""
     slug = new_slug("ccbad")
     body = {
-        "slug": slug, "name": "x", "upstreamUrl": "http://127.0.0.1:1/mcp",
-        "authType": "oauth2_client_credentials", "credential": "s", "oauth": oauth,
+        "slug": slug,
+        "name": "x",
+        "upstreamUrl": "http://127.0.0.1:1/mcp",
+        "authType": "oauth2_client_credentials",
+        "credential": "s",
+        "oauth": oauth,
     }
     resp = await create(gateway, body)
     assert resp.status_code == 422, resp.text
@@ -300,9 +320,7 @@ async def test_oauth_without_an_oauth_type_and_missing_secret_are_422(gateway: G
     """oauth on a bearer connection, or client credentials without a secret: 422."""
     base = {"name": "x", "upstreamUrl": "http://127.0.0.1:1/mcp"}
     oauth = {"tokenUrl": "http://127.0.0.1:1/t", "clientId": "c"}
-    resp = await create(
-        gateway, {**base, "slug": new_slug("x"), "credential": "t", "oauth": oauth}
-    )
+    resp = await create(gateway, {**base, "slug": new_slug("x"), "credential": "t", "oauth": oauth})
     assert resp.status_code == 422
     assert resp.json()["error"]["field"] == "oauth"
     resp = await create(

@@ -138,4 +138,3 @@ async def test_no_grant_is_invalid_grant(session: aiohttp.ClientSession) -> None
     config = RefreshConfig("http://127.0.0.1:9/token", ClientAuth("c", None, "none"))
     with pytest.raises(InvalidGrant):
         await GrantManager(MemoryGrantStore(), TokenClient(session)).token(KEY, config)
-

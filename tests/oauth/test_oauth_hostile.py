@@ -15,13 +15,25 @@ from igris_mw._oauth.config import parse_oauth
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 _oauth_objects = st.dictionaries(
-    st.sampled_from(["clientId", "scopes", "tokenUrl", "authorizationUrl", "audience",
-                     "resource", "tokenEndpointAuthMethod", "x\x00", "clientSecret"]),
+    st.sampled_from(
+        [
+            "clientId",
+            "scopes",
+            "tokenUrl",
+            "authorizationUrl",
+            "audience",
+            "resource",
+            "tokenEndpointAuthMethod",
+            "x\x00",
+            "clientSecret",
+        ]
+    ),
     _json | st.text(alphabet=st.characters(), max_size=100),
     max_size=7,
 )

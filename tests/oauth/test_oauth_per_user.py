@@ -71,19 +71,32 @@ async def test_static_credentials_per_user(
     alice_cred, bob_cred = new_credential("alice"), new_credential("bob")
     static_upstream.accept(alice_cred, bob_cred)
     created = await api(
-        gateway, "POST", "/virtual-keys",
-        json={"slug": slug, "name": "per user", "upstreamUrl": static_upstream.base_url + "/mcp",
-              "authType": "bearer", "credentialScope": "per_user"},
+        gateway,
+        "POST",
+        "/virtual-keys",
+        json={
+            "slug": slug,
+            "name": "per user",
+            "upstreamUrl": static_upstream.base_url + "/mcp",
+            "authType": "bearer",
+            "credentialScope": "per_user",
+        },
     )
     assert created.status_code == 201, created.text
     assert created.json()["credentialScope"] == "per_user"
     for user, cred in (("alice", alice_cred), ("bob", bob_cred)):
-        put = await api(gateway, "PUT", f"/virtual-keys/{slug}/users/{user}/credential",
-                        json={"credential": cred})
+        put = await api(
+            gateway,
+            "PUT",
+            f"/virtual-keys/{slug}/users/{user}/credential",
+            json={"credential": cred},
+        )
         assert put.status_code == 200, put.text
         assert cred not in put.text
     alice_key, bob_key, shared_key = (
-        await key_for(gateway, "alice"), await key_for(gateway, "bob"), await key_for(gateway, None)
+        await key_for(gateway, "alice"),
+        await key_for(gateway, "bob"),
+        await key_for(gateway, None),
     )
 
     assert await call(gateway, slug, alice_key) == fingerprint(alice_cred)
@@ -109,8 +122,12 @@ async def test_static_credentials_per_user(
     # A new credential for alice is used at once; bob's removal too.
     alice_new = new_credential("alice2")
     static_upstream.accept(alice_new)
-    await api(gateway, "PUT", f"/virtual-keys/{slug}/users/alice/credential",
-              json={"credential": alice_new})
+    await api(
+        gateway,
+        "PUT",
+        f"/virtual-keys/{slug}/users/alice/credential",
+        json={"credential": alice_new},
+    )
     assert await call(gateway, slug, alice_key) == fingerprint(alice_new)
     removed = await api(gateway, "DELETE", f"/virtual-keys/{slug}/users/bob/credential")
     assert removed.status_code == 204
@@ -135,10 +152,17 @@ async def test_oauth2_grants_per_user(
     """Each user consents for themselves; the upstream sees each one's own token."""
     slug = new_slug("peruseroauth")
     created = await api(
-        gateway, "POST", "/virtual-keys",
-        json={"slug": slug, "name": "per user oauth", "upstreamUrl": resource_server.resource,
-              "authType": "oauth2", "credentialScope": "per_user",
-              "oauth": {"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]}},
+        gateway,
+        "POST",
+        "/virtual-keys",
+        json={
+            "slug": slug,
+            "name": "per user oauth",
+            "upstreamUrl": resource_server.resource,
+            "authType": "oauth2",
+            "credentialScope": "per_user",
+            "oauth": {"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]},
+        },
     )
     assert created.status_code == 201, created.text
     callback = f"{gateway.base_url}/api/v1/oauth/callback"
@@ -189,9 +213,15 @@ async def test_invalid_per_user_connections_are_422(
 ) -> None:
     """A connection-wide credential on a per-user connection, or a bad scope: 422."""
     resp = await api(
-        gateway, "POST", "/virtual-keys",
-        json={"slug": new_slug("bad"), "name": "b", "upstreamUrl": "http://127.0.0.1:1/mcp",
-              **body},
+        gateway,
+        "POST",
+        "/virtual-keys",
+        json={
+            "slug": new_slug("bad"),
+            "name": "b",
+            "upstreamUrl": "http://127.0.0.1:1/mcp",
+            **body,
+        },
     )
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["field"] == field
@@ -202,17 +232,28 @@ async def test_user_credential_on_a_shared_connection_is_422(
 ) -> None:
     """PUT .../users/{user}/credential needs a per_user connection."""
     slug = new_slug("shared")
-    await api(gateway, "POST", "/virtual-keys",
-              json={"slug": slug, "name": "s", "upstreamUrl": static_upstream.base_url + "/mcp",
-                    "credential": "shared-token"})
-    resp = await api(gateway, "PUT", f"/virtual-keys/{slug}/users/alice/credential",
-                     json={"credential": "x"})
+    await api(
+        gateway,
+        "POST",
+        "/virtual-keys",
+        json={
+            "slug": slug,
+            "name": "s",
+            "upstreamUrl": static_upstream.base_url + "/mcp",
+            "credential": "shared-token",
+        },
+    )
+    resp = await api(
+        gateway, "PUT", f"/virtual-keys/{slug}/users/alice/credential", json={"credential": "x"}
+    )
     assert resp.status_code == 422
     assert resp.json()["error"]["field"] == "credentialScope"
 
 
 async def test_sdk_methods_for_oauth_and_per_user(
-    gateway: Gateway, provider: AuthorizationServer, resource_server: ResourceServer,
+    gateway: Gateway,
+    provider: AuthorizationServer,
+    resource_server: ResourceServer,
     static_upstream: UpstreamServer,
 ) -> None:
     """AsyncIgrisClient creates OAuth and per-user connections, sets users, gets consent URLs."""
@@ -235,7 +276,10 @@ async def test_sdk_methods_for_oauth_and_per_user(
 
         oauth_slug = new_slug("sdkoauth")
         created = await client.create_connection(
-            oauth_slug, "sdk oauth", resource_server.resource, auth_type="oauth2",
+            oauth_slug,
+            "sdk oauth",
+            resource_server.resource,
+            auth_type="oauth2",
             oauth={"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]},
         )
         assert created["oauthStatus"] == "pending"

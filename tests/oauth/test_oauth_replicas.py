@@ -56,7 +56,11 @@ def pg_database() -> Iterator[str]:
 def cli(store: str, *args: str) -> Any:
     out = subprocess.run(
         [sys.executable, "-m", "igris_mw.cli", *args, "--store", store, "--json"],
-        env={**os.environ, **MASTER}, capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, **MASTER},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return json.loads(out.stdout)
 
@@ -115,17 +119,29 @@ async def hammer(base_urls: list[str], slug: str, key: str, seconds: float) -> l
     return statuses
 
 
-async def create_cc(base_url: str, admin: str, slug: str, provider: AuthorizationServer,
-                    resource_server: ResourceServer) -> None:
+async def create_cc(
+    base_url: str,
+    admin: str,
+    slug: str,
+    provider: AuthorizationServer,
+    resource_server: ResourceServer,
+) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         created = await http.post(
             f"{base_url}/api/v1/virtual-keys",
             headers={"Authorization": f"Bearer {admin}"},
             json={
-                "slug": slug, "name": "cc", "upstreamUrl": resource_server.resource,
-                "authType": "oauth2_client_credentials", "credential": CONFIDENTIAL_SECRET,
-                "oauth": {"tokenUrl": provider.token_endpoint, "clientId": CONFIDENTIAL_CLIENT,
-                          "scopes": ["mcp:tools"], "resource": resource_server.resource},
+                "slug": slug,
+                "name": "cc",
+                "upstreamUrl": resource_server.resource,
+                "authType": "oauth2_client_credentials",
+                "credential": CONFIDENTIAL_SECRET,
+                "oauth": {
+                    "tokenUrl": provider.token_endpoint,
+                    "clientId": CONFIDENTIAL_CLIENT,
+                    "scopes": ["mcp:tools"],
+                    "resource": resource_server.resource,
+                },
             },
         )
     assert created.status_code == 201, created.text
@@ -182,17 +198,24 @@ async def test_refresh_rotation_is_never_used_twice_by_two_replicas(
     auth = {"Authorization": f"Bearer {admin}"}
     async with httpx.AsyncClient(timeout=30) as http:
         created = await http.post(
-            f"{a.base_url}/api/v1/virtual-keys", headers=auth,
-            json={"slug": slug, "name": "o2", "upstreamUrl": resource_server.resource,
-                  "authType": "oauth2",
-                  "oauth": {"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]}},
+            f"{a.base_url}/api/v1/virtual-keys",
+            headers=auth,
+            json={
+                "slug": slug,
+                "name": "o2",
+                "upstreamUrl": resource_server.resource,
+                "authType": "oauth2",
+                "oauth": {"clientId": PUBLIC_CLIENT, "scopes": ["mcp:tools"]},
+            },
         )
         assert created.status_code == 201, created.text
-        started = await http.post(f"{a.base_url}/api/v1/virtual-keys/{slug}/oauth/authorize",
-                                  headers=auth)
+        started = await http.post(
+            f"{a.base_url}/api/v1/virtual-keys/{slug}/oauth/authorize", headers=auth
+        )
         assert started.status_code == 200, started.text
         callback = await drive_consent(
-            started.json()["authorizeUrl"], account="carol",
+            started.json()["authorizeUrl"],
+            account="carol",
             redirect_prefix=f"{a.base_url}/api/v1/oauth/callback",
         )
         # The flow began on replica A; replica B completes it (it is sealed in the store).

@@ -21,9 +21,13 @@ REDIRECT = "https://gw.example/api/v1/oauth/callback"
 
 def request() -> AuthorizationRequest:
     return AuthorizationRequest(
-        "https://as.example/auth", "https://as.example/token",
-        ClientAuth("client-1", None, "none"), REDIRECT, scopes=("a",),
-        resource="https://mcp.example/mcp", issuer="https://as.example",
+        "https://as.example/auth",
+        "https://as.example/token",
+        ClientAuth("client-1", None, "none"),
+        REDIRECT,
+        scopes=("a",),
+        resource="https://mcp.example/mcp",
+        issuer="https://as.example",
     )
 
 

@@ -55,10 +55,23 @@ def test_create_update_and_rotate_with_tls_files(
     first = tls_ca.issue_cert(common_name="cli-one")
     cert, key = write_identity(home, first, "one")
     created = run_json(
-        capsys, "connections", "create", "--slug", "internal", "--name", "Internal",
-        "--upstream-url", "https://mcp.internal.test/mcp", "--credential-file", "cred.txt",
-        "--ca-file", str(tls_ca_file), "--client-cert-file", str(cert),
-        "--client-key-file", str(key),
+        capsys,
+        "connections",
+        "create",
+        "--slug",
+        "internal",
+        "--name",
+        "Internal",
+        "--upstream-url",
+        "https://mcp.internal.test/mcp",
+        "--credential-file",
+        "cred.txt",
+        "--ca-file",
+        str(tls_ca_file),
+        "--client-cert-file",
+        str(cert),
+        "--client-key-file",
+        str(key),
     )
     assert created["caCertificate"] == tls_ca_file.read_text()
     assert created["clientCertificate"] == cert.read_text()
@@ -71,8 +84,14 @@ def test_create_update_and_rotate_with_tls_files(
     second = tls_ca.issue_cert(common_name="cli-two")
     cert2, key2 = write_identity(home, second, "two")
     rotated = run_json(
-        capsys, "connections", "rotate", "internal",
-        "--client-cert-file", str(cert2), "--client-key-file", str(key2),
+        capsys,
+        "connections",
+        "rotate",
+        "internal",
+        "--client-cert-file",
+        str(cert2),
+        "--client-key-file",
+        str(key2),
     )
     assert rotated["credentialVersion"] == 2
     assert rotated["clientCertificate"] == cert2.read_text()
@@ -97,9 +116,21 @@ def test_mismatched_key_file_is_one_line_error(
     cert, _ = write_identity(home, tls_ca.issue_cert(common_name="a"), "a")
     _, other_key = write_identity(home, tls_ca.issue_cert(common_name="b"), "b")
     code, _, err = run(
-        capsys, "connections", "create", "--slug", "bad-tls", "--name", "Bad",
-        "--upstream-url", "https://mcp.internal.test/mcp", "--auth-type", "none",
-        "--client-cert-file", str(cert), "--client-key-file", str(other_key),
+        capsys,
+        "connections",
+        "create",
+        "--slug",
+        "bad-tls",
+        "--name",
+        "Bad",
+        "--upstream-url",
+        "https://mcp.internal.test/mcp",
+        "--auth-type",
+        "none",
+        "--client-cert-file",
+        str(cert),
+        "--client-key-file",
+        str(other_key),
     )
     assert code != 0
     assert "clientKey" in err

@@ -197,9 +197,7 @@ async def test_mtls_works_with_the_connection_identity_and_rotation_takes_effect
     assert mtls_upstream.client_names[-1] == "igris-client-two"
 
     stranger = trustme.CA().issue_cert(common_name="igris-client-stranger")
-    rotated = await api(
-        gw_plain, "POST", f"/virtual-keys/{slug}/rotate", identity_fields(stranger)
-    )
+    rotated = await api(gw_plain, "POST", f"/virtual-keys/{slug}/rotate", identity_fields(stranger))
     assert rotated.status_code == 200, rotated.text
     response = await post(gw_plain, slug)
     assert response.status_code == 502
@@ -236,8 +234,10 @@ async def test_client_key_never_leaks(
     mismatch = await call(
         "POST",
         f"/virtual-keys/{slug}/rotate",
-        {"clientCertificate": identity_fields(other)["clientCertificate"],
-         "clientKey": fields["clientKey"]},
+        {
+            "clientCertificate": identity_fields(other)["clientCertificate"],
+            "clientKey": fields["clientKey"],
+        },
     )
     assert mismatch.status_code == 422
     assert mismatch.json()["error"]["field"] == "clientKey"
@@ -249,9 +249,7 @@ async def test_client_key_never_leaks(
     page = await gw_plain.gw.service.list_audit(slug, limit=200)
     texts.extend(json.dumps(e.to_json()) for e in page.items)
     texts.append(caplog.text)
-    database = b"".join(
-        path.read_bytes() for path in gw_plain.db_path.parent.glob("igris.db*")
-    )
+    database = b"".join(path.read_bytes() for path in gw_plain.db_path.parent.glob("igris.db*"))
     for line in key_lines:
         assert line.encode() not in database
         for text in texts:
@@ -356,13 +354,21 @@ async def test_process_proxy_environment_is_ignored(
     ("body", "field"),
     [
         ({"caCertificate": "not a pem"}, "caCertificate"),
-        ({"clientCertificate": "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----"},
-         "clientKey"),
-        ({"clientKey": "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----"},
-         "clientCertificate"),
-        ({"clientCertificate": "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----",
-          "clientKey": "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----"},
-         "clientCertificate"),
+        (
+            {"clientCertificate": "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----"},
+            "clientKey",
+        ),
+        (
+            {"clientKey": "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----"},
+            "clientCertificate",
+        ),
+        (
+            {
+                "clientCertificate": "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----",
+                "clientKey": "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----",
+            },
+            "clientCertificate",
+        ),
     ],
 )
 async def test_create_with_bad_tls_material_is_422_and_stores_nothing(
@@ -374,8 +380,13 @@ async def test_create_with_bad_tls_material_is_422_and_stores_nothing(
         gw_plain,
         "POST",
         "/virtual-keys",
-        {"slug": slug, "name": "bad", "upstreamUrl": tls_upstream.url(), "authType": "none",
-         **body},
+        {
+            "slug": slug,
+            "name": "bad",
+            "upstreamUrl": tls_upstream.url(),
+            "authType": "none",
+            **body,
+        },
     )
     assert response.status_code == 422
     assert response.json()["error"]["field"] == field
@@ -427,8 +438,12 @@ async def test_sdk_client_sets_tls_fields_and_rotates_the_identity(
     slug = new_slug("sdk-tls")
     async with AsyncIgrisClient(gw_plain.base_url, gw_plain.admin_key) as client:
         created = await client.create_connection(
-            slug, "sdk", mtls_upstream.url(), credential=credential,
-            ca_certificate=ca_pem(tls_ca), client_certificate=first["clientCertificate"],
+            slug,
+            "sdk",
+            mtls_upstream.url(),
+            credential=credential,
+            ca_certificate=ca_pem(tls_ca),
+            client_certificate=first["clientCertificate"],
             client_key=first["clientKey"],
         )
         assert created["clientCertificate"] == first["clientCertificate"]

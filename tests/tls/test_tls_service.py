@@ -124,7 +124,9 @@ async def test_rotate_only_the_client_identity_keeps_the_credential(
     await svc.create_connection(body(**identity(client_identity)))
     fresh = tls_ca.issue_cert(common_name="next")
     rotated = await svc.rotate_credential(
-        "internal", None, client_certificate=identity(fresh)["clientCertificate"],
+        "internal",
+        None,
+        client_certificate=identity(fresh)["clientCertificate"],
         client_key=identity(fresh)["clientKey"],
     )
     assert rotated.credential_version == 2
@@ -140,8 +142,9 @@ async def test_rotate_a_renewed_certificate_alone_checks_the_stored_key(
     svc: Service, tls_ca: trustme.CA, client_identity: trustme.LeafCert
 ) -> None:
     """A certificate alone must match the stored key; a foreign one is 422 and changes nothing."""
-    created = await svc.create_connection(body(authType="none", credential=None,
-                                                **identity(client_identity)))
+    created = await svc.create_connection(
+        body(authType="none", credential=None, **identity(client_identity))
+    )
     other = tls_ca.issue_cert(common_name="other")
     with pytest.raises(ValidationError) as caught:
         await svc.rotate_credential(

@@ -33,9 +33,7 @@ from igris_mw._tls_material import load_ca_file
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """A session configured like the gateway's: no env proxies, no cookies."""
-    async with aiohttp.ClientSession(
-        trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
-    ) as http:
+    async with aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as http:
         yield http
 
 

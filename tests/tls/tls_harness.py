@@ -149,9 +149,7 @@ class TlsFront:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30)
-        tls = self.ssl_context.wrap_socket(
-            conn, server_side=True, do_handshake_on_connect=False
-        )
+        tls = self.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         try:
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:

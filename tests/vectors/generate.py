@@ -54,10 +54,16 @@ class _Recorder:
 
 _CASES: list[tuple[str, bytes, bytes]] = [
     ("empty plaintext, empty AD", b"", b""),
-    ("bearer token bound to a record", b"ghp_0123456789abcdefEXAMPLE",
-     binding("github", 1, "https://api.example.com/mcp", "bearer")),
-    ("basic credential, rotated record", "alice:pässwörd".encode(),
-     binding("jira-prod", 7, "https://jira.example.com/mcp/", "basic")),
+    (
+        "bearer token bound to a record",
+        b"ghp_0123456789abcdefEXAMPLE",
+        binding("github", 1, "https://api.example.com/mcp", "bearer"),
+    ),
+    (
+        "basic credential, rotated record",
+        "alice:pässwörd".encode(),
+        binding("jira-prod", 7, "https://jira.example.com/mcp/", "basic"),
+    ),
     ("4 KiB payload", _derive("payload", 4096), b"arbitrary associated data"),
 ]
 
@@ -69,39 +75,51 @@ def build() -> dict[str, Any]:
         keys = [_key(1)] if i % 2 == 0 else [_key(2), _key(1)]
         rnd = _Recorder(f"encrypt {i}")
         envelope = Keyring(keys, urandom=rnd).encrypt_sync(plaintext, ad)
-        encrypt.append({
-            "name": name,
-            "keys": [_b64(k) for k in keys],
-            "kek_id": kek_id(keys[0]).hex(),
-            "plaintext": plaintext.hex(),
-            "associated_data": ad.hex(),
-            "randomness": rnd.taken.hex(),
-            "envelope": envelope.hex(),
-        })
+        encrypt.append(
+            {
+                "name": name,
+                "keys": [_b64(k) for k in keys],
+                "kek_id": kek_id(keys[0]).hex(),
+                "plaintext": plaintext.hex(),
+                "associated_data": ad.hex(),
+                "randomness": rnd.taken.hex(),
+                "envelope": envelope.hex(),
+            }
+        )
 
     old_ad = binding("github", 1, "https://api.example.com/mcp", "bearer")
     before = Keyring([_key(1)], urandom=_Recorder("rewrap before")).encrypt_sync(b"tok", old_ad)
     rnd = _Recorder("rewrap")
     after = Keyring([_key(2), _key(1)], urandom=rnd).rewrap_sync(before, old_ad)
-    rewrap = [{
-        "name": "move from master key 1 to master key 2",
-        "keys": [_b64(_key(2)), _b64(_key(1))],
-        "plaintext": b"tok".hex(),
-        "associated_data": old_ad.hex(),
-        "envelope": before.hex(),
-        "randomness": rnd.taken.hex(),
-        "rewrapped": after.hex(),
-    }]
+    rewrap = [
+        {
+            "name": "move from master key 1 to master key 2",
+            "keys": [_b64(_key(2)), _b64(_key(1))],
+            "plaintext": b"tok".hex(),
+            "associated_data": old_ad.hex(),
+            "envelope": before.hex(),
+            "randomness": rnd.taken.hex(),
+            "rewrapped": after.hex(),
+        }
+    ]
 
     good = bytes.fromhex(encrypt[1]["envelope"])
     good_ad = bytes.fromhex(encrypt[1]["associated_data"])
     invalid_cases: list[tuple[str, list[bytes], bytes, bytes]] = [
         ("unknown version byte", [_key(2), _key(1)], b"\x02" + good[1:], good_ad),
-        ("other associated data", [_key(2), _key(1)], good,
-         binding("github", 2, "https://api.example.com/mcp", "bearer")),
+        (
+            "other associated data",
+            [_key(2), _key(1)],
+            good,
+            binding("github", 2, "https://api.example.com/mcp", "bearer"),
+        ),
         ("payload tag flipped", [_key(2), _key(1)], good[:-1] + bytes([good[-1] ^ 0x80]), good_ad),
-        ("wrapped key flipped", [_key(2), _key(1)], good[:30] + bytes([good[30] ^ 1]) + good[31:],
-         good_ad),
+        (
+            "wrapped key flipped",
+            [_key(2), _key(1)],
+            good[:30] + bytes([good[30] ^ 1]) + good[31:],
+            good_ad,
+        ),
         ("truncated below the minimum size", [_key(2), _key(1)], good[:96], good_ad),
         ("master key no longer configured", [_key(1)], good, good_ad),
     ]
@@ -116,13 +134,15 @@ def build() -> dict[str, Any]:
             pass
         else:  # pragma: no cover - the generator itself refuses a bad vector
             raise SystemExit(f"vector {name!r} unexpectedly decrypts")
-        invalid.append({
-            "name": name,
-            "keys": [_b64(k) for k in keys],
-            "associated_data": ad.hex(),
-            "envelope": envelope.hex(),
-            "error": error.__name__,
-        })
+        invalid.append(
+            {
+                "name": name,
+                "keys": [_b64(k) for k in keys],
+                "associated_data": ad.hex(),
+                "envelope": envelope.hex(),
+                "error": error.__name__,
+            }
+        )
 
     return {
         "format": "igris-mw keyring envelope v1 (docs/crypto.md)",

@@ -117,8 +117,10 @@ class Listener:
                 await self._consume(self._conn)
             except (psycopg.Error, OSError, TimeoutError, StoreUnavailable) as exc:
                 if self._conn is not None:
-                    log.warning("postgres change listener lost its connection (%s); reconnecting",
-                                type(exc).__name__)
+                    log.warning(
+                        "postgres change listener lost its connection (%s); reconnecting",
+                        type(exc).__name__,
+                    )
                 await self._drop()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)

@@ -101,17 +101,14 @@ _GRANT_COLS = (
     'slug, "user", ciphertext, expires_at, lifetime, status, lease_until, version, updated_at'
 )
 _API_KEY_COLS = (
-    "id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy, "
-    '"user"'
+    'id, name, key_hash, scopes, connections, created_at, expires_at, revoked_at, policy, "user"'
 )
 _AUDIT_COLS = (
     'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
     "prev_hash, hash, count, key_id, changes"
 )
-_INSERT_EVENT = (
-    f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 24)})"  # noqa: S608
-)
+_INSERT_EVENT = f"INSERT INTO igris_audit_events ({_AUDIT_COLS}) VALUES ({', '.join(['%s'] * 24)})"  # noqa: S608
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
@@ -424,7 +421,8 @@ class PostgresStore:
     async def get_connection(self, slug: str) -> Connection:
         async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_CONNECTION_COLS} FROM igris_connections WHERE slug = %s", (slug,)  # noqa: S608
+                f"SELECT {_CONNECTION_COLS} FROM igris_connections WHERE slug = %s",  # noqa: S608
+                (slug,),
             )
             row = await cur.fetchone()
         if row is None:
@@ -582,7 +580,8 @@ class PostgresStore:
     async def get_api_key_by_hash(self, key_hash: bytes) -> ApiKey | None:
         async with self._connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_API_KEY_COLS} FROM igris_api_keys WHERE key_hash = %s", (key_hash,)  # noqa: S608
+                f"SELECT {_API_KEY_COLS} FROM igris_api_keys WHERE key_hash = %s",  # noqa: S608
+                (key_hash,),
             )
             row = await cur.fetchone()
         return None if row is None else _api_key_from_row(row)
@@ -650,9 +649,7 @@ class PostgresStore:
         except (ValueError, TypeError) as exc:
             if isinstance(exc, IgrisError):
                 raise
-            raise AuditRejected(
-                f"postgres refuses an audit event: {type(exc).__name__}"
-            ) from exc
+            raise AuditRejected(f"postgres refuses an audit event: {type(exc).__name__}") from exc
 
     async def _append_audit_events(self, events: Sequence[AuditEvent]) -> None:
         """Append a batch in one transaction, chaining per connection.
@@ -732,8 +729,7 @@ class PostgresStore:
             (ANCHOR,),
         )
         cur = await conn.execute(
-            "SELECT seq, hash, key_id, mac FROM igris_audit_heads"
-            " WHERE connection = %s FOR UPDATE",
+            "SELECT seq, hash, key_id, mac FROM igris_audit_heads WHERE connection = %s FOR UPDATE",
             (ANCHOR,),
         )
         row = await cur.fetchone()
@@ -751,8 +747,15 @@ class PostgresStore:
                 "UPDATE igris_audit_heads SET seq = %s, hash = %s, key_id = %s, mac = %s"
                 " WHERE connection = %s",
                 [(h.seq, h.hash, h.key_id, h.mac, chain_name(h.chain)) for h in new_heads]
-                + [(new_anchor.chains, new_anchor.digest, new_anchor.key_id, new_anchor.mac,
-                    ANCHOR)],
+                + [
+                    (
+                        new_anchor.chains,
+                        new_anchor.digest,
+                        new_anchor.key_id,
+                        new_anchor.mac,
+                        ANCHOR,
+                    )
+                ],
             )
 
     async def use_audit_key(self, key: AuditKey | None) -> None:
@@ -770,10 +773,13 @@ class PostgresStore:
             cur = await conn.execute("SELECT DISTINCT connection FROM igris_audit_events")
             tails: dict[str | None, AuditEvent] = {}
             for (name,) in await cur.fetchall():
-                rows = await (await conn.cursor(row_factory=dict_row).execute(
-                    f"SELECT {_AUDIT_COLS} FROM igris_audit_events "  # noqa: S608
-                    "WHERE connection = %s ORDER BY seq", (name,),
-                )).fetchall()
+                rows = await (
+                    await conn.cursor(row_factory=dict_row).execute(
+                        f"SELECT {_AUDIT_COLS} FROM igris_audit_events "  # noqa: S608
+                        "WHERE connection = %s ORDER BY seq",
+                        (name,),
+                    )
+                ).fetchall()
                 events = [_event_from_row(r) for r in rows]
                 if not events or verify_chain(events):
                     continue  # left as it is, for verify to report

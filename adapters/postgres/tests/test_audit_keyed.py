@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from igris_mw.testing.audit_suite import AuditTamperSuite, Raw, Trail, service_for
 
 _COLS = (
-    "id, connection, seq, ts, kind, action, api_key_id, \"user\", metadata, method, path, "
+    'id, connection, seq, ts, kind, action, api_key_id, "user", metadata, method, path, '
     "rpc_method, tool, status, outcome, latency_ms, bytes_in, bytes_out, credential_version, "
     "prev_hash, hash, count, key_id, changes"
 )
@@ -29,8 +29,7 @@ class PostgresTrail:
         with psycopg.connect(self.dsn) as conn:
             cur = conn.cursor(row_factory=dict_row)
             rows = cur.execute(
-                f"SELECT {_COLS} FROM igris_audit_events WHERE connection = %s"
-                " ORDER BY seq",
+                f"SELECT {_COLS} FROM igris_audit_events WHERE connection = %s ORDER BY seq",
                 (chain,),
             ).fetchall()
         return [_event_from_row(r).to_json() for r in rows]

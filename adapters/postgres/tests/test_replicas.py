@@ -38,8 +38,13 @@ async def _echo_auth(scope: dict[str, Any], receive: Any, send: Any) -> None:
         pass
     auth = dict(scope["headers"]).get(b"authorization", b"").decode()
     body = json.dumps({"auth": auth}).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -61,7 +66,11 @@ async def upstream() -> AsyncIterator[str]:
 def cli(store: str, *args: str) -> Any:
     out = subprocess.run(
         [sys.executable, "-m", "igris_mw.cli", *args, "--store", store, "--json"],
-        env={**os.environ, **MASTER}, capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, **MASTER},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return json.loads(out.stdout)
 
@@ -89,19 +98,32 @@ async def test_rotate_disable_and_revoke_reach_the_other_replica(
         async with httpx.AsyncClient(timeout=10) as http:
             admin_h = {"Authorization": f"Bearer {admin}"}
             mcp_h = {"Authorization": f"Bearer {mcp['key']}"}
-            r = await http.post(f"{a.base_url}/api/v1/virtual-keys", headers=admin_h, json={
-                "slug": "shared", "name": "Shared", "upstreamUrl": upstream,
-                "credential": "cred-one"})
+            r = await http.post(
+                f"{a.base_url}/api/v1/virtual-keys",
+                headers=admin_h,
+                json={
+                    "slug": "shared",
+                    "name": "Shared",
+                    "upstreamUrl": upstream,
+                    "credential": "cred-one",
+                },
+            )
             assert r.status_code == 201, r.text
 
             async def b_sees() -> httpx.Response:
-                return await http.post(f"{b.base_url}/v1/mcp/shared", headers=mcp_h, json={
-                    "jsonrpc": "2.0", "id": 1, "method": "ping"})
+                return await http.post(
+                    f"{b.base_url}/v1/mcp/shared",
+                    headers=mcp_h,
+                    json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                )
 
             assert (await b_sees()).json() == {"auth": "Bearer cred-one"}  # B is warm now
 
-            r = await http.post(f"{a.base_url}/api/v1/virtual-keys/shared/rotate",
-                                headers=admin_h, json={"credential": "cred-two"})
+            r = await http.post(
+                f"{a.base_url}/api/v1/virtual-keys/shared/rotate",
+                headers=admin_h,
+                json={"credential": "cred-two"},
+            )
             assert r.status_code == 200, r.text
 
             async def rotated() -> bool:
@@ -146,16 +168,22 @@ async def test_postgres_restart_under_traffic(
                 r = await http.post(
                     f"{gw.base_url}/api/v1/virtual-keys",
                     headers={"Authorization": f"Bearer {admin}"},
-                    json={"slug": slug, "name": slug, "upstreamUrl": upstream,
-                          "credential": "cred"},
+                    json={
+                        "slug": slug,
+                        "name": slug,
+                        "upstreamUrl": upstream,
+                        "credential": "cred",
+                    },
                 )
                 assert r.status_code == 201, r.text
 
             async def call(slug: str) -> httpx.Response:
                 made[slug] += 1
-                return await http.post(f"{gw.base_url}/v1/mcp/{slug}",
-                                       headers={"Authorization": f"Bearer {mcp}"},
-                                       json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+                return await http.post(
+                    f"{gw.base_url}/v1/mcp/{slug}",
+                    headers={"Authorization": f"Bearer {mcp}"},
+                    json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                )
 
             for _ in range(5):
                 assert (await call("warm")).status_code == 200
