@@ -140,7 +140,13 @@ def _scope(key: str) -> dict[str, Any]:
 
 
 async def _gateway(upstream: str, token: str, *, metrics: bool) -> tuple[IgrisGateway, str]:
-    gw = IgrisGateway(None, store=MemoryStore(), crypto=FixedKeyring("bench"), metrics=metrics)
+    gw = IgrisGateway(
+        None,
+        store=MemoryStore(),
+        crypto=FixedKeyring("bench"),
+        metrics=metrics,
+        allow_upstream_networks=["127.0.0.0/8"],  # the benchmark's upstream is on loopback
+    )
     await gw.startup()
     _, key = await gw.service.create_api_key({"name": "bench", "scopes": ["mcp"]})
     await gw.service.create_connection(
