@@ -9,9 +9,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,6 +21,7 @@ from igris_mw._access import DenialAggregator
 from igris_mw._errors import ValidationError
 from igris_mw.models import AuditEvent, utcnow
 from igris_mw.testing import FixedKeyring, MemoryStore
+from igris_mw.testing.redis_server import redis_server
 
 TOKEN = "upstream-canary-41c7"
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "search", "delete_all")]
@@ -254,30 +252,11 @@ def redis_url() -> Iterator[str]:
         if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                        s.sendall(b"PING\r\n")
-                        if s.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    try:
+        with redis_server(binary) as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 async def test_two_replicas_sharing_redis_admit_one_bucket(

@@ -7,8 +7,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -25,6 +23,7 @@ from igris_mw._policy.ratelimit import (
     RedisRateLimitStore,
     open_rate_limit_store,
 )
+from igris_mw.testing.redis_server import redis_server
 
 
 class FakeClock:
@@ -169,49 +168,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence, for this session."""
+    """A throwaway redis-server on a free loopback port, no persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
         message = "no redis-server on PATH (scripts/test installs it)"
         if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
-            pytest.fail(f"IGRIS_TEST_REQUIRE_BACKENDS=1 but {message}")
+            pytest.fail(message)
         pytest.skip(message)
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                        s.sendall(b"PING\r\n")
-                        if s.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    try:
+        with redis_server(binary) as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 async def test_two_redis_stores_share_one_bucket(redis_url: str) -> None:

@@ -335,51 +335,14 @@ def test_serve_policy_flags_in_help(gw: Served) -> None:
 def redis_url() -> Iterator[str]:
     """A throwaway redis-server on a free loopback port, no persistence."""
     import shutil
-    import socket
-    import subprocess
-    import tempfile
 
-    from contract_harness import free_port
+    from igris_mw.testing.redis_server import redis_server
 
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("no redis-server on PATH (scripts/test installs it)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                        s.sendall(b"PING\r\n")
-                        if s.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "redis-server did not start"
-                assert proc.poll() is None, "redis-server exited"
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with redis_server(binary) as url:
+        yield url
 
 
 def test_rate_limit_store_shares_buckets_across_replicas(

@@ -221,41 +221,19 @@ async def test_max_stale_fails_closed_then_recovers(
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Any:
+def redis_url() -> Any:
     """A throwaway redis-server on a free loopback port (skip without the binary)."""
     import shutil
-    import socket
+
+    from igris_mw.testing.redis_server import redis_server
 
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("IGRIS_TEST_REQUIRE_BACKENDS") == "1":
             pytest.fail("no redis-server on PATH")
         pytest.skip("no redis-server on PATH")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
-                    c.sendall(b"PING\r\n")
-                    if c.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with redis_server(binary) as url:
+        yield url
 
 
 async def test_two_serve_processes_share_one_bucket_through_redis(
