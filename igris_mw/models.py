@@ -119,7 +119,12 @@ def utcnow() -> datetime:
 def format_time(value: datetime) -> str:
     """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
     value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.year < 1000:
+        # strftime's %Y does not pad (glibc): "999-...", kept as it was.
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # The same text as the strftime above, a quarter cheaper (once per audit event
+    # sealed): isoformat truncates to the millisecond and ends "+00:00" in UTC.
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_time(text: str, *, field: str = "timestamp") -> datetime:

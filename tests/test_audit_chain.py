@@ -7,9 +7,12 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import attrs
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from igris_mw import storage
 from igris_mw._audit import chain
@@ -235,3 +238,84 @@ def test_keyed_seal_event_json_text_names_the_key_and_parses_back() -> None:
     assert plain.key_id is None
     assert "keyId" not in json.loads(plain_text)
     assert audit_chain_hash(plain) == plain.hash
+
+
+def _text_via_to_json(
+    event: AuditEvent, seq: int, prev_hash: str | None, key: chain.AuditKey | None
+) -> tuple[str, str]:
+    """The sealed text as it was built before seal_event_text: to_json, then canonical_json."""
+    body = event.to_json()
+    body.pop("keyId", None)
+    if key is not None:
+        body["keyId"] = key.key_id
+    body["seq"] = seq
+    body["prevHash"] = prev_hash
+    del body["hash"]
+    canonical = canonical_json(body)
+    digest = (
+        hashlib.sha256(canonical.encode()).hexdigest()
+        if key is None
+        else key.mac(canonical.encode())
+    )
+    return digest, canonical[:-1] + f',"hash":"{digest}"}}'
+
+
+_text = st.one_of(
+    st.none(), st.text(), st.sampled_from(["tools/call", "a\x00\u00e9\U0001f600\ud800"])
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+_number = st.one_of(st.none(), st.integers(), st.booleans(), st.floats())
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    fields=st.fixed_dictionaries(
+        {
+            "id": st.text(),
+            "timestamp": st.datetimes(
+                min_value=datetime(1, 1, 2),
+                max_value=datetime(9999, 12, 30),
+                timezones=st.just(UTC),
+            ),
+            "connection": _text,
+            "kind": st.text(),
+            "action": _text,
+            "api_key_id": _text,
+            "user": _text,
+            "metadata": st.none() | st.dictionaries(st.text(), _json, max_size=4),
+            "method": _text,
+            "path": _text,
+            "rpc_method": _text,
+            "tool": _text,
+            "status": _number,
+            "outcome": st.text(),
+            "latency_ms": _number,
+            "bytes_in": _number,
+            "bytes_out": _number,
+            "credential_version": _number,
+            "seq": st.integers(0, 10),
+            "prev_hash": _text,
+            "hash": _text,
+            "count": _number,
+            "changes": st.none() | st.dictionaries(st.text(), _json, max_size=3),
+            "key_id": _text,
+        }
+    ),
+    seq=st.integers(1, 2**62),
+    prev_hash=st.none() | st.text(min_size=64, max_size=64, alphabet="0123456789abcdef"),
+    keyed=st.booleans(),
+)
+def test_seal_event_text_is_the_canonical_json_of_to_json(
+    fields: dict[str, Any], seq: int, prev_hash: str | None, keyed: bool
+) -> None:
+    """Written field by field, the sealed text is byte for byte what to_json + canonical_json
+    give, for any field values (escapes, surrogates, NaN, bools, nested metadata)."""
+    event = AuditEvent(**fields)
+    key = derive_audit_key("k-test", b"\x01" * 32) if keyed else None
+    assert chain.seal_event_text(event, seq, prev_hash, key) == _text_via_to_json(
+        event, seq, prev_hash, key
+    )

@@ -37,23 +37,26 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
 from .._audit.chain import (
     ANCHOR,
+    GLOBAL,
     AuditKey,
     ChainAnchor,
     ChainHead,
+    Tail,
     advance_heads,
     chain_name,
     reseal_chain,
+    seal_event_text,
     verify_chain,
 )
 from .._errors import (
@@ -90,7 +93,6 @@ from ..storage import (
     Change,
     ChangeListener,
     notify_listeners,
-    seal_event_json,
 )
 from .schema import (
     MIGRATIONS,
@@ -818,17 +820,24 @@ class SQLiteStore:
         return await self._run(select)
 
 
+class _Tail(NamedTuple):
+    """A chain's last sealed event, as much of it as the next one needs."""
+
+    seq: int
+    hash: str | None
+
+
 def _append_in(db: sqlite3.Connection, pending: list[AuditEvent], key: AuditKey | None) -> None:
     """Seal and insert ``pending`` with their heads, in the caller's transaction."""
-    tails: dict[str | None, AuditEvent | None] = {}
+    tails: dict[str | None, _Tail | None] = {}
     # One query for the batch's ids, not one per event: a retried
     # batch (outcome unknown to the writer) is a no-op.
     seen = _stored_ids(db, [e.id for e in pending])
     rows = []
     for index, event in enumerate(pending):
         if index % _SEALS_PER_HOLD == _SEALS_PER_HOLD - 1:
-            # Sealing is Python holding the GIL (~20 us an event); hand it to the
-            # event loop's thread now and then, or a request waits out the batch.
+            # Sealing is Python holding the GIL; hand it to the event loop's
+            # thread now and then, or a request waits out the batch.
             time.sleep(0)
         if event.id in seen:
             continue
@@ -836,17 +845,23 @@ def _append_in(db: sqlite3.Connection, pending: list[AuditEvent], key: AuditKey 
         if event.timestamp.microsecond % 1000:
             # Stored and hashed at the same (millisecond) precision.
             event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
-        if event.connection not in tails:
+        connection = event.connection
+        name = GLOBAL if connection is None else connection
+        if connection in tails:
+            tail = tails[connection]
+        else:
+            # Only its seq and hash: SQLite reads them out of the JSON text,
+            # no AuditEvent is parsed back.
             row = db.execute(
-                "SELECT body FROM audit_events WHERE connection = ? ORDER BY seq DESC LIMIT 1",
-                (chain_name(event.connection),),
+                "SELECT seq, json_extract(body, '$.hash') FROM audit_events"
+                " WHERE connection = ? ORDER BY seq DESC LIMIT 1",
+                (name,),
             ).fetchone()
-            tails[event.connection] = None if row is None else body_to_event(row[0])
-        sealed, body = seal_event_json(event, tails[event.connection], key)
-        rows.append(
-            (chain_name(sealed.connection), sealed.seq, sealed.id, to_ms(sealed.timestamp), body)
-        )
-        tails[event.connection] = sealed
+            tail = None if row is None else _Tail(row[0], row[1])
+        seq = 1 if tail is None else tail.seq + 1
+        digest, body = seal_event_text(event, seq, None if tail is None else tail.hash, key)
+        rows.append((name, seq, event.id, to_ms(event.timestamp), body))
+        tails[connection] = _Tail(seq, digest)
     if not rows:
         return
     db.executemany(
@@ -862,15 +877,23 @@ def _read_head(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
 
 
 def _write_heads(
-    db: sqlite3.Connection, tails: dict[str | None, AuditEvent], key: AuditKey | None
+    db: sqlite3.Connection, tails: Mapping[str | None, Tail], key: AuditKey | None
 ) -> None:
     """The touched chains' heads and the anchor, in the caller's transaction."""
+    names = [chain_name(chain) for chain in tails]
+    marks = ",".join("?" * (len(names) + 1))  # a batch touches few chains: under the limit
+    stored = dict(
+        db.execute(
+            f"SELECT chain, body FROM audit_heads WHERE chain IN ({marks})",  # noqa: S608 (only '?'s)
+            (*names, ANCHOR),
+        ).fetchall()
+    )
     old: dict[str | None, ChainHead | None] = {}
-    for chain in tails:
-        body = _read_head(db, chain_name(chain))
-        old[chain] = None if body is None else ChainHead.from_json(body)
-    anchor_body = _read_head(db, ANCHOR)
-    anchor = None if anchor_body is None else ChainAnchor.from_json(anchor_body)
+    for chain, name in zip(tails, names, strict=True):
+        body = stored.get(name)
+        old[chain] = None if body is None else ChainHead.from_json(json.loads(body))
+    anchor_body = stored.get(ANCHOR)
+    anchor = None if anchor_body is None else ChainAnchor.from_json(json.loads(anchor_body))
     heads, new_anchor = advance_heads(tails, old, anchor, key)
     db.executemany(
         "INSERT OR REPLACE INTO audit_heads (chain, body) VALUES (?, ?)",
