@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from igris_mw import ConfigurationError, StoreUnavailable
+from igris_mw._errors import AuditRejected
 from igris_mw._plugins import store_from_url
 from igris_mw._sqlite import SCHEMA_VERSION, SQLiteStore
 from igris_mw.storage import Store, verify_chain
@@ -232,3 +233,21 @@ async def test_memory_database_works(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         await store.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damaged", ["{not json", "[1]", '{"x": 1}'])
+async def test_damaged_last_event_refuses_the_next_append(tmp_path: Path, damaged: str) -> None:
+    """A chain whose last stored row is not a sealed event refuses new events
+    (AuditRejected), instead of chaining onto it or reporting an outage."""
+    path = tmp_path / "igris.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.append_audit_events([make_event("c", ms=1)])
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE audit_events SET body = ?", (damaged,))
+        with pytest.raises(AuditRejected):
+            await store.append_audit_events([make_event("c", ms=2)])
+        await store.append_audit_events([make_event("other", ms=3)])  # other chains go on
+    finally:
+        await store.close()

@@ -847,17 +847,7 @@ def _append_in(db: sqlite3.Connection, pending: list[AuditEvent], key: AuditKey 
             event = attrs.evolve(event, timestamp=from_ms(to_ms(event.timestamp)))
         connection = event.connection
         name = GLOBAL if connection is None else connection
-        if connection in tails:
-            tail = tails[connection]
-        else:
-            # Only its seq and hash: SQLite reads them out of the JSON text,
-            # no AuditEvent is parsed back.
-            row = db.execute(
-                "SELECT seq, json_extract(body, '$.hash') FROM audit_events"
-                " WHERE connection = ? ORDER BY seq DESC LIMIT 1",
-                (name,),
-            ).fetchone()
-            tail = None if row is None else _Tail(row[0], row[1])
+        tail = tails[connection] if connection in tails else _stored_tail(db, name)
         seq = 1 if tail is None else tail.seq + 1
         digest, body = seal_event_text(event, seq, None if tail is None else tail.hash, key)
         rows.append((name, seq, event.id, to_ms(event.timestamp), body))
@@ -869,6 +859,30 @@ def _append_in(db: sqlite3.Connection, pending: list[AuditEvent], key: AuditKey 
         rows,
     )
     _write_heads(db, {c: t for c, t in tails.items() if t is not None}, key)
+
+
+def _stored_tail(db: sqlite3.Connection, name: str) -> _Tail | None:
+    """The chain's last stored event's seq and hash (``None``: no event yet)."""
+    # SQLite reads the two out of the JSON text: no AuditEvent is parsed back.
+    try:
+        row = db.execute(
+            "SELECT seq, json_extract(body, '$.hash'), json_type(body, '$.hash')"
+            " FROM audit_events"
+            " WHERE connection = ? ORDER BY seq DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        row = (0, None, "malformed JSON")
+    if row is not None and row[2] != "text":
+        # No hash text (an event sealed by no store, or a damaged row): parsed
+        # back whole as before, so a damaged row still raises ValueError (AuditRejected).
+        body = db.execute(
+            "SELECT body FROM audit_events WHERE connection = ? ORDER BY seq DESC LIMIT 1",
+            (name,),
+        ).fetchone()[0]
+        event = body_to_event(body)
+        return _Tail(event.seq, event.hash)
+    return None if row is None else _Tail(row[0], row[1])
 
 
 def _read_head(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
