@@ -65,7 +65,8 @@ def category(frame: str) -> str:
     """A py-spy frame (``func (path:line)``) -> its category."""
     match = re.search(r"\(([^()]*?)(?::\d+)?\)$", frame)
     path = match.group(1) if match else frame
-    if frame.startswith(("Runner.run (", "run_forever (")):
+    # The loop's own frame, or no Python frame at all: uvloop's C code and syscalls.
+    if frame.startswith(("Runner.run (", "run_forever (", "thread (")):
         return "loop (native)"
     if path.startswith("igris_mw/"):
         parts = path.split("/")
