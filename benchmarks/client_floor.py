@@ -7,7 +7,8 @@ in its own process (pinned to another CPU when there are two), uvloop as the
 loop (as uvicorn runs it), the MCP ``tools/call`` POST of ``jsonrpc.lua``:
 
 - ``aiohttp``: a ``ClientSession`` configured as the gateway's
-  ``Forwarder._new_session`` (TCPConnector limit 0 / 1,024 per host,
+  ``Forwarder._new_session`` (its ``ReadyConnector``, a TCPConnector, when
+  this igris-mw has it; limit 0 / 1,024 per host,
   keep-alive 30 s, ``DummyCookieJar``, ``auto_decompress=False``,
   ``trust_env=False``, the same ``skip_auto_headers``, no resolver: the
   upstream is an IP literal), a prebuilt ``yarl.URL``, the response read
@@ -33,8 +34,8 @@ CPU time (``time.process_time``: this process only, the upstream is
 elsewhere) per request, variants in interleaved blocks (the order reversed
 every block), median of blocks, at concurrency 1 and 16:
 
-    python benchmarks/client_floor.py                 # ~1 min
-    python benchmarks/client_floor.py --callgrind     # + instructions per request, ~5 min
+    python benchmarks/client_floor.py                 # a few minutes
+    python benchmarks/client_floor.py --callgrind     # + instructions per request, 15-30 min
 
 ``--callgrind`` also runs each variant alone in a fresh process under
 ``valgrind --tool=callgrind`` with ``--cg-requests`` and 3x as many requests;
@@ -375,8 +376,12 @@ async def make_variant(name: str, upstream: str, token: str, sink: Sink) -> tupl
     if name == "aiohttp":
         import aiohttp
 
+        try:  # the gateway's connector since the spare-connection change; a TCPConnector
+            from igris_mw._proxy.ready import ReadyConnector as Connector
+        except ImportError:  # an igris-mw from before it
+            Connector = aiohttp.TCPConnector  # type: ignore[misc,assignment]
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=1024, keepalive_timeout=30.0),
+            connector=Connector(limit=0, limit_per_host=1024, keepalive_timeout=30.0),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             trust_env=False,
