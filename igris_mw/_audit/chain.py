@@ -4,7 +4,9 @@ Every sink (the SQLite, memory and Postgres stores, the JSON-lines sink)
 seals events with ``seal_event`` / ``seal_event_json`` and ``audit verify``
 checks them with ``verify_chain``; all of them hash the one text that
 ``canonical_json`` makes, so a sink and ``verify`` can never disagree about
-what was hashed. Changing ``canonical_json`` changes every hash already
+what was hashed (``seal_event_text``, the sealing path, writes that text
+field by field without the dict; ``tests/test_audit_chain.py`` checks the
+two agree on generated events). Changing ``canonical_json`` changes every hash already
 stored: existing chains would stop verifying (``tests/test_audit_chain.py``
 pins golden hashes).
 
