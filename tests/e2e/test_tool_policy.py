@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -65,4 +66,10 @@ async def test_legacy_sse_sdk_sees_only_allowed_tools_and_denied_calls_fail(
         assert len(upstream.requests()) == before
         result = await session.call_tool("echo", {"text": "still works"})
         assert not result.is_error
-    assert len(gateway.gw._legacy) == 0  # the stream's registration ended with it
+    # The stream's registration ends with it, once the gateway has seen the
+    # client leave (asynchronously: within a second, not at once).
+    for _ in range(100):
+        if len(gateway.gw._legacy) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert len(gateway.gw._legacy) == 0
