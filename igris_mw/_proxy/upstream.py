@@ -287,32 +287,38 @@ def request_headers(scope: Scope, target: Target) -> tuple[CIMultiDict[str], boo
     Raises:
         BadRequest: ``Content-Length`` is not a number.
     """
-    raw: list[tuple[str, str]] = [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, value in scope.get("headers", ())
-    ]
+    # One pass; what Connection names and Transfer-Encoding's presence add to
+    # the dropped names is known only at the end, so those (rare) are removed after.
     drop = target._drop
-    named = _connection_tokens(v for n, v in raw if n == "connection")
-    if named:
-        drop = drop | named
-    if any(n == "transfer-encoding" for n, _ in raw):
-        # Transfer-Encoding is the body's real framing (RFC 9112 6.3); a Content-Length
-        # beside it, sent upstream with the streamed body, would let the bytes past it
-        # be read there as a second request (smuggling). An h11 host lets both through.
-        drop = drop | {"content-length"}
     headers: CIMultiDict[str] = CIMultiDict()
     has_body = False
-    for name, value in raw:
+    connection: list[str] | None = None
+    chunked = False
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
         if name == "content-length":
             try:
                 has_body = has_body or int(value) > 0
             except ValueError:
                 raise BadRequest("the Content-Length header is not a number") from None
         elif name == "transfer-encoding":
-            has_body = True
+            has_body = chunked = True
+        elif name == "connection":
+            if connection is None:
+                connection = []
+            connection.append(value)
         if name in drop or name.startswith(_CLIENT_STRIP_PREFIXES):
             continue
         headers.add(name, value)
+    if connection is not None:
+        for named in _connection_tokens(connection):
+            headers.popall(named, None)
+    if chunked:
+        # Transfer-Encoding is the body's real framing (RFC 9112 6.3); a Content-Length
+        # beside it, sent upstream with the streamed body, would let the bytes past it
+        # be read there as a second request (smuggling). An h11 host lets both through.
+        headers.popall("content-length", None)
     for name, value in target.inject:
         headers.add(name, value)
     return headers, has_body
