@@ -91,6 +91,7 @@ RESPONSE_STRIP = frozenset(
     }
 )
 _RESPONSE_STRIP = RESPONSE_STRIP
+_DROP_RESPONSE = HOP_BY_HOP | RESPONSE_STRIP
 # aiohttp would otherwise invent these; a proxy sends only what the client sent.
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
 _SAFE_QUERY = _SAFE_PATH + "?"
@@ -175,6 +176,11 @@ class Target:
         """
         needles = self._needles
         if not needles:
+            return headers
+        # A needle in no value is in none of them: one scan of the values
+        # joined (the usual answer), the per-header check only after a hit.
+        joined = b"\n".join([v for _, v in headers])
+        if not any(x in joined for x in needles):
             return headers
         return [(n, v) for n, v in headers if not any(x in v for x in needles)]
 
@@ -332,18 +338,22 @@ def response_headers(
     Hop-by-hop headers (and those named in ``Connection``) and ``Set-Cookie``
     are dropped; so is ``Content-Length`` when ``rewriting`` changes the body.
     """
-    raw = [(name.lower(), value) for name, value in raw_headers]
-    named = {
-        t.encode("latin-1")
-        for t in _connection_tokens(v.decode("latin-1") for n, v in raw if n == b"connection")
-    }
     out = []
-    for name, value in raw:
+    connection: list[bytes] | None = None
+    for raw_name, value in raw_headers:
+        name = raw_name.lower()
         text = name.decode("latin-1")
-        if text in HOP_BY_HOP or text in _RESPONSE_STRIP or name in named:
+        if text in _DROP_RESPONSE:
+            if text == "connection":
+                connection = [*(connection or ()), value]
             continue
         # A rewritten stream changes length; SSE rarely has one, but be exact.
         if rewriting and text == "content-length":
             continue
         out.append((name, value))
+    if connection is not None:
+        named = {
+            t.encode("latin-1") for t in _connection_tokens(v.decode("latin-1") for v in connection)
+        }
+        out = [(n, v) for n, v in out if n not in named]
     return out
