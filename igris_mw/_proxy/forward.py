@@ -648,8 +648,7 @@ class Forwarder:
             # request task and asyncio.wait() on both, or a timer each).
             ex.waiting = task
             if task is not None:
-                self._ensure_sweeper()
-                waiting[ex] = None
+                waiting[ex] = None  # the sweeper runs since the session was made
             try:
                 resp = await session.request(
                     scope["method"],
