@@ -123,6 +123,64 @@ def test_audit_follow_without_slug_prints_every_chain(
     assert seen == [("conn-a", "create"), ("conn-a", "disable"), (None, "create")]
 
 
+def _follow_with(
+    capsys: pytest.CaptureFixture[str], home: Path, monkeypatch: pytest.MonkeyPatch,
+    changes: Any, *argv: str,
+) -> list[tuple[Any, Any]]:  # fmt: skip
+    """Run `audit --follow --json *argv` while ``changes(svc)`` runs once the
+    backlog is read; the (connection, action) of every printed event."""
+    monkeypatch.setattr(cli.commands, "FOLLOW_INTERVAL", 0.02)
+    original = cli.audit_trail.list_all
+
+    async def list_all_then_change(args: Any, svc: Service) -> Any:
+        page = await original(args, svc)
+        await changes(svc)  # lands after the backlog was read
+        return page
+
+    monkeypatch.setattr(cli.audit_trail, "list_all", list_all_then_change)
+    threading.Timer(1.0, _thread.interrupt_main).start()
+    code, out, _ = run(capsys, "audit", "--follow", "--json", *argv)
+    assert code == 130
+    return [(e["connection"], e["action"]) for e in map(json.loads, out.splitlines())]
+
+
+def test_audit_follow_prints_an_event_landing_as_it_starts_once(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event written between the backlog and the first poll is printed, once."""
+    create(capsys, "conn-a")
+
+    async def disable(svc: Service) -> None:
+        await svc.set_enabled("conn-a", False)
+
+    seen = _follow_with(capsys, home, monkeypatch, disable)
+    assert seen == [("conn-a", "create"), ("conn-a", "disable")]
+
+
+def test_audit_follow_applies_the_filters_to_new_events(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`audit --follow --action disable` prints new disables only; `--slug` one chain only."""
+    create(capsys, "conn-a")
+    create(capsys, "conn-b")
+
+    async def changes(svc: Service) -> None:
+        await svc.set_enabled("conn-a", False)
+        await svc.set_enabled("conn-b", False)
+        await svc.set_enabled("conn-a", True)
+        await svc.create_api_key({"name": "late", "scopes": ["mcp"]})
+
+    seen = _follow_with(capsys, home, monkeypatch, changes, "--action", "disable")
+    assert seen == [("conn-a", "disable"), ("conn-b", "disable")]
+
+    async def more(svc: Service) -> None:
+        await svc.set_enabled("conn-a", False)
+        await svc.set_enabled("conn-b", True)
+
+    seen = _follow_with(capsys, home, monkeypatch, more, "--slug", "conn-b")
+    assert seen == [("conn-b", "create"), ("conn-b", "disable"), ("conn-b", "enable")]
+
+
 def test_audit_verify_names_each_case(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """verify tells a cut-off end, a chain removed whole and a forged head apart."""
     for slug in ("conn-a", "conn-b", "conn-c"):

@@ -225,6 +225,7 @@ def test_two_workers_share_the_port_and_honour_each_others_changes(tmp_path: Pat
         _check_propagation(port, proc, log)
         # Without a shared rate-limit store, serve says the limits count per worker.
         assert "count per worker" in log.read_text()
+        assert "dashboard sign-in sessions live in one worker" in log.read_text()
 
 
 @pytest.fixture(scope="module")

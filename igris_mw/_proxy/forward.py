@@ -58,6 +58,7 @@ from .._policy.egress import EgressForbidden, EgressPolicy
 from .._policy.resolver import EgressResolver
 from .._responses import send_error
 from .outbound import UpstreamProxy
+from .ready import ReadyConnector
 from .sse import EndpointRewriter, endpoint_rewrite
 from .tls import tls_error_for
 from .upstream import Target, request_headers, response_headers, upstream_url
@@ -547,7 +548,9 @@ class Forwarder:
             # resolver would only see the proxy's own, often internal, host):
             # the policy then checks literals and metadata names only.
             resolver = EgressResolver(self._egress.allowed)
-        connector = aiohttp.TCPConnector(
+        # A spare connection per upstream after each GET (ready.py): a new
+        # stream starts without a handshake to the upstream.
+        connector = ReadyConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             keepalive_timeout=self._keepalive,

@@ -66,20 +66,37 @@ async def _tail_seqs(svc: Service) -> dict[str | None, int]:
 
 
 async def follow_all(args: argparse.Namespace, svc: Service, interval: float) -> None:
-    """``audit --follow`` without SLUG: the backlog page, then every chain's new events."""
-    backlog = list(reversed(await list_all(args, svc)))
+    """``audit --follow`` without SLUG: the backlog page, then every chain's new
+    events that pass the same filters (``--slug``, ``--kind``, ...)."""
+    # Where following starts is read before the backlog: an event that lands
+    # between the two reads is then in the backlog or printed as new (once:
+    # what the backlog showed is skipped), never in neither.
     last = await _tail_seqs(svc)
+    backlog = list(reversed(await list_all(args, svc)))
+    shown = {e.id for e in backlog}
     _print(backlog, args.json, header=not args.json)
     while True:
         await asyncio.sleep(interval)
         fresh: list[AuditEvent] = []
-        for chain in [None, *await svc.audit.audit_connections()]:
+        chains = [args.filter_slug] if args.filter_slug is not None else None
+        for chain in chains or [None, *await svc.audit.audit_connections()]:
             found = await svc.audit.audit_chain(chain, after_seq=last.get(chain, 0), limit=1000)
             if found:
                 last[chain] = found[-1].seq
-                fresh.extend(found)
+                fresh.extend(e for e in found if e.id not in shown and _wanted(e, args))
+        shown.clear()  # only the first poll can meet the backlog's events again
         fresh.sort(key=lambda e: e.id)
         _print(fresh, args.json, header=False)
+
+
+def _wanted(e: AuditEvent, args: argparse.Namespace) -> bool:
+    """The whole trail's filters (as ``GET /api/v1/audit`` applies them) on one new event."""
+    return (
+        (args.kind is None or e.kind == args.kind)
+        and (args.action is None or e.action == args.action)
+        and (args.outcome is None or e.outcome == args.outcome)
+        and (args.user is None or e.user == args.user)
+    )
 
 
 def _print(events: list[AuditEvent], as_json: bool, *, header: bool) -> None:

@@ -357,6 +357,10 @@ def run_serve(args: argparse.Namespace) -> int:
                 "maxConcurrent and the failed-authentication throttle count per worker "
                 f"(up to {settings.workers}x each limit in all; docs/workers.md)"
             )
+        _say(
+            f"{settings.workers} workers: dashboard sign-in sessions live in one worker, and a "
+            "browser may reach another; serve the dashboard with --workers 1 (docs/workers.md)"
+        )
         status = fork_workers(
             settings.host,
             settings.port,
