@@ -29,7 +29,9 @@ once for a request body still to stream; for a request whose body is in hand
 ``_WATCH_AFTER``, or when the response is a stream (no length, or
 ``text/event-stream``). A short call thus runs in the handler's task alone:
 no second task, no request task (the watcher cancels the handler's wait for
-the headers itself).
+the headers itself), and no timer of its own: the header deadline is kept by
+the sweeper task (``Forwarder._waiting``), and the delayed watcher start by
+one timer shared by every request (``Forwarder._unwatched``).
 
 Per request the work is split in steps that each do one job, with no extra
 task or coroutine on the way: ``upstream_url``/``request_headers`` (where and
@@ -336,7 +338,8 @@ class Forwarder:
 
     Args:
         timeout: seconds to wait for an upstream's response headers; an open
-            stream is never cut by it.
+            stream is never cut by it. Enforced by the sweeper task, within a
+            quarter of it (at most 1 s) late, not by a timer per request.
         connect_timeout: seconds to wait for a TCP connection (default: ``timeout``).
         limit: connection pool size (0: unbounded).
         limit_per_host: connections per upstream host, open streams included
