@@ -67,7 +67,7 @@ BODY = (
     b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
     b'"params":{"name":"echo","arguments":{"text":"hello"}}}'
 )
-VARIANTS = ("aiohttp", "httptools", "httptools_pull", "streams")
+VARIANTS = ("aiohttp", "aiohttp_plain", "httptools", "httptools_pull", "streams")
 
 Head = Callable[[int, list[tuple[bytes, bytes]]], None]
 Chunk = Callable[[bytes], None]
@@ -373,12 +373,14 @@ async def make_variant(name: str, upstream: str, token: str, sink: Sink) -> tupl
         ("authorization", f"Bearer {token}"),
     ]
     head, chunk = sink.head, sink.chunk
-    if name == "aiohttp":
+    if name in ("aiohttp", "aiohttp_plain"):
         import aiohttp
 
         try:  # the gateway's connector since the spare-connection change; a TCPConnector
             from igris_mw._proxy.ready import ReadyConnector as Connector
         except ImportError:  # an igris-mw from before it
+            Connector = aiohttp.TCPConnector  # type: ignore[misc,assignment]
+        if name == "aiohttp_plain":  # aiohttp's own connector: what ReadyConnector costs a POST
             Connector = aiohttp.TCPConnector  # type: ignore[misc,assignment]
         session = aiohttp.ClientSession(
             connector=Connector(limit=0, limit_per_host=1024, keepalive_timeout=30.0),
