@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, overload
 from urllib.parse import urlsplit
@@ -59,7 +59,7 @@ from ._jsonrpc import prefix_method
 from ._lifespan import Lifecycle
 from ._oauth.errors import GrantMissing
 from ._oauth.gateway import OAuthRuntime
-from ._ops.access import Reply, access_line, current_request_id
+from ._ops.access import Reply, access_line, access_log, current_request_id
 from ._ops.readiness import Readiness
 from ._plugins import crypto_from_url, store_from_url
 from ._policy.egress import EgressPolicy
@@ -490,227 +490,224 @@ class IgrisGateway:
         return host is not None and netloc == host.lower()
 
     async def _proxy_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """Admit the request (policy), peek its JSON-RPC body, forward it, audit it."""
+        """Admit the request (policy), peek its JSON-RPC body, forward it, audit it.
+
+        One coroutine from admission to the audit event (every await layer
+        costs on each resumption), and one send layer (``Reply``: the request
+        id header, and how far the response got, for ending a revoked request).
+        """
         started = time.perf_counter()
         slug = path[len(MCP_PREFIX) :].partition("/")[0]
-        method: str = scope["method"]
         request_id = new_event_id()
         # Reset after: a host may run the next app in this same task.
         id_token = current_request_id.set(request_id)
-        fields: dict[str, Any] = {
-            "id": request_id,
-            "connection": slug,
-            "method": method,
-            "path": path,
-        }
         reply = Reply(send, request_id, self._metrics)
         try:
-            await self._admit_and_forward(scope, receive, reply, path, slug, fields, started)
+            method: str = scope["method"]
+            fields: dict[str, Any] = {
+                "id": request_id,
+                "connection": slug,
+                "method": method,
+                "path": path,
+            }
+            resolved: _Resolved | None = None
+            oauth_token: Secret | None = None
+            access = self.access
+            # Admission: each step raises the refusal it stands for. The two lookups
+            # are awaited here, not in a helper, to keep the warm path at two awaits.
+            try:
+                if self.audit.failing_closed:
+                    raise AuditUnavailable(
+                        "the audit trail cannot record requests now; nothing was sent upstream",
+                        retry_after=5,
+                    )
+                headers = _wanted_headers(scope)
+                origin = headers.get(b"origin")
+                if origin is not None and not self._origin_allowed(origin, headers.get(b"host")):
+                    raise Forbidden(
+                        "this Origin is not allowed to use the gateway", code="origin_not_allowed"
+                    )
+                throttled = access.blocked(scope)
+                if throttled is not None:
+                    raise throttled
+                token = _auth.bearer_token(headers.get(b"authorization"))
+                if token is None:
+                    raise Unauthorized("send the gateway key as 'Authorization: Bearer ig_...'")
+                api_key = await self._authenticate(token)
+                fields["api_key_id"] = api_key.id
+                _check_key_may_use(api_key, slug)
+                found = await self._conns.get(slug)
+                if isinstance(found, _Missing):
+                    raise NotFound("no such connection")
+                resolved = found
+                target = _usable_target(found, fields)
+                # Kept (made safe in _emit) even when _attribution refuses it.
+                fields["user"] = headers.get(b"x-igris-user")
+                fields["user"], fields["metadata"] = _attribution(headers)
+                conn = found.connection
+                if api_key.rate_limit is not None or conn.rate_limit is not None:
+                    await access.check_rate(api_key, conn)
+                if (
+                    api_key.max_concurrent is not None
+                    and self._work.count_for_key(api_key.id) >= api_key.max_concurrent
+                ):
+                    raise TooManyRequests(
+                        f"this API key has {api_key.max_concurrent} requests open already",
+                        code="too_many_concurrent",
+                    )
+                if api_key.user is not None:
+                    if fields["user"] is not None and fields["user"] != api_key.user:
+                        raise UserMismatch(
+                            "this key acts for its own user only: X-Igris-User names another"
+                        )
+                    fields["user"] = api_key.user
+                if found.connection.credential_scope == "per_user":
+                    target, oauth_token = await self._per_user_target(
+                        scope, slug, found, target, fields["user"]
+                    )
+                elif found.oauth is not None:
+                    target, oauth_token = await self.oauth.target(slug, target, found.oauth)
+            except IgrisError as exc:
+                if exc.status == 401:
+                    access.auth_failed(client_address(scope))
+                refusal = exc
+                if exc.status >= 500 and "api_key_id" not in fields:
+                    # Not authenticated yet: the detail (store path, host) goes to the log only.
+                    log.warning("gateway path: %s before authentication: %s", exc.code, exc.message)
+                    refusal = for_anonymous(exc)
+                await self._refuse(
+                    scope, reply, refusal, fields, started, known=resolved is not None
+                )
+                return
+            except Exception as exc:  # a store or crypto failure on the cold path
+                err = _as_unavailable(exc)
+                if "api_key_id" not in fields:
+                    err = for_anonymous(err)  # a 503 for someone not yet authenticated
+                await self._refuse(scope, reply, err, fields, started, known=resolved is not None)
+                return
+
+            # From here on the request is open work: a revocation ends it (_openwork).
+            ticket = self._work.open(api_key.id, slug, conn.created_at, api_key.expires_at)
+            result: ProxyResult | None = None
+            policed = conn.tools is not None or api_key.tools is not None
+            watch: _StreamWatch | None = None
+            try:
+                prefix: BodyPrefix | None = None
+                body_filter: BodyFilterFactory | None = None
+                if method in ("POST", "PUT", "PATCH"):
+                    mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
+                    judged = policed or mcp_headers != (None, None)
+                    # Judging a body needs all of it: read further than the audit peek.
+                    prefix = await self.forwarder.read_prefix(
+                        receive, JUDGE_LIMIT if judged else PEEK_LIMIT
+                    )
+                    if prefix.timed_out:
+                        stalled = RequestTimeout("the request body stalled; send it without pauses")
+                        await self._refuse(scope, reply, stalled, fields, started, known=True)
+                        return
+                    if prefix.disconnected:
+                        self._emit(
+                            fields,
+                            started,
+                            status=499,
+                            outcome="client_closed",
+                            bytes_in=len(prefix.data),
+                        )
+                        return
+                    fields["rpc_method"], fields["tool"] = peek_jsonrpc(
+                        prefix.data, complete=prefix.complete
+                    )
+                    if judged:
+                        session = None
+                        if policed and len(self._legacy):
+                            session = self._legacy.session_of(scope.get("query_string", b""))
+                        answered, body_filter = await self._judge_body(
+                            reply,
+                            prefix,
+                            (conn.tools, api_key.tools) if policed else None,
+                            mcp_headers,
+                            (slug, session),
+                            fields,
+                            started,
+                        )
+                        if answered:
+                            return
+                elif policed and method == "GET":
+                    # A legacy SSE stream carries the answers to POSTed requests:
+                    # filter every tools list on it, and let a denied call be
+                    # answered onto it (LegacyStreams).
+                    reply.lock = asyncio.Lock()
+                    check = combine(conn.tools, api_key.tools)
+                    assert check is not None
+                    watch = self._legacy.watch(
+                        slug, reply.inject, tools_response_filter(None, check)
+                    )
+                    body_filter = watch.factory
+                if body_filter is not None:
+                    scope = _without_accept_encoding(scope)
+                gateway_prefix = scope.get("root_path", "") + MCP_PREFIX + slug
+                subpath = _raw_subpath(scope, slug)
+                forwarded_at = time.perf_counter()
+                if self._tracing is None:
+                    result = await self.forwarder.forward(
+                        scope,
+                        receive,
+                        reply,
+                        target,
+                        subpath,
+                        gateway_prefix=gateway_prefix,
+                        prefix=prefix,
+                        body_filter=body_filter,
+                    )
+                else:
+                    result = await self._tracing.forward(
+                        self.forwarder.forward,
+                        scope,
+                        receive,
+                        reply,
+                        target,
+                        subpath,
+                        gateway_prefix=gateway_prefix,
+                        prefix=prefix,
+                        body_filter=body_filter,
+                        fields=fields,
+                        started=started,
+                        body=prefix.data if prefix is not None and prefix.complete else None,
+                    )
+            except asyncio.CancelledError:
+                if not ticket.revoked:
+                    raise
+            finally:
+                self._work.close(ticket)
+                if watch is not None:
+                    watch.close()
+            if ticket.revoked:
+                result = await _end_revoked(reply, result)
+            assert result is not None
+            # The upstream refused the token (answered 401, relayed as 502
+            # upstream_auth_failed): drop it, so the next request gets a fresh one.
+            if oauth_token is not None and (
+                result.status == 401 or result.outcome == "upstream_auth_failed"
+            ):
+                per_user = conn.credential_scope == "per_user"
+                self.oauth.refused(
+                    slug, oauth_token, user=(fields["user"] or "") if per_user else ""
+                )
+            # The upstream answered when the response started and the forwarder
+            # did not make the answer itself (a 502/504 carries result.error).
+            answered_at = reply.started_at if result.error is None else None
+            self._emit(
+                fields,
+                started,
+                upstream_seconds=answered_at - forwarded_at if answered_at is not None else None,
+                status=result.status,
+                outcome=result.outcome,
+                bytes_in=result.bytes_in,
+                bytes_out=result.bytes_out,
+            )
         finally:
             reply.close()
             current_request_id.reset(id_token)
-
-    async def _admit_and_forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Reply,
-        path: str,
-        slug: str,
-        fields: dict[str, Any],
-        started: float,
-    ) -> None:
-        method: str = scope["method"]
-        resolved: _Resolved | None = None
-        oauth_token: Secret | None = None
-        access = self.access
-        # Admission: each step raises the refusal it stands for. The two lookups
-        # are awaited here, not in a helper, to keep the warm path at two awaits.
-        try:
-            if self.audit.failing_closed:
-                raise AuditUnavailable(
-                    "the audit trail cannot record requests now; nothing was sent upstream",
-                    retry_after=5,
-                )
-            headers = _wanted_headers(scope)
-            origin = headers.get(b"origin")
-            if origin is not None and not self._origin_allowed(origin, headers.get(b"host")):
-                raise Forbidden(
-                    "this Origin is not allowed to use the gateway", code="origin_not_allowed"
-                )
-            throttled = access.blocked(scope)
-            if throttled is not None:
-                raise throttled
-            token = _auth.bearer_token(headers.get(b"authorization"))
-            if token is None:
-                raise Unauthorized("send the gateway key as 'Authorization: Bearer ig_...'")
-            api_key = await self._authenticate(token)
-            fields["api_key_id"] = api_key.id
-            _check_key_may_use(api_key, slug)
-            found = await self._conns.get(slug)
-            if isinstance(found, _Missing):
-                raise NotFound("no such connection")
-            resolved = found
-            target = _usable_target(found, fields)
-            # Kept (made safe in _emit) even when _attribution refuses it.
-            fields["user"] = headers.get(b"x-igris-user")
-            fields["user"], fields["metadata"] = _attribution(headers)
-            conn = found.connection
-            if api_key.rate_limit is not None or conn.rate_limit is not None:
-                await access.check_rate(api_key, conn)
-            if (
-                api_key.max_concurrent is not None
-                and self._work.count_for_key(api_key.id) >= api_key.max_concurrent
-            ):
-                raise TooManyRequests(
-                    f"this API key has {api_key.max_concurrent} requests open already",
-                    code="too_many_concurrent",
-                )
-            if api_key.user is not None:
-                if fields["user"] is not None and fields["user"] != api_key.user:
-                    raise UserMismatch(
-                        "this key acts for its own user only: X-Igris-User names another"
-                    )
-                fields["user"] = api_key.user
-            if found.connection.credential_scope == "per_user":
-                target, oauth_token = await self._per_user_target(
-                    scope, slug, found, target, fields["user"]
-                )
-            elif found.oauth is not None:
-                target, oauth_token = await self.oauth.target(slug, target, found.oauth)
-        except IgrisError as exc:
-            if exc.status == 401:
-                access.auth_failed(client_address(scope))
-            refusal = exc
-            if exc.status >= 500 and "api_key_id" not in fields:
-                # Not authenticated yet: the detail (store path, host) goes to the log only.
-                log.warning("gateway path: %s before authentication: %s", exc.code, exc.message)
-                refusal = for_anonymous(exc)
-            await self._refuse(scope, send, refusal, fields, started, known=resolved is not None)
-            return
-        except Exception as exc:  # a store or crypto failure on the cold path
-            err = _as_unavailable(exc)
-            if "api_key_id" not in fields:
-                err = for_anonymous(err)  # a 503 for someone not yet authenticated
-            await self._refuse(scope, send, err, fields, started, known=resolved is not None)
-            return
-
-        # From here on the request is open work: a revocation ends it (_openwork).
-        ticket = self._work.open(api_key.id, slug, conn.created_at, api_key.expires_at)
-        tracked = _TrackedSend(send)
-        result: ProxyResult | None = None
-        policed = conn.tools is not None or api_key.tools is not None
-        watch: _StreamWatch | None = None
-        try:
-            prefix: BodyPrefix | None = None
-            body_filter: BodyFilterFactory | None = None
-            if method in ("POST", "PUT", "PATCH"):
-                mcp_headers = (headers.get(b"mcp-method"), headers.get(b"mcp-name"))
-                judged = policed or mcp_headers != (None, None)
-                # Judging a body needs all of it: read further than the audit peek.
-                prefix = await self.forwarder.read_prefix(
-                    receive, JUDGE_LIMIT if judged else PEEK_LIMIT
-                )
-                if prefix.timed_out:
-                    stalled = RequestTimeout("the request body stalled; send it without pauses")
-                    await self._refuse(scope, send, stalled, fields, started, known=True)
-                    return
-                if prefix.disconnected:
-                    self._emit(
-                        fields,
-                        started,
-                        status=499,
-                        outcome="client_closed",
-                        bytes_in=len(prefix.data),
-                    )
-                    return
-                fields["rpc_method"], fields["tool"] = peek_jsonrpc(
-                    prefix.data, complete=prefix.complete
-                )
-                if judged:
-                    session = None
-                    if policed and len(self._legacy):
-                        session = self._legacy.session_of(scope.get("query_string", b""))
-                    answered, body_filter = await self._judge_body(
-                        send,
-                        prefix,
-                        (conn.tools, api_key.tools) if policed else None,
-                        mcp_headers,
-                        (slug, session),
-                        fields,
-                        started,
-                    )
-                    if answered:
-                        return
-            elif policed and method == "GET":
-                # A legacy SSE stream carries the answers to POSTed requests:
-                # filter every tools list on it, and let a denied call be
-                # answered onto it (LegacyStreams).
-                tracked.lock = asyncio.Lock()
-                check = combine(conn.tools, api_key.tools)
-                assert check is not None
-                watch = self._legacy.watch(slug, tracked.inject, tools_response_filter(None, check))
-                body_filter = watch.factory
-            if body_filter is not None:
-                scope = _without_accept_encoding(scope)
-            gateway_prefix = scope.get("root_path", "") + MCP_PREFIX + slug
-            subpath = _raw_subpath(scope, slug)
-            forwarded_at = time.perf_counter()
-            if self._tracing is None:
-                result = await self.forwarder.forward(
-                    scope,
-                    receive,
-                    tracked,
-                    target,
-                    subpath,
-                    gateway_prefix=gateway_prefix,
-                    prefix=prefix,
-                    body_filter=body_filter,
-                )
-            else:
-                result = await self._tracing.forward(
-                    self.forwarder.forward,
-                    scope,
-                    receive,
-                    tracked,
-                    target,
-                    subpath,
-                    gateway_prefix=gateway_prefix,
-                    prefix=prefix,
-                    body_filter=body_filter,
-                    fields=fields,
-                    started=started,
-                    body=prefix.data if prefix is not None and prefix.complete else None,
-                )
-        except asyncio.CancelledError:
-            if not ticket.revoked:
-                raise
-        finally:
-            self._work.close(ticket)
-            if watch is not None:
-                watch.close()
-        if ticket.revoked:
-            result = await _end_revoked(tracked, result)
-        assert result is not None
-        # The upstream refused the token (answered 401, relayed as 502
-        # upstream_auth_failed): drop it, so the next request gets a fresh one.
-        if oauth_token is not None and (
-            result.status == 401 or result.outcome == "upstream_auth_failed"
-        ):
-            per_user = conn.credential_scope == "per_user"
-            self.oauth.refused(slug, oauth_token, user=(fields["user"] or "") if per_user else "")
-        # The upstream answered when the response started and the forwarder
-        # did not make the answer itself (a 502/504 carries result.error).
-        answered_at = send.started_at if result.error is None else None
-        self._emit(
-            fields,
-            started,
-            upstream_seconds=answered_at - forwarded_at if answered_at is not None else None,
-            status=result.status,
-            outcome=result.outcome,
-            bytes_in=result.bytes_in,
-            bytes_out=result.bytes_out,
-        )
 
     async def _judge_body(
         self,
@@ -936,6 +933,8 @@ class IgrisGateway:
                 now - started,
                 upstream_seconds,
             )
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # off: not even the call and its arguments
         access_line(
             fields["id"],
             connection=fields["connection"],
@@ -949,67 +948,27 @@ class IgrisGateway:
         )
 
 
-class _TrackedSend:
-    """``send`` that remembers how far the response got, so a revoked request
-    can be ended properly whatever point it was cut at."""
-
-    __slots__ = ("ended", "lock", "send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.status = 0
-        self.ended = False
-        # Set when another request may write onto this stream (legacy SSE).
-        self.lock: asyncio.Lock | None = None
-
-    def __call__(self, message: MutableMapping[str, Any]) -> Awaitable[None]:
-        # Not a coroutine itself: hands back the server's own awaitable, one
-        # frame fewer per chunk on every request.
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        elif not message.get("more_body", False):
-            self.ended = True
-        if self.lock is None:
-            return self.send(message)
-        return self._locked(message)
-
-    async def _locked(self, message: MutableMapping[str, Any]) -> None:
-        assert self.lock is not None
-        async with self.lock:
-            await self.send(message)
-
-    async def inject(self, body: bytes) -> bool:
-        """Write ``body`` into this open response (between the relay's chunks)."""
-        if self.status == 0 or self.ended:
-            return False
-        try:
-            await self({"type": "http.response.body", "body": body, "more_body": True})
-        except (OSError, RuntimeError):
-            return False
-        return True
-
-
-async def _end_revoked(tracked: _TrackedSend, result: ProxyResult | None) -> ProxyResult:
+async def _end_revoked(reply: Reply, result: ProxyResult | None) -> ProxyResult:
     """Finish the client's response of a request whose key or connection was
     revoked while it was open (its upstream request is closed already)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         task.uncancel()
-    if tracked.ended and result is not None:
+    if reply.ended and result is not None:
         return result  # it completed before the revocation could cut it
     out = result if result is not None else ProxyResult()
     out.outcome = "revoked"
-    if tracked.status == 0:
+    if reply.status == 0:
         out.status = 403
         await send_error(
-            tracked.send,
+            reply.unlocked,
             Forbidden("access was revoked while the request was open", code="revoked"),
         )
         return out
-    out.status = tracked.status
+    out.status = reply.status
     with contextlib.suppress(OSError, RuntimeError):
         # Ends the stream: the client sees its response close.
-        await tracked.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await reply.unlocked({"type": "http.response.body", "body": b"", "more_body": False})
     return out
 
 

@@ -673,3 +673,33 @@ async def test_slow_call_is_watched_and_outside_cancellation_still_propagates(en
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_header_deadline_and_watch_delay_leave_no_entries_behind(env: Env) -> None:
+    """The sweeper's header deadline answers 504 without a timer per request, and
+    neither it nor the shared watch timer keeps an exchange once its request is over."""
+    target = Target(f"http://127.0.0.1:{env.upstream.port}", inject=(("X-Key", SECRET),))
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    async with Forwarder(timeout=0.3) as forwarder:
+        scope, _ = _direct_call("/slow-headers")
+        start = time.monotonic()
+        slow = await forwarder.forward(
+            scope, receive, send, target, "/slow-headers", gateway_prefix="/x"
+        )
+        assert time.monotonic() - start < 1.5
+        assert (slow.outcome, slow.status) == ("upstream_timeout", 504)
+        scope, _ = _direct_call("/echo/quick")
+        quick = await forwarder.forward(
+            scope, receive, send, target, "/echo/quick", gateway_prefix="/x"
+        )
+        assert (quick.outcome, quick.status) == ("ok", 200)
+        assert not forwarder._waiting
+        assert not forwarder._unwatched

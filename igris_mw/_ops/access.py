@@ -19,6 +19,7 @@ into JSON for ``serve --log-format json``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -27,7 +28,7 @@ from typing import Any, Final
 
 from .._asgi import Message, Send
 
-__all__ = ["REQUEST_ID_HEADER", "Reply", "access_line", "current_request_id"]
+__all__ = ["REQUEST_ID_HEADER", "Reply", "access_line", "access_log", "current_request_id"]
 
 REQUEST_ID_HEADER: Final = b"x-igris-request-id"
 _EVENT_STREAM: Final = b"text/event-stream"
@@ -44,12 +45,24 @@ class Reply:
     """The client's ``send``, adding ``X-Igris-Request-Id`` to the response start.
 
     Also notes when the response started (``started_at``, a ``perf_counter``
-    value: for a forwarded request, about when the upstream's headers came)
-    and, when ``metrics`` is given, counts an event-stream response as an
-    open stream until ``close()``.
+    value: for a forwarded request, about when the upstream's headers came),
+    how far it got (``status``, 0 before the start; ``ended``), so a revoked
+    request can be ended properly whatever point it was cut at, and, when
+    ``metrics`` is given, counts an event-stream response as an open stream
+    until ``close()``. With ``lock`` set (another request may write onto
+    this stream: legacy SSE), each message is sent holding it.
     """
 
-    __slots__ = ("_metrics", "_send", "request_id", "started_at", "stream")
+    __slots__ = (
+        "_metrics",
+        "_send",
+        "ended",
+        "lock",
+        "request_id",
+        "started_at",
+        "status",
+        "stream",
+    )
 
     def __init__(self, send: Send, request_id: str, metrics: Any = None) -> None:
         self._send = send
@@ -57,11 +70,16 @@ class Reply:
         self.request_id = request_id
         self.started_at: float | None = None
         self.stream = False
+        self.status = 0
+        self.ended = False
+        self.lock: asyncio.Lock | None = None
 
     def __call__(self, message: Message) -> Awaitable[None]:
         # Not a coroutine itself: hands back the server's own awaitable, one
         # frame fewer per chunk.
         if message["type"] == "http.response.start":
+            # Inline (not _start): this runs for every response.
+            self.status = message["status"]
             self.started_at = time.perf_counter()
             headers = [h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER]
             headers.append((REQUEST_ID_HEADER, self.request_id.encode()))
@@ -69,7 +87,42 @@ class Reply:
                 self.stream = True
                 self._metrics.stream_opened()
             message = {**message, "headers": headers}
+        elif not message.get("more_body", False):
+            self.ended = True
+        if self.lock is None:
+            return self._send(message)
+        return self._locked(message)
+
+    def unlocked(self, message: Message) -> Awaitable[None]:
+        """Send ``message`` without taking ``lock`` (ending a revoked request)."""
+        if message["type"] == "http.response.start":
+            message = self._start(message)
         return self._send(message)
+
+    def _start(self, message: Message) -> Message:
+        self.status = message["status"]
+        self.started_at = time.perf_counter()
+        headers = [h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER]
+        headers.append((REQUEST_ID_HEADER, self.request_id.encode()))
+        if self._metrics is not None and _is_event_stream(headers):
+            self.stream = True
+            self._metrics.stream_opened()
+        return {**message, "headers": headers}
+
+    async def _locked(self, message: Message) -> None:
+        assert self.lock is not None
+        async with self.lock:
+            await self._send(message)
+
+    async def inject(self, body: bytes) -> bool:
+        """Write ``body`` into this open response (between the relay's chunks)."""
+        if self.status == 0 or self.ended:
+            return False
+        try:
+            await self({"type": "http.response.body", "body": body, "more_body": True})
+        except (OSError, RuntimeError):
+            return False
+        return True
 
     def close(self) -> None:
         """The response is over: an open stream is no longer counted."""

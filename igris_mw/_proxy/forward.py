@@ -29,7 +29,9 @@ once for a request body still to stream; for a request whose body is in hand
 ``_WATCH_AFTER``, or when the response is a stream (no length, or
 ``text/event-stream``). A short call thus runs in the handler's task alone:
 no second task, no request task (the watcher cancels the handler's wait for
-the headers itself).
+the headers itself), and no timer of its own: the header deadline is kept by
+the sweeper task (``Forwarder._waiting``), and the delayed watcher start by
+one timer shared by every request (``Forwarder._unwatched``).
 
 Per request the work is split in steps that each do one job, with no extra
 task or coroutine on the way: ``upstream_url``/``request_headers`` (where and
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable
@@ -194,12 +197,15 @@ class _Exchange:
         "body_failure",
         "body_queue",
         "body_timeout",
+        "context",
         "disconnected",
         "idle",
         "last",
         "max_body",
         "receive",
         "response",
+        "since",
+        "timed_out",
         "waiting",
         "watcher",
     )
@@ -230,11 +236,21 @@ class _Exchange:
         self.idle = False  # the upstream went quiet past the idle timeout
         self.last = 0.0  # loop time of the upstream's last bytes (the sweeper reads it)
         self.watcher: asyncio.Future[None] | None = None
+        # Loop time the wait for the response headers began (the sweeper's
+        # header deadline, the watch timer's delay); set by ``forward``.
+        self.since = 0.0
+        self.timed_out = False  # the sweeper ended the wait for the headers
+        # The request's context, for a watcher started later from the watch timer.
+        self.context: contextvars.Context | None = None
 
     def start_watch(self, body_done: bool) -> None:
-        """Start the receive watcher (idempotent); also a ``call_later`` callback."""
+        """Start the receive watcher (idempotent)."""
         if self.watcher is None:
-            self.watcher = asyncio.ensure_future(self.watch(self.receive, body_done))
+            coro = self.watch(self.receive, body_done)
+            if self.context is None:
+                self.watcher = asyncio.ensure_future(coro)
+            else:
+                self.watcher = asyncio.get_running_loop().create_task(coro, context=self.context)
 
     async def watch(self, receive: Receive, body_done: bool) -> None:
         """Feed body chunks to the queue, then wait for the client to disconnect."""
@@ -257,8 +273,9 @@ class _Exchange:
         if not body_done:
             with contextlib.suppress(asyncio.QueueFull):
                 self.body_queue.put_nowait(_ClientGone())
-        if self.waiting is not None:
-            # Still waiting for the response headers: give up on them at once.
+        if self.waiting is not None and not self.timed_out:
+            # Still waiting for the response headers: give up on them at once
+            # (unless the header deadline cancelled the wait already).
             self.waiting.cancel()
         if self.response is not None:
             # Closing the connection wakes the pending read and tells the upstream.
@@ -321,7 +338,8 @@ class Forwarder:
 
     Args:
         timeout: seconds to wait for an upstream's response headers; an open
-            stream is never cut by it.
+            stream is never cut by it. Enforced by the sweeper task, within a
+            quarter of it (at most 1 s) late, not by a timer per request.
         connect_timeout: seconds to wait for a TCP connection (default: ``timeout``).
         limit: connection pool size (0: unbounded).
         limit_per_host: connections per upstream host, open streams included
@@ -390,7 +408,15 @@ class Forwarder:
         # Deadlines without a timer per request: one sweeper task scans these.
         self._streams: set[_Exchange] = set()
         self._peeks: dict[asyncio.Task[Any], list[Any]] = {}  # task -> [since, expired]
+        # Exchanges waiting for their response headers (the header deadline);
+        # insertion order is time order (each is added when its wait begins,
+        # and every wait is as long), so a scan stops at the first one not due.
+        self._waiting: dict[_Exchange, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Exchanges whose body is in hand and which have no watcher yet, in
+        # time order; one timer for all of them, armed only while there are any.
+        self._unwatched: dict[_Exchange, None] = {}
+        self._watch_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Create the shared session (call from the running loop, e.g. lifespan startup)."""
@@ -402,6 +428,9 @@ class Forwarder:
         """Close the session and its pooled connections."""
         session, self._session = self._session, None
         sweeper, self._sweeper = self._sweeper, None
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -416,15 +445,18 @@ class Forwarder:
             )
 
     async def _sweep(self) -> None:
-        """Enforce the body-pause and stream-idle deadlines, a few times per timeout.
+        """Enforce the header, body-pause and stream-idle deadlines, a few times per timeout.
 
         A request pays a dict or set insert and a time stamp instead of a timer;
         a deadline is enforced within a quarter of its length (at most 1 s) late.
         """
         loop = asyncio.get_running_loop()
+        period = min(1.0, self.body_timeout / 4, self.idle_timeout / 4, self.timeout / 4)
         while True:
-            await asyncio.sleep(min(1.0, self.body_timeout / 4, self.idle_timeout / 4))
+            await asyncio.sleep(period)
             now = loop.time()
+            if self._waiting:
+                self._expire_header_waits(now)
             for task, entry in list(self._peeks.items()):
                 if not entry[1] and now - entry[0] > self.body_timeout:
                     entry[1] = True
@@ -434,6 +466,41 @@ class Forwarder:
                     ex.idle = True
                     if ex.response is not None:
                         ex.response.close()
+
+    def _expire_header_waits(self, now: float) -> None:
+        """End the waits for response headers that passed ``timeout`` (answered 504)."""
+        due = []
+        for ex in self._waiting:
+            if now - ex.since <= self.timeout:
+                break
+            due.append(ex)
+        for ex in due:
+            del self._waiting[ex]
+            # A client that left has had the wait cancelled by its watcher already.
+            if ex.waiting is not None and not ex.disconnected:
+                ex.timed_out = True
+                ex.waiting.cancel()
+
+    def _start_watchers(self) -> None:
+        """The watch timer: start the watcher of each exchange past ``_WATCH_AFTER``."""
+        self._watch_timer = None
+        unwatched = self._unwatched
+        if not unwatched:
+            return
+        loop = asyncio.get_running_loop()
+        # A millisecond of slack: the loop's clock may read a hair early.
+        due_since = loop.time() + 0.001 - _WATCH_AFTER
+        due = []
+        for ex in unwatched:
+            if ex.since > due_since:
+                break
+            due.append(ex)
+        for ex in due:
+            del unwatched[ex]
+            ex.start_watch(True)
+        if unwatched:
+            first = next(iter(unwatched))
+            self._watch_timer = loop.call_at(first.since + _WATCH_AFTER, self._start_watchers)
 
     async def read_prefix(self, receive: Receive, limit: int) -> BodyPrefix:
         """``read_body_prefix`` with the body-pause deadline kept by the sweeper.
@@ -568,46 +635,64 @@ class Forwarder:
             body_timeout=self.body_timeout,
         )
         task = asyncio.current_task()
-        later: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        # No timer per request: the header deadline is the sweeper's (_waiting),
+        # and the lazy watcher start one timer's for every request (_unwatched).
+        ex.since = loop.time()
         if body_done:
-            later = asyncio.get_running_loop().call_later(_WATCH_AFTER, ex.start_watch, True)
+            ex.context = contextvars.copy_context()
+            self._unwatched[ex] = None
+            if self._watch_timer is None:
+                self._watch_timer = loop.call_at(ex.since + _WATCH_AFTER, self._start_watchers)
         else:
             ex.start_watch(False)  # it feeds the body queue
+        waiting = self._waiting
         try:
             data = _request_body(ex, prefix, body_done, headers, result)
-            timer = asyncio.timeout(self.timeout)
             # Awaited in this task: the watcher cancels it if the client leaves
-            # first (cheaper than a request task and asyncio.wait() on both).
+            # first, the sweeper when the deadline passes (cheaper than a
+            # request task and asyncio.wait() on both, or a timer each).
             ex.waiting = task
+            if task is not None:
+                waiting[ex] = None  # the sweeper runs since the session was made
             try:
-                async with timer:
-                    resp = await session.request(
-                        scope["method"],
-                        url,
-                        headers=headers,
-                        data=data,
-                        allow_redirects=False,
-                        # True: the connector's context (system CAs + the CA file).
-                        ssl=target.ssl if target.ssl is not None else True,
-                        **self._proxy_options,
-                    )
+                resp = await session.request(
+                    scope["method"],
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    # True: the connector's context (system CAs + the CA file).
+                    ssl=target.ssl if target.ssl is not None else True,
+                    **self._proxy_options,
+                )
                 ex.waiting = None
+                waiting.pop(ex, None)
             except asyncio.CancelledError:
                 ex.waiting = None
-                # Ours only if the watcher asked and nobody else did as well.
-                if not ex.disconnected or task is None or task.cancelling() != 1:
+                waiting.pop(ex, None)
+                # Ours only if the watcher or the deadline asked and nobody else did.
+                if not (ex.disconnected or ex.timed_out) or task is None or task.cancelling() != 1:
                     raise
                 task.uncancel()
-                result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
-                return result
+                # The deadline's cancellation is read as asyncio.timeout's TimeoutError was.
+                if ex.timed_out and ex.body_failure is not None:
+                    return await _fail(send, result, ex.body_failure, ex.body_failure.code)
+                failure = self._headers_failure(None, ex, ex.timed_out, target)
+                if failure is None:
+                    result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
+                    return result
+                return await _fail(send, result, *failure)
             except EgressForbidden as exc:
+                waiting.pop(ex, None)
                 log.warning("upstream refused by the egress policy: %s", exc.refusal.describe())
                 return await _fail(send, result, exc, "upstream_forbidden")
-            except (aiohttp.ClientError, OSError, _ClientGone) as exc:  # TimeoutError too
+            except (aiohttp.ClientError, OSError, _ClientGone) as exc:
                 ex.waiting = None
+                waiting.pop(ex, None)
                 if ex.body_failure is not None:
                     return await _fail(send, result, ex.body_failure, ex.body_failure.code)
-                failure = self._headers_failure(exc, ex, timer.expired(), target)
+                failure = self._headers_failure(exc, ex, False, target)
                 if failure is None:
                     result.status, result.outcome = _CLIENT_CLOSED_STATUS, "client_closed"
                     return result
@@ -637,8 +722,9 @@ class Forwarder:
             return result
         finally:
             ex.waiting = None
-            if later is not None:
-                later.cancel()
+            waiting.pop(ex, None)
+            if body_done:
+                self._unwatched.pop(ex, None)
             if ex.watcher is not None:
                 ex.watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -704,7 +790,7 @@ class Forwarder:
         return refused
 
     def _headers_failure(
-        self, exc: BaseException, ex: _Exchange, expired: bool, target: Target
+        self, exc: BaseException | None, ex: _Exchange, expired: bool, target: Target
     ) -> tuple[IgrisError, str] | None:
         """What a failed wait for the response headers means: the error and outcome to
         answer with, or ``None`` when the client left (nothing to answer)."""
@@ -718,6 +804,7 @@ class Forwarder:
                 ),
                 "upstream_timeout",
             )
+        assert exc is not None  # only a deadline's cancellation comes without one
         log.warning("upstream %s failed: %s", target.label, type(exc).__name__)
         tls_error = tls_error_for(exc, target.base_url.host or "?")
         if tls_error is not None:

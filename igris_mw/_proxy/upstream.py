@@ -91,6 +91,7 @@ RESPONSE_STRIP = frozenset(
     }
 )
 _RESPONSE_STRIP = RESPONSE_STRIP
+_DROP_RESPONSE = HOP_BY_HOP | RESPONSE_STRIP
 # aiohttp would otherwise invent these; a proxy sends only what the client sent.
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
 _SAFE_QUERY = _SAFE_PATH + "?"
@@ -175,6 +176,11 @@ class Target:
         """
         needles = self._needles
         if not needles:
+            return headers
+        # A needle in no value is in none of them: one scan of the values
+        # joined (the usual answer), the per-header check only after a hit.
+        joined = b"\n".join([v for _, v in headers])
+        if not any(x in joined for x in needles):
             return headers
         return [(n, v) for n, v in headers if not any(x in v for x in needles)]
 
@@ -287,32 +293,38 @@ def request_headers(scope: Scope, target: Target) -> tuple[CIMultiDict[str], boo
     Raises:
         BadRequest: ``Content-Length`` is not a number.
     """
-    raw: list[tuple[str, str]] = [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, value in scope.get("headers", ())
-    ]
+    # One pass; what Connection names and Transfer-Encoding's presence add to
+    # the dropped names is known only at the end, so those (rare) are removed after.
     drop = target._drop
-    named = _connection_tokens(v for n, v in raw if n == "connection")
-    if named:
-        drop = drop | named
-    if any(n == "transfer-encoding" for n, _ in raw):
-        # Transfer-Encoding is the body's real framing (RFC 9112 6.3); a Content-Length
-        # beside it, sent upstream with the streamed body, would let the bytes past it
-        # be read there as a second request (smuggling). An h11 host lets both through.
-        drop = drop | {"content-length"}
     headers: CIMultiDict[str] = CIMultiDict()
     has_body = False
-    for name, value in raw:
+    connection: list[str] | None = None
+    chunked = False
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
         if name == "content-length":
             try:
                 has_body = has_body or int(value) > 0
             except ValueError:
                 raise BadRequest("the Content-Length header is not a number") from None
         elif name == "transfer-encoding":
-            has_body = True
+            has_body = chunked = True
+        elif name == "connection":
+            if connection is None:
+                connection = []
+            connection.append(value)
         if name in drop or name.startswith(_CLIENT_STRIP_PREFIXES):
             continue
         headers.add(name, value)
+    if connection is not None:
+        for named in _connection_tokens(connection):
+            headers.popall(named, None)
+    if chunked:
+        # Transfer-Encoding is the body's real framing (RFC 9112 6.3); a Content-Length
+        # beside it, sent upstream with the streamed body, would let the bytes past it
+        # be read there as a second request (smuggling). An h11 host lets both through.
+        headers.popall("content-length", None)
     for name, value in target.inject:
         headers.add(name, value)
     return headers, has_body
@@ -326,18 +338,22 @@ def response_headers(
     Hop-by-hop headers (and those named in ``Connection``) and ``Set-Cookie``
     are dropped; so is ``Content-Length`` when ``rewriting`` changes the body.
     """
-    raw = [(name.lower(), value) for name, value in raw_headers]
-    named = {
-        t.encode("latin-1")
-        for t in _connection_tokens(v.decode("latin-1") for n, v in raw if n == b"connection")
-    }
     out = []
-    for name, value in raw:
+    connection: list[bytes] | None = None
+    for raw_name, value in raw_headers:
+        name = raw_name.lower()
         text = name.decode("latin-1")
-        if text in HOP_BY_HOP or text in _RESPONSE_STRIP or name in named:
+        if text in _DROP_RESPONSE:
+            if text == "connection":
+                connection = [*(connection or ()), value]
             continue
         # A rewritten stream changes length; SSE rarely has one, but be exact.
         if rewriting and text == "content-length":
             continue
         out.append((name, value))
+    if connection is not None:
+        named = {
+            t.encode("latin-1") for t in _connection_tokens(v.decode("latin-1") for v in connection)
+        }
+        out = [(n, v) for n, v in out if n not in named]
     return out
