@@ -117,8 +117,8 @@ async def _call(fw: Forwarder, up: CountingUpstream, method: str) -> tuple[Proxy
     first = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
-        if method != "GET":
-            return {"type": "http.request", "body": b"{}", "more_body": False}
+        # A call's body came whole (the prefix): later receives wait, as a
+        # server's do, until the client leaves (a stream: after its first event).
         await first.wait()
         return {"type": "http.disconnect"}
 
