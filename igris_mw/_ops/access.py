@@ -78,15 +78,7 @@ class Reply:
         # Not a coroutine itself: hands back the server's own awaitable, one
         # frame fewer per chunk.
         if message["type"] == "http.response.start":
-            # Inline (not _start): this runs for every response.
-            self.status = message["status"]
-            self.started_at = time.perf_counter()
-            headers = [h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER]
-            headers.append((REQUEST_ID_HEADER, self.request_id.encode()))
-            if self._metrics is not None and _is_event_stream(headers):
-                self.stream = True
-                self._metrics.stream_opened()
-            message = {**message, "headers": headers}
+            message = self._start(message)
         elif not message.get("more_body", False):
             self.ended = True
         if self.lock is None:
