@@ -149,6 +149,18 @@ async def _switch_blocks(requests: int, upstream: str, token: str, work: Path) -
     return out
 
 
+def wait_for_port(port: int, seconds: float = 20.0) -> None:
+    """Wait until something accepts on 127.0.0.1:``port`` (the upstream started)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "upstream did not start"
+            time.sleep(0.1)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,14 +228,7 @@ def main() -> int:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "upstream did not start"
-                time.sleep(0.1)
+        wait_for_port(port)
         if args.switch_intervals:
             out = subprocess.run(
                 [sys.executable, str(Path(__file__)), "--child", str(args.requests)],
